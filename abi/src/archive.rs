@@ -248,7 +248,10 @@ impl fmt::Display for ArchiveError {
                 "archive format version {found} is not supported (this build reads version {VERSION})"
             ),
             Self::BadEntryCount { count } => {
-                write!(f, "archive has {count} entries; between 1 and {MAX_ENTRIES} are allowed")
+                write!(
+                    f,
+                    "archive has {count} entries; between 1 and {MAX_ENTRIES} are allowed"
+                )
             }
             Self::SizeMismatch { header, actual } => write!(
                 f,
@@ -278,7 +281,11 @@ impl fmt::Display for ArchiveError {
             Self::PaddingNotZero { offset } => {
                 write!(f, "archive padding at offset {offset:#x} is not zero")
             }
-            Self::DataChecksum { name, expected, found } => write!(
+            Self::DataChecksum {
+                name,
+                expected,
+                found,
+            } => write!(
                 f,
                 "archive entry {name} is corrupt: CRC-32 {found:#010x}, expected {expected:#010x}"
             ),
@@ -322,13 +329,20 @@ impl<'a> Archive<'a> {
     /// problem found.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ArchiveError> {
         let Ok((header, rest)) = Header::ref_from_prefix(bytes) else {
-            return Err(ArchiveError::Truncated { len: bytes.len(), need: HEADER_LEN });
+            return Err(ArchiveError::Truncated {
+                len: bytes.len(),
+                need: HEADER_LEN,
+            });
         };
         if header.magic != MAGIC {
-            return Err(ArchiveError::BadMagic { found: header.magic });
+            return Err(ArchiveError::BadMagic {
+                found: header.magic,
+            });
         }
         if header.version.get() != VERSION {
-            return Err(ArchiveError::UnsupportedVersion { found: header.version.get() });
+            return Err(ArchiveError::UnsupportedVersion {
+                found: header.version.get(),
+            });
         }
         let count = header.entry_count.get();
         let entry_count = count as usize;
@@ -346,11 +360,17 @@ impl<'a> Archive<'a> {
         }
         let table_len = entry_count * ENTRY_LEN;
         let Ok((table, _)) = <[RawEntry]>::ref_from_prefix_with_elems(rest, entry_count) else {
-            return Err(ArchiveError::Truncated { len: bytes.len(), need: HEADER_LEN + table_len });
+            return Err(ArchiveError::Truncated {
+                len: bytes.len(),
+                need: HEADER_LEN + table_len,
+            });
         };
         let found = crc32fast::hash(table.as_bytes());
         if found != header.table_crc32.get() {
-            return Err(ArchiveError::TableChecksum { expected: header.table_crc32.get(), found });
+            return Err(ArchiveError::TableChecksum {
+                expected: header.table_crc32.get(),
+                found,
+            });
         }
 
         let mut kernel_index = None;
@@ -363,7 +383,10 @@ impl<'a> Archive<'a> {
             if !name.is_well_formed() || name.0[0] == 0 || !string.is_well_formed() {
                 return Err(ArchiveError::BadText { index });
             }
-            if table[..index].iter().any(|earlier| earlier.name == raw.name) {
+            if table[..index]
+                .iter()
+                .any(|earlier| earlier.name == raw.name)
+            {
                 return Err(ArchiveError::DuplicateName { name });
             }
             let kind = EntryKind::try_from(raw.kind.get())
@@ -397,7 +420,11 @@ impl<'a> Archive<'a> {
         }
         check_zero(bytes, covered, bytes.len() as u64)?;
         let kernel_index = kernel_index.ok_or(ArchiveError::NoKernel)?;
-        Ok(Self { bytes, table, kernel_index })
+        Ok(Self {
+            bytes,
+            table,
+            kernel_index,
+        })
     }
 
     /// All entries, in table order.
@@ -413,7 +440,8 @@ impl<'a> Archive<'a> {
 
     /// The module entries (everything but the kernel), in table order.
     pub fn modules(&self) -> impl Iterator<Item = Entry<'a>> + 'a {
-        self.entries().filter(|entry| entry.kind == EntryKind::Module)
+        self.entries()
+            .filter(|entry| entry.kind == EntryKind::Module)
     }
 
     /// Size of the archive in bytes.
@@ -438,7 +466,9 @@ fn entry_of<'a>(bytes: &'a [u8], raw: &'a RawEntry) -> Entry<'a> {
         // Checked by `parse`; `Module` is the only other value.
         kind: EntryKind::try_from(raw.kind.get()).unwrap_or(EntryKind::Module),
         offset,
-        data: bytes.get(offset as usize..(offset + size) as usize).unwrap_or(&[]),
+        data: bytes
+            .get(offset as usize..(offset + size) as usize)
+            .unwrap_or(&[]),
     }
 }
 
@@ -450,7 +480,9 @@ fn text_of(field: &[u8; TEXT_LEN]) -> &str {
 fn check_zero(bytes: &[u8], from: u64, to: u64) -> Result<(), ArchiveError> {
     let padding = bytes.get(from as usize..to as usize).unwrap_or(&[]);
     match padding.iter().position(|&b| b != 0) {
-        Some(position) => Err(ArchiveError::PaddingNotZero { offset: from + position as u64 }),
+        Some(position) => Err(ArchiveError::PaddingNotZero {
+            offset: from + position as u64,
+        }),
         None => Ok(()),
     }
 }
@@ -489,7 +521,10 @@ impl fmt::Display for BuildError {
             Self::DuplicateName { name } => write!(f, "two archive entries are named {name:?}"),
             Self::TooManyEntries => write!(f, "more than {MAX_ENTRIES} archive entries"),
             Self::KernelCount { count } => {
-                write!(f, "an archive needs exactly one kernel entry, {count} given")
+                write!(
+                    f,
+                    "an archive needs exactly one kernel entry, {count} given"
+                )
             }
         }
     }
@@ -499,7 +534,12 @@ impl fmt::Display for BuildError {
 #[cfg(any(feature = "alloc", test))]
 #[derive(Debug, Default)]
 pub struct Builder {
-    entries: alloc::vec::Vec<(EntryKind, [u8; TEXT_LEN], [u8; TEXT_LEN], alloc::vec::Vec<u8>)>,
+    entries: alloc::vec::Vec<(
+        EntryKind,
+        [u8; TEXT_LEN],
+        [u8; TEXT_LEN],
+        alloc::vec::Vec<u8>,
+    )>,
 }
 
 #[cfg(any(feature = "alloc", test))]
@@ -525,13 +565,18 @@ impl Builder {
         if self.entries.len() == MAX_ENTRIES {
             return Err(BuildError::TooManyEntries);
         }
-        self.entries.push((kind, name_field, string_field, data.to_vec()));
+        self.entries
+            .push((kind, name_field, string_field, data.to_vec()));
         Ok(self)
     }
 
     /// Lays the archive out and returns its bytes.
     pub fn finish(&self) -> Result<alloc::vec::Vec<u8>, BuildError> {
-        let kernels = self.entries.iter().filter(|entry| entry.0 == EntryKind::Kernel).count();
+        let kernels = self
+            .entries
+            .iter()
+            .filter(|entry| entry.0 == EntryKind::Kernel)
+            .count();
         if kernels != 1 {
             return Err(BuildError::KernelCount { count: kernels });
         }
@@ -554,7 +599,9 @@ impl Builder {
             .entries
             .last()
             .zip(table.last())
-            .map_or(offset, |(entry, raw)| raw.offset.get() + entry.3.len() as u64);
+            .map_or(offset, |(entry, raw)| {
+                raw.offset.get() + entry.3.len() as u64
+            });
         let header = Header {
             magic: MAGIC,
             version: U32::new(VERSION),
@@ -594,7 +641,12 @@ mod tests {
     fn sample() -> Vec<u8> {
         let mut builder = Builder::new();
         builder
-            .add(EntryKind::Kernel, "kernel", "", &[0x7f, b'E', b'L', b'F', 1, 2, 3])
+            .add(
+                EntryKind::Kernel,
+                "kernel",
+                "",
+                &[0x7f, b'E', b'L', b'F', 1, 2, 3],
+            )
             .and_then(|b| b.add(EntryKind::Module, "root", "log=debug", &[9; 5000]))
             .and_then(|b| b.add(EntryKind::Module, "empty", "", &[]))
             .expect("valid entries");
@@ -605,8 +657,18 @@ mod tests {
     fn round_trip_keeps_every_entry_in_order_and_page_aligned() {
         let bytes = sample();
         let archive = Archive::parse(&bytes).expect("builder output parses");
-        let names: Vec<_> = archive.entries().map(|e| (e.name, e.string, e.data.len())).collect();
-        assert_eq!(names, [("kernel", "", 7), ("root", "log=debug", 5000), ("empty", "", 0)]);
+        let names: Vec<_> = archive
+            .entries()
+            .map(|e| (e.name, e.string, e.data.len()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("kernel", "", 7),
+                ("root", "log=debug", 5000),
+                ("empty", "", 0)
+            ]
+        );
         assert_eq!(archive.kernel().data, &[0x7f, b'E', b'L', b'F', 1, 2, 3]);
         assert_eq!(archive.modules().count(), 2);
         assert!(archive.entries().all(|e| e.offset % ALIGN == 0));
@@ -616,7 +678,10 @@ mod tests {
     fn every_truncation_is_refused() {
         let bytes = sample();
         for len in 0..bytes.len() {
-            assert!(Archive::parse(&bytes[..len]).is_err(), "prefix of {len} bytes accepted");
+            assert!(
+                Archive::parse(&bytes[..len]).is_err(),
+                "prefix of {len} bytes accepted"
+            );
         }
     }
 
@@ -625,11 +690,17 @@ mod tests {
         let good = sample();
         let mut bad = good.clone();
         bad[0] = b'X';
-        assert!(matches!(Archive::parse(&bad), Err(ArchiveError::BadMagic { .. })));
+        assert!(matches!(
+            Archive::parse(&bad),
+            Err(ArchiveError::BadMagic { .. })
+        ));
 
         let mut bad = good.clone();
         bad[8] = 2;
-        assert_eq!(Archive::parse(&bad).err(), Some(ArchiveError::UnsupportedVersion { found: 2 }));
+        assert_eq!(
+            Archive::parse(&bad).err(),
+            Some(ArchiveError::UnsupportedVersion { found: 2 })
+        );
 
         let mut bad = good.clone();
         bad[2 * ALIGN as usize + 100] ^= 1; // inside "root", the third page
@@ -640,25 +711,38 @@ mod tests {
 
         let mut bad = good.clone();
         bad.push(0);
-        assert!(matches!(Archive::parse(&bad), Err(ArchiveError::SizeMismatch { .. })));
+        assert!(matches!(
+            Archive::parse(&bad),
+            Err(ArchiveError::SizeMismatch { .. })
+        ));
 
         let mut bad = good.clone();
         bad[HEADER_LEN + 3 * ENTRY_LEN + 1] = 1; // padding after the table
-        assert!(matches!(Archive::parse(&bad), Err(ArchiveError::PaddingNotZero { .. })));
+        assert!(matches!(
+            Archive::parse(&bad),
+            Err(ArchiveError::PaddingNotZero { .. })
+        ));
     }
 
     #[test]
     fn builder_refuses_bad_input() {
         let mut builder = Builder::new();
         assert!(builder.add(EntryKind::Module, "", "", &[]).is_err());
-        assert!(builder.add(EntryKind::Module, &"x".repeat(TEXT_LEN + 1), "", &[]).is_err());
+        assert!(
+            builder
+                .add(EntryKind::Module, &"x".repeat(TEXT_LEN + 1), "", &[])
+                .is_err()
+        );
         assert!(builder.add(EntryKind::Module, "a\0b", "", &[]).is_err());
         builder.add(EntryKind::Module, "m", "", &[]).expect("fine");
         assert_eq!(
             builder.add(EntryKind::Module, "m", "", &[]).err(),
             Some(BuildError::DuplicateName { name: "m".into() })
         );
-        assert_eq!(builder.finish().err(), Some(BuildError::KernelCount { count: 0 }));
+        assert_eq!(
+            builder.finish().err(),
+            Some(BuildError::KernelCount { count: 0 })
+        );
     }
 
     #[test]
@@ -672,7 +756,10 @@ mod tests {
         bytes[kind_at + ENTRY_LEN] = EntryKind::Kernel as u8;
         bytes[kind_at] = EntryKind::Kernel as u8;
         refresh_table_crc(&mut bytes, 3);
-        assert!(matches!(Archive::parse(&bytes), Err(ArchiveError::SecondKernel { .. })));
+        assert!(matches!(
+            Archive::parse(&bytes),
+            Err(ArchiveError::SecondKernel { .. })
+        ));
     }
 
     fn refresh_table_crc(bytes: &mut [u8], entries: usize) {

@@ -1,0 +1,2 @@
+//! Architecture support.
+pub mod x86_64;

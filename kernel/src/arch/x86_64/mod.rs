@@ -1,0 +1,2 @@
+//! x86-64.
+pub mod paging;

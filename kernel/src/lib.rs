@@ -1,0 +1,2 @@
+//! strata-kernel: the privileged core of strata.
+pub mod arch;

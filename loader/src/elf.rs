@@ -1,0 +1,531 @@
+//! Checks the kernel ELF and works out how to load it.
+//!
+//! Parsing uses `goblin`; everything goblin does not check and the loader
+//! relies on is checked here: the file is a static x86-64 executable, every
+//! loadable segment lies inside the file and in the kernel's higher-half
+//! range (-2 GiB and up, as the Limine protocol requires), segments do not
+//! overlap, none is both writable and executable, and the entry point is in
+//! an executable segment.
+
+use core::fmt;
+
+use goblin::container::{Container, Ctx, Endian};
+use goblin::elf::program_header::{PF_W, PF_X, PT_LOAD, ProgramHeader};
+use goblin::elf::{Elf, header};
+use heapless::Vec;
+
+/// Lowest address a kernel segment may use (the top 2 GiB).
+pub const KERNEL_MIN_ADDRESS: u64 = 0xffff_ffff_8000_0000;
+/// Largest kernel image accepted (virtual span of all segments).
+pub const MAX_IMAGE_SIZE: u64 = 64 << 20;
+/// Most loadable segments accepted.
+pub const MAX_SEGMENTS: usize = 16;
+const PAGE: u64 = 4096;
+
+/// One loadable segment, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Virtual address of the first byte.
+    pub virtual_address: u64,
+    /// Bytes in memory (the tail beyond `file_size` is zero).
+    pub memory_size: u64,
+    /// Offset of the segment's bytes in the file.
+    pub file_offset: u64,
+    /// Bytes taken from the file.
+    pub file_size: u64,
+    /// Writes allowed.
+    pub writable: bool,
+    /// Instruction fetches allowed.
+    pub executable: bool,
+}
+
+/// How to load a checked kernel: where each segment goes and where to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadPlan {
+    /// Entry point (virtual).
+    pub entry: u64,
+    /// Lowest page of the image (virtual).
+    pub virtual_base: u64,
+    /// One past the highest page of the image (virtual).
+    pub virtual_end: u64,
+    /// Loadable segments, sorted by address.
+    pub segments: Vec<Segment, MAX_SEGMENTS>,
+}
+
+impl LoadPlan {
+    /// Bytes of physical memory the image needs (whole pages).
+    pub fn image_size(&self) -> u64 {
+        self.virtual_end - self.virtual_base
+    }
+}
+
+/// Why the kernel ELF was refused. The `Display` form is the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElfError {
+    /// No ELF magic, or a header goblin cannot read.
+    NotElf,
+    /// Not a 64-bit little-endian ELF.
+    WrongClass,
+    /// Built for another machine.
+    WrongMachine {
+        /// `e_machine` found.
+        machine: u16,
+    },
+    /// Not a static executable (`ET_EXEC`).
+    NotExecutable {
+        /// `e_type` found.
+        kind: u16,
+    },
+    /// The program header table lies outside the file.
+    ProgramHeadersOutOfBounds {
+        /// `e_phoff`.
+        offset: u64,
+        /// `e_phnum`.
+        count: u16,
+    },
+    /// No `PT_LOAD` segment.
+    NothingToLoad,
+    /// More loadable segments than accepted.
+    TooManySegments,
+    /// A segment's file bytes lie outside the file.
+    SegmentOutsideFile {
+        /// Program header index.
+        index: usize,
+    },
+    /// A segment has more file bytes than memory bytes.
+    FileSizeExceedsMemorySize {
+        /// Program header index.
+        index: usize,
+    },
+    /// A segment lies below [`KERNEL_MIN_ADDRESS`] or wraps.
+    NotHigherHalf {
+        /// Program header index.
+        index: usize,
+        /// Its virtual address.
+        address: u64,
+    },
+    /// A segment's address and file offset disagree modulo the page size.
+    Misaligned {
+        /// Program header index.
+        index: usize,
+    },
+    /// Two segments share a page.
+    Overlap {
+        /// Program header index of the later segment.
+        index: usize,
+    },
+    /// A segment is both writable and executable.
+    WritableAndExecutable {
+        /// Program header index.
+        index: usize,
+    },
+    /// The entry point is not inside an executable segment.
+    BadEntry {
+        /// `e_entry`.
+        entry: u64,
+    },
+    /// The image spans more than [`MAX_IMAGE_SIZE`].
+    TooLarge {
+        /// Span in bytes.
+        size: u64,
+    },
+}
+
+impl fmt::Display for ElfError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotElf => write!(f, "kernel is not an ELF file"),
+            Self::WrongClass => write!(f, "kernel ELF is not 64-bit little-endian"),
+            Self::WrongMachine { machine } => {
+                write!(f, "kernel ELF is for machine {machine}, not x86-64 (62)")
+            }
+            Self::NotExecutable { kind } => {
+                write!(
+                    f,
+                    "kernel ELF has type {kind}, expected a static executable (ET_EXEC = 2)"
+                )
+            }
+            Self::ProgramHeadersOutOfBounds { offset, count } => write!(
+                f,
+                "kernel ELF's {count} program headers at offset {offset:#x} run past the end of the file"
+            ),
+            Self::NothingToLoad => write!(f, "kernel ELF has no loadable segment"),
+            Self::TooManySegments => {
+                write!(
+                    f,
+                    "kernel ELF has more than {MAX_SEGMENTS} loadable segments"
+                )
+            }
+            Self::SegmentOutsideFile { index } => {
+                write!(
+                    f,
+                    "kernel ELF segment {index} refers to bytes past the end of the file"
+                )
+            }
+            Self::FileSizeExceedsMemorySize { index } => {
+                write!(
+                    f,
+                    "kernel ELF segment {index} has a file size larger than its memory size"
+                )
+            }
+            Self::NotHigherHalf { index, address } => write!(
+                f,
+                "kernel ELF segment {index} at {address:#x} is not in the top 2 GiB ({KERNEL_MIN_ADDRESS:#x} and up)"
+            ),
+            Self::Misaligned { index } => write!(
+                f,
+                "kernel ELF segment {index}: address and file offset differ modulo the page size"
+            ),
+            Self::Overlap { index } => {
+                write!(
+                    f,
+                    "kernel ELF segment {index} shares a page with an earlier segment"
+                )
+            }
+            Self::WritableAndExecutable { index } => {
+                write!(
+                    f,
+                    "kernel ELF segment {index} is both writable and executable"
+                )
+            }
+            Self::BadEntry { entry } => write!(
+                f,
+                "kernel ELF entry point {entry:#x} is not inside an executable segment"
+            ),
+            Self::TooLarge { size } => write!(
+                f,
+                "kernel image spans {size} bytes; at most {MAX_IMAGE_SIZE} are accepted"
+            ),
+        }
+    }
+}
+
+/// Checks `file` as a kernel ELF and returns how to load it.
+pub fn plan(file: &[u8]) -> Result<LoadPlan, ElfError> {
+    // goblin checks the magic; class and data encoding are checked here so the
+    // message can say what is wrong.
+    let ident = file.get(..header::SIZEOF_IDENT).ok_or(ElfError::NotElf)?;
+    if ident[..4] != *header::ELFMAG {
+        return Err(ElfError::NotElf);
+    }
+    if ident[header::EI_CLASS] != header::ELFCLASS64
+        || ident[header::EI_DATA] != header::ELFDATA2LSB
+    {
+        return Err(ElfError::WrongClass);
+    }
+    let elf_header = Elf::parse_header(file).map_err(|_| ElfError::NotElf)?;
+    if elf_header.e_machine != header::EM_X86_64 {
+        return Err(ElfError::WrongMachine {
+            machine: elf_header.e_machine,
+        });
+    }
+    if elf_header.e_type != header::ET_EXEC {
+        return Err(ElfError::NotExecutable {
+            kind: elf_header.e_type,
+        });
+    }
+    let ctx = Ctx::new(Container::Big, Endian::Little);
+    let table_fits = usize::from(elf_header.e_phentsize) == ProgramHeader::size(ctx)
+        && usize::try_from(elf_header.e_phoff).is_ok_and(|offset| {
+            offset
+                .checked_add(usize::from(elf_header.e_phnum) * ProgramHeader::size(ctx))
+                .is_some_and(|end| end <= file.len())
+        });
+    let out_of_bounds = ElfError::ProgramHeadersOutOfBounds {
+        offset: elf_header.e_phoff,
+        count: elf_header.e_phnum,
+    };
+    if !table_fits {
+        return Err(out_of_bounds);
+    }
+    let headers = ProgramHeader::parse(
+        file,
+        elf_header.e_phoff as usize,
+        usize::from(elf_header.e_phnum),
+        ctx,
+    )
+    .map_err(|_| out_of_bounds)?;
+
+    let mut segments: Vec<Segment, MAX_SEGMENTS> = Vec::new();
+    for (index, ph) in headers
+        .iter()
+        .enumerate()
+        .filter(|(_, ph)| ph.p_type == PT_LOAD)
+    {
+        if ph.p_memsz == 0 {
+            continue;
+        }
+        if ph
+            .p_offset
+            .checked_add(ph.p_filesz)
+            .is_none_or(|end| end > file.len() as u64)
+        {
+            return Err(ElfError::SegmentOutsideFile { index });
+        }
+        if ph.p_filesz > ph.p_memsz {
+            return Err(ElfError::FileSizeExceedsMemorySize { index });
+        }
+        if ph.p_vaddr < KERNEL_MIN_ADDRESS || ph.p_vaddr.checked_add(ph.p_memsz).is_none() {
+            return Err(ElfError::NotHigherHalf {
+                index,
+                address: ph.p_vaddr,
+            });
+        }
+        if ph.p_vaddr % PAGE != ph.p_offset % PAGE {
+            return Err(ElfError::Misaligned { index });
+        }
+        let writable = ph.p_flags & PF_W != 0;
+        let executable = ph.p_flags & PF_X != 0;
+        if writable && executable {
+            return Err(ElfError::WritableAndExecutable { index });
+        }
+        let segment = Segment {
+            virtual_address: ph.p_vaddr,
+            memory_size: ph.p_memsz,
+            file_offset: ph.p_offset,
+            file_size: ph.p_filesz,
+            writable,
+            executable,
+        };
+        // Page granularity: two segments may not share a page, since the page
+        // can carry only one set of permissions.
+        let first_page = segment.virtual_address / PAGE;
+        let last_page = (segment.virtual_address + segment.memory_size - 1) / PAGE;
+        if segments.iter().any(|other| {
+            let other_first = other.virtual_address / PAGE;
+            let other_last = (other.virtual_address + other.memory_size - 1) / PAGE;
+            first_page <= other_last && other_first <= last_page
+        }) {
+            return Err(ElfError::Overlap { index });
+        }
+        segments
+            .push(segment)
+            .map_err(|_| ElfError::TooManySegments)?;
+    }
+    segments.sort_unstable_by_key(|s| s.virtual_address);
+    let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
+        return Err(ElfError::NothingToLoad);
+    };
+    let virtual_base = first.virtual_address / PAGE * PAGE;
+    let virtual_end = (last.virtual_address + last.memory_size).div_ceil(PAGE) * PAGE;
+    if virtual_end - virtual_base > MAX_IMAGE_SIZE {
+        return Err(ElfError::TooLarge {
+            size: virtual_end - virtual_base,
+        });
+    }
+    let entry = elf_header.e_entry;
+    if !segments.iter().any(|s| {
+        s.executable && s.virtual_address <= entry && entry < s.virtual_address + s.memory_size
+    }) {
+        return Err(ElfError::BadEntry { entry });
+    }
+    Ok(LoadPlan {
+        entry,
+        virtual_base,
+        virtual_end,
+        segments,
+    })
+}
+
+/// Builds small ELF files for tests.
+#[cfg(test)]
+pub mod testing {
+    /// A program header: (type, flags, offset, vaddr, filesz, memsz).
+    pub type Phdr = (u32, u32, u64, u64, u64, u64);
+
+    /// An x86-64 ET_EXEC ELF with `phdrs`, padded to `len` bytes.
+    pub fn elf(entry: u64, phdrs: &[Phdr], len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len.max(64 + 56 * phdrs.len())];
+        out[..4].copy_from_slice(b"\x7fELF");
+        out[4] = 2; // 64-bit
+        out[5] = 1; // little-endian
+        out[6] = 1; // version
+        out[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        out[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+        out[20..24].copy_from_slice(&1u32.to_le_bytes());
+        out[24..32].copy_from_slice(&entry.to_le_bytes());
+        out[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        out[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        out[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        out[56..58].copy_from_slice(&(phdrs.len() as u16).to_le_bytes());
+        for (i, &(kind, flags, offset, vaddr, filesz, memsz)) in phdrs.iter().enumerate() {
+            let at = 64 + 56 * i;
+            out[at..at + 4].copy_from_slice(&kind.to_le_bytes());
+            out[at + 4..at + 8].copy_from_slice(&flags.to_le_bytes());
+            out[at + 8..at + 16].copy_from_slice(&offset.to_le_bytes());
+            out[at + 16..at + 24].copy_from_slice(&vaddr.to_le_bytes());
+            out[at + 24..at + 32].copy_from_slice(&vaddr.to_le_bytes()); // paddr
+            out[at + 32..at + 40].copy_from_slice(&filesz.to_le_bytes());
+            out[at + 40..at + 48].copy_from_slice(&memsz.to_le_bytes());
+            out[at + 48..at + 56].copy_from_slice(&4096u64.to_le_bytes());
+        }
+        out
+    }
+
+    /// Text (R-X) at the kernel base and data+bss (RW-) on the next pages.
+    pub fn good_kernel() -> Vec<u8> {
+        let base = super::KERNEL_MIN_ADDRESS;
+        elf(
+            base + 0x10,
+            &[
+                (1, 5, 0x1000, base, 0x100, 0x100),
+                (1, 6, 0x2000, base + 0x1000, 0x80, 0x3000),
+            ],
+            0x3000,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    const BASE: u64 = KERNEL_MIN_ADDRESS;
+
+    #[test]
+    fn a_well_formed_kernel_is_planned() {
+        let plan = plan(&good_kernel()).expect("valid");
+        assert_eq!(plan.entry, BASE + 0x10);
+        assert_eq!(plan.virtual_base, BASE);
+        assert_eq!(plan.virtual_end, BASE + 0x4000);
+        assert_eq!(plan.image_size(), 0x4000);
+        assert_eq!(plan.segments.len(), 2);
+        assert!(plan.segments[0].executable && !plan.segments[0].writable);
+        assert!(plan.segments[1].writable && !plan.segments[1].executable);
+    }
+
+    #[test]
+    fn each_malformation_gets_its_own_error() {
+        let cases: [(std::vec::Vec<u8>, ElfError); 9] = [
+            (b"MZ\x90\x00".repeat(40), ElfError::NotElf),
+            (
+                {
+                    let mut e = good_kernel();
+                    e[4] = 1;
+                    e
+                },
+                ElfError::WrongClass,
+            ),
+            (
+                {
+                    let mut e = good_kernel();
+                    e[18] = 3;
+                    e
+                },
+                ElfError::WrongMachine { machine: 3 },
+            ),
+            (
+                {
+                    let mut e = good_kernel();
+                    e[16] = 3;
+                    e
+                },
+                ElfError::NotExecutable { kind: 3 },
+            ),
+            (
+                elf(BASE, &[(1, 5, 0x1000, BASE, 0x5000, 0x5000)], 0x2000),
+                ElfError::SegmentOutsideFile { index: 0 },
+            ),
+            (
+                elf(BASE, &[(1, 5, 0x1000, BASE, 0x200, 0x100)], 0x2000),
+                ElfError::FileSizeExceedsMemorySize { index: 0 },
+            ),
+            (
+                elf(0x1000, &[(1, 5, 0x1000, 0x40_0000, 0x100, 0x100)], 0x2000),
+                ElfError::NotHigherHalf {
+                    index: 0,
+                    address: 0x40_0000,
+                },
+            ),
+            (
+                elf(BASE, &[(1, 7, 0x1000, BASE, 0x100, 0x100)], 0x2000),
+                ElfError::WritableAndExecutable { index: 0 },
+            ),
+            (
+                elf(BASE + 0x5000, &[(1, 5, 0x1000, BASE, 0x100, 0x100)], 0x2000),
+                ElfError::BadEntry {
+                    entry: BASE + 0x5000,
+                },
+            ),
+        ];
+        for (file, expected) in cases {
+            assert_eq!(plan(&file), Err(expected));
+        }
+        let overlapping = elf(
+            BASE,
+            &[
+                (1, 5, 0x1000, BASE, 0x100, 0x100),
+                (1, 6, 0x1800, BASE + 0x800, 0x10, 0x10),
+            ],
+            0x2000,
+        );
+        assert_eq!(plan(&overlapping), Err(ElfError::Overlap { index: 1 }));
+        let misaligned = elf(BASE, &[(1, 5, 0x1010, BASE, 0x100, 0x100)], 0x2000);
+        assert_eq!(plan(&misaligned), Err(ElfError::Misaligned { index: 0 }));
+        assert_eq!(plan(&elf(BASE, &[], 0x100)), Err(ElfError::NothingToLoad));
+        let huge = elf(
+            BASE,
+            &[
+                (1, 5, 0x1000, BASE, 0x10, 0x10),
+                (1, 6, 0x2000, BASE + (128 << 20), 0x10, 0x10),
+            ],
+            0x3000,
+        );
+        assert_eq!(
+            plan(&huge),
+            Err(ElfError::TooLarge {
+                size: (128 << 20) + 0x1000
+            })
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let file = good_kernel();
+        // Anything shorter than the last segment's file bytes must fail.
+        for len in 0..0x2080 {
+            assert!(
+                plan(&file[..len]).is_err(),
+                "truncated to {len} bytes accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn program_header_table_past_the_end_is_refused() {
+        let mut file = good_kernel();
+        file[56..58].copy_from_slice(&0xffffu16.to_le_bytes());
+        assert!(matches!(
+            plan(&file),
+            Err(ElfError::ProgramHeadersOutOfBounds { count: 0xffff, .. })
+        ));
+        let mut file = good_kernel();
+        file[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            plan(&file),
+            Err(ElfError::ProgramHeadersOutOfBounds { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn corrupted_kernels_never_panic(flips in prop::collection::vec((0usize..0x3000, any::<u8>()), 1..16)) {
+            let mut file = good_kernel();
+            for (at, value) in flips {
+                file[at] = value;
+            }
+            if let Ok(plan) = plan(&file) {
+                // Whatever was accepted must satisfy the loader's assumptions.
+                prop_assert!(plan.virtual_base >= KERNEL_MIN_ADDRESS);
+                prop_assert!(plan.image_size() <= MAX_IMAGE_SIZE);
+                for s in &plan.segments {
+                    prop_assert!(s.file_offset + s.file_size <= file.len() as u64);
+                    prop_assert!(s.file_size <= s.memory_size);
+                    prop_assert!(!(s.writable && s.executable));
+                }
+            }
+        }
+    }
+}
