@@ -1,2 +1,3 @@
 //! strata-kernel: the privileged core of strata.
+#![cfg_attr(not(test), no_std)]
 pub mod arch;

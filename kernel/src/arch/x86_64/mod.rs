@@ -1,2 +1,12 @@
-//! x86-64.
+//! x86-64 support: everything that touches the processor directly.
+//!
+//! The loader links the early-boot pieces of this module (`port`, `serial`,
+//! `exit`, `paging`, and `mem` for bare-metal builds), so there is one
+//! definition of each for both privileged binaries.
+
+pub mod exit;
+#[cfg(strata_baremetal)]
+pub mod mem;
 pub mod paging;
+pub mod port;
+pub mod serial;
