@@ -188,3 +188,13 @@ mod tests {
         }
     }
 }
+
+/// Name of the boot module test images carry to check module hand-over.
+pub const PATTERN_MODULE: &str = "ktest-pattern";
+/// Its length: deliberately not a multiple of the page size.
+pub const PATTERN_LEN: usize = 12_345;
+
+/// Byte `index` of the pattern module.
+pub const fn pattern_byte(index: usize) -> u8 {
+    ((index * 31 + 7) % 251) as u8
+}

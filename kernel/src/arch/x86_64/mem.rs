@@ -1,4 +1,4 @@
-//! `memcpy`, `memmove`, `memset`, `memcmp` and `bcmp` for bare-metal
+//! `memcpy`, `memmove`, `memset`, `memcmp`, `bcmp` and `strlen` for bare-metal
 //! builds: the precompiled `compiler_builtins` for the host triple does not
 //! provide them (TOOLCHAIN.md). Each body is a string instruction in inline
 //! assembly so that LLVM cannot recognise the loop and turn it back into a
@@ -103,6 +103,25 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     // SAFETY: same preconditions as `memcmp`.
     unsafe { memcmp(a, b, n) }
+}
+
+/// Length of the NUL-terminated string at `s` (used by `CStr::from_ptr`).
+///
+/// # Safety
+/// `s` points to readable memory containing a NUL byte.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn strlen(s: *const u8) -> usize {
+    let remaining: usize;
+    // SAFETY: the string is readable up to its NUL (precondition); DF is clear.
+    unsafe {
+        core::arch::asm!(
+            "repne scasb",
+            inout("rcx") usize::MAX => remaining, inout("rdi") s => _, in("al") 0u8,
+            options(nostack, readonly),
+        );
+    }
+    // RCX counted down once per byte scanned, NUL included.
+    usize::MAX - remaining - 1
 }
 
 /// Referenced by the precompiled `core`; never called with `panic = "abort"`.

@@ -1,0 +1,292 @@
+//! Interrupts and exceptions: the IDT, the 256 entry stubs, and the
+//! dispatcher (Intel SDM vol. 3A ch. 6; AMD APM vol. 2 ch. 8).
+//!
+//! Every vector has a 16-byte stub that pushes a zero error code when the
+//! CPU does not push one, then the vector number, and jumps to a common
+//! path that saves the general registers and calls [`interrupt_dispatch`]
+//! with the whole frame. Every gate uses an IST stack (see [`super::gdt`]).
+//! The handlers are compiled Rust, which uses SSE: code that enables
+//! interrupts must tell the compiler that vector registers are clobbered
+//! (see [`super::cpu::wait_for_interrupt`]).
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use spin::Once;
+use strata_abi::exit::ExitCode;
+use strata_abi::ktest::FAULT_MARKER;
+use x86::Ring;
+use x86::bits64::segmentation::Descriptor64;
+use x86::dtables::{DescriptorTablePointer, lidt};
+use x86::segmentation::{BuildDescriptor, DescriptorBuilder, GateDescriptorBuilder};
+
+use super::gdt::{KERNEL_CODE, ist};
+use super::lapic::{LocalApic, SPURIOUS_VECTOR, TIMER_VECTOR};
+use super::serial::Uart16550;
+use super::{exit, pic};
+
+core::arch::global_asm!(
+    r#"
+    .section .text.interrupt_stubs, "ax"
+    .balign 16
+    .global interrupt_stubs
+interrupt_stubs:
+    .set vector, 0
+    .rept 256
+    .balign 16
+    /* Vectors for which the CPU pushes an error code: #DF #TS #NP #SS #GP #PF #AC #CP #VC #SX */
+    .if (vector == 8) || (vector == 10) || (vector == 11) || (vector == 12) || (vector == 13) || (vector == 14) || (vector == 17) || (vector == 21) || (vector == 29) || (vector == 30)
+    .else
+    pushq $0
+    .endif
+    pushq $vector
+    jmp interrupt_common
+    .set vector, vector + 1
+    .endr
+
+interrupt_common:
+    pushq %r15
+    pushq %r14
+    pushq %r13
+    pushq %r12
+    pushq %r11
+    pushq %r10
+    pushq %r9
+    pushq %r8
+    pushq %rbp
+    pushq %rdi
+    pushq %rsi
+    pushq %rdx
+    pushq %rcx
+    pushq %rbx
+    pushq %rax
+    /* The CPU aligned RSP to 16 before pushing its 5-word frame; with the
+       error code, vector and 15 registers the stack is aligned again. */
+    movq %rsp, %rdi
+    cld
+    call interrupt_dispatch
+    popq %rax
+    popq %rbx
+    popq %rcx
+    popq %rdx
+    popq %rsi
+    popq %rdi
+    popq %rbp
+    popq %r8
+    popq %r9
+    popq %r10
+    popq %r11
+    popq %r12
+    popq %r13
+    popq %r14
+    popq %r15
+    addq $16, %rsp
+    iretq
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    /// 256 stubs of 16 bytes each.
+    static interrupt_stubs: [u8; 256 * 16];
+}
+
+/// The saved state of an interrupted context, as the stubs lay it out.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+#[allow(missing_docs)] // Register names.
+pub struct InterruptFrame {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    /// The vector the stub pushed.
+    pub vector: u64,
+    /// The CPU's error code, or 0.
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// The IDT. Written once during boot, before interrupts are enabled.
+static IDT: Once<[Descriptor64; 256]> = Once::new();
+/// The LAPIC to acknowledge interrupts on.
+static LAPIC: Once<LocalApic> = Once::new();
+/// Breakpoint (#BP) exceptions taken; kernel self tests count these.
+pub static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
+/// Address of the frame of the last breakpoint: shows which stack it ran on.
+pub static LAST_BREAKPOINT_FRAME: AtomicU64 = AtomicU64::new(0);
+
+fn ist_for(vector: u8) -> u8 {
+    match vector {
+        2 => ist::NMI,
+        8 => ist::DOUBLE_FAULT,
+        18 => ist::MACHINE_CHECK,
+        14 => ist::PAGE_FAULT,
+        _ => ist::GENERAL,
+    }
+}
+
+/// Builds and loads the IDT on this CPU.
+pub fn load() {
+    let idt = IDT.call_once(|| {
+        // SAFETY: only the address of the linker-provided stub array is taken.
+        let stubs = (&raw const interrupt_stubs) as u64;
+        core::array::from_fn(|vector| {
+            let vector = vector as u8;
+            <DescriptorBuilder as GateDescriptorBuilder<u64>>::interrupt_descriptor(
+                KERNEL_CODE,
+                stubs + 16 * u64::from(vector),
+            )
+            .present()
+            .dpl(Ring::Ring0)
+            .ist(ist_for(vector))
+            .finish()
+        })
+    });
+    let pointer = DescriptorTablePointer::new_from_slice(idt.as_slice());
+    // SAFETY: the IDT is in a 'static `Once` and never changes after this;
+    // every gate points at a stub in `interrupt_stubs` with the kernel code
+    // selector and an IST slot the TSS fills.
+    unsafe { lidt(&pointer) };
+}
+
+/// Registers the LAPIC that interrupt handlers acknowledge.
+pub fn set_lapic(lapic: LocalApic) {
+    LAPIC.call_once(|| lapic);
+}
+
+/// Mnemonic and description of each architectural exception vector.
+pub fn exception_name(vector: u64) -> (&'static str, &'static str) {
+    match vector {
+        0 => ("#DE", "divide error"),
+        1 => ("#DB", "debug"),
+        2 => ("NMI", "non-maskable interrupt"),
+        3 => ("#BP", "breakpoint"),
+        4 => ("#OF", "overflow"),
+        5 => ("#BR", "bound range exceeded"),
+        6 => ("#UD", "invalid opcode"),
+        7 => ("#NM", "device not available"),
+        8 => ("#DF", "double fault"),
+        10 => ("#TS", "invalid TSS"),
+        11 => ("#NP", "segment not present"),
+        12 => ("#SS", "stack-segment fault"),
+        13 => ("#GP", "general protection"),
+        14 => ("#PF", "page fault"),
+        16 => ("#MF", "x87 floating-point error"),
+        17 => ("#AC", "alignment check"),
+        18 => ("#MC", "machine check"),
+        19 => ("#XM", "SIMD floating-point exception"),
+        20 => ("#VE", "virtualization exception"),
+        21 => ("#CP", "control protection"),
+        28 => ("#HV", "hypervisor injection"),
+        29 => ("#VC", "VMM communication"),
+        30 => ("#SX", "security exception"),
+        _ => ("#??", "reserved exception"),
+    }
+}
+
+/// Called by `interrupt_common` with interrupts off, on an IST stack.
+#[unsafe(no_mangle)]
+extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
+    match frame.vector {
+        3 => {
+            BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
+            LAST_BREAKPOINT_FRAME.store(frame as *const InterruptFrame as u64, Ordering::Relaxed);
+            log::debug!("breakpoint at {:#x}", frame.rip.wrapping_sub(1));
+        }
+        0..=31 => fatal_exception(frame),
+        v if v == u64::from(TIMER_VECTOR) => {
+            if let Some(lapic) = LAPIC.get() {
+                lapic.timer_interrupt();
+            }
+        }
+        // Spurious interrupts are not acknowledged (SDM §11.9).
+        v if v == u64::from(SPURIOUS_VECTOR) => {}
+        v if (u64::from(pic::BASE)..u64::from(pic::BASE) + 16).contains(&v) => {
+            log::debug!("spurious legacy PIC interrupt (vector {v:#x})");
+        }
+        v => {
+            log::warn!("unexpected interrupt vector {v:#x}");
+            if let Some(lapic) = LAPIC.get() {
+                lapic.end_of_interrupt();
+            }
+        }
+    }
+}
+
+/// Reports an exception the kernel cannot recover from and stops.
+fn fatal_exception(frame: &InterruptFrame) -> ! {
+    // A fresh console value: the exception may have hit while the logger's
+    // lock was held.
+    let mut out = Uart16550::com1();
+    let (mnemonic, description) = exception_name(frame.vector);
+    let _ = write!(
+        out,
+        "\n{FAULT_MARKER}: {mnemonic} {description} (vector {}), error code {:#x}",
+        frame.vector, frame.error_code
+    );
+    if frame.vector == 14 {
+        let code = frame.error_code;
+        let _ = write!(
+            out,
+            " [{} {} {}{}]",
+            if code & 1 != 0 {
+                "protection-violation"
+            } else {
+                "not-present"
+            },
+            if code & 2 != 0 {
+                "write"
+            } else if code & 16 != 0 {
+                "instruction-fetch"
+            } else {
+                "read"
+            },
+            if code & 4 != 0 { "user" } else { "supervisor" },
+            if code & 8 != 0 { " reserved-bit" } else { "" },
+        );
+    }
+    // SAFETY: reading control registers has no side effects.
+    let (cr2, cr3) = unsafe { (x86::controlregs::cr2() as u64, x86::controlregs::cr3()) };
+    let f = frame;
+    let _ = writeln!(
+        out,
+        "\n  RIP={:#018x} CS={:#06x} RFLAGS={:#010x} RSP={:#018x} SS={:#06x}\n  CR2={cr2:#018x} CR3={cr3:#018x}\n  RAX={:#018x} RBX={:#018x} RCX={:#018x} RDX={:#018x}\n  RSI={:#018x} RDI={:#018x} RBP={:#018x} R8 ={:#018x}\n  R9 ={:#018x} R10={:#018x} R11={:#018x} R12={:#018x}\n  R13={:#018x} R14={:#018x} R15={:#018x}",
+        f.rip,
+        f.cs,
+        f.rflags,
+        f.rsp,
+        f.ss,
+        f.rax,
+        f.rbx,
+        f.rcx,
+        f.rdx,
+        f.rsi,
+        f.rdi,
+        f.rbp,
+        f.r8,
+        f.r9,
+        f.r10,
+        f.r11,
+        f.r12,
+        f.r13,
+        f.r14,
+        f.r15,
+    );
+    exit::exit(ExitCode::KernelFailure)
+}

@@ -1,0 +1,228 @@
+//! Kernel start-up: from the bootloader's Limine responses to a running
+//! timer. The only code that reads Limine structures.
+
+use core::fmt::Write;
+use core::sync::atomic::Ordering;
+
+use limine::memory_map::EntryType;
+use limine::response::{
+    BootloaderInfoResponse, ExecutableAddressResponse, ExecutableCmdlineResponse, HhdmResponse,
+    MemoryMapResponse, ModuleResponse,
+};
+use spin::Mutex;
+use strata_abi::exit::ExitCode;
+use strata_abi::ktest::PANIC_MARKER;
+
+use crate::addr::DirectMap;
+use crate::arch::x86_64::gdt::CpuSegments;
+use crate::arch::x86_64::lapic::{Calibration, LocalApic, TICKS};
+use crate::arch::x86_64::serial::Uart16550;
+use crate::arch::x86_64::{cpu, exit, idt, pic};
+use crate::cmdline::{self, Cmdline, CmdlineWarning};
+use crate::frame::FrameAllocator;
+
+/// The responses the kernel asked for; `None` where the bootloader gave none.
+#[derive(Clone, Copy)]
+pub struct BootResponses {
+    /// Whether the bootloader acknowledged the kernel's base revision.
+    pub base_revision_supported: bool,
+    /// Bootloader name and version.
+    pub bootloader: Option<&'static BootloaderInfoResponse>,
+    /// Direct map offset (required).
+    pub hhdm: Option<&'static HhdmResponse>,
+    /// Memory map (required).
+    pub memory_map: Option<&'static MemoryMapResponse>,
+    /// Where the kernel was loaded.
+    pub executable_address: Option<&'static ExecutableAddressResponse>,
+    /// Command line.
+    pub cmdline: Option<&'static ExecutableCmdlineResponse>,
+    /// Boot modules.
+    pub modules: Option<&'static ModuleResponse>,
+}
+
+/// Physical memory free for the kernel's own use.
+pub static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::new());
+
+/// The boot CPU's GDT, TSS and IST stacks.
+static mut BSP_SEGMENTS: CpuSegments = CpuSegments::new();
+
+/// What boot established, for the rest of the kernel (and its self tests).
+pub struct Kernel {
+    /// The responses, as given.
+    pub responses: BootResponses,
+    /// The parsed command line.
+    pub cmdline: Cmdline,
+    /// The direct map.
+    pub direct_map: DirectMap,
+    /// This CPU's LAPIC.
+    pub lapic: LocalApic,
+    /// Measured clock rates.
+    pub calibration: Calibration,
+    /// Usable bytes in the memory map.
+    pub usable_bytes: u64,
+    /// Usable regions in the memory map.
+    pub usable_regions: usize,
+}
+
+/// Stops the kernel with a message when it cannot start at all.
+fn cannot_start(reason: core::fmt::Arguments<'_>) -> ! {
+    let mut out = Uart16550::com1();
+    let _ = writeln!(out, "{PANIC_MARKER}: cannot start: {reason}");
+    exit::exit(ExitCode::KernelFailure)
+}
+
+/// Brings the boot CPU up and returns the established state.
+pub fn start(responses: BootResponses) -> Kernel {
+    cpu::enable_sse();
+    let cmdline_text = responses
+        .cmdline
+        .map(|r| r.cmdline().to_str().unwrap_or(""))
+        .unwrap_or("");
+    let cmdline = cmdline::parse(cmdline_text);
+    crate::console::init(cmdline.log_level);
+
+    if !responses.base_revision_supported {
+        cannot_start(format_args!(
+            "the bootloader does not support Limine base revision 3"
+        ));
+    }
+    let (name, version) = responses
+        .bootloader
+        .map(|b| (b.name(), b.version()))
+        .unwrap_or(("an unknown bootloader", ""));
+    log::info!(
+        "strata {} ({}) booted by {name} {version}",
+        env!("CARGO_PKG_VERSION"),
+        if cfg!(feature = "selftest") {
+            "self-test build"
+        } else {
+            "kernel"
+        },
+    );
+    log::info!("command line: \"{cmdline_text}\"");
+    for warning in &cmdline.warnings {
+        match warning {
+            CmdlineWarning::UnknownKey(key) => {
+                log::info!("command line: `{key}` is not a kernel option; ignored")
+            }
+            CmdlineWarning::BadValue { key, value } => {
+                log::warn!("command line: `{key}={value}` is not valid; using the default")
+            }
+        }
+    }
+
+    // SAFETY: `BSP_SEGMENTS` is a static used only here, once, with
+    // interrupts off; it lives for the life of the kernel.
+    unsafe { (*(&raw mut BSP_SEGMENTS)).load() };
+    idt::load();
+    pic::remap_and_mask();
+    log::debug!("GDT, TSS (IST stacks for NMI, #DF, #MC, #PF) and IDT loaded; legacy PIC masked");
+
+    let Some(hhdm) = responses.hhdm else {
+        cannot_start(format_args!("no direct-map (HHDM) response"))
+    };
+    let direct_map = DirectMap::new(hhdm.offset());
+    let Some(map) = responses.memory_map else {
+        cannot_start(format_args!("no memory map response"))
+    };
+    let (usable_bytes, usable_regions) = take_usable_memory(map);
+    log::info!(
+        "memory: {} KiB usable in {usable_regions} regions ({} map entries); {} KiB free for the kernel",
+        usable_bytes / 1024,
+        map.entries().len(),
+        FRAMES.lock().free_bytes() / 1024,
+    );
+
+    let lapic = LocalApic::enable(direct_map).unwrap_or_else(|e| cannot_start(format_args!("{e}")));
+    idt::set_lapic(lapic);
+    let calibration = lapic
+        .calibrate()
+        .unwrap_or_else(|e| cannot_start(format_args!("{e}")));
+    lapic.start_periodic(&calibration, cmdline.timer_hz);
+    log::info!(
+        "timer: LAPIC {} (version {:#x}) counts {} kHz at divide 16, TSC {} MHz; periodic tick at {} Hz",
+        lapic.id(),
+        lapic.version() & 0xff,
+        calibration.timer_hz / 1000,
+        calibration.tsc_hz / 1_000_000,
+        cmdline.timer_hz,
+    );
+    if let Some(modules) = responses.modules {
+        for module in modules.modules() {
+            log::info!(
+                "module {}: {} bytes ({})",
+                module.path().to_str().unwrap_or("<not UTF-8>"),
+                module.size(),
+                module.string().to_str().unwrap_or(""),
+            );
+        }
+    }
+    Kernel {
+        responses,
+        cmdline,
+        direct_map,
+        lapic,
+        calibration,
+        usable_bytes,
+        usable_regions,
+    }
+}
+
+fn take_usable_memory(map: &MemoryMapResponse) -> (u64, usize) {
+    let mut frames = FRAMES.lock();
+    let mut usable = 0;
+    let mut regions = 0;
+    for entry in map.entries() {
+        log::debug!(
+            "  {:#014x}-{:#014x} {}",
+            entry.base,
+            entry.base + entry.length,
+            entry_type_name(entry.entry_type)
+        );
+        if entry.entry_type == EntryType::USABLE {
+            usable += entry.length;
+            regions += 1;
+            if let Err(error) = frames.add(entry.base, entry.length) {
+                log::warn!("memory map entry at {:#x} not used: {error}", entry.base);
+            }
+        }
+    }
+    (usable, regions)
+}
+
+/// A readable name for a memory map entry type.
+pub fn entry_type_name(kind: EntryType) -> &'static str {
+    match kind {
+        EntryType::USABLE => "usable",
+        EntryType::RESERVED => "reserved",
+        EntryType::ACPI_RECLAIMABLE => "ACPI reclaimable",
+        EntryType::ACPI_NVS => "ACPI NVS",
+        EntryType::BAD_MEMORY => "bad memory",
+        EntryType::BOOTLOADER_RECLAIMABLE => "bootloader reclaimable",
+        EntryType::EXECUTABLE_AND_MODULES => "kernel and modules",
+        EntryType::FRAMEBUFFER => "framebuffer",
+        _ => "unknown",
+    }
+}
+
+/// Idles forever with the timer running (until there is a root task to run).
+pub fn idle(kernel: &Kernel) -> ! {
+    log::info!(
+        "boot complete: no root task in this image yet; idling with the {} Hz timer running",
+        kernel.cmdline.timer_hz
+    );
+    loop {
+        cpu::wait_for_interrupt();
+        let ticks = TICKS.load(Ordering::Relaxed);
+        if ticks % (u64::from(kernel.cmdline.timer_hz) * 60) == 0 {
+            log::debug!("uptime: {} s", ticks / u64::from(kernel.cmdline.timer_hz));
+        }
+    }
+}
+
+/// The panic handler's body: report and stop.
+pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let mut out = Uart16550::com1();
+    let _ = writeln!(out, "\n{PANIC_MARKER}: {info}");
+    exit::exit(ExitCode::KernelFailure)
+}
