@@ -341,6 +341,7 @@ fn run(
     let cpu = cpu_features();
     let handoff = strata_loader::prepare(&boot, &mut memory, image, cpu)?;
     report(console, &handoff);
+    console.flush();
     // SAFETY: `prepare` built page tables mapping the kernel image, its stack,
     // the direct map and this trampoline page; the kernel ELF and everything
     // it will read were checked. EFER.NXE is set before any NX entry is used,

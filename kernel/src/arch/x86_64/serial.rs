@@ -35,8 +35,11 @@ impl Uart16550 {
         Self { base: COM1 }
     }
 
-    /// Programs 115200 baud, 8N1, FIFOs on, interrupts off.
+    /// Programs 115200 baud, 8N1, FIFOs on, interrupts off. Bytes a
+    /// previous owner (the loader) queued are sent first: resetting the
+    /// FIFOs would drop them.
     pub fn init(&self) {
+        self.flush();
         // SAFETY: COM1 is the kernel's console; nothing else drives it.
         unsafe {
             port::write_u8(self.base + INTERRUPT_ENABLE, 0);

@@ -1,0 +1,118 @@
+//! Building: host crates normally, bare-metal crates for the host triple
+//! with their own flags and target directories (TOOLCHAIN.md: there is no
+//! bare-metal target or `rust-src` on these machines).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::step::{self, Result};
+use crate::{fail, root};
+
+/// The only target available; bare-metal code is built for it with
+/// `#![no_std]`, `#![no_main]`, a linker script and no libc.
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Which kernel an image carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// The kernel as shipped.
+    Production,
+    /// The kernel with its self tests (feature `selftest`).
+    SelfTest,
+}
+
+/// Paths of the bare-metal binaries.
+pub struct BareMetal {
+    /// The loader ELF.
+    pub loader: PathBuf,
+    /// The kernel ELF.
+    pub kernel: PathBuf,
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Builds one bare-metal binary and returns its path.
+fn bare(
+    package: &str,
+    features: &[&str],
+    target_dir: &str,
+    kernel_code_model: bool,
+) -> Result<PathBuf> {
+    // Static relocation (no GOT); the kernel is linked at -2 GiB and needs
+    // the kernel code model; frame pointers make fault reports readable.
+    let mut flags = vec![
+        "-C",
+        "relocation-model=static",
+        "-C",
+        "force-frame-pointers=yes",
+        "--cfg",
+        "strata_baremetal",
+    ];
+    if kernel_code_model {
+        flags.extend(["-C", "code-model=kernel"]);
+    }
+    let dir = root().join("target/bare").join(target_dir);
+    let mut command = cargo();
+    command
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--package",
+            package,
+            "--bin",
+            package,
+            "--target",
+            TARGET,
+        ])
+        .arg("--target-dir")
+        .arg(&dir)
+        // Flags for the target only: with an explicit --target they do not
+        // reach build scripts and proc-macros, which must stay host code.
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            flags.join(" "),
+        )
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
+    }
+    step::run(&mut command)?;
+    let binary = dir.join(TARGET).join("release").join(package);
+    if !binary.is_file() {
+        return Err(fail!(
+            "cargo reported success but {} does not exist",
+            binary.display()
+        ));
+    }
+    Ok(binary)
+}
+
+/// Builds the loader and the kernel of `flavor`.
+pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
+    let started = step::begin(format!(
+        "building the bare-metal loader and {flavor:?} kernel ({TARGET}, no_std)"
+    ));
+    let loader = bare("strata-loader", &[], "loader", false)?;
+    let kernel = match flavor {
+        Flavor::Production => bare("strata-kernel", &[], "kernel", true)?,
+        Flavor::SelfTest => bare("strata-kernel", &["selftest"], "kernel-selftest", true)?,
+    };
+    step::end(started, "bare-metal binaries built");
+    Ok(BareMetal { loader, kernel })
+}
+
+/// Builds every host crate (xtask, harness, and the host builds of the rest).
+pub fn host() -> Result {
+    let started = step::begin("building host crates");
+    step::run(
+        cargo()
+            .current_dir(root())
+            .args(["build", "--workspace", "--all-targets"]),
+    )?;
+    step::end(started, "host crates built");
+    Ok(())
+}

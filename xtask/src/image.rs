@@ -1,0 +1,146 @@
+//! Boot images: the loader ELF (QEMU `-kernel` through its PVH note), the
+//! boot archive (`strata.initrd`: kernel + modules) and a GRUB ISO
+//! (multiboot2; boots in QEMU, Bochs and on hardware).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use strata_abi::archive::{Builder, EntryKind};
+use strata_abi::ktest::{PATTERN_LEN, PATTERN_MODULE, pattern_byte};
+
+use crate::build::{self, Flavor};
+use crate::step::{self, Result};
+use crate::{fail, root};
+
+/// Which image to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// `target/image/`: the production kernel, `log=info`.
+    Production,
+    /// `target/image-test/`: the self-test kernel and the test module;
+    /// `cmdline` goes into the ISO's GRUB entry.
+    SelfTest {
+        /// Kernel command line for the ISO.
+        cmdline: String,
+    },
+}
+
+/// A built image.
+pub struct Image {
+    /// The loader ELF (`-kernel`).
+    pub elf: PathBuf,
+    /// The boot archive (`-initrd`).
+    pub initrd: PathBuf,
+    /// The GRUB ISO.
+    pub iso: PathBuf,
+}
+
+impl Image {
+    /// Prints what was built.
+    pub fn describe(&self) {
+        for path in [&self.elf, &self.initrd, &self.iso] {
+            let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "    {:<40} {:>9} bytes",
+                path.strip_prefix(root()).unwrap_or(path).display(),
+                size
+            );
+        }
+        println!(
+            "    boot it: cargo xtask run   (or qemu-system-x86_64 -kernel strata.elf -initrd strata.initrd)"
+        );
+    }
+}
+
+/// The production command line.
+pub const DEFAULT_CMDLINE: &str = "log=info";
+
+/// Builds the bare-metal binaries and packs the image of `kind`.
+pub fn build(kind: Kind) -> Result<Image> {
+    let (flavor, dir, cmdline) = match &kind {
+        Kind::Production => (
+            Flavor::Production,
+            root().join("target/image"),
+            DEFAULT_CMDLINE.to_owned(),
+        ),
+        Kind::SelfTest { cmdline } => (
+            Flavor::SelfTest,
+            root().join("target/image-test"),
+            cmdline.clone(),
+        ),
+    };
+    let binaries = build::bare_metal(flavor)?;
+    let started = step::begin(format!("packing the boot image in {}", dir.display()));
+    fs::create_dir_all(&dir)?;
+    let elf = dir.join("strata.elf");
+    fs::copy(&binaries.loader, &elf)
+        .map_err(|e| fail!("copying the loader to {}: {e}", elf.display()))?;
+
+    let kernel = fs::read(&binaries.kernel)
+        .map_err(|e| fail!("reading {}: {e}", binaries.kernel.display()))?;
+    let mut archive = Builder::new();
+    archive
+        .add(EntryKind::Kernel, "kernel", "", &kernel)
+        .map_err(|e| fail!("boot archive: {e}"))?;
+    if flavor == Flavor::SelfTest {
+        let pattern: Vec<u8> = (0..PATTERN_LEN).map(pattern_byte).collect();
+        archive
+            .add(EntryKind::Module, PATTERN_MODULE, "", &pattern)
+            .map_err(|e| fail!("boot archive: {e}"))?;
+    }
+    let initrd = dir.join("strata.initrd");
+    fs::write(
+        &initrd,
+        archive.finish().map_err(|e| fail!("boot archive: {e}"))?,
+    )?;
+
+    let iso = dir.join("strata.iso");
+    make_iso(&dir, &elf, &initrd, &cmdline, &iso)?;
+    step::end(started, "image packed");
+    Ok(Image { elf, initrd, iso })
+}
+
+/// GRUB configuration: boot at once, no menu, multiboot2 with the archive
+/// as the first module.
+pub fn grub_cfg(cmdline: &str) -> String {
+    format!(
+        "set timeout=0\nset default=0\n\nmenuentry \"strata\" {{\n    multiboot2 /boot/strata.elf {cmdline}\n    module2 /boot/strata.initrd strata.initrd\n    boot\n}}\n"
+    )
+}
+
+fn make_iso(dir: &Path, elf: &Path, initrd: &Path, cmdline: &str, iso: &Path) -> Result {
+    let tree = dir.join("iso");
+    let _ = fs::remove_dir_all(&tree);
+    fs::create_dir_all(tree.join("boot/grub"))?;
+    fs::copy(elf, tree.join("boot/strata.elf"))?;
+    fs::copy(initrd, tree.join("boot/strata.initrd"))?;
+    fs::write(tree.join("boot/grub/grub.cfg"), grub_cfg(cmdline))?;
+    let output = Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(iso)
+        .arg(&tree)
+        .output()
+        .map_err(|e| fail!("cannot run grub-mkrescue: {e} (run `cargo xtask setup`)"))?;
+    if !output.status.success() {
+        return Err(fail!(
+            "grub-mkrescue failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grub_entry_boots_the_loader_with_the_archive_as_first_module() {
+        let cfg = grub_cfg("log=debug ktest.token=abc");
+        assert!(cfg.contains("multiboot2 /boot/strata.elf log=debug ktest.token=abc\n"));
+        assert!(cfg.contains("module2 /boot/strata.initrd"));
+        assert!(cfg.contains("set timeout=0"));
+    }
+}

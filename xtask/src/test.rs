@@ -1,0 +1,477 @@
+//! `cargo xtask test`: host tests, then the emulator suites.
+//!
+//! Every suite prints `<suite>: N passed, N failed`; the run ends with
+//! `total: N passed, N failed` and fails if anything failed.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use strata_abi::archive::{Builder, EntryKind};
+use strata_abi::exit::ExitCode;
+use strata_tests::emulator::{self, QemuBoot, qemu_command};
+use strata_tests::judge::{self, DetailCheck, Expectation, Outcome, Verdict, tail};
+
+use crate::image::{self, Image, Kind};
+use crate::step::{self, Result};
+use crate::{fail, root, setup};
+
+/// Options of `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Run only the host tests.
+    #[arg(long, conflicts_with = "emulator_only")]
+    host_only: bool,
+    /// Run only the emulator suites.
+    #[arg(long)]
+    emulator_only: bool,
+    /// Run only the emulator suites whose name contains this text.
+    #[arg(long)]
+    suite: Option<String>,
+}
+
+/// Counts across the whole run.
+#[derive(Default)]
+struct Totals {
+    passed: usize,
+    failed: usize,
+}
+
+const QEMU_MEMORY_MIB: u32 = 256;
+const BOCHS_MEMORY_MIB: u32 = 128;
+const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
+const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
+/// The cases every self-test image must report.
+const BOOT_CASES: [&str; 7] = [
+    "boot.loader",
+    "boot.cmdline",
+    "boot.memory_map",
+    "boot.frames",
+    "boot.modules",
+    "boot.breakpoint",
+    "boot.timer",
+];
+
+/// Runs the selected tests.
+pub fn run(args: &TestArgs) -> Result {
+    let mut totals = Totals::default();
+    if !args.emulator_only {
+        host_tests(&mut totals)?;
+    }
+    if !args.host_only {
+        setup::ensure()?;
+        emulator_suites(args.suite.as_deref(), &mut totals)?;
+    }
+    println!(
+        "\ntotal: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    if totals.failed == 0 {
+        Ok(())
+    } else {
+        Err(fail!("{} test(s) failed", totals.failed))
+    }
+}
+
+/// `cargo test --workspace`, echoing its output and adding up its counts.
+fn host_tests(totals: &mut Totals) -> Result {
+    let started = step::begin("host tests (cargo test --workspace)");
+    let mut child = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root())
+        .args(["test", "--workspace"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail!("cannot run cargo test: {e}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout)
+            .lines()
+            .map_while(std::io::Result::ok)
+        {
+            println!("{line}");
+            if let Some(counts) = line.strip_prefix("test result: ") {
+                passed += count_before(counts, " passed");
+                failed += count_before(counts, " failed");
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        // A build failure: no test ran, but the run must not look clean.
+        failed += 1;
+        println!("host: cargo test failed before running tests ({status})");
+    }
+    println!("host: {passed} passed, {failed} failed");
+    step::end(started, "host tests done");
+    totals.passed += passed;
+    totals.failed += failed;
+    Ok(())
+}
+
+/// The number before `label` in a libtest summary (`ok. 5 passed; 0 failed; ...`).
+fn count_before(text: &str, label: &str) -> usize {
+    text.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(label.trim_start())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A token only this run knows: the image must echo it back.
+fn fresh_token() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}",
+        (nanos as u64) ^ (u64::from(std::process::id()) << 32)
+    )
+}
+
+fn boot_expectation(token: &str, memory_mib: u32, success_status: Option<i32>) -> Expectation {
+    let token = token.to_owned();
+    let memory_kib = u64::from(memory_mib) * 1024;
+    Expectation {
+        cases: BOOT_CASES.iter().map(|c| (*c).to_owned()).collect(),
+        checks: vec![
+            DetailCheck::field("boot.cmdline", "token", move |value| {
+                if value == token {
+                    Ok(())
+                } else {
+                    Err(format!("expected the token {token} this run passed"))
+                }
+            }),
+            // Firmware and loader keep some memory; most of it must be usable.
+            DetailCheck::field("boot.memory_map", "usable_kib", move |value| {
+                let kib: u64 = value.parse().map_err(|_| "not a number".to_owned())?;
+                if kib > memory_kib {
+                    Err(format!("more than the {memory_kib} KiB the machine has"))
+                } else if kib < memory_kib * 3 / 4 {
+                    Err(format!(
+                        "less than three quarters of the machine's {memory_kib} KiB"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }),
+            DetailCheck::field("boot.loader", "bootloader", |value| {
+                if value.starts_with("strata-loader/") {
+                    Ok(())
+                } else {
+                    Err("not strata-loader".into())
+                }
+            }),
+        ],
+        success_status,
+    }
+}
+
+fn print_verdict(name: &str, verdict: &Verdict, outcome: &Outcome, totals: &mut Totals) {
+    for case in &verdict.passed {
+        println!("    pass {case}");
+    }
+    print!("{verdict}");
+    if !verdict.is_pass() {
+        println!(
+            "    --- serial log (last 40 lines) ---\n{}",
+            indent(&tail(&outcome.serial, 40))
+        );
+        if !outcome.diagnostics.trim().is_empty() {
+            println!(
+                "    --- emulator output (last 15 lines) ---\n{}",
+                indent(&tail(&outcome.diagnostics, 15))
+            );
+        }
+    }
+    println!(
+        "{name}: {} passed, {} failed",
+        verdict.passed.len(),
+        verdict.failure_count()
+    );
+    totals.passed += verdict.passed.len();
+    totals.failed += verdict.failure_count();
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One meta-case: a run that must be judged a failure, showing `must_contain`.
+struct MustFail {
+    case: &'static str,
+    boot: QemuBoot,
+    must_contain: Vec<String>,
+    status: ExitCode,
+}
+
+fn judge_must_fail(run: &MustFail, outcome: &Outcome) -> std::result::Result<(), String> {
+    let verdict = judge::judge(
+        &Expectation {
+            success_status: Some(ExitCode::Success.qemu_status()),
+            ..Default::default()
+        },
+        outcome,
+    );
+    if verdict.is_pass() {
+        return Err("the harness judged a deliberately failing run a pass".into());
+    }
+    if let Some(missing) = run
+        .must_contain
+        .iter()
+        .find(|text| !outcome.serial.contains(text.as_str()))
+    {
+        return Err(format!("serial log lacks \"{missing}\""));
+    }
+    match outcome.exit {
+        judge::Exit::Status(status) if status == run.status.qemu_status() => Ok(()),
+        ref other => Err(format!(
+            "ended with {other:?}, expected the {:?} exit",
+            run.status
+        )),
+    }
+}
+
+fn emulator_suites(filter: Option<&str>, totals: &mut Totals) -> Result {
+    let selected = |name: &str| filter.is_none_or(|f| name.contains(f));
+    let token = fresh_token();
+    let cmdline = format!("log=info ktest.token={token}");
+    let image = image::build(Kind::SelfTest {
+        cmdline: cmdline.clone(),
+    })?;
+    let qemu_success = Some(ExitCode::Success.qemu_status());
+
+    if selected("boot-qemu-pvh") {
+        let started = step::begin(format!(
+            "suite boot-qemu-pvh: QEMU TCG (AMD SVM model), -kernel via PVH, {QEMU_MEMORY_MIB} MiB"
+        ));
+        let boot = QemuBoot::Direct {
+            elf: image.elf.clone(),
+            initrd: image.initrd.clone(),
+            append: cmdline.clone(),
+        };
+        let outcome = emulator::run(
+            qemu_command(&boot, QEMU_MEMORY_MIB, &[]),
+            None,
+            QEMU_TIMEOUT,
+        )?;
+        let mut verdict = judge::judge(
+            &boot_expectation(&token, QEMU_MEMORY_MIB, qemu_success),
+            &outcome,
+        );
+        require_line(&mut verdict, &outcome, "entered via PVH");
+        print_verdict("boot-qemu-pvh", &verdict, &outcome, totals);
+        step::end(started, "suite done");
+    }
+    if selected("boot-qemu-iso") {
+        let started = step::begin(format!(
+            "suite boot-qemu-iso: QEMU TCG, BIOS + GRUB ISO via multiboot2, {QEMU_MEMORY_MIB} MiB"
+        ));
+        let boot = QemuBoot::Iso {
+            iso: image.iso.clone(),
+        };
+        let outcome = emulator::run(
+            qemu_command(&boot, QEMU_MEMORY_MIB, &[]),
+            None,
+            QEMU_TIMEOUT,
+        )?;
+        let mut verdict = judge::judge(
+            &boot_expectation(&token, QEMU_MEMORY_MIB, qemu_success),
+            &outcome,
+        );
+        require_line(&mut verdict, &outcome, "entered via multiboot2");
+        print_verdict("boot-qemu-iso", &verdict, &outcome, totals);
+        step::end(started, "suite done");
+    }
+    if selected("boot-bochs-iso") {
+        let started = step::begin(format!(
+            "suite boot-bochs-iso: Bochs (Intel VMX model), BIOS + GRUB ISO, {BOCHS_MEMORY_MIB} MiB"
+        ));
+        let (command, serial) = emulator::bochs_command(
+            &image.iso,
+            &root().join("target/emu/bochs-boot"),
+            BOCHS_MEMORY_MIB,
+        )?;
+        let outcome = emulator::run(command, Some(&serial), BOCHS_TIMEOUT)?;
+        // Bochs exits with status 1 whether it shut down or crashed: the serial log decides.
+        let mut verdict = judge::judge(&boot_expectation(&token, BOCHS_MEMORY_MIB, None), &outcome);
+        require_line(&mut verdict, &outcome, "entered via multiboot2");
+        print_verdict("boot-bochs-iso", &verdict, &outcome, totals);
+        step::end(started, "suite done");
+    }
+    if selected("fault-qemu") {
+        let started = step::begin(
+            "suite fault-qemu: deliberate kernel faults must be reported and judged failures",
+        );
+        let fault = |kind: &str| QemuBoot::Direct {
+            elf: image.elf.clone(),
+            initrd: image.initrd.clone(),
+            append: format!("log=info ktest.fault={kind}"),
+        };
+        let runs = [
+            MustFail {
+                case: "fault.page_fault",
+                boot: fault("page"),
+                must_contain: vec![
+                    "KERNEL FAULT: #PF page fault (vector 14), error code 0x2 [not-present write supervisor]".into(),
+                    "CR2=0xffff900000000000".into(),
+                    "RIP=0xffffffff8".into(),
+                ],
+                status: ExitCode::KernelFailure,
+            },
+            MustFail {
+                case: "fault.invalid_opcode",
+                boot: fault("invalid-opcode"),
+                must_contain: vec!["KERNEL FAULT: #UD invalid opcode (vector 6)".into(), "RSP=".into()],
+                status: ExitCode::KernelFailure,
+            },
+            MustFail {
+                case: "fault.panic",
+                boot: fault("panic"),
+                must_contain: vec!["KERNEL PANIC".into(), "deliberate panic requested by ktest.fault=panic".into()],
+                status: ExitCode::KernelFailure,
+            },
+        ];
+        meta_suite("fault-qemu", &runs, totals)?;
+        step::end(started, "suite done");
+    }
+    if selected("loader-qemu") {
+        let started = step::begin(
+            "suite loader-qemu: malformed boot images must be refused with a clear message",
+        );
+        let runs = loader_runs(&image)?;
+        meta_suite("loader-qemu", &runs, totals)?;
+        step::end(started, "suite done");
+    }
+    Ok(())
+}
+
+fn require_line(verdict: &mut Verdict, outcome: &Outcome, text: &str) {
+    if outcome.serial.contains(text) {
+        verdict.passed.push(format!("log \"{text}\""));
+    } else {
+        verdict
+            .failed
+            .push((format!("log \"{text}\""), "not in the serial log".into()));
+    }
+}
+
+fn meta_suite(name: &str, runs: &[MustFail], totals: &mut Totals) -> Result {
+    let mut verdict = Verdict::default();
+    let mut last = None;
+    for run in runs {
+        let outcome = emulator::run(
+            qemu_command(&run.boot, QEMU_MEMORY_MIB, &[]),
+            None,
+            QEMU_TIMEOUT,
+        )?;
+        match judge_must_fail(run, &outcome) {
+            Ok(()) => verdict.passed.push(run.case.to_owned()),
+            Err(reason) => {
+                verdict.failed.push((run.case.to_owned(), reason));
+                last = Some(outcome);
+            }
+        }
+    }
+    let shown = last.unwrap_or(Outcome {
+        serial: String::new(),
+        exit: judge::Exit::Status(0),
+        diagnostics: String::new(),
+    });
+    print_verdict(name, &verdict, &shown, totals);
+    Ok(())
+}
+
+/// Boot images the loader must refuse: a corrupted archive, an archive whose
+/// kernel is not an ELF, and a truncated archive.
+fn loader_runs(image: &Image) -> Result<Vec<MustFail>> {
+    let dir = root().join("target/emu/loader");
+    fs::create_dir_all(&dir)?;
+    let good = fs::read(&image.initrd)?;
+    let write = |name: &str, bytes: &[u8]| -> Result<std::path::PathBuf> {
+        let path = dir.join(name);
+        fs::write(&path, bytes)?;
+        Ok(path)
+    };
+    let mut corrupt = good.clone();
+    // The kernel is the first entry, at the first page boundary.
+    let at = 4096 + 100;
+    if corrupt.len() <= at {
+        return Err(fail!(
+            "test image archive is unexpectedly small ({} bytes)",
+            corrupt.len()
+        ));
+    }
+    corrupt[at] ^= 0x40;
+    let mut not_elf = Builder::new();
+    not_elf
+        .add(
+            EntryKind::Kernel,
+            "kernel",
+            "",
+            b"#!/bin/sh\necho this is not a kernel\n",
+        )
+        .map_err(|e| fail!("{e}"))?;
+    let not_elf = not_elf.finish().map_err(|e| fail!("{e}"))?;
+    let boot = |initrd: &Path| QemuBoot::Direct {
+        elf: image.elf.clone(),
+        initrd: initrd.to_owned(),
+        append: "log=info".into(),
+    };
+    Ok(vec![
+        MustFail {
+            case: "loader.corrupt_archive",
+            boot: boot(&write("corrupt.initrd", &corrupt)?),
+            must_contain: vec![
+                "strata-loader: error: boot archive: archive entry kernel is corrupt: CRC-32"
+                    .into(),
+            ],
+            status: ExitCode::LoaderFailure,
+        },
+        MustFail {
+            case: "loader.kernel_not_elf",
+            boot: boot(&write("not-elf.initrd", &not_elf)?),
+            must_contain: vec!["strata-loader: error: kernel is not an ELF file".into()],
+            status: ExitCode::LoaderFailure,
+        },
+        MustFail {
+            case: "loader.truncated_archive",
+            boot: boot(&write("truncated.initrd", &good[..good.len() / 2])?),
+            must_contain: vec!["strata-loader: error: boot archive: archive header says".into()],
+            status: ExitCode::LoaderFailure,
+        },
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_summaries_are_counted() {
+        let line =
+            "ok. 24 passed; 3 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.07s";
+        assert_eq!(count_before(line, " passed"), 24);
+        assert_eq!(count_before(line, " failed"), 3);
+        assert_eq!(
+            count_before("FAILED. 2 passed; 1 failed; 0 ignored", " failed"),
+            1
+        );
+    }
+
+    #[test]
+    fn tokens_differ_between_runs() {
+        let a = fresh_token();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_ne!(a, fresh_token());
+    }
+}
