@@ -534,12 +534,17 @@ impl fmt::Display for BuildError {
 #[cfg(any(feature = "alloc", test))]
 #[derive(Debug, Default)]
 pub struct Builder {
-    entries: alloc::vec::Vec<(
-        EntryKind,
-        [u8; TEXT_LEN],
-        [u8; TEXT_LEN],
-        alloc::vec::Vec<u8>,
-    )>,
+    entries: alloc::vec::Vec<PendingEntry>,
+}
+
+/// An entry added to a [`Builder`], checked but not yet laid out.
+#[cfg(any(feature = "alloc", test))]
+#[derive(Debug)]
+struct PendingEntry {
+    kind: EntryKind,
+    name: [u8; TEXT_LEN],
+    string: [u8; TEXT_LEN],
+    data: alloc::vec::Vec<u8>,
 }
 
 #[cfg(any(feature = "alloc", test))]
@@ -559,14 +564,18 @@ impl Builder {
     ) -> Result<&mut Self, BuildError> {
         let name_field = text_field(name, false)?;
         let string_field = text_field(string, true)?;
-        if self.entries.iter().any(|entry| entry.1 == name_field) {
+        if self.entries.iter().any(|entry| entry.name == name_field) {
             return Err(BuildError::DuplicateName { name: name.into() });
         }
         if self.entries.len() == MAX_ENTRIES {
             return Err(BuildError::TooManyEntries);
         }
-        self.entries
-            .push((kind, name_field, string_field, data.to_vec()));
+        self.entries.push(PendingEntry {
+            kind,
+            name: name_field,
+            string: string_field,
+            data: data.to_vec(),
+        });
         Ok(self)
     }
 
@@ -575,7 +584,7 @@ impl Builder {
         let kernels = self
             .entries
             .iter()
-            .filter(|entry| entry.0 == EntryKind::Kernel)
+            .filter(|entry| entry.kind == EntryKind::Kernel)
             .count();
         if kernels != 1 {
             return Err(BuildError::KernelCount { count: kernels });
@@ -583,7 +592,13 @@ impl Builder {
         let align_up = |n: u64| n.div_ceil(ALIGN) * ALIGN;
         let mut offset = align_up((HEADER_LEN + ENTRY_LEN * self.entries.len()) as u64);
         let mut table = alloc::vec::Vec::with_capacity(self.entries.len());
-        for (kind, name, string, data) in &self.entries {
+        for PendingEntry {
+            kind,
+            name,
+            string,
+            data,
+        } in &self.entries
+        {
             table.push(RawEntry {
                 name: *name,
                 string: *string,
@@ -600,7 +615,7 @@ impl Builder {
             .last()
             .zip(table.last())
             .map_or(offset, |(entry, raw)| {
-                raw.offset.get() + entry.3.len() as u64
+                raw.offset.get() + entry.data.len() as u64
             });
         let header = Header {
             magic: MAGIC,
@@ -616,7 +631,7 @@ impl Builder {
             .copy_from_slice(table.as_slice().as_bytes());
         for (raw, entry) in table.iter().zip(&self.entries) {
             let start = raw.offset.get() as usize;
-            bytes[start..start + entry.3.len()].copy_from_slice(&entry.3);
+            bytes[start..start + entry.data.len()].copy_from_slice(&entry.data);
         }
         Ok(bytes)
     }

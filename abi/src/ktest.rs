@@ -121,6 +121,16 @@ fn split_word(text: &str) -> (&str, &str) {
     }
 }
 
+/// Name of the boot module test images carry to check module hand-over.
+pub const PATTERN_MODULE: &str = "ktest-pattern";
+/// Its length: deliberately not a multiple of the page size.
+pub const PATTERN_LEN: usize = 12_345;
+
+/// Byte `index` of the pattern module.
+pub const fn pattern_byte(index: usize) -> u8 {
+    ((index * 31 + 7) % 251) as u8
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,14 +197,4 @@ mod tests {
             assert_eq!(parse_line(line), None, "{line:?}");
         }
     }
-}
-
-/// Name of the boot module test images carry to check module hand-over.
-pub const PATTERN_MODULE: &str = "ktest-pattern";
-/// Its length: deliberately not a multiple of the page size.
-pub const PATTERN_LEN: usize = 12_345;
-
-/// Byte `index` of the pattern module.
-pub const fn pattern_byte(index: usize) -> u8 {
-    ((index * 31 + 7) % 251) as u8
 }

@@ -1,6 +1,7 @@
 //! Kernel start-up: from the bootloader's Limine responses to a running
 //! timer. The only code that reads Limine structures.
 
+use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
 
@@ -44,7 +45,14 @@ pub struct BootResponses {
 pub static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::new());
 
 /// The boot CPU's GDT, TSS and IST stacks.
-static mut BSP_SEGMENTS: CpuSegments = CpuSegments::new();
+static BSP_SEGMENTS: BootCpuSegments = BootCpuSegments(UnsafeCell::new(CpuSegments::new()));
+
+/// Holder for the boot CPU's segments: written once by [`start`].
+struct BootCpuSegments(UnsafeCell<CpuSegments>);
+
+// SAFETY: only `start` touches the contents, once, on the boot CPU, before
+// anything else runs; afterwards only the CPU reads them (GDTR, TR).
+unsafe impl Sync for BootCpuSegments {}
 
 /// What boot established, for the rest of the kernel (and its self tests).
 pub struct Kernel {
@@ -112,8 +120,12 @@ pub fn start(responses: BootResponses) -> Kernel {
     }
 
     // SAFETY: `BSP_SEGMENTS` is a static used only here, once, with
-    // interrupts off; it lives for the life of the kernel.
-    unsafe { (*(&raw mut BSP_SEGMENTS)).load() };
+    // interrupts off: this is the only reference to it, and it lives for the
+    // life of the kernel as `load` requires.
+    unsafe {
+        let segments: &'static mut CpuSegments = &mut *BSP_SEGMENTS.0.get();
+        segments.load();
+    }
     idt::load();
     pic::remap_and_mask();
     log::debug!("GDT, TSS (IST stacks for NMI, #DF, #MC, #PF) and IDT loaded; legacy PIC masked");
@@ -214,7 +226,7 @@ pub fn idle(kernel: &Kernel) -> ! {
     loop {
         cpu::wait_for_interrupt();
         let ticks = TICKS.load(Ordering::Relaxed);
-        if ticks % (u64::from(kernel.cmdline.timer_hz) * 60) == 0 {
+        if ticks.is_multiple_of(u64::from(kernel.cmdline.timer_hz) * 60) {
             log::debug!("uptime: {} s", ticks / u64::from(kernel.cmdline.timer_hz));
         }
     }

@@ -565,7 +565,7 @@ mod tests {
         let mut tag = kind.to_le_bytes().to_vec();
         tag.extend((8 + body.len() as u32).to_le_bytes());
         tag.extend(body);
-        while tag.len() % 8 != 0 {
+        while !tag.len().is_multiple_of(8) {
             tag.push(0);
         }
         tag

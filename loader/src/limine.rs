@@ -454,7 +454,7 @@ mod tests {
             })
             .expect("room");
 
-        // SAFETY (test): every address above points into `buffer`, which is
+        // SAFETY: (test) every address above points into `buffer`, which is
         // alive and not written again; each points at the layout the crate's
         // response type declares, which is what this test checks.
         unsafe {

@@ -105,8 +105,8 @@ impl PageTables {
     ) -> Result<(), PagingError> {
         let span = leaf.entry_span();
         if leaf == Level::Pml4
-            || virtual_address % span != 0
-            || physical_address % span != 0
+            || !virtual_address.is_multiple_of(span)
+            || !physical_address.is_multiple_of(span)
             || !is_canonical(virtual_address)
         {
             return Err(PagingError::BadAddress {
@@ -169,7 +169,9 @@ impl PageTables {
                 .filter(|l| l.entry_span() <= largest.entry_span())
                 .find(|l| {
                     let span = l.entry_span();
-                    virt % span == 0 && phys % span == 0 && length - offset >= span
+                    virt.is_multiple_of(span)
+                        && phys.is_multiple_of(span)
+                        && length - offset >= span
                 })
                 .unwrap_or(Level::Pt);
             self.map(memory, allocate, virt, phys, level, flags)?;

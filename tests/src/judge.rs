@@ -5,13 +5,16 @@ use std::time::Duration;
 
 use strata_abi::ktest::{Record, parse_line};
 
+/// Checks a detail string; the error says what is wrong with it.
+pub type CheckFn = Box<dyn Fn(&str) -> Result<(), String>>;
+
 /// A check of the detail text a case reported (e.g. a figure the harness
 /// configured and the image measured).
 pub struct DetailCheck {
     /// Case whose detail is checked.
     pub case: String,
     /// Returns why the detail is wrong, if it is.
-    pub check: Box<dyn Fn(&str) -> Result<(), String>>,
+    pub check: CheckFn,
 }
 
 impl DetailCheck {

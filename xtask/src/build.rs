@@ -33,13 +33,15 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// Builds one bare-metal binary and returns its path.
-fn bare(
+/// A cargo command (`build`, `clippy`) for one bare-metal binary, with its
+/// flags and its own target directory.
+fn bare_command(
+    subcommand: &str,
     package: &str,
     features: &[&str],
     target_dir: &str,
     kernel_code_model: bool,
-) -> Result<PathBuf> {
+) -> Command {
     // Static relocation (no GOT); the kernel is linked at -2 GiB and needs
     // the kernel code model; frame pointers make fault reports readable.
     let mut flags = vec![
@@ -53,22 +55,20 @@ fn bare(
     if kernel_code_model {
         flags.extend(["-C", "code-model=kernel"]);
     }
-    let dir = root().join("target/bare").join(target_dir);
     let mut command = cargo();
     command
         .current_dir(root())
         .args([
-            "build",
+            subcommand,
             "--release",
             "--package",
             package,
             "--bin",
             package,
-            "--target",
-            TARGET,
         ])
+        .args(["--target", TARGET])
         .arg("--target-dir")
-        .arg(&dir)
+        .arg(root().join("target/bare").join(target_dir))
         // Flags for the target only: with an explicit --target they do not
         // reach build scripts and proc-macros, which must stay host code.
         .env(
@@ -80,7 +80,24 @@ fn bare(
     if !features.is_empty() {
         command.args(["--features", &features.join(",")]);
     }
-    step::run(&mut command)?;
+    command
+}
+
+/// Builds one bare-metal binary and returns its path.
+fn bare(
+    package: &str,
+    features: &[&str],
+    target_dir: &str,
+    kernel_code_model: bool,
+) -> Result<PathBuf> {
+    step::run(&mut bare_command(
+        "build",
+        package,
+        features,
+        target_dir,
+        kernel_code_model,
+    ))?;
+    let dir = root().join("target/bare").join(target_dir);
     let binary = dir.join(TARGET).join("release").join(package);
     if !binary.is_file() {
         return Err(fail!(
@@ -103,6 +120,41 @@ pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
     };
     step::end(started, "bare-metal binaries built");
     Ok(BareMetal { loader, kernel })
+}
+
+/// Formatting and clippy, on the host crates and on the bare-metal code
+/// (which a host build does not compile: it is behind `cfg(strata_baremetal)`).
+pub fn lint() -> Result {
+    let started =
+        step::begin("lint: rustfmt, clippy (host), clippy (bare-metal kernel and loader)");
+    step::run(
+        cargo()
+            .current_dir(root())
+            .args(["fmt", "--all", "--", "--check"]),
+    )?;
+    step::run(cargo().current_dir(root()).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    for mut command in [
+        bare_command("clippy", "strata-loader", &[], "clippy-loader", false),
+        bare_command(
+            "clippy",
+            "strata-kernel",
+            &["selftest"],
+            "clippy-kernel",
+            true,
+        ),
+    ] {
+        command.args(["--", "-D", "warnings"]);
+        step::run(&mut command)?;
+    }
+    step::end(started, "lint clean");
+    Ok(())
 }
 
 /// Builds every host crate (xtask, harness, and the host builds of the rest).

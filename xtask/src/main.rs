@@ -39,6 +39,8 @@ enum Command {
     Run(run::RunArgs),
     /// Run the host tests and the emulator suites (QEMU for SVM hosts, Bochs for VMX hosts).
     Test(test::TestArgs),
+    /// Check formatting and run clippy on host and bare-metal code (warnings are errors).
+    Lint,
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Image => image::build(image::Kind::Production).map(|image| image.describe()),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Lint => build::lint(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
