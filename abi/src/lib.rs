@@ -14,6 +14,7 @@
 #[cfg(any(feature = "alloc", test))]
 extern crate alloc;
 
+pub mod acpi;
 pub mod archive;
 pub mod exit;
 pub mod ktest;

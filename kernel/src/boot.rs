@@ -8,13 +8,14 @@ use core::sync::atomic::Ordering;
 use limine::memory_map::EntryType;
 use limine::response::{
     BootloaderInfoResponse, ExecutableAddressResponse, ExecutableCmdlineResponse, HhdmResponse,
-    MemoryMapResponse, ModuleResponse,
+    MemoryMapResponse, ModuleResponse, RsdpResponse,
 };
 use spin::Mutex;
+use strata_abi::acpi::{self, Rsdp};
 use strata_abi::exit::ExitCode;
 use strata_abi::ktest::PANIC_MARKER;
 
-use crate::addr::DirectMap;
+use crate::addr::{DirectMap, PhysAddr};
 use crate::arch::x86_64::gdt::CpuSegments;
 use crate::arch::x86_64::lapic::{Calibration, LocalApic, TICKS};
 use crate::arch::x86_64::serial::Uart16550;
@@ -39,6 +40,8 @@ pub struct BootResponses {
     pub cmdline: Option<&'static ExecutableCmdlineResponse>,
     /// Boot modules.
     pub modules: Option<&'static ModuleResponse>,
+    /// ACPI RSDP (physical address, base revision 3).
+    pub rsdp: Option<&'static RsdpResponse>,
 }
 
 /// Physical memory free for the kernel's own use.
@@ -70,6 +73,8 @@ pub struct Kernel {
     pub usable_bytes: u64,
     /// Usable regions in the memory map.
     pub usable_regions: usize,
+    /// The ACPI RSDP, if one was handed over and is valid.
+    pub rsdp: Option<(PhysAddr, Rsdp)>,
 }
 
 /// Stops the kernel with a message when it cannot start at all.
@@ -169,6 +174,7 @@ pub fn start(responses: BootResponses) -> Kernel {
             );
         }
     }
+    let rsdp = read_rsdp(&responses, direct_map);
     Kernel {
         responses,
         cmdline,
@@ -177,6 +183,53 @@ pub fn start(responses: BootResponses) -> Kernel {
         calibration,
         usable_bytes,
         usable_regions,
+        rsdp,
+    }
+}
+
+/// Reads and checks the RSDP the bootloader pointed at.
+fn read_rsdp(responses: &BootResponses, direct_map: DirectMap) -> Option<(PhysAddr, Rsdp)> {
+    let Some(response) = responses.rsdp else {
+        log::warn!("ACPI: the bootloader passed no RSDP");
+        return None;
+    };
+    let address = PhysAddr(response.address() as u64);
+    // SAFETY: the direct map covers all memory the firmware describes; the
+    // RSDP is at most 36 bytes and the bytes are only read.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            direct_map.to_virtual(address).as_mut_ptr::<u8>(),
+            acpi::V2_LEN,
+        )
+    };
+    match Rsdp::parse(bytes) {
+        Ok(rsdp) => {
+            log::info!(
+                "ACPI: RSDP at {address} (revision {}, OEM \"{}\"), RSDT at {:#x}{}",
+                rsdp.revision,
+                core::str::from_utf8(&rsdp.oem).unwrap_or("?").trim_end(),
+                rsdp.rsdt,
+                XsdtNote(rsdp.xsdt.unwrap_or(0)),
+            );
+            Some((address, rsdp))
+        }
+        Err(error) => {
+            log::warn!("ACPI: RSDP at {address} is not valid: {error}");
+            None
+        }
+    }
+}
+
+/// Formats ", XSDT at ..." when there is an XSDT.
+struct XsdtNote(u64);
+
+impl core::fmt::Display for XsdtNote {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.0 == 0 {
+            Ok(())
+        } else {
+            write!(f, ", XSDT at {:#x}", self.0)
+        }
     }
 }
 

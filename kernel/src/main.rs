@@ -8,7 +8,7 @@ mod entry {
     use limine::BaseRevision;
     use limine::request::{
         BootloaderInfoRequest, ExecutableAddressRequest, ExecutableCmdlineRequest, HhdmRequest,
-        MemoryMapRequest, ModuleRequest, RequestsEndMarker, RequestsStartMarker,
+        MemoryMapRequest, ModuleRequest, RequestsEndMarker, RequestsStartMarker, RsdpRequest,
     };
     use strata_kernel::boot::{self, BootResponses};
 
@@ -36,6 +36,9 @@ mod entry {
     #[used]
     #[unsafe(link_section = ".requests")]
     static MODULES: ModuleRequest = ModuleRequest::new();
+    #[used]
+    #[unsafe(link_section = ".requests")]
+    static RSDP: RsdpRequest = RsdpRequest::new();
     #[used]
     #[unsafe(link_section = ".requests_end_marker")]
     static END_MARKER: RequestsEndMarker = RequestsEndMarker::new();
@@ -77,6 +80,7 @@ mod entry {
             executable_address: EXECUTABLE_ADDRESS.get_response(),
             cmdline: CMDLINE.get_response(),
             modules: MODULES.get_response(),
+            rsdp: RSDP.get_response(),
         });
         #[cfg(feature = "selftest")]
         strata_kernel::selftest::run(&kernel);

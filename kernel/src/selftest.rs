@@ -90,6 +90,7 @@ pub fn run(kernel: &Kernel) -> ! {
     suite.case("boot.memory_map", || memory_map(kernel));
     suite.case("boot.frames", || frames(kernel));
     suite.case("boot.modules", || modules(kernel));
+    suite.case("boot.acpi", || acpi(kernel));
     suite.case("boot.breakpoint", breakpoint);
     suite.case("boot.timer", || timer(kernel));
     print_line(format_args!(
@@ -286,6 +287,37 @@ fn modules(kernel: &Kernel) -> Result<Detail, Detail> {
         "modules={} pattern_bytes={PATTERN_LEN}",
         modules.modules().len()
     ))
+}
+
+fn acpi(kernel: &Kernel) -> Result<Detail, Detail> {
+    let response = kernel
+        .responses
+        .rsdp
+        .ok_or_else(|| detail!("no RSDP response"))?;
+    let (address, rsdp) = kernel
+        .rsdp
+        .ok_or_else(|| detail!("the RSDP at {:#x} failed its checks", response.address()))?;
+    // The RSDT it names must be in memory the firmware reserved for ACPI
+    // (or plain reserved), never in memory the kernel may hand out.
+    let map = kernel
+        .responses
+        .memory_map
+        .ok_or_else(|| detail!("no memory map"))?;
+    let rsdt = u64::from(rsdp.rsdt);
+    let region = map
+        .entries()
+        .iter()
+        .find(|e| (e.base..e.base + e.length).contains(&rsdt));
+    match region.map(|e| e.entry_type) {
+        Some(EntryType::USABLE) | Some(EntryType::BOOTLOADER_RECLAIMABLE) => {
+            Err(detail!("RSDT at {rsdt:#x} lies in memory marked free"))
+        }
+        _ => Ok(detail!(
+            "rsdp={address} revision={} oem={}",
+            rsdp.revision,
+            core::str::from_utf8(&rsdp.oem).unwrap_or("?").trim_end()
+        )),
+    }
 }
 
 fn breakpoint() -> Result<Detail, Detail> {

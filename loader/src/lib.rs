@@ -26,6 +26,7 @@ pub mod physmem;
 use core::fmt;
 
 use heapless::Vec;
+use strata_abi::acpi;
 use strata_abi::archive::{Archive, ArchiveError, TEXT_LEN};
 use strata_kernel::arch::x86_64::paging::{Level, PteFlags};
 
@@ -289,6 +290,12 @@ pub fn prepare(
             requested: requests.base_revision.map(|r| r.1),
         });
     }
+    // Without an RSDP from the bootloader, look where BIOS firmware keeps it.
+    let scanned_rsdp = if boot.rsdp.is_none() {
+        find_rsdp(memory)
+    } else {
+        None
+    };
     let mut answers: [Option<u64>; RequestKind::ALL.len()] = [None; RequestKind::ALL.len()];
     {
         let buffer = memory.bytes_mut(responses, RESPONSE_REGION_SIZE).ok_or(
@@ -385,7 +392,6 @@ pub fn prepare(
                     })?)
                 }
                 RequestKind::Rsdp => match &boot.rsdp {
-                    None => None,
                     Some(RsdpSource::Physical(address)) => Some(writer.push(&layout::Rsdp {
                         revision: 0,
                         address: *address,
@@ -400,6 +406,13 @@ pub fn prepare(
                             address,
                         })?)
                     }
+                    None => match scanned_rsdp {
+                        Some(address) => Some(writer.push(&layout::Rsdp {
+                            revision: 0,
+                            address,
+                        })?),
+                        None => None,
+                    },
                 },
             };
         }
@@ -427,6 +440,27 @@ pub fn prepare(
         map_entries: map.len(),
         hhdm_size,
         unknown_requests: requests.unknown,
+    })
+}
+
+/// Finds the RSDP the way ACPI 6.5 §5.2.5.1 describes for BIOS systems:
+/// in the first KiB of the EBDA (its segment is the word at 0x40e), then in
+/// 0xE0000-0xFFFFF.
+pub fn find_rsdp(memory: &impl PhysicalMemory) -> Option<u64> {
+    let ebda = memory
+        .bytes(0x40e, 2)
+        .map(|segment| u64::from(u16::from_le_bytes([segment[0], segment[1]])) << 4)
+        .filter(|&base| base >= 0x400 && base < 0xa0000);
+    let ebda_hit = ebda.and_then(|base| {
+        let area = memory.bytes(base, 1024)?;
+        acpi::scan(area, base)
+    });
+    ebda_hit.or_else(|| {
+        let area = memory.bytes(
+            acpi::BIOS_AREA.start,
+            acpi::BIOS_AREA.end - acpi::BIOS_AREA.start,
+        )?;
+        acpi::scan(area, acpi::BIOS_AREA.start)
     })
 }
 

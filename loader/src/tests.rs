@@ -20,6 +20,7 @@ const MEMMAP_AT: usize = 128;
 const MODULES_AT: usize = 192;
 const CMDLINE_AT: usize = 256;
 const ADDRESS_AT: usize = 320;
+const RSDP_AT: usize = 384;
 
 fn kernel_elf(base_revision: u64) -> std::vec::Vec<u8> {
     use ::limine::request::*;
@@ -47,6 +48,7 @@ fn kernel_elf(base_revision: u64) -> std::vec::Vec<u8> {
     put(MODULES_AT, ModuleRequest::new().id());
     put(CMDLINE_AT, ExecutableCmdlineRequest::new().id());
     put(ADDRESS_AT, ExecutableAddressRequest::new().id());
+    put(RSDP_AT, RsdpRequest::new().id());
     file
 }
 
@@ -236,6 +238,56 @@ fn prepare_loads_the_kernel_and_answers_its_requests() {
             .map(|t| t.0),
         Some(0xfee0_0000)
     );
+}
+
+/// A valid ACPI 2.0 RSDP.
+fn rsdp_bytes() -> [u8; 36] {
+    let mut bytes = [0u8; 36];
+    bytes[..8].copy_from_slice(b"RSD PTR ");
+    bytes[9..15].copy_from_slice(b"STRATA");
+    bytes[15] = 2;
+    bytes[20] = 36;
+    let sum = |b: &[u8]| b.iter().fold(0u8, |s, &x| s.wrapping_add(x));
+    bytes[8] = 0u8.wrapping_sub(sum(&bytes[..20]));
+    bytes[32] = 0u8.wrapping_sub(sum(&bytes));
+    bytes
+}
+
+fn rsdp_response(memory: &Arena, handoff: &Handoff) -> Option<u64> {
+    let tables = tables_of(handoff);
+    let response = read_virtual(memory, &tables, BASE + 0x1000 + RSDP_AT as u64 + 40);
+    (response != 0).then(|| read_virtual(memory, &tables, response + 8))
+}
+
+#[test]
+fn rsdp_is_passed_through_relocated_or_found_by_scanning() {
+    // PVH: a physical pointer is passed through.
+    let (mut memory, mut boot) = machine(&kernel_elf(3));
+    boot.rsdp = Some(RsdpSource::Physical(0xf_5a30));
+    let handoff = prepare(&boot, &mut memory, LOADER, CPU).expect("loads");
+    assert_eq!(rsdp_response(&memory, &handoff), Some(0xf_5a30));
+
+    // Multiboot2: only a copy exists; it must land somewhere the kernel can
+    // read it, byte for byte.
+    let (mut memory, mut boot) = machine(&kernel_elf(3));
+    boot.rsdp = Some(RsdpSource::Copy(
+        Vec::from_slice(&rsdp_bytes()).expect("fits"),
+    ));
+    let handoff = prepare(&boot, &mut memory, LOADER, CPU).expect("loads");
+    let address = rsdp_response(&memory, &handoff).expect("answered");
+    assert_eq!(memory.bytes(address, 36).expect("in arena"), rsdp_bytes());
+    assert!(strata_abi::acpi::Rsdp::parse(memory.bytes(address, 36).expect("in arena")).is_ok());
+
+    // Nothing given: found in the BIOS area by scanning; nothing there: no response.
+    let (mut memory, boot) = machine(&kernel_elf(3));
+    assert_eq!(
+        prepare(&boot, &mut memory, LOADER, CPU).map(|h| rsdp_response(&memory, &h)),
+        Ok(None)
+    );
+    let (mut memory, boot) = machine(&kernel_elf(3));
+    memory.put(0xf_0e10, &rsdp_bytes());
+    let handoff = prepare(&boot, &mut memory, LOADER, CPU).expect("loads");
+    assert_eq!(rsdp_response(&memory, &handoff), Some(0xf_0e10));
 }
 
 #[test]

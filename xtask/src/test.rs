@@ -44,12 +44,13 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 7] = [
+const BOOT_CASES: [&str; 8] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
     "boot.frames",
     "boot.modules",
+    "boot.acpi",
     "boot.breakpoint",
     "boot.timer",
 ];
