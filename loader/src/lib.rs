@@ -450,7 +450,7 @@ pub fn find_rsdp(memory: &impl PhysicalMemory) -> Option<u64> {
     let ebda = memory
         .bytes(0x40e, 2)
         .map(|segment| u64::from(u16::from_le_bytes([segment[0], segment[1]])) << 4)
-        .filter(|&base| base >= 0x400 && base < 0xa0000);
+        .filter(|base| (0x400..0xa0000).contains(base));
     let ebda_hit = ebda.and_then(|base| {
         let area = memory.bytes(base, 1024)?;
         acpi::scan(area, base)
