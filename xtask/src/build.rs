@@ -44,7 +44,7 @@ fn bare_command(
 ) -> Command {
     // Static relocation (no GOT); the kernel is linked at -2 GiB and needs
     // the kernel code model; frame pointers make fault reports readable.
-    let mut flags = vec![
+    let mut flags: Vec<&str> = vec![
         "-C",
         "relocation-model=static",
         "-C",
@@ -54,6 +54,23 @@ fn bare_command(
     ];
     if kernel_code_model {
         flags.extend(["-C", "code-model=kernel"]);
+    }
+    // Link arguments (used only when a binary is linked): no C runtime, no
+    // libc, a static image laid out by the crate's own linker script.
+    let script = root()
+        .join(package.trim_start_matches("strata-"))
+        .join("link.ld");
+    let script_arg = format!("link-arg=-Wl,-T,{}", script.display());
+    for arg in [
+        "link-arg=-nostartfiles",
+        "link-arg=-nostdlib",
+        "link-arg=-static",
+        "link-arg=-Wl,--no-dynamic-linker",
+        "link-arg=-Wl,--build-id=none",
+        "link-arg=-Wl,--gc-sections",
+        &script_arg,
+    ] {
+        flags.extend(["-C", arg]);
     }
     let mut command = cargo();
     command

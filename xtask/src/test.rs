@@ -249,65 +249,37 @@ fn emulator_suites(filter: Option<&str>, totals: &mut Totals) -> Result {
     let image = image::build(Kind::SelfTest {
         cmdline: cmdline.clone(),
     })?;
-    let qemu_success = Some(ExitCode::Success.qemu_status());
 
-    if selected("boot-qemu-pvh") {
-        let started = step::begin(format!(
-            "suite boot-qemu-pvh: QEMU TCG (AMD SVM model), -kernel via PVH, {QEMU_MEMORY_MIB} MiB"
-        ));
-        let boot = QemuBoot::Direct {
-            elf: image.elf.clone(),
-            initrd: image.initrd.clone(),
-            append: cmdline.clone(),
-        };
-        let outcome = emulator::run(
-            qemu_command(&boot, QEMU_MEMORY_MIB, &[]),
-            None,
-            QEMU_TIMEOUT,
-        )?;
-        let mut verdict = judge::judge(
-            &boot_expectation(&token, QEMU_MEMORY_MIB, qemu_success),
-            &outcome,
-        );
-        require_line(&mut verdict, &outcome, "entered via PVH");
-        print_verdict("boot-qemu-pvh", &verdict, &outcome, totals);
-        step::end(started, "suite done");
-    }
-    if selected("boot-qemu-iso") {
-        let started = step::begin(format!(
-            "suite boot-qemu-iso: QEMU TCG, BIOS + GRUB ISO via multiboot2, {QEMU_MEMORY_MIB} MiB"
-        ));
-        let boot = QemuBoot::Iso {
-            iso: image.iso.clone(),
-        };
-        let outcome = emulator::run(
-            qemu_command(&boot, QEMU_MEMORY_MIB, &[]),
-            None,
-            QEMU_TIMEOUT,
-        )?;
-        let mut verdict = judge::judge(
-            &boot_expectation(&token, QEMU_MEMORY_MIB, qemu_success),
-            &outcome,
-        );
-        require_line(&mut verdict, &outcome, "entered via multiboot2");
-        print_verdict("boot-qemu-iso", &verdict, &outcome, totals);
-        step::end(started, "suite done");
-    }
-    if selected("boot-bochs-iso") {
-        let started = step::begin(format!(
-            "suite boot-bochs-iso: Bochs (Intel VMX model), BIOS + GRUB ISO, {BOCHS_MEMORY_MIB} MiB"
-        ));
-        let (command, serial) = emulator::bochs_command(
-            &image.iso,
-            &root().join("target/emu/bochs-boot"),
-            BOCHS_MEMORY_MIB,
-        )?;
-        let outcome = emulator::run(command, Some(&serial), BOCHS_TIMEOUT)?;
-        // Bochs exits with status 1 whether it shut down or crashed: the serial log decides.
-        let mut verdict = judge::judge(&boot_expectation(&token, BOCHS_MEMORY_MIB, None), &outcome);
-        require_line(&mut verdict, &outcome, "entered via multiboot2");
-        print_verdict("boot-bochs-iso", &verdict, &outcome, totals);
-        step::end(started, "suite done");
+    let suites = [
+        BootSuite {
+            name: "boot-qemu-pvh",
+            description: "QEMU TCG (AMD SVM model), -kernel via PVH",
+            machine: Machine::Qemu(QemuBoot::Direct {
+                elf: image.elf.clone(),
+                initrd: image.initrd.clone(),
+                append: cmdline.clone(),
+            }),
+            entry_line: "entered via PVH",
+        },
+        BootSuite {
+            name: "boot-qemu-iso",
+            description: "QEMU TCG, BIOS + GRUB ISO via multiboot2",
+            machine: Machine::Qemu(QemuBoot::Iso {
+                iso: image.iso.clone(),
+            }),
+            entry_line: "entered via multiboot2",
+        },
+        BootSuite {
+            name: "boot-bochs-iso",
+            description: "Bochs (Intel VMX model), BIOS + GRUB ISO via multiboot2",
+            machine: Machine::Bochs {
+                iso: image.iso.clone(),
+            },
+            entry_line: "entered via multiboot2",
+        },
+    ];
+    for suite in suites.iter().filter(|s| selected(s.name)) {
+        run_boot_suite(suite, &token, totals)?;
     }
     if selected("fault-qemu") {
         let started = step::begin(
@@ -356,8 +328,65 @@ fn emulator_suites(filter: Option<&str>, totals: &mut Totals) -> Result {
     Ok(())
 }
 
-fn require_line(verdict: &mut Verdict, outcome: &Outcome, text: &str) {
-    if outcome.serial.contains(text) {
+/// Where a boot suite runs.
+enum Machine {
+    /// QEMU TCG, booted this way.
+    Qemu(QemuBoot),
+    /// Bochs, from this ISO.
+    Bochs {
+        /// The GRUB ISO.
+        iso: std::path::PathBuf,
+    },
+}
+
+/// A suite that boots the self-test image and expects every case to pass.
+struct BootSuite {
+    name: &'static str,
+    description: &'static str,
+    machine: Machine,
+    /// The loader line that proves the intended boot path was taken.
+    entry_line: &'static str,
+}
+
+fn run_boot_suite(suite: &BootSuite, token: &str, totals: &mut Totals) -> Result {
+    let memory = match suite.machine {
+        Machine::Qemu(_) => QEMU_MEMORY_MIB,
+        Machine::Bochs { .. } => BOCHS_MEMORY_MIB,
+    };
+    let started = step::begin(format!(
+        "suite {}: {}, {memory} MiB",
+        suite.name, suite.description
+    ));
+    let (outcome, expectation, bochs_log) = match &suite.machine {
+        Machine::Qemu(boot) => {
+            let outcome = emulator::run(qemu_command(boot, memory, &[]), None, QEMU_TIMEOUT)?;
+            let success = Some(ExitCode::Success.qemu_status());
+            (outcome, boot_expectation(token, memory, success), None)
+        }
+        Machine::Bochs { iso } => {
+            let dir = root().join("target/emu").join(suite.name);
+            let (command, serial) = emulator::bochs_command(iso, &dir, memory)?;
+            let outcome = emulator::run(command, Some(&serial), BOCHS_TIMEOUT)?;
+            // Bochs exits with status 1 whether it shut down or crashed: the
+            // serial log decides, and its own log shows how it stopped.
+            let log = fs::read_to_string(dir.join("bochs.log")).unwrap_or_default();
+            (outcome, boot_expectation(token, memory, None), Some(log))
+        }
+    };
+    let mut verdict = judge::judge(&expectation, &outcome);
+    require_line(&mut verdict, &outcome.serial, suite.entry_line);
+    require_line(&mut verdict, &outcome.serial, "booted by strata-loader");
+    if let Some(log) = bochs_log {
+        require_line(&mut verdict, &log, "Shutdown port: shutdown requested");
+    }
+    print_verdict(suite.name, &verdict, &outcome, totals);
+    step::end(started, "suite done");
+    Ok(())
+}
+
+/// A case of its own: `text` must appear in `log`.
+fn require_line(verdict: &mut Verdict, log: &str, text: &str) {
+    if log.contains(text) {
         verdict.passed.push(format!("log \"{text}\""));
     } else {
         verdict
