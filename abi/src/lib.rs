@@ -1,6 +1,8 @@
-//! The interfaces strata's components agree on: the boot-module archive the
-//! image builder writes and the loader reads, the line protocol in-emulator
-//! test suites report through, and the exit codes a test kernel ends with.
+//! The interfaces strata's components agree on: system calls, object types
+//! and rights, invocation labels and errors, the message info word, the
+//! boot-module archive the image builder writes and the loader reads, the
+//! line protocol in-emulator test suites report through, and the exit codes
+//! a test kernel ends with.
 //!
 //! This crate is a leaf: `no_std`, free of `unsafe`, with no dependency on the
 //! kernel. Every layout is defined once here; the kernel, the loader, the
@@ -16,5 +18,10 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod archive;
+pub mod error;
 pub mod exit;
+pub mod invocation;
 pub mod ktest;
+pub mod message;
+pub mod object;
+pub mod syscall;

@@ -1,0 +1,54 @@
+//! Invocation labels: the operation a `Call` on an object capability asks
+//! for. Arguments are listed in `docs/abi.md`, one section per label.
+
+/// An invocation label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Label {
+    /// Untyped: create objects from free memory.
+    UntypedRetype = 1,
+    /// CNode: delete every capability derived from the one in a slot.
+    CNodeRevoke = 16,
+    /// CNode: delete the capability in a slot.
+    CNodeDelete = 17,
+    /// CNode: copy a capability, possibly with fewer rights.
+    CNodeCopy = 18,
+    /// CNode: copy a capability with fewer rights and a badge or guard.
+    CNodeMint = 19,
+    /// CNode: move a capability to another slot.
+    CNodeMove = 20,
+    /// CNode: move a capability, changing its badge or guard.
+    CNodeMutate = 21,
+}
+
+impl TryFrom<u64> for Label {
+    type Error = u64;
+
+    fn try_from(value: u64) -> Result<Self, u64> {
+        Ok(match value {
+            1 => Self::UntypedRetype,
+            16 => Self::CNodeRevoke,
+            17 => Self::CNodeDelete,
+            18 => Self::CNodeCopy,
+            19 => Self::CNodeMint,
+            20 => Self::CNodeMove,
+            21 => Self::CNodeMutate,
+            other => return Err(other),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip() {
+        for n in 0..64u64 {
+            if let Ok(label) = Label::try_from(n) {
+                assert_eq!(label as u64, n);
+            }
+        }
+        assert_eq!(Label::try_from(0), Err(0));
+    }
+}

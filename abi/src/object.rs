@@ -1,0 +1,135 @@
+//! Kernel object types and their sizes, and capability rights.
+
+use bitflags::bitflags;
+
+/// Bytes of one capability slot (CTE: two capability words and two
+/// derivation-tree words), as a power of two.
+pub const SLOT_SIZE_BITS: u32 = 5;
+/// Smallest Untyped object (16 bytes).
+pub const MIN_UNTYPED_BITS: u32 = 4;
+/// Largest Untyped object (128 TiB).
+pub const MAX_UNTYPED_BITS: u32 = 47;
+/// Smallest CNode radix (2 slots).
+pub const MIN_CNODE_RADIX: u32 = 1;
+/// Largest CNode radix (2^24 slots, 512 MiB).
+pub const MAX_CNODE_RADIX: u32 = 24;
+
+/// A kind of kernel object, as named in an Untyped retype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u64)]
+pub enum ObjectType {
+    /// Memory that can be retyped into other objects.
+    Untyped = 0,
+    /// A thread control block.
+    Tcb = 1,
+    /// A synchronous IPC endpoint.
+    Endpoint = 2,
+    /// An asynchronous notification word.
+    Notification = 3,
+    /// A power-of-two array of capability slots.
+    CNode = 4,
+}
+
+impl TryFrom<u64> for ObjectType {
+    type Error = u64;
+
+    fn try_from(value: u64) -> Result<Self, u64> {
+        Ok(match value {
+            0 => Self::Untyped,
+            1 => Self::Tcb,
+            2 => Self::Endpoint,
+            3 => Self::Notification,
+            4 => Self::CNode,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Why a requested object size is not possible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeOutOfRange {
+    /// Smallest user size accepted.
+    pub min: u32,
+    /// Largest user size accepted.
+    pub max: u32,
+}
+
+impl ObjectType {
+    /// The object's size as a power of two, given the caller's size argument
+    /// (bits for Untyped, radix for CNode; ignored for fixed-size objects).
+    pub fn size_bits(self, user_size: u32) -> Result<u32, SizeOutOfRange> {
+        let check = |min: u32, max: u32| {
+            if (min..=max).contains(&user_size) {
+                Ok(user_size)
+            } else {
+                Err(SizeOutOfRange { min, max })
+            }
+        };
+        match self {
+            Self::Untyped => check(MIN_UNTYPED_BITS, MAX_UNTYPED_BITS),
+            Self::CNode => {
+                check(MIN_CNODE_RADIX, MAX_CNODE_RADIX).map(|radix| radix + SLOT_SIZE_BITS)
+            }
+            Self::Tcb => Ok(TCB_SIZE_BITS),
+            Self::Endpoint => Ok(ENDPOINT_SIZE_BITS),
+            Self::Notification => Ok(NOTIFICATION_SIZE_BITS),
+        }
+    }
+}
+
+/// A TCB: registers, scheduling and IPC state, and the XSAVE area (4 KiB).
+pub const TCB_SIZE_BITS: u32 = 12;
+/// An endpoint: queue head and tail and state (16 bytes).
+pub const ENDPOINT_SIZE_BITS: u32 = 4;
+/// A notification: word, queue and bound thread (32 bytes).
+pub const NOTIFICATION_SIZE_BITS: u32 = 5;
+
+bitflags! {
+    /// What a capability allows. Derived capabilities can only lose rights.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct Rights: u64 {
+        /// Receive on an endpoint; read a frame; wait on a notification.
+        const READ = 1 << 0;
+        /// Send on an endpoint; write a frame; signal a notification.
+        const WRITE = 1 << 1;
+        /// Transfer capabilities in messages sent through this capability.
+        const GRANT = 1 << 2;
+        /// Transfer capabilities in replies to calls made through this capability.
+        const GRANT_REPLY = 1 << 3;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_types_round_trip() {
+        for n in 0..16u64 {
+            if let Ok(kind) = ObjectType::try_from(n) {
+                assert_eq!(kind as u64, n);
+            }
+        }
+        assert_eq!(ObjectType::try_from(99), Err(99));
+    }
+
+    #[test]
+    fn sizes_follow_the_user_argument_only_where_variable() {
+        assert_eq!(ObjectType::CNode.size_bits(4), Ok(4 + SLOT_SIZE_BITS));
+        assert_eq!(
+            ObjectType::CNode.size_bits(0),
+            Err(SizeOutOfRange { min: 1, max: 24 })
+        );
+        assert_eq!(ObjectType::Untyped.size_bits(12), Ok(12));
+        assert_eq!(
+            ObjectType::Untyped.size_bits(3),
+            Err(SizeOutOfRange { min: 4, max: 47 })
+        );
+        assert_eq!(
+            ObjectType::Untyped.size_bits(48),
+            Err(SizeOutOfRange { min: 4, max: 47 })
+        );
+        assert_eq!(ObjectType::Endpoint.size_bits(999), Ok(ENDPOINT_SIZE_BITS));
+        assert_eq!(ObjectType::Tcb.size_bits(0), Ok(TCB_SIZE_BITS));
+    }
+}
