@@ -11,11 +11,15 @@
 
 #![cfg_attr(not(test), no_std)]
 
+#[cfg(not(strata_baremetal))]
+extern crate alloc;
+
 pub mod addr;
 pub mod arch;
 pub mod boot;
 pub mod cmdline;
 pub mod console;
 pub mod frame;
+pub mod object;
 #[cfg(feature = "selftest")]
 pub mod selftest;

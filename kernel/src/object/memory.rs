@@ -1,0 +1,120 @@
+//! How the object layer reaches physical memory.
+//!
+//! Kernel objects live in physical memory obtained from Untyped. The object
+//! layer touches it only through [`PhysicalMemory`], by address: on the
+//! machine through the direct map, on the host (tests, fuzzing) through an
+//! [`Arena`]. Every address handed to these functions was produced by the
+//! kernel itself from a capability, never taken from user space unchecked.
+
+use crate::addr::PhysAddr;
+
+/// Word-granular access to physical memory holding kernel objects.
+pub trait PhysicalMemory {
+    /// Reads the 8-byte word at `address` (8-byte aligned).
+    fn read(&self, address: PhysAddr) -> u64;
+    /// Writes the 8-byte word at `address` (8-byte aligned).
+    fn write(&mut self, address: PhysAddr, value: u64);
+    /// Zeroes `bytes` bytes (a multiple of 8) from `address` (8-byte aligned).
+    fn zero(&mut self, address: PhysAddr, bytes: u64);
+}
+
+/// Physical memory through the kernel's direct map.
+#[derive(Debug, Clone, Copy)]
+pub struct DirectMapMemory {
+    map: crate::addr::DirectMap,
+}
+
+impl DirectMapMemory {
+    /// Memory seen through `map`.
+    ///
+    /// # Safety
+    /// `map` must map all physical memory the object layer will be given
+    /// addresses of (every Untyped region), read-write.
+    pub const unsafe fn new(map: crate::addr::DirectMap) -> Self {
+        Self { map }
+    }
+}
+
+impl PhysicalMemory for DirectMapMemory {
+    fn read(&self, address: PhysAddr) -> u64 {
+        // SAFETY: the direct map covers every address the object layer uses
+        // (constructor precondition); addresses come from capabilities the
+        // kernel created, are 8-byte aligned and name kernel-owned memory.
+        unsafe {
+            self.map
+                .to_virtual(address)
+                .as_mut_ptr::<u64>()
+                .read_volatile()
+        }
+    }
+
+    fn write(&mut self, address: PhysAddr, value: u64) {
+        // SAFETY: as for `read`.
+        unsafe {
+            self.map
+                .to_virtual(address)
+                .as_mut_ptr::<u64>()
+                .write_volatile(value)
+        }
+    }
+
+    fn zero(&mut self, address: PhysAddr, bytes: u64) {
+        // SAFETY: as for `read`; the range lies inside one object or Untyped.
+        unsafe {
+            core::ptr::write_bytes(
+                self.map.to_virtual(address).as_mut_ptr::<u8>(),
+                0,
+                bytes as usize,
+            )
+        }
+    }
+}
+
+/// Host-side physical memory: a vector of words standing in for
+/// `[base, base + size)`. Out-of-range access is a kernel bug and panics.
+#[cfg(not(strata_baremetal))]
+#[derive(Debug, Clone)]
+pub struct Arena {
+    base: u64,
+    words: alloc::vec::Vec<u64>,
+}
+
+#[cfg(not(strata_baremetal))]
+impl Arena {
+    /// `bytes` bytes of zeroed memory at physical `base`.
+    pub fn new(base: u64, bytes: u64) -> Self {
+        Self {
+            base,
+            words: alloc::vec![0; (bytes / 8) as usize],
+        }
+    }
+
+    fn index(&self, address: PhysAddr) -> usize {
+        let offset = address
+            .get()
+            .checked_sub(self.base)
+            .expect("address below the arena");
+        assert!(
+            offset.is_multiple_of(8),
+            "misaligned word access at {address}"
+        );
+        (offset / 8) as usize
+    }
+}
+
+#[cfg(not(strata_baremetal))]
+impl PhysicalMemory for Arena {
+    fn read(&self, address: PhysAddr) -> u64 {
+        self.words[self.index(address)]
+    }
+
+    fn write(&mut self, address: PhysAddr, value: u64) {
+        let index = self.index(address);
+        self.words[index] = value;
+    }
+
+    fn zero(&mut self, address: PhysAddr, bytes: u64) {
+        let start = self.index(address);
+        self.words[start..start + (bytes / 8) as usize].fill(0);
+    }
+}
