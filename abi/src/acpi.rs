@@ -79,12 +79,7 @@ impl Rsdp {
         } else {
             None
         };
-        Ok(Self {
-            revision,
-            oem,
-            rsdt,
-            xsdt,
-        })
+        Ok(Self { revision, oem, rsdt, xsdt })
     }
 
     /// Bytes of the structure for its revision.
@@ -128,10 +123,7 @@ mod tests {
     #[test]
     fn valid_rsdps_of_both_revisions_parse() {
         let v2 = Rsdp::parse(&rsdp(2)).expect("valid");
-        assert_eq!(
-            (v2.revision, &v2.oem, v2.rsdt, v2.xsdt),
-            (2, b"STRATA", 0x7fe_1234, Some(0x7fe_5678))
-        );
+        assert_eq!((v2.revision, &v2.oem, v2.rsdt, v2.xsdt), (2, b"STRATA", 0x7fe_1234, Some(0x7fe_5678)));
         assert_eq!(v2.len(), V2_LEN);
         let v1 = Rsdp::parse(&rsdp(0)[..V1_LEN]).expect("valid");
         assert_eq!(v1.xsdt, None);

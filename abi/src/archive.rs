@@ -235,45 +235,37 @@ pub enum ArchiveError {
 impl fmt::Display for ArchiveError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Truncated { len, need } => write!(
-                f,
-                "archive is truncated: {len} bytes, but its header and entry table need {need}"
-            ),
-            Self::BadMagic { found } => write!(
-                f,
-                "not a strata boot archive: magic is {found:02x?}, expected \"STRATAAR\""
-            ),
+            Self::Truncated { len, need } => {
+                write!(f, "archive is truncated: {len} bytes, but its header and entry table need {need}")
+            }
+            Self::BadMagic { found } => {
+                write!(f, "not a strata boot archive: magic is {found:02x?}, expected \"STRATAAR\"")
+            }
             Self::UnsupportedVersion { found } => write!(
                 f,
                 "archive format version {found} is not supported (this build reads version {VERSION})"
             ),
             Self::BadEntryCount { count } => {
-                write!(
-                    f,
-                    "archive has {count} entries; between 1 and {MAX_ENTRIES} are allowed"
-                )
+                write!(f, "archive has {count} entries; between 1 and {MAX_ENTRIES} are allowed")
             }
             Self::SizeMismatch { header, actual } => write!(
                 f,
                 "archive header says {header} bytes but {actual} were loaded (truncated or padded module?)"
             ),
             Self::ReservedNotZero => write!(f, "archive header has non-zero reserved bytes"),
-            Self::TableChecksum { expected, found } => write!(
-                f,
-                "archive entry table is corrupt: CRC-32 {found:#010x}, expected {expected:#010x}"
-            ),
-            Self::BadText { index } => write!(
-                f,
-                "archive entry {index} has an empty, non-UTF-8 or unterminated name or string"
-            ),
+            Self::TableChecksum { expected, found } => {
+                write!(f, "archive entry table is corrupt: CRC-32 {found:#010x}, expected {expected:#010x}")
+            }
+            Self::BadText { index } => {
+                write!(f, "archive entry {index} has an empty, non-UTF-8 or unterminated name or string")
+            }
             Self::DuplicateName { name } => write!(f, "archive has two entries named {name}"),
             Self::BadKind { name, kind } => {
                 write!(f, "archive entry {name} has unknown kind {kind}")
             }
-            Self::Misaligned { name, offset } => write!(
-                f,
-                "archive entry {name} starts at offset {offset:#x}, not on a {ALIGN}-byte boundary"
-            ),
+            Self::Misaligned { name, offset } => {
+                write!(f, "archive entry {name} starts at offset {offset:#x}, not on a {ALIGN}-byte boundary")
+            }
             Self::OutOfOrder { name, offset, size } => write!(
                 f,
                 "archive entry {name} ({size} bytes at offset {offset:#x}) overlaps another entry or runs past the end"
@@ -281,14 +273,9 @@ impl fmt::Display for ArchiveError {
             Self::PaddingNotZero { offset } => {
                 write!(f, "archive padding at offset {offset:#x} is not zero")
             }
-            Self::DataChecksum {
-                name,
-                expected,
-                found,
-            } => write!(
-                f,
-                "archive entry {name} is corrupt: CRC-32 {found:#010x}, expected {expected:#010x}"
-            ),
+            Self::DataChecksum { name, expected, found } => {
+                write!(f, "archive entry {name} is corrupt: CRC-32 {found:#010x}, expected {expected:#010x}")
+            }
             Self::NoKernel => write!(f, "archive has no kernel entry"),
             Self::SecondKernel { name } => {
                 write!(f, "archive has a second kernel entry, {name}")
@@ -329,20 +316,13 @@ impl<'a> Archive<'a> {
     /// problem found.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ArchiveError> {
         let Ok((header, rest)) = Header::ref_from_prefix(bytes) else {
-            return Err(ArchiveError::Truncated {
-                len: bytes.len(),
-                need: HEADER_LEN,
-            });
+            return Err(ArchiveError::Truncated { len: bytes.len(), need: HEADER_LEN });
         };
         if header.magic != MAGIC {
-            return Err(ArchiveError::BadMagic {
-                found: header.magic,
-            });
+            return Err(ArchiveError::BadMagic { found: header.magic });
         }
         if header.version.get() != VERSION {
-            return Err(ArchiveError::UnsupportedVersion {
-                found: header.version.get(),
-            });
+            return Err(ArchiveError::UnsupportedVersion { found: header.version.get() });
         }
         let count = header.entry_count.get();
         let entry_count = count as usize;
@@ -350,27 +330,18 @@ impl<'a> Archive<'a> {
             return Err(ArchiveError::BadEntryCount { count });
         }
         if header.total_size.get() != bytes.len() as u64 {
-            return Err(ArchiveError::SizeMismatch {
-                header: header.total_size.get(),
-                actual: bytes.len(),
-            });
+            return Err(ArchiveError::SizeMismatch { header: header.total_size.get(), actual: bytes.len() });
         }
         if header.reserved.iter().any(|&b| b != 0) {
             return Err(ArchiveError::ReservedNotZero);
         }
         let table_len = entry_count * ENTRY_LEN;
         let Ok((table, _)) = <[RawEntry]>::ref_from_prefix_with_elems(rest, entry_count) else {
-            return Err(ArchiveError::Truncated {
-                len: bytes.len(),
-                need: HEADER_LEN + table_len,
-            });
+            return Err(ArchiveError::Truncated { len: bytes.len(), need: HEADER_LEN + table_len });
         };
         let found = crc32fast::hash(table.as_bytes());
         if found != header.table_crc32.get() {
-            return Err(ArchiveError::TableChecksum {
-                expected: header.table_crc32.get(),
-                found,
-            });
+            return Err(ArchiveError::TableChecksum { expected: header.table_crc32.get(), found });
         }
 
         let mut kernel_index = None;
@@ -383,14 +354,11 @@ impl<'a> Archive<'a> {
             if !name.is_well_formed() || name.0[0] == 0 || !string.is_well_formed() {
                 return Err(ArchiveError::BadText { index });
             }
-            if table[..index]
-                .iter()
-                .any(|earlier| earlier.name == raw.name)
-            {
+            if table[..index].iter().any(|earlier| earlier.name == raw.name) {
                 return Err(ArchiveError::DuplicateName { name });
             }
-            let kind = EntryKind::try_from(raw.kind.get())
-                .map_err(|kind| ArchiveError::BadKind { name, kind })?;
+            let kind =
+                EntryKind::try_from(raw.kind.get()).map_err(|kind| ArchiveError::BadKind { name, kind })?;
             if kind == EntryKind::Kernel {
                 if kernel_index.is_some() {
                     return Err(ArchiveError::SecondKernel { name });
@@ -410,21 +378,13 @@ impl<'a> Archive<'a> {
             let data = &bytes[offset as usize..(offset + size) as usize];
             let found = crc32fast::hash(data);
             if found != raw.data_crc32.get() {
-                return Err(ArchiveError::DataChecksum {
-                    name,
-                    expected: raw.data_crc32.get(),
-                    found,
-                });
+                return Err(ArchiveError::DataChecksum { name, expected: raw.data_crc32.get(), found });
             }
             covered = offset + size;
         }
         check_zero(bytes, covered, bytes.len() as u64)?;
         let kernel_index = kernel_index.ok_or(ArchiveError::NoKernel)?;
-        Ok(Self {
-            bytes,
-            table,
-            kernel_index,
-        })
+        Ok(Self { bytes, table, kernel_index })
     }
 
     /// All entries, in table order.
@@ -440,8 +400,7 @@ impl<'a> Archive<'a> {
 
     /// The module entries (everything but the kernel), in table order.
     pub fn modules(&self) -> impl Iterator<Item = Entry<'a>> + 'a {
-        self.entries()
-            .filter(|entry| entry.kind == EntryKind::Module)
+        self.entries().filter(|entry| entry.kind == EntryKind::Module)
     }
 
     /// Size of the archive in bytes.
@@ -466,9 +425,7 @@ fn entry_of<'a>(bytes: &'a [u8], raw: &'a RawEntry) -> Entry<'a> {
         // Checked by `parse`; `Module` is the only other value.
         kind: EntryKind::try_from(raw.kind.get()).unwrap_or(EntryKind::Module),
         offset,
-        data: bytes
-            .get(offset as usize..(offset + size) as usize)
-            .unwrap_or(&[]),
+        data: bytes.get(offset as usize..(offset + size) as usize).unwrap_or(&[]),
     }
 }
 
@@ -480,9 +437,7 @@ fn text_of(field: &[u8; TEXT_LEN]) -> &str {
 fn check_zero(bytes: &[u8], from: u64, to: u64) -> Result<(), ArchiveError> {
     let padding = bytes.get(from as usize..to as usize).unwrap_or(&[]);
     match padding.iter().position(|&b| b != 0) {
-        Some(position) => Err(ArchiveError::PaddingNotZero {
-            offset: from + position as u64,
-        }),
+        Some(position) => Err(ArchiveError::PaddingNotZero { offset: from + position as u64 }),
         None => Ok(()),
     }
 }
@@ -521,10 +476,7 @@ impl fmt::Display for BuildError {
             Self::DuplicateName { name } => write!(f, "two archive entries are named {name:?}"),
             Self::TooManyEntries => write!(f, "more than {MAX_ENTRIES} archive entries"),
             Self::KernelCount { count } => {
-                write!(
-                    f,
-                    "an archive needs exactly one kernel entry, {count} given"
-                )
+                write!(f, "an archive needs exactly one kernel entry, {count} given")
             }
         }
     }
@@ -570,35 +522,20 @@ impl Builder {
         if self.entries.len() == MAX_ENTRIES {
             return Err(BuildError::TooManyEntries);
         }
-        self.entries.push(PendingEntry {
-            kind,
-            name: name_field,
-            string: string_field,
-            data: data.to_vec(),
-        });
+        self.entries.push(PendingEntry { kind, name: name_field, string: string_field, data: data.to_vec() });
         Ok(self)
     }
 
     /// Lays the archive out and returns its bytes.
     pub fn finish(&self) -> Result<alloc::vec::Vec<u8>, BuildError> {
-        let kernels = self
-            .entries
-            .iter()
-            .filter(|entry| entry.kind == EntryKind::Kernel)
-            .count();
+        let kernels = self.entries.iter().filter(|entry| entry.kind == EntryKind::Kernel).count();
         if kernels != 1 {
             return Err(BuildError::KernelCount { count: kernels });
         }
         let align_up = |n: u64| n.div_ceil(ALIGN) * ALIGN;
         let mut offset = align_up((HEADER_LEN + ENTRY_LEN * self.entries.len()) as u64);
         let mut table = alloc::vec::Vec::with_capacity(self.entries.len());
-        for PendingEntry {
-            kind,
-            name,
-            string,
-            data,
-        } in &self.entries
-        {
+        for PendingEntry { kind, name, string, data } in &self.entries {
             table.push(RawEntry {
                 name: *name,
                 string: *string,
@@ -614,9 +551,7 @@ impl Builder {
             .entries
             .last()
             .zip(table.last())
-            .map_or(offset, |(entry, raw)| {
-                raw.offset.get() + entry.data.len() as u64
-            });
+            .map_or(offset, |(entry, raw)| raw.offset.get() + entry.data.len() as u64);
         let header = Header {
             magic: MAGIC,
             version: U32::new(VERSION),
@@ -627,8 +562,7 @@ impl Builder {
         };
         let mut bytes = alloc::vec![0u8; total as usize];
         bytes[..HEADER_LEN].copy_from_slice(header.as_bytes());
-        bytes[HEADER_LEN..HEADER_LEN + table.len() * ENTRY_LEN]
-            .copy_from_slice(table.as_slice().as_bytes());
+        bytes[HEADER_LEN..HEADER_LEN + table.len() * ENTRY_LEN].copy_from_slice(table.as_slice().as_bytes());
         for (raw, entry) in table.iter().zip(&self.entries) {
             let start = raw.offset.get() as usize;
             bytes[start..start + entry.data.len()].copy_from_slice(&entry.data);
@@ -656,12 +590,7 @@ mod tests {
     fn sample() -> Vec<u8> {
         let mut builder = Builder::new();
         builder
-            .add(
-                EntryKind::Kernel,
-                "kernel",
-                "",
-                &[0x7f, b'E', b'L', b'F', 1, 2, 3],
-            )
+            .add(EntryKind::Kernel, "kernel", "", &[0x7f, b'E', b'L', b'F', 1, 2, 3])
             .and_then(|b| b.add(EntryKind::Module, "root", "log=debug", &[9; 5000]))
             .and_then(|b| b.add(EntryKind::Module, "empty", "", &[]))
             .expect("valid entries");
@@ -672,18 +601,8 @@ mod tests {
     fn round_trip_keeps_every_entry_in_order_and_page_aligned() {
         let bytes = sample();
         let archive = Archive::parse(&bytes).expect("builder output parses");
-        let names: Vec<_> = archive
-            .entries()
-            .map(|e| (e.name, e.string, e.data.len()))
-            .collect();
-        assert_eq!(
-            names,
-            [
-                ("kernel", "", 7),
-                ("root", "log=debug", 5000),
-                ("empty", "", 0)
-            ]
-        );
+        let names: Vec<_> = archive.entries().map(|e| (e.name, e.string, e.data.len())).collect();
+        assert_eq!(names, [("kernel", "", 7), ("root", "log=debug", 5000), ("empty", "", 0)]);
         assert_eq!(archive.kernel().data, &[0x7f, b'E', b'L', b'F', 1, 2, 3]);
         assert_eq!(archive.modules().count(), 2);
         assert!(archive.entries().all(|e| e.offset % ALIGN == 0));
@@ -693,10 +612,7 @@ mod tests {
     fn every_truncation_is_refused() {
         let bytes = sample();
         for len in 0..bytes.len() {
-            assert!(
-                Archive::parse(&bytes[..len]).is_err(),
-                "prefix of {len} bytes accepted"
-            );
+            assert!(Archive::parse(&bytes[..len]).is_err(), "prefix of {len} bytes accepted");
         }
     }
 
@@ -705,17 +621,11 @@ mod tests {
         let good = sample();
         let mut bad = good.clone();
         bad[0] = b'X';
-        assert!(matches!(
-            Archive::parse(&bad),
-            Err(ArchiveError::BadMagic { .. })
-        ));
+        assert!(matches!(Archive::parse(&bad), Err(ArchiveError::BadMagic { .. })));
 
         let mut bad = good.clone();
         bad[8] = 2;
-        assert_eq!(
-            Archive::parse(&bad).err(),
-            Some(ArchiveError::UnsupportedVersion { found: 2 })
-        );
+        assert_eq!(Archive::parse(&bad).err(), Some(ArchiveError::UnsupportedVersion { found: 2 }));
 
         let mut bad = good.clone();
         bad[2 * ALIGN as usize + 100] ^= 1; // inside "root", the third page
@@ -726,38 +636,25 @@ mod tests {
 
         let mut bad = good.clone();
         bad.push(0);
-        assert!(matches!(
-            Archive::parse(&bad),
-            Err(ArchiveError::SizeMismatch { .. })
-        ));
+        assert!(matches!(Archive::parse(&bad), Err(ArchiveError::SizeMismatch { .. })));
 
         let mut bad = good.clone();
         bad[HEADER_LEN + 3 * ENTRY_LEN + 1] = 1; // padding after the table
-        assert!(matches!(
-            Archive::parse(&bad),
-            Err(ArchiveError::PaddingNotZero { .. })
-        ));
+        assert!(matches!(Archive::parse(&bad), Err(ArchiveError::PaddingNotZero { .. })));
     }
 
     #[test]
     fn builder_refuses_bad_input() {
         let mut builder = Builder::new();
         assert!(builder.add(EntryKind::Module, "", "", &[]).is_err());
-        assert!(
-            builder
-                .add(EntryKind::Module, &"x".repeat(TEXT_LEN + 1), "", &[])
-                .is_err()
-        );
+        assert!(builder.add(EntryKind::Module, &"x".repeat(TEXT_LEN + 1), "", &[]).is_err());
         assert!(builder.add(EntryKind::Module, "a\0b", "", &[]).is_err());
         builder.add(EntryKind::Module, "m", "", &[]).expect("fine");
         assert_eq!(
             builder.add(EntryKind::Module, "m", "", &[]).err(),
             Some(BuildError::DuplicateName { name: "m".into() })
         );
-        assert_eq!(
-            builder.finish().err(),
-            Some(BuildError::KernelCount { count: 0 })
-        );
+        assert_eq!(builder.finish().err(), Some(BuildError::KernelCount { count: 0 }));
     }
 
     #[test]
@@ -771,10 +668,7 @@ mod tests {
         bytes[kind_at + ENTRY_LEN] = EntryKind::Kernel as u8;
         bytes[kind_at] = EntryKind::Kernel as u8;
         refresh_table_crc(&mut bytes, 3);
-        assert!(matches!(
-            Archive::parse(&bytes),
-            Err(ArchiveError::SecondKernel { .. })
-        ));
+        assert!(matches!(Archive::parse(&bytes), Err(ArchiveError::SecondKernel { .. })));
     }
 
     fn refresh_table_crc(bytes: &mut [u8], entries: usize) {

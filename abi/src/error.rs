@@ -100,9 +100,7 @@ impl InvocationError {
     /// The error's data words at the ABI boundary.
     pub const fn words(&self) -> [u64; 4] {
         match *self {
-            Self::InvalidArgument { index } | Self::InvalidCapability { index } => {
-                [index as u64, 0, 0, 0]
-            }
+            Self::InvalidArgument { index } | Self::InvalidCapability { index } => [index as u64, 0, 0, 0],
             Self::RangeError { min, max } => [min, max, 0, 0],
             Self::TruncatedMessage { needed } => [needed as u64, 0, 0, 0],
             Self::NotEnoughMemory { available } => [available, 0, 0, 0],
@@ -110,29 +108,16 @@ impl InvocationError {
                 let source = source as u64;
                 match failure {
                     LookupFailure::InvalidRoot => [source, 1, 0, 0],
-                    LookupFailure::MissingCapability { bits_left } => {
-                        [source, 2, bits_left as u64, 0]
+                    LookupFailure::MissingCapability { bits_left } => [source, 2, bits_left as u64, 0],
+                    LookupFailure::DepthMismatch { bits_left, bits_found } => {
+                        [source, 3, bits_left as u64, bits_found as u64]
                     }
-                    LookupFailure::DepthMismatch {
-                        bits_left,
-                        bits_found,
-                    } => [source, 3, bits_left as u64, bits_found as u64],
-                    LookupFailure::GuardMismatch {
-                        bits_left,
-                        guard_found,
-                        guard_size,
-                    } => [
-                        source,
-                        4 | (guard_size as u64) << 8 | (bits_left as u64) << 16,
-                        guard_found,
-                        0,
-                    ],
+                    LookupFailure::GuardMismatch { bits_left, guard_found, guard_size } => {
+                        [source, 4 | (guard_size as u64) << 8 | (bits_left as u64) << 16, guard_found, 0]
+                    }
                 }
             }
-            Self::IllegalOperation
-            | Self::AlignmentError
-            | Self::DeleteFirst
-            | Self::RevokeFirst => [0; 4],
+            Self::IllegalOperation | Self::AlignmentError | Self::DeleteFirst | Self::RevokeFirst => [0; 4],
         }
     }
 
@@ -140,17 +125,10 @@ impl InvocationError {
     pub fn decode(code: u64, words: [u64; 4]) -> Option<Self> {
         let byte = |w: u64| u8::try_from(w).ok();
         Some(match code {
-            1 => Self::InvalidArgument {
-                index: byte(words[0])?,
-            },
-            2 => Self::InvalidCapability {
-                index: byte(words[0])?,
-            },
+            1 => Self::InvalidArgument { index: byte(words[0])? },
+            2 => Self::InvalidCapability { index: byte(words[0])? },
             3 => Self::IllegalOperation,
-            4 => Self::RangeError {
-                min: words[0],
-                max: words[1],
-            },
+            4 => Self::RangeError { min: words[0], max: words[1] },
             5 => Self::AlignmentError,
             6 => {
                 let source = match words[0] {
@@ -160,9 +138,7 @@ impl InvocationError {
                 };
                 let failure = match words[1] & 0xff {
                     1 => LookupFailure::InvalidRoot,
-                    2 => LookupFailure::MissingCapability {
-                        bits_left: byte(words[2])?,
-                    },
+                    2 => LookupFailure::MissingCapability { bits_left: byte(words[2])? },
                     3 => LookupFailure::DepthMismatch {
                         bits_left: byte(words[2])?,
                         bits_found: byte(words[3])?,
@@ -176,14 +152,10 @@ impl InvocationError {
                 };
                 Self::FailedLookup { source, failure }
             }
-            7 => Self::TruncatedMessage {
-                needed: byte(words[0])?,
-            },
+            7 => Self::TruncatedMessage { needed: byte(words[0])? },
             8 => Self::DeleteFirst,
             9 => Self::RevokeFirst,
-            10 => Self::NotEnoughMemory {
-                available: words[0],
-            },
+            10 => Self::NotEnoughMemory { available: words[0] },
             _ => return None,
         })
     }
@@ -194,23 +166,12 @@ impl fmt::Display for LookupFailure {
         match self {
             Self::InvalidRoot => write!(f, "the CSpace root is not a CNode"),
             Self::MissingCapability { bits_left } => {
-                write!(
-                    f,
-                    "no capability where the address resolved ({bits_left} bits left)"
-                )
+                write!(f, "no capability where the address resolved ({bits_left} bits left)")
             }
-            Self::DepthMismatch {
-                bits_left,
-                bits_found,
-            } => write!(
-                f,
-                "a CNode needs {bits_found} bits but only {bits_left} were left"
-            ),
-            Self::GuardMismatch {
-                bits_left,
-                guard_found,
-                guard_size,
-            } => write!(
+            Self::DepthMismatch { bits_left, bits_found } => {
+                write!(f, "a CNode needs {bits_found} bits but only {bits_left} were left")
+            }
+            Self::GuardMismatch { bits_left, guard_found, guard_size } => write!(
                 f,
                 "guard mismatch with {bits_left} bits left: the CNode's {guard_size}-bit guard is {guard_found:#x}"
             ),
@@ -223,20 +184,13 @@ impl fmt::Display for InvocationError {
         match self {
             Self::InvalidArgument { index } => write!(f, "argument {index} is invalid"),
             Self::InvalidCapability { index } => {
-                write!(
-                    f,
-                    "capability {index} is of the wrong type or lacks a needed right"
-                )
+                write!(f, "capability {index} is of the wrong type or lacks a needed right")
             }
             Self::IllegalOperation => write!(f, "operation not allowed on this object now"),
             Self::RangeError { min, max } => write!(f, "value out of range {min}..={max}"),
             Self::AlignmentError => write!(f, "misaligned address or size"),
             Self::FailedLookup { source, failure } => {
-                write!(
-                    f,
-                    "{} lookup failed: {failure}",
-                    if *source { "source" } else { "destination" }
-                )
+                write!(f, "{} lookup failed: {failure}", if *source { "source" } else { "destination" })
             }
             Self::TruncatedMessage { needed } => {
                 write!(f, "message too short: {needed} words needed")
@@ -260,20 +214,11 @@ mod tests {
             Just(LookupFailure::InvalidRoot),
             any::<u8>().prop_map(|bits_left| LookupFailure::MissingCapability { bits_left }),
             (any::<u8>(), any::<u8>()).prop_map(|(bits_left, bits_found)| {
-                LookupFailure::DepthMismatch {
-                    bits_left,
-                    bits_found,
-                }
+                LookupFailure::DepthMismatch { bits_left, bits_found }
             }),
-            (any::<u8>(), any::<u64>(), any::<u8>()).prop_map(
-                |(bits_left, guard_found, guard_size)| {
-                    LookupFailure::GuardMismatch {
-                        bits_left,
-                        guard_found,
-                        guard_size,
-                    }
-                }
-            ),
+            (any::<u8>(), any::<u64>(), any::<u8>()).prop_map(|(bits_left, guard_found, guard_size)| {
+                LookupFailure::GuardMismatch { bits_left, guard_found, guard_size }
+            }),
         ]
     }
 
@@ -282,8 +227,7 @@ mod tests {
             any::<u8>().prop_map(|index| InvocationError::InvalidArgument { index }),
             any::<u8>().prop_map(|index| InvocationError::InvalidCapability { index }),
             Just(InvocationError::IllegalOperation),
-            (any::<u64>(), any::<u64>())
-                .prop_map(|(min, max)| InvocationError::RangeError { min, max }),
+            (any::<u64>(), any::<u64>()).prop_map(|(min, max)| InvocationError::RangeError { min, max }),
             Just(InvocationError::AlignmentError),
             (any::<bool>(), any_lookup())
                 .prop_map(|(source, failure)| InvocationError::FailedLookup { source, failure }),

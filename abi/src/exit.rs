@@ -49,11 +49,7 @@ mod tests {
 
     #[test]
     fn qemu_status_round_trips_and_never_collides_with_qemu_errors() {
-        for code in [
-            ExitCode::Success,
-            ExitCode::KernelFailure,
-            ExitCode::LoaderFailure,
-        ] {
+        for code in [ExitCode::Success, ExitCode::KernelFailure, ExitCode::LoaderFailure] {
             assert_eq!(ExitCode::from_qemu_status(code.qemu_status()), Some(code));
             assert_ne!(code.qemu_status(), 0);
             assert_ne!(code.qemu_status(), 1);

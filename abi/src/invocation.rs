@@ -19,6 +19,20 @@ pub enum Label {
     CNodeMove = 20,
     /// CNode: move a capability, changing its badge or guard.
     CNodeMutate = 21,
+    /// Page table, directory or PDPT: install it in an address space.
+    PageTableMap = 32,
+    /// Page table, directory or PDPT: take it out of its address space.
+    PageTableUnmap = 33,
+    /// Frame: map it into an address space.
+    FrameMap = 40,
+    /// Frame: remove its mapping.
+    FrameUnmap = 41,
+    /// Frame: return its physical address.
+    FrameGetAddress = 42,
+    /// ASID control: turn a 4 KiB Untyped into a pool of 512 ASIDs.
+    AsidControlMakePool = 48,
+    /// ASID pool: give an address space (PML4) an ASID.
+    AsidPoolAssign = 49,
 }
 
 impl TryFrom<u64> for Label {
@@ -33,6 +47,13 @@ impl TryFrom<u64> for Label {
             19 => Self::CNodeMint,
             20 => Self::CNodeMove,
             21 => Self::CNodeMutate,
+            32 => Self::PageTableMap,
+            33 => Self::PageTableUnmap,
+            40 => Self::FrameMap,
+            41 => Self::FrameUnmap,
+            42 => Self::FrameGetAddress,
+            48 => Self::AsidControlMakePool,
+            49 => Self::AsidPoolAssign,
             other => return Err(other),
         })
     }

@@ -67,14 +67,8 @@ pub enum Record<'a> {
 /// cases it expected and did not see, so a garbled line still fails a run).
 pub fn parse_line(line: &str) -> Option<Record<'_>> {
     let line = line.trim_end_matches(['\r', '\n']);
-    if let Some(position) = FATAL_MARKERS
-        .iter()
-        .filter_map(|marker| line.find(marker))
-        .min()
-    {
-        return Some(Record::Fatal {
-            message: &line[position..],
-        });
+    if let Some(position) = FATAL_MARKERS.iter().filter_map(|marker| line.find(marker)).min() {
+        return Some(Record::Fatal { message: &line[position..] });
     }
     let rest = line.strip_prefix(PREFIX)?.strip_prefix(' ')?;
     let (verb, rest) = split_word(rest);
@@ -88,11 +82,7 @@ pub fn parse_line(line: &str) -> Option<Record<'_>> {
             if case.is_empty() {
                 return None;
             }
-            Some(if verb == "pass" {
-                Record::Pass { case, detail }
-            } else {
-                Record::Fail { case, detail }
-            })
+            Some(if verb == "pass" { Record::Pass { case, detail } } else { Record::Fail { case, detail } })
         }
         "done" => {
             let mut passed = None;
@@ -104,10 +94,7 @@ pub fn parse_line(line: &str) -> Option<Record<'_>> {
                     _ => return None,
                 }
             }
-            Some(Record::Done {
-                passed: passed?,
-                failed: failed?,
-            })
+            Some(Record::Done { passed: passed?, failed: failed? })
         }
         _ => None,
     }
@@ -137,47 +124,25 @@ mod tests {
 
     #[test]
     fn parses_each_record_kind() {
-        assert_eq!(
-            parse_line("KTEST suite boot\r\n"),
-            Some(Record::Suite { name: "boot" })
-        );
+        assert_eq!(parse_line("KTEST suite boot\r\n"), Some(Record::Suite { name: "boot" }));
         assert_eq!(
             parse_line("KTEST pass boot.memory usable_kib=4 regions=1"),
-            Some(Record::Pass {
-                case: "boot.memory",
-                detail: "usable_kib=4 regions=1"
-            })
+            Some(Record::Pass { case: "boot.memory", detail: "usable_kib=4 regions=1" })
         );
         assert_eq!(
             parse_line("KTEST fail boot.timer"),
-            Some(Record::Fail {
-                case: "boot.timer",
-                detail: ""
-            })
+            Some(Record::Fail { case: "boot.timer", detail: "" })
         );
-        assert_eq!(
-            parse_line("KTEST done passed=7 failed=2"),
-            Some(Record::Done {
-                passed: 7,
-                failed: 2
-            })
-        );
+        assert_eq!(parse_line("KTEST done passed=7 failed=2"), Some(Record::Done { passed: 7, failed: 2 }));
     }
 
     #[test]
     fn fatal_markers_win_anywhere_on_the_line() {
         assert_eq!(
             parse_line("[0.1] KERNEL PANIC at kernel/src/main.rs:3: boom"),
-            Some(Record::Fatal {
-                message: "KERNEL PANIC at kernel/src/main.rs:3: boom"
-            })
+            Some(Record::Fatal { message: "KERNEL PANIC at kernel/src/main.rs:3: boom" })
         );
-        assert_eq!(
-            parse_line("KTEST pass x KERNEL FAULT"),
-            Some(Record::Fatal {
-                message: "KERNEL FAULT"
-            })
-        );
+        assert_eq!(parse_line("KTEST pass x KERNEL FAULT"), Some(Record::Fatal { message: "KERNEL FAULT" }));
     }
 
     #[test]

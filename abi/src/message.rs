@@ -42,12 +42,7 @@ pub enum MessageInfoError {
 impl MessageInfo {
     /// A message info for an invocation or message.
     pub const fn new(label: u64, extra_caps: u8, length: u8) -> Self {
-        Self {
-            label,
-            caps_unwrapped: 0,
-            extra_caps,
-            length,
-        }
+        Self { label, caps_unwrapped: 0, extra_caps, length }
     }
 
     /// Packs into a word, checking every field.
@@ -75,16 +70,8 @@ impl MessageInfo {
         Self {
             label: word >> 12,
             caps_unwrapped: ((word >> 9) & 0x7) as u8,
-            extra_caps: if extra_caps as u64 > MAX_EXTRA_CAPS {
-                MAX_EXTRA_CAPS as u8
-            } else {
-                extra_caps
-            },
-            length: if length as u64 > MAX_LENGTH {
-                MAX_LENGTH as u8
-            } else {
-                length
-            },
+            extra_caps: if extra_caps as u64 > MAX_EXTRA_CAPS { MAX_EXTRA_CAPS as u8 } else { extra_caps },
+            length: if length as u64 > MAX_LENGTH { MAX_LENGTH as u8 } else { length },
         }
     }
 }
@@ -112,20 +99,10 @@ mod tests {
 
     #[test]
     fn oversized_fields_are_refused() {
+        assert_eq!(MessageInfo::new(0, 0, 121).encode(), Err(MessageInfoError::Length));
+        assert_eq!(MessageInfo::new(1 << 52, 0, 0).encode(), Err(MessageInfoError::Label));
         assert_eq!(
-            MessageInfo::new(0, 0, 121).encode(),
-            Err(MessageInfoError::Length)
-        );
-        assert_eq!(
-            MessageInfo::new(1 << 52, 0, 0).encode(),
-            Err(MessageInfoError::Label)
-        );
-        assert_eq!(
-            MessageInfo {
-                extra_caps: 4,
-                ..Default::default()
-            }
-            .encode(),
+            MessageInfo { extra_caps: 4, ..Default::default() }.encode(),
             Err(MessageInfoError::ExtraCaps)
         );
         assert_eq!(MessageInfo::decode(127).length, 120);

@@ -28,6 +28,18 @@ pub enum ObjectType {
     Notification = 3,
     /// A power-of-two array of capability slots.
     CNode = 4,
+    /// A 4 KiB page of memory that can be mapped.
+    Frame4K = 5,
+    /// A 2 MiB page of memory that can be mapped.
+    Frame2M = 6,
+    /// A page table: 512 entries mapping 4 KiB frames (covers 2 MiB).
+    PageTable = 7,
+    /// A page directory: 512 entries for page tables or 2 MiB frames (covers 1 GiB).
+    PageDirectory = 8,
+    /// A page-directory-pointer table: 512 entries for page directories (covers 512 GiB).
+    Pdpt = 9,
+    /// The root of an address space (PML4); its upper half maps the kernel.
+    Pml4 = 10,
 }
 
 impl TryFrom<u64> for ObjectType {
@@ -40,6 +52,12 @@ impl TryFrom<u64> for ObjectType {
             2 => Self::Endpoint,
             3 => Self::Notification,
             4 => Self::CNode,
+            5 => Self::Frame4K,
+            6 => Self::Frame2M,
+            7 => Self::PageTable,
+            8 => Self::PageDirectory,
+            9 => Self::Pdpt,
+            10 => Self::Pml4,
             other => return Err(other),
         })
     }
@@ -59,20 +77,16 @@ impl ObjectType {
     /// (bits for Untyped, radix for CNode; ignored for fixed-size objects).
     pub fn size_bits(self, user_size: u32) -> Result<u32, SizeOutOfRange> {
         let check = |min: u32, max: u32| {
-            if (min..=max).contains(&user_size) {
-                Ok(user_size)
-            } else {
-                Err(SizeOutOfRange { min, max })
-            }
+            if (min..=max).contains(&user_size) { Ok(user_size) } else { Err(SizeOutOfRange { min, max }) }
         };
         match self {
             Self::Untyped => check(MIN_UNTYPED_BITS, MAX_UNTYPED_BITS),
-            Self::CNode => {
-                check(MIN_CNODE_RADIX, MAX_CNODE_RADIX).map(|radix| radix + SLOT_SIZE_BITS)
-            }
+            Self::CNode => check(MIN_CNODE_RADIX, MAX_CNODE_RADIX).map(|radix| radix + SLOT_SIZE_BITS),
             Self::Tcb => Ok(TCB_SIZE_BITS),
             Self::Endpoint => Ok(ENDPOINT_SIZE_BITS),
             Self::Notification => Ok(NOTIFICATION_SIZE_BITS),
+            Self::Frame2M => Ok(21),
+            Self::Frame4K | Self::PageTable | Self::PageDirectory | Self::Pdpt | Self::Pml4 => Ok(12),
         }
     }
 }
@@ -99,6 +113,27 @@ bitflags! {
     }
 }
 
+/// Number of ASIDs (they are the x86 PCIDs: 12 bits). ASID 0 is never assigned.
+pub const ASID_COUNT: u32 = 4096;
+/// ASIDs per ASID pool.
+pub const ASID_POOL_SIZE: u32 = 512;
+/// Highest user virtual address plus one (the lower canonical half).
+pub const USER_TOP: u64 = 0x0000_8000_0000_0000;
+
+bitflags! {
+    /// How a frame is mapped, besides its rights.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct VmAttributes: u64 {
+        /// Write-through caching.
+        const WRITE_THROUGH = 1 << 0;
+        /// Caching disabled (device memory).
+        const CACHE_DISABLED = 1 << 1;
+        /// Instructions may be fetched. Refused together with the WRITE
+        /// right: a mapping is writable or executable, never both.
+        const EXECUTABLE = 1 << 2;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,19 +151,10 @@ mod tests {
     #[test]
     fn sizes_follow_the_user_argument_only_where_variable() {
         assert_eq!(ObjectType::CNode.size_bits(4), Ok(4 + SLOT_SIZE_BITS));
-        assert_eq!(
-            ObjectType::CNode.size_bits(0),
-            Err(SizeOutOfRange { min: 1, max: 24 })
-        );
+        assert_eq!(ObjectType::CNode.size_bits(0), Err(SizeOutOfRange { min: 1, max: 24 }));
         assert_eq!(ObjectType::Untyped.size_bits(12), Ok(12));
-        assert_eq!(
-            ObjectType::Untyped.size_bits(3),
-            Err(SizeOutOfRange { min: 4, max: 47 })
-        );
-        assert_eq!(
-            ObjectType::Untyped.size_bits(48),
-            Err(SizeOutOfRange { min: 4, max: 47 })
-        );
+        assert_eq!(ObjectType::Untyped.size_bits(3), Err(SizeOutOfRange { min: 4, max: 47 }));
+        assert_eq!(ObjectType::Untyped.size_bits(48), Err(SizeOutOfRange { min: 4, max: 47 }));
         assert_eq!(ObjectType::Endpoint.size_bits(999), Ok(ENDPOINT_SIZE_BITS));
         assert_eq!(ObjectType::Tcb.size_bits(0), Ok(TCB_SIZE_BITS));
     }

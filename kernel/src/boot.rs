@@ -87,30 +87,19 @@ fn cannot_start(reason: core::fmt::Arguments<'_>) -> ! {
 /// Brings the boot CPU up and returns the established state.
 pub fn start(responses: BootResponses) -> Kernel {
     cpu::enable_sse();
-    let cmdline_text = responses
-        .cmdline
-        .map(|r| r.cmdline().to_str().unwrap_or(""))
-        .unwrap_or("");
+    let cmdline_text = responses.cmdline.map(|r| r.cmdline().to_str().unwrap_or("")).unwrap_or("");
     let cmdline = cmdline::parse(cmdline_text);
     crate::console::init(cmdline.log_level);
 
     if !responses.base_revision_supported {
-        cannot_start(format_args!(
-            "the bootloader does not support Limine base revision 3"
-        ));
+        cannot_start(format_args!("the bootloader does not support Limine base revision 3"));
     }
-    let (name, version) = responses
-        .bootloader
-        .map(|b| (b.name(), b.version()))
-        .unwrap_or(("an unknown bootloader", ""));
+    let (name, version) =
+        responses.bootloader.map(|b| (b.name(), b.version())).unwrap_or(("an unknown bootloader", ""));
     log::info!(
         "strata {} ({}) booted by {name} {version}",
         env!("CARGO_PKG_VERSION"),
-        if cfg!(feature = "selftest") {
-            "self-test build"
-        } else {
-            "kernel"
-        },
+        if cfg!(feature = "selftest") { "self-test build" } else { "kernel" },
     );
     log::info!("command line: \"{cmdline_text}\"");
     for warning in &cmdline.warnings {
@@ -135,13 +124,9 @@ pub fn start(responses: BootResponses) -> Kernel {
     pic::remap_and_mask();
     log::debug!("GDT, TSS (IST stacks for NMI, #DF, #MC, #PF) and IDT loaded; legacy PIC masked");
 
-    let Some(hhdm) = responses.hhdm else {
-        cannot_start(format_args!("no direct-map (HHDM) response"))
-    };
+    let Some(hhdm) = responses.hhdm else { cannot_start(format_args!("no direct-map (HHDM) response")) };
     let direct_map = DirectMap::new(hhdm.offset());
-    let Some(map) = responses.memory_map else {
-        cannot_start(format_args!("no memory map response"))
-    };
+    let Some(map) = responses.memory_map else { cannot_start(format_args!("no memory map response")) };
     let (usable_bytes, usable_regions) = take_usable_memory(map);
     log::info!(
         "memory: {} KiB usable in {usable_regions} regions ({} map entries); {} KiB free for the kernel",
@@ -152,9 +137,7 @@ pub fn start(responses: BootResponses) -> Kernel {
 
     let lapic = LocalApic::enable(direct_map).unwrap_or_else(|e| cannot_start(format_args!("{e}")));
     idt::set_lapic(lapic);
-    let calibration = lapic
-        .calibrate()
-        .unwrap_or_else(|e| cannot_start(format_args!("{e}")));
+    let calibration = lapic.calibrate().unwrap_or_else(|e| cannot_start(format_args!("{e}")));
     lapic.start_periodic(&calibration, cmdline.timer_hz);
     log::info!(
         "timer: LAPIC {} (version {:#x}) counts {} kHz at divide 16, TSC {} MHz; periodic tick at {} Hz",
@@ -175,16 +158,7 @@ pub fn start(responses: BootResponses) -> Kernel {
         }
     }
     let rsdp = read_rsdp(&responses, direct_map);
-    Kernel {
-        responses,
-        cmdline,
-        direct_map,
-        lapic,
-        calibration,
-        usable_bytes,
-        usable_regions,
-        rsdp,
-    }
+    Kernel { responses, cmdline, direct_map, lapic, calibration, usable_bytes, usable_regions, rsdp }
 }
 
 /// Reads and checks the RSDP the bootloader pointed at.
@@ -197,10 +171,7 @@ fn read_rsdp(responses: &BootResponses, direct_map: DirectMap) -> Option<(PhysAd
     // SAFETY: the direct map covers all memory the firmware describes; the
     // RSDP is at most 36 bytes and the bytes are only read.
     let bytes = unsafe {
-        core::slice::from_raw_parts(
-            direct_map.to_virtual(address).as_mut_ptr::<u8>(),
-            acpi::V2_LEN,
-        )
+        core::slice::from_raw_parts(direct_map.to_virtual(address).as_mut_ptr::<u8>(), acpi::V2_LEN)
     };
     match Rsdp::parse(bytes) {
         Ok(rsdp) => {
@@ -225,11 +196,7 @@ struct XsdtNote(u64);
 
 impl core::fmt::Display for XsdtNote {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        if self.0 == 0 {
-            Ok(())
-        } else {
-            write!(f, ", XSDT at {:#x}", self.0)
-        }
+        if self.0 == 0 { Ok(()) } else { write!(f, ", XSDT at {:#x}", self.0) }
     }
 }
 

@@ -86,10 +86,7 @@ pub fn parse(text: &str) -> Cmdline {
     for word in text.split_ascii_whitespace() {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
         let mut bad = |key: &'static str| {
-            let _ = cmdline.warnings.push(CmdlineWarning::BadValue {
-                key,
-                value: truncated(value),
-            });
+            let _ = cmdline.warnings.push(CmdlineWarning::BadValue { key, value: truncated(value) });
         };
         match key {
             "log" => match value.parse() {
@@ -111,9 +108,7 @@ pub fn parse(text: &str) -> Cmdline {
             }
             "ktest.token" => bad("ktest.token"),
             _ => {
-                let _ = cmdline
-                    .warnings
-                    .push(CmdlineWarning::UnknownKey(truncated(key)));
+                let _ = cmdline.warnings.push(CmdlineWarning::UnknownKey(truncated(key)));
             }
         }
     }
@@ -138,38 +133,24 @@ mod tests {
         assert_eq!(c.fault, Some(DeliberateFault::PageFault));
         assert_eq!(c.token.as_deref(), Some("abc123"));
         assert!(c.warnings.is_empty());
-        assert_eq!(
-            parse("ktest.fault=panic").fault,
-            Some(DeliberateFault::Panic)
-        );
-        assert_eq!(
-            parse("ktest.fault=invalid-opcode").fault,
-            Some(DeliberateFault::InvalidOpcode)
-        );
+        assert_eq!(parse("ktest.fault=panic").fault, Some(DeliberateFault::Panic));
+        assert_eq!(parse("ktest.fault=invalid-opcode").fault, Some(DeliberateFault::InvalidOpcode));
     }
 
     #[test]
     fn bad_values_keep_defaults_and_warn() {
-        let c = parse(
-            "log=loud timer_hz=5 timer_hz=abc ktest.fault=meltdown ktest.token= bogus=1 flag",
-        );
+        let c = parse("log=loud timer_hz=5 timer_hz=abc ktest.fault=meltdown ktest.token= bogus=1 flag");
         assert_eq!(c.log_level, log::LevelFilter::Info);
         assert_eq!(c.timer_hz, DEFAULT_TIMER_HZ);
         assert_eq!(c.fault, None);
         assert_eq!(c.token, None);
         assert_eq!(c.warnings.len(), 7);
-        assert_eq!(
-            c.warnings[5],
-            CmdlineWarning::UnknownKey(truncated("bogus"))
-        );
+        assert_eq!(c.warnings[5], CmdlineWarning::UnknownKey(truncated("bogus")));
     }
 
     #[test]
     fn later_words_win_and_long_values_are_truncated_in_warnings() {
-        assert_eq!(
-            parse("log=debug log=warn").log_level,
-            log::LevelFilter::Warn
-        );
+        assert_eq!(parse("log=debug log=warn").log_level, log::LevelFilter::Warn);
         let long = "x".repeat(100);
         let c = parse(&std::format!("log={long}"));
         match &c.warnings[0] {

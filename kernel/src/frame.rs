@@ -50,10 +50,7 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::OutOfMemory { frames, align } => {
-                write!(
-                    f,
-                    "out of physical memory: {frames} frame(s) aligned to {align:#x}"
-                )
+                write!(f, "out of physical memory: {frames} frame(s) aligned to {align:#x}")
             }
             Self::BadRequest => write!(f, "malformed frame request"),
             Self::DoubleFree { address } => write!(f, "frames at {address} freed twice"),
@@ -90,9 +87,7 @@ impl FrameAllocator {
         if frames == 0 || !align.is_power_of_two() || align < FRAME_SIZE {
             return Err(FrameError::BadRequest);
         }
-        let size = frames
-            .checked_mul(FRAME_SIZE)
-            .ok_or(FrameError::BadRequest)?;
+        let size = frames.checked_mul(FRAME_SIZE).ok_or(FrameError::BadRequest)?;
         for index in (0..self.free.len()).rev() {
             let range = self.free[index];
             let Some(start) = range.end.checked_sub(size).map(|top| top / align * align) else {
@@ -102,20 +97,12 @@ impl FrameAllocator {
                 continue;
             }
             // Split: [range.start, start) stays free, [start + size, range.end) stays free.
-            let below = Range {
-                start: range.start,
-                end: start,
-            };
-            let above = Range {
-                start: start + size,
-                end: range.end,
-            };
+            let below = Range { start: range.start, end: start };
+            let above = Range { start: start + size, end: range.end };
             self.free.remove(index);
             for piece in [above, below] {
                 if piece.start < piece.end {
-                    self.free
-                        .insert(index, piece)
-                        .map_err(|_| FrameError::TooFragmented)?;
+                    self.free.insert(index, piece).map_err(|_| FrameError::TooFragmented)?;
                 }
             }
             return Ok(PhysAddr(start));
@@ -132,10 +119,7 @@ impl FrameAllocator {
             .checked_mul(FRAME_SIZE)
             .and_then(|size| address.get().checked_add(size))
             .ok_or(FrameError::BadRequest)?;
-        self.insert(Range {
-            start: address.get(),
-            end,
-        })
+        self.insert(Range { start: address.get(), end })
     }
 
     /// Total free bytes.
@@ -151,21 +135,13 @@ impl FrameAllocator {
     /// Whether every byte of `[address, address + bytes)` is free.
     pub fn is_free(&self, address: PhysAddr, bytes: u64) -> bool {
         let end = address.get().saturating_add(bytes);
-        self.free
-            .iter()
-            .any(|r| r.start <= address.get() && end <= r.end)
+        self.free.iter().any(|r| r.start <= address.get() && end <= r.end)
     }
 
     fn insert(&mut self, mut range: Range) -> Result<(), FrameError> {
         let index = self.free.partition_point(|r| r.end <= range.start);
-        if self
-            .free
-            .get(index)
-            .is_some_and(|next| next.start < range.end)
-        {
-            return Err(FrameError::DoubleFree {
-                address: PhysAddr(range.start),
-            });
+        if self.free.get(index).is_some_and(|next| next.start < range.end) {
+            return Err(FrameError::DoubleFree { address: PhysAddr(range.start) });
         }
         // Coalesce with neighbours.
         let mut at = index;
@@ -174,17 +150,11 @@ impl FrameAllocator {
             self.free.remove(index - 1);
             at -= 1;
         }
-        if self
-            .free
-            .get(at)
-            .is_some_and(|next| next.start == range.end)
-        {
+        if self.free.get(at).is_some_and(|next| next.start == range.end) {
             range.end = self.free[at].end;
             self.free.remove(at);
         }
-        self.free
-            .insert(at, range)
-            .map_err(|_| FrameError::TooFragmented)
+        self.free.insert(at, range).map_err(|_| FrameError::TooFragmented)
     }
 }
 
@@ -220,27 +190,13 @@ mod tests {
         assert_eq!(frames.allocate(1, 3000), Err(FrameError::BadRequest));
         assert_eq!(
             frames.allocate(5, FRAME_SIZE),
-            Err(FrameError::OutOfMemory {
-                frames: 5,
-                align: FRAME_SIZE
-            })
+            Err(FrameError::OutOfMemory { frames: 5, align: FRAME_SIZE })
         );
         let a = frames.allocate(2, FRAME_SIZE).expect("room");
         frames.free(a, 2).expect("allocated");
-        assert_eq!(
-            frames.free(a, 1),
-            Err(FrameError::DoubleFree { address: a })
-        );
-        assert_eq!(
-            frames.free(PhysAddr(0x10001), 1),
-            Err(FrameError::BadRequest)
-        );
-        assert_eq!(
-            frames.add(0x13000, 0x2000),
-            Err(FrameError::DoubleFree {
-                address: PhysAddr(0x13000)
-            })
-        );
+        assert_eq!(frames.free(a, 1), Err(FrameError::DoubleFree { address: a }));
+        assert_eq!(frames.free(PhysAddr(0x10001), 1), Err(FrameError::BadRequest));
+        assert_eq!(frames.add(0x13000, 0x2000), Err(FrameError::DoubleFree { address: PhysAddr(0x13000) }));
     }
 
     proptest! {

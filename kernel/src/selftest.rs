@@ -81,10 +81,7 @@ pub fn run(kernel: &Kernel) -> ! {
         deliberate_fault(kind);
     }
     print_line(format_args!("KTEST suite boot"));
-    let mut suite = Suite {
-        passed: 0,
-        failed: 0,
-    };
+    let mut suite = Suite { passed: 0, failed: 0 };
     suite.case("boot.loader", || loader(kernel));
     suite.case("boot.cmdline", || cmdline(kernel));
     suite.case("boot.memory_map", || memory_map(kernel));
@@ -93,50 +90,25 @@ pub fn run(kernel: &Kernel) -> ! {
     suite.case("boot.acpi", || acpi(kernel));
     suite.case("boot.breakpoint", breakpoint);
     suite.case("boot.timer", || timer(kernel));
-    print_line(format_args!(
-        "KTEST done passed={} failed={}",
-        suite.passed, suite.failed
-    ));
-    exit::exit(if suite.failed == 0 {
-        ExitCode::Success
-    } else {
-        ExitCode::KernelFailure
-    })
+    print_line(format_args!("KTEST done passed={} failed={}", suite.passed, suite.failed));
+    exit::exit(if suite.failed == 0 { ExitCode::Success } else { ExitCode::KernelFailure })
 }
 
 fn loader(kernel: &Kernel) -> Result<Detail, Detail> {
-    let info = kernel
-        .responses
-        .bootloader
-        .ok_or_else(|| detail!("no bootloader info response"))?;
+    let info = kernel.responses.bootloader.ok_or_else(|| detail!("no bootloader info response"))?;
     if info.name() != "strata-loader" || info.version().is_empty() {
-        return Err(detail!(
-            "unexpected bootloader {:?} {:?}",
-            info.name(),
-            info.version()
-        ));
+        return Err(detail!("unexpected bootloader {:?} {:?}", info.name(), info.version()));
     }
-    let address = kernel
-        .responses
-        .executable_address
-        .ok_or_else(|| detail!("no executable address response"))?;
+    let address =
+        kernel.responses.executable_address.ok_or_else(|| detail!("no executable address response"))?;
     // The kernel's own code must be where the response says.
     let here = loader as fn(&Kernel) -> Result<Detail, Detail> as usize as u64;
-    let offset = here
-        .checked_sub(address.virtual_base())
-        .ok_or_else(|| detail!("kernel below its virtual base"))?;
+    let offset =
+        here.checked_sub(address.virtual_base()).ok_or_else(|| detail!("kernel below its virtual base"))?;
     if offset > 64 << 20 {
-        return Err(detail!(
-            "kernel code {here:#x} far from virtual base {:#x}",
-            address.virtual_base()
-        ));
+        return Err(detail!("kernel code {here:#x} far from virtual base {:#x}", address.virtual_base()));
     }
-    Ok(detail!(
-        "bootloader={}/{} physical_base={:#x}",
-        info.name(),
-        info.version(),
-        address.physical_base()
-    ))
+    Ok(detail!("bootloader={}/{} physical_base={:#x}", info.name(), info.version(), address.physical_base()))
 }
 
 fn cmdline(kernel: &Kernel) -> Result<Detail, Detail> {
@@ -147,15 +119,8 @@ fn cmdline(kernel: &Kernel) -> Result<Detail, Detail> {
 }
 
 fn memory_map(kernel: &Kernel) -> Result<Detail, Detail> {
-    let map = kernel
-        .responses
-        .memory_map
-        .ok_or_else(|| detail!("no memory map"))?;
-    let kernel_base = kernel
-        .responses
-        .executable_address
-        .map(|a| a.physical_base())
-        .unwrap_or(0);
+    let map = kernel.responses.memory_map.ok_or_else(|| detail!("no memory map"))?;
+    let kernel_base = kernel.responses.executable_address.map(|a| a.physical_base()).unwrap_or(0);
     let mut previous_end = 0;
     let mut kernel_covered = false;
     for entry in map.entries() {
@@ -164,10 +129,7 @@ fn memory_map(kernel: &Kernel) -> Result<Detail, Detail> {
         }
         previous_end = entry.base + entry.length;
         if entry.entry_type == EntryType::USABLE && (entry.base | entry.length) % FRAME_SIZE != 0 {
-            return Err(detail!(
-                "usable entry at {:#x} is not page-aligned",
-                entry.base
-            ));
+            return Err(detail!("usable entry at {:#x} is not page-aligned", entry.base));
         }
         if entry.entry_type == EntryType::EXECUTABLE_AND_MODULES
             && (entry.base..entry.base + entry.length).contains(&kernel_base)
@@ -176,9 +138,7 @@ fn memory_map(kernel: &Kernel) -> Result<Detail, Detail> {
         }
     }
     if !kernel_covered {
-        return Err(detail!(
-            "kernel at {kernel_base:#x} is not in a kernel-and-modules entry"
-        ));
+        return Err(detail!("kernel at {kernel_base:#x} is not in a kernel-and-modules entry"));
     }
     if kernel.usable_bytes == 0 {
         return Err(detail!("no usable memory"));
@@ -196,23 +156,16 @@ fn frames(kernel: &Kernel) -> Result<Detail, Detail> {
     let before = frames.free_bytes();
     let mut singles = [PhysAddr(0); 16];
     for (i, slot) in singles.iter_mut().enumerate() {
-        *slot = frames
-            .allocate(1, FRAME_SIZE)
-            .map_err(|e| detail!("single frame {i}: {e}"))?;
+        *slot = frames.allocate(1, FRAME_SIZE).map_err(|e| detail!("single frame {i}: {e}"))?;
     }
-    let large = frames
-        .allocate(512, 2 << 20)
-        .map_err(|e| detail!("2 MiB block: {e}"))?;
+    let large = frames.allocate(512, 2 << 20).map_err(|e| detail!("2 MiB block: {e}"))?;
     if !large.is_aligned(2 << 20) {
         return Err(detail!("2 MiB block at {large} is misaligned"));
     }
     // Write a distinct pattern into every frame through the direct map, then
     // read all of them back: overlapping or unmapped frames would show.
     let word = |frame: PhysAddr, i: u64| frame.get() ^ (i * 0x9e37_79b9_7f4a_7c15);
-    let all = singles
-        .iter()
-        .copied()
-        .chain((0..512).map(|i| large.offset(i * FRAME_SIZE)));
+    let all = singles.iter().copied().chain((0..512).map(|i| large.offset(i * FRAME_SIZE)));
     for frame in all.clone() {
         let base: *mut u64 = kernel.direct_map.to_virtual(frame).as_mut_ptr();
         for i in 0..FRAME_SIZE / 8 {
@@ -232,46 +185,30 @@ fn frames(kernel: &Kernel) -> Result<Detail, Detail> {
         }
     }
     for frame in singles {
-        frames
-            .free(frame, 1)
-            .map_err(|e| detail!("free {frame}: {e}"))?;
+        frames.free(frame, 1).map_err(|e| detail!("free {frame}: {e}"))?;
     }
-    frames
-        .free(large, 512)
-        .map_err(|e| detail!("free {large}: {e}"))?;
+    frames.free(large, 512).map_err(|e| detail!("free {large}: {e}"))?;
     if frames.free(large, 1) != Err(FrameError::DoubleFree { address: large }) {
         return Err(detail!("double free of {large} was not refused"));
     }
     if frames.free_bytes() != before {
-        return Err(detail!(
-            "free memory {} after the test, {before} before",
-            frames.free_bytes()
-        ));
+        return Err(detail!("free memory {} after the test, {before} before", frames.free_bytes()));
     }
     Ok(detail!("checked_frames=528 free_kib={}", before / 1024))
 }
 
 fn modules(kernel: &Kernel) -> Result<Detail, Detail> {
-    let modules = kernel
-        .responses
-        .modules
-        .ok_or_else(|| detail!("no module response"))?;
+    let modules = kernel.responses.modules.ok_or_else(|| detail!("no module response"))?;
     let module = modules
         .modules()
         .iter()
         .find(|m| m.path().to_bytes() == PATTERN_MODULE.as_bytes())
         .ok_or_else(|| detail!("module {PATTERN_MODULE} not handed over"))?;
     if module.size() != PATTERN_LEN as u64 {
-        return Err(detail!(
-            "{PATTERN_MODULE} is {} bytes, expected {PATTERN_LEN}",
-            module.size()
-        ));
+        return Err(detail!("{PATTERN_MODULE} is {} bytes, expected {PATTERN_LEN}", module.size()));
     }
     if !(module.addr() as u64).is_multiple_of(FRAME_SIZE) {
-        return Err(detail!(
-            "{PATTERN_MODULE} at {:p} is not page-aligned",
-            module.addr()
-        ));
+        return Err(detail!("{PATTERN_MODULE} at {:p} is not page-aligned", module.addr()));
     }
     // SAFETY: the bootloader maps the module at `addr` for `size` bytes in
     // the direct map, and nothing writes to it.
@@ -283,31 +220,18 @@ fn modules(kernel: &Kernel) -> Result<Detail, Detail> {
             pattern_byte(index)
         ));
     }
-    Ok(detail!(
-        "modules={} pattern_bytes={PATTERN_LEN}",
-        modules.modules().len()
-    ))
+    Ok(detail!("modules={} pattern_bytes={PATTERN_LEN}", modules.modules().len()))
 }
 
 fn acpi(kernel: &Kernel) -> Result<Detail, Detail> {
-    let response = kernel
-        .responses
-        .rsdp
-        .ok_or_else(|| detail!("no RSDP response"))?;
-    let (address, rsdp) = kernel
-        .rsdp
-        .ok_or_else(|| detail!("the RSDP at {:#x} failed its checks", response.address()))?;
+    let response = kernel.responses.rsdp.ok_or_else(|| detail!("no RSDP response"))?;
+    let (address, rsdp) =
+        kernel.rsdp.ok_or_else(|| detail!("the RSDP at {:#x} failed its checks", response.address()))?;
     // The RSDT it names must be in memory the firmware reserved for ACPI
     // (or plain reserved), never in memory the kernel may hand out.
-    let map = kernel
-        .responses
-        .memory_map
-        .ok_or_else(|| detail!("no memory map"))?;
+    let map = kernel.responses.memory_map.ok_or_else(|| detail!("no memory map"))?;
     let rsdt = u64::from(rsdp.rsdt);
-    let region = map
-        .entries()
-        .iter()
-        .find(|e| (e.base..e.base + e.length).contains(&rsdt));
+    let region = map.entries().iter().find(|e| (e.base..e.base + e.length).contains(&rsdt));
     match region.map(|e| e.entry_type) {
         Some(EntryType::USABLE) | Some(EntryType::BOOTLOADER_RECLAIMABLE) => {
             Err(detail!("RSDT at {rsdt:#x} lies in memory marked free"))
@@ -332,9 +256,7 @@ fn breakpoint() -> Result<Detail, Detail> {
     let frame = LAST_BREAKPOINT_FRAME.load(Ordering::Relaxed);
     let here = &after as *const u64 as u64;
     if frame.abs_diff(here) < IST_STACK_SIZE as u64 / 2 {
-        return Err(detail!(
-            "handler frame {frame:#x} is on the interrupted stack ({here:#x})"
-        ));
+        return Err(detail!("handler frame {frame:#x} is on the interrupted stack ({here:#x})"));
     }
     Ok(detail!("handled_on_ist={} frame={frame:#x}", ist::GENERAL))
 }
@@ -350,10 +272,7 @@ fn timer(kernel: &Kernel) -> Result<Detail, Detail> {
     while TICKS.load(Ordering::Relaxed) == first {
         cpu::wait_for_interrupt();
         if read_tsc() > deadline {
-            return Err(detail!(
-                "no timer tick within {} ms",
-                50 * TICKS_TO_WATCH * 1000 / hz
-            ));
+            return Err(detail!("no timer tick within {} ms", 50 * TICKS_TO_WATCH * 1000 / hz));
         }
     }
     let start_ticks = TICKS.load(Ordering::Relaxed);
@@ -362,9 +281,7 @@ fn timer(kernel: &Kernel) -> Result<Detail, Detail> {
         cpu::wait_for_interrupt();
         if read_tsc() > deadline {
             let seen = TICKS.load(Ordering::Relaxed) - start_ticks;
-            return Err(detail!(
-                "only {seen} of {TICKS_TO_WATCH} ticks before the deadline"
-            ));
+            return Err(detail!("only {seen} of {TICKS_TO_WATCH} ticks before the deadline"));
         }
     }
     let elapsed = read_tsc() - start;

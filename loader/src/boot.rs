@@ -271,10 +271,7 @@ unsafe impl core::alloc::GlobalAlloc for BumpHeap {
         let mut next = HEAP_NEXT.load(Ordering::Relaxed);
         loop {
             let start = (base + next).next_multiple_of(layout.align()) - base;
-            let Some(end) = start
-                .checked_add(layout.size())
-                .filter(|&end| end <= HEAP_SIZE)
-            else {
+            let Some(end) = start.checked_add(layout.size()).filter(|&end| end <= HEAP_SIZE) else {
                 return core::ptr::null_mut();
             };
             match HEAP_NEXT.compare_exchange(next, end, Ordering::Relaxed, Ordering::Relaxed) {
@@ -292,10 +289,7 @@ static ALLOCATOR: BumpHeap = BumpHeap;
 
 fn cpu_features() -> CpuFeatures {
     let extended = core::arch::x86_64::__cpuid(0x8000_0001);
-    CpuFeatures {
-        gigabyte_pages: extended.edx & (1 << 26) != 0,
-        no_execute: extended.edx & (1 << 20) != 0,
-    }
+    CpuFeatures { gigabyte_pages: extended.edx & (1 << 26) != 0, no_execute: extended.edx & (1 << 20) != 0 }
 }
 
 /// Called by the entry stub in long mode with the protocol magic and the
@@ -314,11 +308,7 @@ extern "C" fn loader_main(magic: u32, info: u32) -> ! {
     }
 }
 
-fn run(
-    console: &mut Uart16550,
-    magic: u32,
-    info: u64,
-) -> Result<core::convert::Infallible, LoaderError> {
+fn run(console: &mut Uart16550, magic: u32, info: u64) -> Result<core::convert::Infallible, LoaderError> {
     let mut memory = IdentityMap;
     let boot = bootinfo::parse(magic, info, &memory)?;
     let protocol = match boot.protocol {
@@ -351,9 +341,7 @@ fn run(
             let efer = x86::msr::rdmsr(x86::msr::IA32_EFER);
             x86::msr::wrmsr(x86::msr::IA32_EFER, efer | (1 << 11));
         }
-        x86::controlregs::cr0_write(
-            x86::controlregs::cr0() | x86::controlregs::Cr0::CR0_WRITE_PROTECT,
-        );
+        x86::controlregs::cr0_write(x86::controlregs::cr0() | x86::controlregs::Cr0::CR0_WRITE_PROTECT);
         enter_kernel(handoff.page_table_root, handoff.stack_top, handoff.entry)
     }
 }

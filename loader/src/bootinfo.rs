@@ -159,40 +159,28 @@ impl fmt::Display for BootInfoError {
                 f,
                 "boot information: {what} ({len} bytes at {address:#x}) is outside addressable memory"
             ),
-            Self::BadPvhMagic { found } => write!(
-                f,
-                "PVH start info has magic {found:#010x}, expected {PVH_MAGIC:#010x}"
-            ),
+            Self::BadPvhMagic { found } => {
+                write!(f, "PVH start info has magic {found:#010x}, expected {PVH_MAGIC:#010x}")
+            }
             Self::PvhWithoutMemoryMap => {
                 write!(f, "PVH start info is version 0 and carries no memory map")
             }
             Self::BadTag { tag, offset } => {
-                write!(
-                    f,
-                    "multiboot2 tag type {tag} at offset {offset} is malformed"
-                )
+                write!(f, "multiboot2 tag type {tag} at offset {offset} is malformed")
             }
             Self::MissingEndTag => write!(f, "multiboot2 information has no end tag"),
             Self::NoMemoryMap => write!(f, "the bootloader passed no memory map"),
-            Self::TooManyRegions => write!(
-                f,
-                "the memory map has more than {MAX_FIRMWARE_REGIONS} entries"
-            ),
-            Self::UnterminatedString { what } => write!(
-                f,
-                "boot information: {what} is not NUL-terminated within {MAX_CMDLINE} bytes"
-            ),
+            Self::TooManyRegions => write!(f, "the memory map has more than {MAX_FIRMWARE_REGIONS} entries"),
+            Self::UnterminatedString { what } => {
+                write!(f, "boot information: {what} is not NUL-terminated within {MAX_CMDLINE} bytes")
+            }
         }
     }
 }
 
 /// Reads the boot information the entry stub found in EAX (`magic`) and EBX
 /// (`info`).
-pub fn parse(
-    magic: u32,
-    info: u64,
-    memory: &impl PhysicalMemory,
-) -> Result<BootInfo, BootInfoError> {
+pub fn parse(magic: u32, info: u64, memory: &impl PhysicalMemory) -> Result<BootInfo, BootInfoError> {
     match magic {
         PVH_MAGIC => parse_pvh(info, memory),
         MULTIBOOT2_MAGIC => parse_multiboot2(info, memory),
@@ -206,9 +194,7 @@ fn read<'m>(
     address: u64,
     len: u64,
 ) -> Result<&'m [u8], BootInfoError> {
-    memory
-        .bytes(address, len)
-        .ok_or(BootInfoError::OutOfBounds { what, address, len })
+    memory.bytes(address, len).ok_or(BootInfoError::OutOfBounds { what, address, len })
 }
 
 /// Reads a NUL-terminated string at `address`, returning it without the NUL
@@ -284,24 +270,14 @@ fn parse_pvh(info: u64, memory: &impl PhysicalMemory) -> Result<BootInfo, BootIn
 
     let entries = u64::from(start.memmap_entries.get());
     let entry_len = core::mem::size_of::<E820Entry>() as u64;
-    let map_bytes = read(
-        memory,
-        "PVH memory map",
-        start.memmap.get(),
-        entries * entry_len,
-    )?;
+    let map_bytes = read(memory, "PVH memory map", start.memmap.get(), entries * entry_len)?;
     let _ = structures.push((start.memmap.get(), entries * entry_len));
     let mut regions = Vec::new();
     for chunk in map_bytes.chunks_exact(entry_len as usize) {
         let Ok(entry) = E820Entry::ref_from_bytes(chunk) else {
             continue;
         };
-        push_region(
-            &mut regions,
-            entry.base.get(),
-            entry.length.get(),
-            entry.kind.get(),
-        )?;
+        push_region(&mut regions, entry.base.get(), entry.length.get(), entry.kind.get())?;
     }
     if regions.is_empty() {
         return Err(BootInfoError::NoMemoryMap);
@@ -320,9 +296,7 @@ fn parse_pvh(info: u64, memory: &impl PhysicalMemory) -> Result<BootInfo, BootIn
         let module_len = core::mem::size_of::<PvhModule>() as u64;
         let raw = read(memory, "PVH module list", start.modlist.get(), module_len)?;
         let _ = structures.push((start.modlist.get(), module_len));
-        PvhModule::ref_from_bytes(raw)
-            .ok()
-            .map(|m| (m.address.get(), m.size.get()))
+        PvhModule::ref_from_bytes(raw).ok().map(|m| (m.address.get(), m.size.get()))
     } else {
         None
     };
@@ -331,14 +305,7 @@ fn parse_pvh(info: u64, memory: &impl PhysicalMemory) -> Result<BootInfo, BootIn
         0 => None,
         address => Some(RsdpSource::Physical(address)),
     };
-    Ok(BootInfo {
-        protocol: Protocol::Pvh,
-        memory: regions,
-        cmdline,
-        archive,
-        rsdp,
-        structures,
-    })
+    Ok(BootInfo { protocol: Protocol::Pvh, memory: regions, cmdline, archive, rsdp, structures })
 }
 
 fn push_region(
@@ -351,11 +318,7 @@ fn push_region(
         return Ok(()); // Empty or wrapping entries describe nothing usable.
     }
     regions
-        .push(FirmwareRegion {
-            base,
-            length,
-            kind: FirmwareKind::from_e820(kind),
-        })
+        .push(FirmwareRegion { base, length, kind: FirmwareKind::from_e820(kind) })
         .map_err(|_| BootInfoError::TooManyRegions)
 }
 
@@ -381,10 +344,7 @@ fn parse_multiboot2(info: u64, memory: &impl PhysicalMemory) -> Result<BootInfo,
     let mut rsdp = None;
     let mut offset = 8usize;
     loop {
-        let bad = |tag| BootInfoError::BadTag {
-            tag,
-            offset: offset as u32,
-        };
+        let bad = |tag| BootInfoError::BadTag { tag, offset: offset as u32 };
         let Some(header) = block.get(offset..offset + 8) else {
             return Err(BootInfoError::MissingEndTag);
         };
@@ -397,10 +357,7 @@ fn parse_multiboot2(info: u64, memory: &impl PhysicalMemory) -> Result<BootInfo,
         match kind {
             tag::END => break,
             tag::CMDLINE => {
-                cmdline = owned(
-                    nul_terminated(body).ok_or(bad(kind))?,
-                    "multiboot2 command line",
-                )?;
+                cmdline = owned(nul_terminated(body).ok_or(bad(kind))?, "multiboot2 command line")?;
             }
             tag::MODULE if archive.is_none() => {
                 let start = u64::from(le32(body, 0).ok_or(bad(kind))?);
@@ -419,24 +376,15 @@ fn parse_multiboot2(info: u64, memory: &impl PhysicalMemory) -> Result<BootInfo,
                     let Ok((e820, _)) = E820Entry::ref_from_prefix(entry) else {
                         return Err(bad(kind));
                     };
-                    push_region(
-                        &mut regions,
-                        e820.base.get(),
-                        e820.length.get(),
-                        e820.kind.get(),
-                    )?;
+                    push_region(&mut regions, e820.base.get(), e820.length.get(), e820.kind.get())?;
                 }
             }
             // The newer (ACPI 2.0+) RSDP wins over the 1.0 one.
             tag::ACPI_OLD if rsdp.is_none() => {
-                rsdp = Some(RsdpSource::Copy(
-                    Vec::from_slice(body).map_err(|_| bad(kind))?,
-                ));
+                rsdp = Some(RsdpSource::Copy(Vec::from_slice(body).map_err(|_| bad(kind))?));
             }
             tag::ACPI_NEW => {
-                rsdp = Some(RsdpSource::Copy(
-                    Vec::from_slice(body).map_err(|_| bad(kind))?,
-                ));
+                rsdp = Some(RsdpSource::Copy(Vec::from_slice(body).map_err(|_| bad(kind))?));
             }
             _ => {}
         }
@@ -445,14 +393,7 @@ fn parse_multiboot2(info: u64, memory: &impl PhysicalMemory) -> Result<BootInfo,
     if regions.is_empty() {
         return Err(BootInfoError::NoMemoryMap);
     }
-    Ok(BootInfo {
-        protocol: Protocol::Multiboot2,
-        memory: regions,
-        cmdline,
-        archive,
-        rsdp,
-        structures,
-    })
+    Ok(BootInfo { protocol: Protocol::Multiboot2, memory: regions, cmdline, archive, rsdp, structures })
 }
 
 fn owned<const N: usize>(text: &[u8], what: &'static str) -> Result<Vec<u8, N>, BootInfoError> {
@@ -523,17 +464,9 @@ mod tests {
 
     #[test]
     fn pvh_errors_are_specific() {
-        assert_eq!(
-            parse(PVH_MAGIC, INFO, &pvh_arena(0, 1)).err(),
-            Some(BootInfoError::PvhWithoutMemoryMap)
-        );
+        assert_eq!(parse(PVH_MAGIC, INFO, &pvh_arena(0, 1)).err(), Some(BootInfoError::PvhWithoutMemoryMap));
         let mut arena = pvh_arena(1, 0);
-        assert_eq!(
-            parse(PVH_MAGIC, INFO, &arena)
-                .expect("no module is fine")
-                .archive,
-            None
-        );
+        assert_eq!(parse(PVH_MAGIC, INFO, &arena).expect("no module is fine").archive, None);
         arena.put(INFO, &0xdeadbeefu32.to_le_bytes());
         assert_eq!(
             parse(PVH_MAGIC, INFO, &arena).err(),
@@ -551,14 +484,9 @@ mod tests {
         unterminated.put(0x3000, &[b'x'; 0x1000]);
         assert_eq!(
             parse(PVH_MAGIC, INFO, &unterminated).err(),
-            Some(BootInfoError::UnterminatedString {
-                what: "PVH command line"
-            })
+            Some(BootInfoError::UnterminatedString { what: "PVH command line" })
         );
-        assert_eq!(
-            parse(7, INFO, &arena).err(),
-            Some(BootInfoError::UnknownProtocol { magic: 7 })
-        );
+        assert_eq!(parse(7, INFO, &arena).err(), Some(BootInfoError::UnknownProtocol { magic: 7 }));
     }
 
     fn mb2_tag(kind: u32, body: &[u8]) -> std::vec::Vec<u8> {
@@ -612,9 +540,7 @@ mod tests {
         assert_eq!(boot.memory[1].kind, FirmwareKind::Reserved);
         assert_eq!(
             boot.rsdp,
-            Some(RsdpSource::Copy(
-                Vec::from_slice(b"RSD PTR v2 copy.....................").expect("fits")
-            ))
+            Some(RsdpSource::Copy(Vec::from_slice(b"RSD PTR v2 copy.....................").expect("fits")))
         );
     }
 
@@ -623,38 +549,26 @@ mod tests {
         let no_end = mb2_block(&[mb2_tag(tag::MMAP, &mb2_mmap())]);
         let mut arena = Arena::new(0, 0x10000);
         arena.put(INFO, &no_end);
-        assert_eq!(
-            parse(MULTIBOOT2_MAGIC, INFO, &arena).err(),
-            Some(BootInfoError::MissingEndTag)
-        );
+        assert_eq!(parse(MULTIBOOT2_MAGIC, INFO, &arena).err(), Some(BootInfoError::MissingEndTag));
 
         let no_map = mb2_block(&[mb2_tag(tag::END, &[])]);
         let mut arena = Arena::new(0, 0x10000);
         arena.put(INFO, &no_map);
-        assert_eq!(
-            parse(MULTIBOOT2_MAGIC, INFO, &arena).err(),
-            Some(BootInfoError::NoMemoryMap)
-        );
+        assert_eq!(parse(MULTIBOOT2_MAGIC, INFO, &arena).err(), Some(BootInfoError::NoMemoryMap));
 
         let mut module = 0x300000u32.to_le_bytes().to_vec();
         module.extend(0x200000u32.to_le_bytes()); // ends before it starts
         let backwards = mb2_block(&[mb2_tag(tag::MODULE, &module), mb2_tag(tag::END, &[])]);
         let mut arena = Arena::new(0, 0x10000);
         arena.put(INFO, &backwards);
-        assert!(matches!(
-            parse(MULTIBOOT2_MAGIC, INFO, &arena),
-            Err(BootInfoError::BadTag { tag: 3, .. })
-        ));
+        assert!(matches!(parse(MULTIBOOT2_MAGIC, INFO, &arena), Err(BootInfoError::BadTag { tag: 3, .. })));
 
         // A tag whose size runs past the block.
         let mut overrun = mb2_block(&[mb2_tag(tag::CMDLINE, b"x\0"), mb2_tag(tag::END, &[])]);
         overrun[12] = 0xff;
         let mut arena = Arena::new(0, 0x10000);
         arena.put(INFO, &overrun);
-        assert!(matches!(
-            parse(MULTIBOOT2_MAGIC, INFO, &arena),
-            Err(BootInfoError::BadTag { tag: 1, .. })
-        ));
+        assert!(matches!(parse(MULTIBOOT2_MAGIC, INFO, &arena), Err(BootInfoError::BadTag { tag: 1, .. })));
     }
 
     proptest::proptest! {

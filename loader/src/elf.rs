@@ -140,10 +140,7 @@ impl fmt::Display for ElfError {
                 write!(f, "kernel ELF is for machine {machine}, not x86-64 (62)")
             }
             Self::NotExecutable { kind } => {
-                write!(
-                    f,
-                    "kernel ELF has type {kind}, expected a static executable (ET_EXEC = 2)"
-                )
+                write!(f, "kernel ELF has type {kind}, expected a static executable (ET_EXEC = 2)")
             }
             Self::ProgramHeadersOutOfBounds { offset, count } => write!(
                 f,
@@ -151,51 +148,33 @@ impl fmt::Display for ElfError {
             ),
             Self::NothingToLoad => write!(f, "kernel ELF has no loadable segment"),
             Self::TooManySegments => {
-                write!(
-                    f,
-                    "kernel ELF has more than {MAX_SEGMENTS} loadable segments"
-                )
+                write!(f, "kernel ELF has more than {MAX_SEGMENTS} loadable segments")
             }
             Self::SegmentOutsideFile { index } => {
-                write!(
-                    f,
-                    "kernel ELF segment {index} refers to bytes past the end of the file"
-                )
+                write!(f, "kernel ELF segment {index} refers to bytes past the end of the file")
             }
             Self::FileSizeExceedsMemorySize { index } => {
-                write!(
-                    f,
-                    "kernel ELF segment {index} has a file size larger than its memory size"
-                )
+                write!(f, "kernel ELF segment {index} has a file size larger than its memory size")
             }
             Self::NotHigherHalf { index, address } => write!(
                 f,
                 "kernel ELF segment {index} at {address:#x} is not in the top 2 GiB ({KERNEL_MIN_ADDRESS:#x} and up)"
             ),
-            Self::Misaligned { index } => write!(
-                f,
-                "kernel ELF segment {index}: address and file offset differ modulo the page size"
-            ),
+            Self::Misaligned { index } => {
+                write!(f, "kernel ELF segment {index}: address and file offset differ modulo the page size")
+            }
             Self::Overlap { index } => {
-                write!(
-                    f,
-                    "kernel ELF segment {index} shares a page with an earlier segment"
-                )
+                write!(f, "kernel ELF segment {index} shares a page with an earlier segment")
             }
             Self::WritableAndExecutable { index } => {
-                write!(
-                    f,
-                    "kernel ELF segment {index} is both writable and executable"
-                )
+                write!(f, "kernel ELF segment {index} is both writable and executable")
             }
-            Self::BadEntry { entry } => write!(
-                f,
-                "kernel ELF entry point {entry:#x} is not inside an executable segment"
-            ),
-            Self::TooLarge { size } => write!(
-                f,
-                "kernel image spans {size} bytes; at most {MAX_IMAGE_SIZE} are accepted"
-            ),
+            Self::BadEntry { entry } => {
+                write!(f, "kernel ELF entry point {entry:#x} is not inside an executable segment")
+            }
+            Self::TooLarge { size } => {
+                write!(f, "kernel image spans {size} bytes; at most {MAX_IMAGE_SIZE} are accepted")
+            }
         }
     }
 }
@@ -208,21 +187,15 @@ pub fn plan(file: &[u8]) -> Result<LoadPlan, ElfError> {
     if ident[..4] != *header::ELFMAG {
         return Err(ElfError::NotElf);
     }
-    if ident[header::EI_CLASS] != header::ELFCLASS64
-        || ident[header::EI_DATA] != header::ELFDATA2LSB
-    {
+    if ident[header::EI_CLASS] != header::ELFCLASS64 || ident[header::EI_DATA] != header::ELFDATA2LSB {
         return Err(ElfError::WrongClass);
     }
     let elf_header = Elf::parse_header(file).map_err(|_| ElfError::NotElf)?;
     if elf_header.e_machine != header::EM_X86_64 {
-        return Err(ElfError::WrongMachine {
-            machine: elf_header.e_machine,
-        });
+        return Err(ElfError::WrongMachine { machine: elf_header.e_machine });
     }
     if elf_header.e_type != header::ET_EXEC {
-        return Err(ElfError::NotExecutable {
-            kind: elf_header.e_type,
-        });
+        return Err(ElfError::NotExecutable { kind: elf_header.e_type });
     }
     let ctx = Ctx::new(Container::Big, Endian::Little);
     let table_fits = usize::from(elf_header.e_phentsize) == ProgramHeader::size(ctx)
@@ -231,45 +204,28 @@ pub fn plan(file: &[u8]) -> Result<LoadPlan, ElfError> {
                 .checked_add(usize::from(elf_header.e_phnum) * ProgramHeader::size(ctx))
                 .is_some_and(|end| end <= file.len())
         });
-    let out_of_bounds = ElfError::ProgramHeadersOutOfBounds {
-        offset: elf_header.e_phoff,
-        count: elf_header.e_phnum,
-    };
+    let out_of_bounds =
+        ElfError::ProgramHeadersOutOfBounds { offset: elf_header.e_phoff, count: elf_header.e_phnum };
     if !table_fits {
         return Err(out_of_bounds);
     }
-    let headers = ProgramHeader::parse(
-        file,
-        elf_header.e_phoff as usize,
-        usize::from(elf_header.e_phnum),
-        ctx,
-    )
-    .map_err(|_| out_of_bounds)?;
+    let headers =
+        ProgramHeader::parse(file, elf_header.e_phoff as usize, usize::from(elf_header.e_phnum), ctx)
+            .map_err(|_| out_of_bounds)?;
 
     let mut segments: Vec<Segment, MAX_SEGMENTS> = Vec::new();
-    for (index, ph) in headers
-        .iter()
-        .enumerate()
-        .filter(|(_, ph)| ph.p_type == PT_LOAD)
-    {
+    for (index, ph) in headers.iter().enumerate().filter(|(_, ph)| ph.p_type == PT_LOAD) {
         if ph.p_memsz == 0 {
             continue;
         }
-        if ph
-            .p_offset
-            .checked_add(ph.p_filesz)
-            .is_none_or(|end| end > file.len() as u64)
-        {
+        if ph.p_offset.checked_add(ph.p_filesz).is_none_or(|end| end > file.len() as u64) {
             return Err(ElfError::SegmentOutsideFile { index });
         }
         if ph.p_filesz > ph.p_memsz {
             return Err(ElfError::FileSizeExceedsMemorySize { index });
         }
         if ph.p_vaddr < KERNEL_MIN_ADDRESS || ph.p_vaddr.checked_add(ph.p_memsz).is_none() {
-            return Err(ElfError::NotHigherHalf {
-                index,
-                address: ph.p_vaddr,
-            });
+            return Err(ElfError::NotHigherHalf { index, address: ph.p_vaddr });
         }
         if ph.p_vaddr % PAGE != ph.p_offset % PAGE {
             return Err(ElfError::Misaligned { index });
@@ -298,9 +254,7 @@ pub fn plan(file: &[u8]) -> Result<LoadPlan, ElfError> {
         }) {
             return Err(ElfError::Overlap { index });
         }
-        segments
-            .push(segment)
-            .map_err(|_| ElfError::TooManySegments)?;
+        segments.push(segment).map_err(|_| ElfError::TooManySegments)?;
     }
     segments.sort_unstable_by_key(|s| s.virtual_address);
     let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
@@ -309,22 +263,16 @@ pub fn plan(file: &[u8]) -> Result<LoadPlan, ElfError> {
     let virtual_base = first.virtual_address / PAGE * PAGE;
     let virtual_end = (last.virtual_address + last.memory_size).div_ceil(PAGE) * PAGE;
     if virtual_end - virtual_base > MAX_IMAGE_SIZE {
-        return Err(ElfError::TooLarge {
-            size: virtual_end - virtual_base,
-        });
+        return Err(ElfError::TooLarge { size: virtual_end - virtual_base });
     }
     let entry = elf_header.e_entry;
-    if !segments.iter().any(|s| {
-        s.executable && s.virtual_address <= entry && entry < s.virtual_address + s.memory_size
-    }) {
+    if !segments
+        .iter()
+        .any(|s| s.executable && s.virtual_address <= entry && entry < s.virtual_address + s.memory_size)
+    {
         return Err(ElfError::BadEntry { entry });
     }
-    Ok(LoadPlan {
-        entry,
-        virtual_base,
-        virtual_end,
-        segments,
-    })
+    Ok(LoadPlan { entry, virtual_base, virtual_end, segments })
 }
 
 /// Builds small ELF files for tests.
@@ -367,10 +315,7 @@ pub mod testing {
         let base = super::KERNEL_MIN_ADDRESS;
         elf(
             base + 0x10,
-            &[
-                (1, 5, 0x1000, base, 0x100, 0x100),
-                (1, 6, 0x2000, base + 0x1000, 0x80, 0x3000),
-            ],
+            &[(1, 5, 0x1000, base, 0x100, 0x100), (1, 6, 0x2000, base + 0x1000, 0x80, 0x3000)],
             0x3000,
         )
     }
@@ -434,10 +379,7 @@ mod tests {
             ),
             (
                 elf(0x1000, &[(1, 5, 0x1000, 0x40_0000, 0x100, 0x100)], 0x2000),
-                ElfError::NotHigherHalf {
-                    index: 0,
-                    address: 0x40_0000,
-                },
+                ElfError::NotHigherHalf { index: 0, address: 0x40_0000 },
             ),
             (
                 elf(BASE, &[(1, 7, 0x1000, BASE, 0x100, 0x100)], 0x2000),
@@ -445,9 +387,7 @@ mod tests {
             ),
             (
                 elf(BASE + 0x5000, &[(1, 5, 0x1000, BASE, 0x100, 0x100)], 0x2000),
-                ElfError::BadEntry {
-                    entry: BASE + 0x5000,
-                },
+                ElfError::BadEntry { entry: BASE + 0x5000 },
             ),
         ];
         for (file, expected) in cases {
@@ -455,10 +395,7 @@ mod tests {
         }
         let overlapping = elf(
             BASE,
-            &[
-                (1, 5, 0x1000, BASE, 0x100, 0x100),
-                (1, 6, 0x1800, BASE + 0x800, 0x10, 0x10),
-            ],
+            &[(1, 5, 0x1000, BASE, 0x100, 0x100), (1, 6, 0x1800, BASE + 0x800, 0x10, 0x10)],
             0x2000,
         );
         assert_eq!(plan(&overlapping), Err(ElfError::Overlap { index: 1 }));
@@ -467,18 +404,10 @@ mod tests {
         assert_eq!(plan(&elf(BASE, &[], 0x100)), Err(ElfError::NothingToLoad));
         let huge = elf(
             BASE,
-            &[
-                (1, 5, 0x1000, BASE, 0x10, 0x10),
-                (1, 6, 0x2000, BASE + (128 << 20), 0x10, 0x10),
-            ],
+            &[(1, 5, 0x1000, BASE, 0x10, 0x10), (1, 6, 0x2000, BASE + (128 << 20), 0x10, 0x10)],
             0x3000,
         );
-        assert_eq!(
-            plan(&huge),
-            Err(ElfError::TooLarge {
-                size: (128 << 20) + 0x1000
-            })
-        );
+        assert_eq!(plan(&huge), Err(ElfError::TooLarge { size: (128 << 20) + 0x1000 }));
     }
 
     #[test]
@@ -486,10 +415,7 @@ mod tests {
         let file = good_kernel();
         // Anything shorter than the last segment's file bytes must fail.
         for len in 0..0x2080 {
-            assert!(
-                plan(&file[..len]).is_err(),
-                "truncated to {len} bytes accepted"
-            );
+            assert!(plan(&file[..len]).is_err(), "truncated to {len} bytes accepted");
         }
     }
 
@@ -497,16 +423,10 @@ mod tests {
     fn program_header_table_past_the_end_is_refused() {
         let mut file = good_kernel();
         file[56..58].copy_from_slice(&0xffffu16.to_le_bytes());
-        assert!(matches!(
-            plan(&file),
-            Err(ElfError::ProgramHeadersOutOfBounds { count: 0xffff, .. })
-        ));
+        assert!(matches!(plan(&file), Err(ElfError::ProgramHeadersOutOfBounds { count: 0xffff, .. })));
         let mut file = good_kernel();
         file[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(
-            plan(&file),
-            Err(ElfError::ProgramHeadersOutOfBounds { .. })
-        ));
+        assert!(matches!(plan(&file), Err(ElfError::ProgramHeadersOutOfBounds { .. })));
     }
 
     proptest! {

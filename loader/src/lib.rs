@@ -99,9 +99,7 @@ impl fmt::Display for LoaderError {
             Self::Memory(e) => write!(f, "{e}"),
             Self::Paging(e) => write!(f, "{e}"),
             Self::Responses(e) => write!(f, "{e}"),
-            Self::UnsupportedBaseRevision {
-                requested: Some(revision),
-            } => write!(
+            Self::UnsupportedBaseRevision { requested: Some(revision) } => write!(
                 f,
                 "kernel requires Limine base revision {revision}; this loader implements {}",
                 limine::BASE_REVISION
@@ -197,10 +195,7 @@ pub fn prepare(
     cpu: CpuFeatures,
 ) -> Result<Handoff, LoaderError> {
     let (archive_address, archive_len) = boot.archive.ok_or(LoaderError::NoArchive)?;
-    let unreachable = LoaderError::ArchiveUnreachable {
-        address: archive_address,
-        len: archive_len,
-    };
+    let unreachable = LoaderError::ArchiveUnreachable { address: archive_address, len: archive_len };
     if archive_address % PAGE != 0 {
         return Err(unreachable);
     }
@@ -208,9 +203,7 @@ pub fn prepare(
     // Check everything in the archive before touching memory; keep only
     // owned facts so the archive can be read again while writing elsewhere.
     let (plan, kernel_physical, kernel_file_size, modules) = {
-        let bytes = memory
-            .bytes(archive_address, archive_len)
-            .ok_or(unreachable)?;
+        let bytes = memory.bytes(archive_address, archive_len).ok_or(unreachable)?;
         let archive = Archive::parse(bytes)?;
         let kernel = archive.kernel();
         let plan = elf::plan(kernel.data)?;
@@ -223,86 +216,44 @@ pub fn prepare(
                 string: *module.string_bytes,
             });
         }
-        (
-            plan,
-            archive_address + kernel.offset,
-            kernel.data.len() as u64,
-            modules,
-        )
+        (plan, archive_address + kernel.offset, kernel.data.len() as u64, modules)
     };
 
     let mut layout = MemoryLayout::new(&boot.memory, ALLOCATION_FLOOR, ALLOCATION_CEILING);
-    layout.claim(
-        loader.start,
-        loader.end - loader.start,
-        RegionKind::BootloaderReclaimable,
-    )?;
+    layout.claim(loader.start, loader.end - loader.start, RegionKind::BootloaderReclaimable)?;
     for &(address, len) in &boot.structures {
         layout.claim(address, len, RegionKind::BootloaderReclaimable)?;
     }
-    layout.claim(
-        archive_address,
-        archive_len,
-        RegionKind::ExecutableAndModules,
-    )?;
+    layout.claim(archive_address, archive_len, RegionKind::ExecutableAndModules)?;
 
     let kernel_physical_base = layout
         .allocate(plan.image_size(), 2 << 20, RegionKind::ExecutableAndModules)
         .or_else(|_| layout.allocate(plan.image_size(), PAGE, RegionKind::ExecutableAndModules))?;
     load_segments(memory, &plan, kernel_physical, kernel_physical_base)?;
     let stack = layout.allocate(KERNEL_STACK_SIZE, PAGE, RegionKind::BootloaderReclaimable)?;
-    let responses = layout.allocate(
-        RESPONSE_REGION_SIZE,
-        PAGE,
-        RegionKind::BootloaderReclaimable,
-    )?;
+    let responses = layout.allocate(RESPONSE_REGION_SIZE, PAGE, RegionKind::BootloaderReclaimable)?;
 
-    let hhdm_size = layout
-        .highest_address()
-        .max(HHDM_MINIMUM)
-        .next_multiple_of(1 << 30);
-    let root = build_page_tables(
-        memory,
-        &mut layout,
-        &plan,
-        kernel_physical_base,
-        loader,
-        cpu,
-        hhdm_size,
-    )?;
+    let hhdm_size = layout.highest_address().max(HHDM_MINIMUM).next_multiple_of(1 << 30);
+    let root = build_page_tables(memory, &mut layout, &plan, kernel_physical_base, loader, cpu, hhdm_size)?;
 
     let map = layout.final_map()?;
-    let usable_bytes = map
-        .iter()
-        .filter(|r| r.kind == RegionKind::Usable)
-        .map(|r| r.length)
-        .sum();
+    let usable_bytes = map.iter().filter(|r| r.kind == RegionKind::Usable).map(|r| r.length).sum();
 
     // Answer the kernel's requests.
     let image = memory
         .bytes_mut(kernel_physical_base, plan.image_size())
-        .ok_or(PagingError::TableUnreachable {
-            physical_address: kernel_physical_base,
-        })?;
+        .ok_or(PagingError::TableUnreachable { physical_address: kernel_physical_base })?;
     let requests = limine::scan(image);
     if !limine::answer_base_revision(image, &requests) {
-        return Err(LoaderError::UnsupportedBaseRevision {
-            requested: requests.base_revision.map(|r| r.1),
-        });
+        return Err(LoaderError::UnsupportedBaseRevision { requested: requests.base_revision.map(|r| r.1) });
     }
     // Without an RSDP from the bootloader, look where BIOS firmware keeps it.
-    let scanned_rsdp = if boot.rsdp.is_none() {
-        find_rsdp(memory)
-    } else {
-        None
-    };
+    let scanned_rsdp = if boot.rsdp.is_none() { find_rsdp(memory) } else { None };
     let mut answers: [Option<u64>; RequestKind::ALL.len()] = [None; RequestKind::ALL.len()];
     {
-        let buffer = memory.bytes_mut(responses, RESPONSE_REGION_SIZE).ok_or(
-            PagingError::TableUnreachable {
-                physical_address: responses,
-            },
-        )?;
+        let buffer = memory
+            .bytes_mut(responses, RESPONSE_REGION_SIZE)
+            .ok_or(PagingError::TableUnreachable { physical_address: responses })?;
         buffer.fill(0);
         let mut writer = ResponseWriter::new(buffer, HHDM_OFFSET + responses);
         let hhdm = |physical: u64| HHDM_OFFSET + physical;
@@ -314,20 +265,12 @@ pub fn prepare(
                 RequestKind::BootloaderInfo => {
                     let name = writer.push_c_string(b"strata-loader")?;
                     let version = writer.push_c_string(env!("CARGO_PKG_VERSION").as_bytes())?;
-                    Some(writer.push(&layout::BootloaderInfo {
-                        revision: 0,
-                        name,
-                        version,
-                    })?)
+                    Some(writer.push(&layout::BootloaderInfo { revision: 0, name, version })?)
                 }
-                RequestKind::FirmwareType => Some(writer.push(&layout::FirmwareType {
-                    revision: 0,
-                    firmware_type: 0,
-                })?),
-                RequestKind::Hhdm => Some(writer.push(&layout::Hhdm {
-                    revision: 0,
-                    offset: HHDM_OFFSET,
-                })?),
+                RequestKind::FirmwareType => {
+                    Some(writer.push(&layout::FirmwareType { revision: 0, firmware_type: 0 })?)
+                }
+                RequestKind::Hhdm => Some(writer.push(&layout::Hhdm { revision: 0, offset: HHDM_OFFSET })?),
                 RequestKind::MemoryMap => {
                     let mut pointers: Vec<u64, { memmap::MAX_ENTRIES }> = Vec::new();
                     for region in &map {
@@ -339,35 +282,21 @@ pub fn prepare(
                         let _ = pointers.push(writer.push(&entry)?);
                     }
                     let entries = writer.push_words(&pointers)?;
-                    Some(writer.push(&layout::MemoryMap {
-                        revision: 0,
-                        count: map.len() as u64,
-                        entries,
-                    })?)
+                    Some(writer.push(&layout::MemoryMap { revision: 0, count: map.len() as u64, entries })?)
                 }
-                RequestKind::ExecutableAddress => {
-                    Some(writer.push(&layout::ExecutableAddress {
-                        revision: 0,
-                        physical_base: kernel_physical_base,
-                        virtual_base: plan.virtual_base,
-                    })?)
-                }
+                RequestKind::ExecutableAddress => Some(writer.push(&layout::ExecutableAddress {
+                    revision: 0,
+                    physical_base: kernel_physical_base,
+                    virtual_base: plan.virtual_base,
+                })?),
                 RequestKind::ExecutableCmdline => {
                     let cmdline = writer.push_c_string(&boot.cmdline)?;
-                    Some(writer.push(&layout::ExecutableCmdline {
-                        revision: 0,
-                        cmdline,
-                    })?)
+                    Some(writer.push(&layout::ExecutableCmdline { revision: 0, cmdline })?)
                 }
                 RequestKind::ExecutableFile => {
                     let path = writer.push_c_string(b"kernel")?;
                     let string = writer.push_c_string(&boot.cmdline)?;
-                    let file = layout::File::in_memory(
-                        hhdm(kernel_physical),
-                        kernel_file_size,
-                        path,
-                        string,
-                    );
+                    let file = layout::File::in_memory(hhdm(kernel_physical), kernel_file_size, path, string);
                     let file = writer.push(&file)?;
                     Some(writer.push(&layout::ExecutableFile { revision: 0, file })?)
                 }
@@ -376,12 +305,7 @@ pub fn prepare(
                     for module in &modules {
                         let path = writer.push_c_string(&module.name)?;
                         let string = writer.push_c_string(&module.string)?;
-                        let file = layout::File::in_memory(
-                            hhdm(module.physical),
-                            module.size,
-                            path,
-                            string,
-                        );
+                        let file = layout::File::in_memory(hhdm(module.physical), module.size, path, string);
                         let _ = pointers.push(writer.push(&file)?);
                     }
                     let list = writer.push_words(&pointers)?;
@@ -392,25 +316,18 @@ pub fn prepare(
                     })?)
                 }
                 RequestKind::Rsdp => match &boot.rsdp {
-                    Some(RsdpSource::Physical(address)) => Some(writer.push(&layout::Rsdp {
-                        revision: 0,
-                        address: *address,
-                    })?),
+                    Some(RsdpSource::Physical(address)) => {
+                        Some(writer.push(&layout::Rsdp { revision: 0, address: *address })?)
+                    }
                     Some(RsdpSource::Copy(copy)) => {
                         // The copy sits in the response region; its physical address is what
                         // base revision 3 hands over.
                         let virtual_address = writer.push_bytes(copy)?;
                         let address = virtual_address - HHDM_OFFSET;
-                        Some(writer.push(&layout::Rsdp {
-                            revision: 0,
-                            address,
-                        })?)
+                        Some(writer.push(&layout::Rsdp { revision: 0, address })?)
                     }
                     None => match scanned_rsdp {
-                        Some(address) => Some(writer.push(&layout::Rsdp {
-                            revision: 0,
-                            address,
-                        })?),
+                        Some(address) => Some(writer.push(&layout::Rsdp { revision: 0, address })?),
                         None => None,
                     },
                 },
@@ -419,9 +336,7 @@ pub fn prepare(
     }
     let image = memory
         .bytes_mut(kernel_physical_base, plan.image_size())
-        .ok_or(PagingError::TableUnreachable {
-            physical_address: kernel_physical_base,
-        })?;
+        .ok_or(PagingError::TableUnreachable { physical_address: kernel_physical_base })?;
     for (answer, kind) in answers.iter().zip(RequestKind::ALL) {
         if let (Some(response), Some(offset)) = (answer, requests.offset_of(kind)) {
             limine::answer(image, offset, *response);
@@ -456,10 +371,7 @@ pub fn find_rsdp(memory: &impl PhysicalMemory) -> Option<u64> {
         acpi::scan(area, base)
     });
     ebda_hit.or_else(|| {
-        let area = memory.bytes(
-            acpi::BIOS_AREA.start,
-            acpi::BIOS_AREA.end - acpi::BIOS_AREA.start,
-        )?;
+        let area = memory.bytes(acpi::BIOS_AREA.start, acpi::BIOS_AREA.end - acpi::BIOS_AREA.start)?;
         acpi::scan(area, acpi::BIOS_AREA.start)
     })
 }
@@ -471,13 +383,8 @@ fn load_segments(
     file_physical: u64,
     image_physical: u64,
 ) -> Result<(), LoaderError> {
-    let unreachable = PagingError::TableUnreachable {
-        physical_address: image_physical,
-    };
-    memory
-        .bytes_mut(image_physical, plan.image_size())
-        .ok_or(unreachable)?
-        .fill(0);
+    let unreachable = PagingError::TableUnreachable { physical_address: image_physical };
+    memory.bytes_mut(image_physical, plan.image_size()).ok_or(unreachable)?.fill(0);
     for segment in &plan.segments {
         let destination = image_physical + (segment.virtual_address - plan.virtual_base);
         let mut copied = 0;
@@ -486,9 +393,7 @@ fn load_segments(
         let mut chunk = [0u8; 512];
         while copied < segment.file_size {
             let n = (segment.file_size - copied).min(chunk.len() as u64);
-            let source = memory
-                .bytes(file_physical + segment.file_offset + copied, n)
-                .ok_or(unreachable)?;
+            let source = memory.bytes(file_physical + segment.file_offset + copied, n).ok_or(unreachable)?;
             chunk[..n as usize].copy_from_slice(source);
             memory
                 .bytes_mut(destination + copied, n)
@@ -511,11 +416,7 @@ fn build_page_tables(
 ) -> Result<u64, LoaderError> {
     let mut allocate = || layout.allocate(PAGE, PAGE, RegionKind::BootloaderReclaimable);
     let mut tables = PageTables::new(memory, &mut allocate)?;
-    let nx = if cpu.no_execute {
-        PteFlags::NO_EXECUTE
-    } else {
-        PteFlags::empty()
-    };
+    let nx = if cpu.no_execute { PteFlags::NO_EXECUTE } else { PteFlags::empty() };
 
     for segment in &plan.segments {
         let first = segment.virtual_address / PAGE * PAGE;
@@ -528,31 +429,11 @@ fn build_page_tables(
             flags |= nx;
         }
         let physical = kernel_physical_base + (first - plan.virtual_base);
-        tables.map_range(
-            memory,
-            &mut allocate,
-            first,
-            physical,
-            end - first,
-            Level::Pt,
-            flags,
-        )?;
+        tables.map_range(memory, &mut allocate, first, physical, end - first, Level::Pt, flags)?;
     }
 
-    let largest = if cpu.gigabyte_pages {
-        Level::Pdpt
-    } else {
-        Level::Pd
-    };
-    tables.map_range(
-        memory,
-        &mut allocate,
-        HHDM_OFFSET,
-        0,
-        hhdm_size,
-        largest,
-        PteFlags::WRITABLE | nx,
-    )?;
+    let largest = if cpu.gigabyte_pages { Level::Pdpt } else { Level::Pd };
+    tables.map_range(memory, &mut allocate, HHDM_OFFSET, 0, hhdm_size, largest, PteFlags::WRITABLE | nx)?;
 
     // The trampoline runs its last instructions after the CR3 switch at its
     // identity address; the GDT in the same page stays valid until the

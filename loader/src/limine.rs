@@ -87,10 +87,7 @@ pub struct Requests {
 impl Requests {
     /// Offset of the request of `kind`, if the kernel made one.
     pub fn offset_of(&self, kind: RequestKind) -> Option<usize> {
-        RequestKind::ALL
-            .iter()
-            .position(|&k| k == kind)
-            .and_then(|i| self.found[i])
+        RequestKind::ALL.iter().position(|&k| k == kind).and_then(|i| self.found[i])
     }
 }
 
@@ -114,12 +111,7 @@ pub fn scan(image: &[u8]) -> Requests {
                 requests.base_revision = Some((at, revision));
             }
         } else if [first, second] == COMMON_MAGIC {
-            let id = [
-                first,
-                second,
-                word(image, at + 16).unwrap_or(0),
-                word(image, at + 24).unwrap_or(0),
-            ];
+            let id = [first, second, word(image, at + 16).unwrap_or(0), word(image, at + 24).unwrap_or(0)];
             match ids.iter().position(|known| *known == id) {
                 // The response pointer must lie inside the image too.
                 Some(i) if at + RESPONSE_OFFSET + 8 <= image.len() => requests.found[i] = Some(at),
@@ -298,10 +290,7 @@ pub struct ResponseSpaceExhausted;
 
 impl fmt::Display for ResponseSpaceExhausted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Limine responses do not fit in the loader's response region"
-        )
+        write!(f, "Limine responses do not fit in the loader's response region")
     }
 }
 
@@ -316,32 +305,20 @@ pub struct ResponseWriter<'b> {
 impl<'b> ResponseWriter<'b> {
     /// Writes into `buffer`, which the kernel sees at `virtual_base`.
     pub fn new(buffer: &'b mut [u8], virtual_base: u64) -> Self {
-        Self {
-            buffer,
-            used: 0,
-            virtual_base,
-        }
+        Self { buffer, used: 0, virtual_base }
     }
 
     /// Appends `bytes` at 8-byte alignment; returns their kernel address.
     pub fn push_bytes(&mut self, bytes: &[u8]) -> Result<u64, ResponseSpaceExhausted> {
         let start = self.used.next_multiple_of(8);
-        let end = start
-            .checked_add(bytes.len())
-            .ok_or(ResponseSpaceExhausted)?;
-        self.buffer
-            .get_mut(start..end)
-            .ok_or(ResponseSpaceExhausted)?
-            .copy_from_slice(bytes);
+        let end = start.checked_add(bytes.len()).ok_or(ResponseSpaceExhausted)?;
+        self.buffer.get_mut(start..end).ok_or(ResponseSpaceExhausted)?.copy_from_slice(bytes);
         self.used = end;
         Ok(self.virtual_base + start as u64)
     }
 
     /// Appends a structure.
-    pub fn push<T: IntoBytes + Immutable>(
-        &mut self,
-        value: &T,
-    ) -> Result<u64, ResponseSpaceExhausted> {
+    pub fn push<T: IntoBytes + Immutable>(&mut self, value: &T) -> Result<u64, ResponseSpaceExhausted> {
         self.push_bytes(value.as_bytes())
     }
 
@@ -360,10 +337,7 @@ impl<'b> ResponseWriter<'b> {
 
     fn push_bytes_unaligned(&mut self, bytes: &[u8]) -> Result<(), ResponseSpaceExhausted> {
         let end = self.used + bytes.len();
-        self.buffer
-            .get_mut(self.used..end)
-            .ok_or(ResponseSpaceExhausted)?
-            .copy_from_slice(bytes);
+        self.buffer.get_mut(self.used..end).ok_or(ResponseSpaceExhausted)?.copy_from_slice(bytes);
         self.used = end;
         Ok(())
     }
@@ -391,54 +365,17 @@ mod tests {
         let mut writer = ResponseWriter::new(bytes, base);
         let name = writer.push_c_string(b"strata-loader").expect("room");
         let version = writer.push_c_string(b"0.1.0").expect("room");
-        let info = writer
-            .push(&BootloaderInfo {
-                revision: 0,
-                name,
-                version,
-            })
-            .expect("room");
-        let hhdm = writer
-            .push(&Hhdm {
-                revision: 0,
-                offset: 0xffff_8000_0000_0000,
-            })
-            .expect("room");
-        let e0 = writer
-            .push(&MemoryMapEntry {
-                base: 0x1000,
-                length: 0x9e000,
-                kind: 0,
-            })
-            .expect("room");
-        let e1 = writer
-            .push(&MemoryMapEntry {
-                base: 0x100000,
-                length: 0x5000,
-                kind: 6,
-            })
-            .expect("room");
+        let info = writer.push(&BootloaderInfo { revision: 0, name, version }).expect("room");
+        let hhdm = writer.push(&Hhdm { revision: 0, offset: 0xffff_8000_0000_0000 }).expect("room");
+        let e0 = writer.push(&MemoryMapEntry { base: 0x1000, length: 0x9e000, kind: 0 }).expect("room");
+        let e1 = writer.push(&MemoryMapEntry { base: 0x100000, length: 0x5000, kind: 6 }).expect("room");
         let list = writer.push_words(&[e0, e1]).expect("room");
-        let map = writer
-            .push(&MemoryMap {
-                revision: 0,
-                count: 2,
-                entries: list,
-            })
-            .expect("room");
+        let map = writer.push(&MemoryMap { revision: 0, count: 2, entries: list }).expect("room");
         let path = writer.push_c_string(b"root").expect("room");
         let string = writer.push_c_string(b"log=debug").expect("room");
-        let file = writer
-            .push(&File::in_memory(0x1234_5000, 77, path, string))
-            .expect("room");
+        let file = writer.push(&File::in_memory(0x1234_5000, 77, path, string)).expect("room");
         let files = writer.push_words(&[file]).expect("room");
-        let modules = writer
-            .push(&Modules {
-                revision: 0,
-                count: 1,
-                modules: files,
-            })
-            .expect("room");
+        let modules = writer.push(&Modules { revision: 0, count: 1, modules: files }).expect("room");
         let address = writer
             .push(&ExecutableAddress {
                 revision: 0,
@@ -447,12 +384,7 @@ mod tests {
             })
             .expect("room");
         let cmdline_text = writer.push_c_string(b"log=trace").expect("room");
-        let cmdline = writer
-            .push(&ExecutableCmdline {
-                revision: 0,
-                cmdline: cmdline_text,
-            })
-            .expect("room");
+        let cmdline = writer.push(&ExecutableCmdline { revision: 0, cmdline: cmdline_text }).expect("room");
 
         // SAFETY: (test) every address above points into `buffer`, which is
         // alive and not written again; each points at the layout the crate's
@@ -490,11 +422,7 @@ mod tests {
                 image[at + 8 * i..at + 8 * i + 8].copy_from_slice(&w.to_le_bytes());
             }
         };
-        put(
-            &mut image,
-            8,
-            &[BASE_REVISION_MAGIC[0], BASE_REVISION_MAGIC[1], 3],
-        );
+        put(&mut image, 8, &[BASE_REVISION_MAGIC[0], BASE_REVISION_MAGIC[1], 3]);
         put(&mut image, 64, HhdmRequest::new().id());
         put(&mut image, 128, MemoryMapRequest::new().id());
         put(&mut image, 256, &[COMMON_MAGIC[0], COMMON_MAGIC[1], 1, 2]);
@@ -514,10 +442,7 @@ mod tests {
     #[test]
     fn unsupported_base_revision_is_left_unanswered() {
         let mut image = vec![0u8; 64];
-        for (i, w) in [BASE_REVISION_MAGIC[0], BASE_REVISION_MAGIC[1], 9]
-            .iter()
-            .enumerate()
-        {
+        for (i, w) in [BASE_REVISION_MAGIC[0], BASE_REVISION_MAGIC[1], 9].iter().enumerate() {
             image[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
         }
         let requests = scan(&image);

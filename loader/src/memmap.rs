@@ -102,10 +102,9 @@ pub enum MemoryError {
 impl fmt::Display for MemoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::OutOfMemory { size, align } => write!(
-                f,
-                "out of memory: no free {size}-byte range aligned to {align:#x} below 4 GiB"
-            ),
+            Self::OutOfMemory { size, align } => {
+                write!(f, "out of memory: no free {size}-byte range aligned to {align:#x} below 4 GiB")
+            }
             Self::TooManyClaims => write!(f, "more than {MAX_CLAIMS} loader memory claims"),
             Self::MapTooLarge => write!(f, "memory map has more than {MAX_ENTRIES} entries"),
         }
@@ -127,12 +126,7 @@ impl<'a> MemoryLayout<'a> {
     /// `[min_address, max_address)` (the loader keeps below 1 MiB for firmware
     /// and real-mode code, and can only write below 4 GiB).
     pub fn new(firmware: &'a [FirmwareRegion], min_address: u64, max_address: u64) -> Self {
-        Self {
-            firmware,
-            claims: Vec::new(),
-            min_address,
-            max_address,
-        }
+        Self { firmware, claims: Vec::new(), min_address, max_address }
     }
 
     /// Marks `[base, base + length)` as `kind`, widened to whole pages.
@@ -140,23 +134,14 @@ impl<'a> MemoryLayout<'a> {
         let start = base / PAGE * PAGE;
         let end = base.saturating_add(length).div_ceil(PAGE) * PAGE;
         self.claims
-            .push(Region {
-                base: start,
-                length: end - start,
-                kind,
-            })
+            .push(Region { base: start, length: end - start, kind })
             .map_err(|_| MemoryError::TooManyClaims)
     }
 
     /// Finds the lowest free, usable range of `size` bytes aligned to `align`
     /// (a power of two, at least 4 KiB), claims it as `kind` and returns its
     /// address.
-    pub fn allocate(
-        &mut self,
-        size: u64,
-        align: u64,
-        kind: RegionKind,
-    ) -> Result<u64, MemoryError> {
+    pub fn allocate(&mut self, size: u64, align: u64, kind: RegionKind) -> Result<u64, MemoryError> {
         let size = size.div_ceil(PAGE) * PAGE;
         let align = align.max(PAGE);
         let fail = MemoryError::OutOfMemory { size, align };
@@ -171,11 +156,7 @@ impl<'a> MemoryLayout<'a> {
             .chain(core::iter::once(self.min_address));
         let best = candidates
             .filter_map(|point| point.max(self.min_address).checked_next_multiple_of(align))
-            .filter(|&start| {
-                start
-                    .checked_add(size)
-                    .is_some_and(|end| end <= self.max_address)
-            })
+            .filter(|&start| start.checked_add(size).is_some_and(|end| end <= self.max_address))
             .filter(|&start| self.is_free(start, start + size))
             .min()
             .ok_or(fail)?;
@@ -188,15 +169,10 @@ impl<'a> MemoryLayout<'a> {
     fn is_free(&self, start: u64, end: u64) -> bool {
         let overlaps = |base: u64, length: u64| base < end && start < base.saturating_add(length);
         let inside_usable = self.firmware.iter().any(|r| {
-            r.kind == FirmwareKind::Usable
-                && r.base <= start
-                && end <= r.base.saturating_add(r.length)
+            r.kind == FirmwareKind::Usable && r.base <= start && end <= r.base.saturating_add(r.length)
         });
         inside_usable
-            && !self
-                .firmware
-                .iter()
-                .any(|r| r.kind != FirmwareKind::Usable && overlaps(r.base, r.length))
+            && !self.firmware.iter().any(|r| r.kind != FirmwareKind::Usable && overlaps(r.base, r.length))
             && !self.claims.iter().any(|c| overlaps(c.base, c.length))
     }
 
@@ -224,8 +200,7 @@ impl<'a> MemoryLayout<'a> {
                 })
                 .chain(self.claims.iter().copied())
         };
-        let mut points: Vec<u64, { 2 * (crate::bootinfo::MAX_FIRMWARE_REGIONS + MAX_CLAIMS) }> =
-            Vec::new();
+        let mut points: Vec<u64, { 2 * (crate::bootinfo::MAX_FIRMWARE_REGIONS + MAX_CLAIMS) }> = Vec::new();
         for region in regions() {
             for point in [region.base, region.end()] {
                 if !points.contains(&point) {
@@ -238,43 +213,27 @@ impl<'a> MemoryLayout<'a> {
         let mut map: Vec<Region, MAX_ENTRIES> = Vec::new();
         for pair in points.windows(2) {
             let (start, end) = (pair[0], pair[1]);
-            let Some(kind) = regions()
-                .filter(|r| r.base <= start && end <= r.end())
-                .map(|r| r.kind)
-                .max()
+            let Some(kind) = regions().filter(|r| r.base <= start && end <= r.end()).map(|r| r.kind).max()
             else {
                 continue; // A hole no region describes.
             };
             match map.last_mut() {
-                Some(last) if last.kind == kind && last.end() == start => {
-                    last.length += end - start
-                }
+                Some(last) if last.kind == kind && last.end() == start => last.length += end - start,
                 _ => map
-                    .push(Region {
-                        base: start,
-                        length: end - start,
-                        kind,
-                    })
+                    .push(Region { base: start, length: end - start, kind })
                     .map_err(|_| MemoryError::MapTooLarge)?,
             }
         }
         // Usable and reclaimable entries must be whole pages: trim them. The
         // trimmed bytes are simply not reported.
         map.retain_mut(|region| {
-            if matches!(
-                region.kind,
-                RegionKind::Usable | RegionKind::BootloaderReclaimable
-            ) {
+            if matches!(region.kind, RegionKind::Usable | RegionKind::BootloaderReclaimable) {
                 let start = region.base.next_multiple_of(PAGE);
                 let end = region.end() / PAGE * PAGE;
                 if end <= start {
                     return false;
                 }
-                *region = Region {
-                    base: start,
-                    length: end - start,
-                    kind: region.kind,
-                };
+                *region = Region { base: start, length: end - start, kind: region.kind };
             }
             true
         });
@@ -304,27 +263,16 @@ mod tests {
     fn allocations_are_lowest_fit_aligned_and_disjoint() {
         let firmware = qemu_like();
         let mut layout = MemoryLayout::new(&firmware, 0x100000, 1 << 32);
-        layout
-            .claim(0x100000, 0x5000, RegionKind::BootloaderReclaimable)
-            .expect("room");
-        let a = layout
-            .allocate(0x1000, 0x1000, RegionKind::BootloaderReclaimable)
-            .expect("room");
+        layout.claim(0x100000, 0x5000, RegionKind::BootloaderReclaimable).expect("room");
+        let a = layout.allocate(0x1000, 0x1000, RegionKind::BootloaderReclaimable).expect("room");
         assert_eq!(a, 0x105000);
-        let b = layout
-            .allocate(0x3000, 0x200000, RegionKind::ExecutableAndModules)
-            .expect("room");
+        let b = layout.allocate(0x3000, 0x200000, RegionKind::ExecutableAndModules).expect("room");
         assert_eq!(b, 0x200000);
-        let c = layout
-            .allocate(0x1000, 0x1000, RegionKind::BootloaderReclaimable)
-            .expect("room");
+        let c = layout.allocate(0x1000, 0x1000, RegionKind::BootloaderReclaimable).expect("room");
         assert_eq!(c, 0x106000);
         assert_eq!(
             layout.allocate(1 << 30, 0x1000, RegionKind::Usable),
-            Err(MemoryError::OutOfMemory {
-                size: 1 << 30,
-                align: 0x1000
-            })
+            Err(MemoryError::OutOfMemory { size: 1 << 30, align: 0x1000 })
         );
     }
 
@@ -332,12 +280,8 @@ mod tests {
     fn final_map_is_sorted_disjoint_and_carved() {
         let firmware = qemu_like();
         let mut layout = MemoryLayout::new(&firmware, 0x100000, 1 << 32);
-        layout
-            .claim(0x100000, 0x2345, RegionKind::BootloaderReclaimable)
-            .expect("room");
-        layout
-            .claim(0x400000, 0x1000, RegionKind::ExecutableAndModules)
-            .expect("room");
+        layout.claim(0x100000, 0x2345, RegionKind::BootloaderReclaimable).expect("room");
+        layout.claim(0x400000, 0x1000, RegionKind::ExecutableAndModules).expect("room");
         let map = layout.final_map().expect("fits");
         let summary: std::vec::Vec<_> = map.iter().map(|r| (r.base, r.end(), r.kind)).collect();
         assert_eq!(
@@ -356,20 +300,13 @@ mod tests {
 
     #[test]
     fn overlapping_firmware_entries_resolve_to_the_restrictive_kind() {
-        let firmware = [
-            fw(0, 0x10000, FirmwareKind::Usable),
-            fw(0x4000, 0x1000, FirmwareKind::AcpiNvs),
-        ];
+        let firmware = [fw(0, 0x10000, FirmwareKind::Usable), fw(0x4000, 0x1000, FirmwareKind::AcpiNvs)];
         let layout = MemoryLayout::new(&firmware, 0, 1 << 32);
         let map = layout.final_map().expect("fits");
         let kinds: std::vec::Vec<_> = map.iter().map(|r| (r.base, r.kind)).collect();
         assert_eq!(
             kinds,
-            [
-                (0, RegionKind::Usable),
-                (0x4000, RegionKind::AcpiNvs),
-                (0x5000, RegionKind::Usable)
-            ]
+            [(0, RegionKind::Usable), (0x4000, RegionKind::AcpiNvs), (0x5000, RegionKind::Usable)]
         );
     }
 

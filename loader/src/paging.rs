@@ -44,17 +44,13 @@ impl fmt::Display for PagingError {
             Self::AlreadyMapped { virtual_address } => {
                 write!(f, "page tables: {virtual_address:#x} is mapped twice")
             }
-            Self::BadAddress {
-                virtual_address,
-                physical_address,
-            } => write!(
+            Self::BadAddress { virtual_address, physical_address } => write!(
                 f,
                 "page tables: cannot map {virtual_address:#x} -> {physical_address:#x} (misaligned or non-canonical)"
             ),
-            Self::TableUnreachable { physical_address } => write!(
-                f,
-                "page tables: table at {physical_address:#x} is outside loader-writable memory"
-            ),
+            Self::TableUnreachable { physical_address } => {
+                write!(f, "page tables: table at {physical_address:#x} is outside loader-writable memory")
+            }
         }
     }
 }
@@ -77,9 +73,7 @@ impl PageTables {
         memory: &mut impl PhysicalMemory,
         allocate: &mut impl FnMut() -> Result<u64, MemoryError>,
     ) -> Result<Self, PagingError> {
-        Ok(Self {
-            root: new_table(memory, allocate)?,
-        })
+        Ok(Self { root: new_table(memory, allocate)? })
     }
 
     /// The hierarchy under an existing PML4 at physical `root`.
@@ -109,10 +103,7 @@ impl PageTables {
             || !physical_address.is_multiple_of(span)
             || !is_canonical(virtual_address)
         {
-            return Err(PagingError::BadAddress {
-                virtual_address,
-                physical_address,
-            });
+            return Err(PagingError::BadAddress { virtual_address, physical_address });
         }
         let mut table = self.root;
         let mut level = Level::Pml4;
@@ -123,13 +114,8 @@ impl PageTables {
                 if entry.is_present() {
                     return Err(PagingError::AlreadyMapped { virtual_address });
                 }
-                let huge = if leaf == Level::Pt {
-                    PteFlags::empty()
-                } else {
-                    PteFlags::HUGE
-                };
-                let leaf_entry =
-                    PageTableEntry::new(physical_address, flags | huge | PteFlags::PRESENT);
+                let huge = if leaf == Level::Pt { PteFlags::empty() } else { PteFlags::HUGE };
+                let leaf_entry = PageTableEntry::new(physical_address, flags | huge | PteFlags::PRESENT);
                 return write_entry(memory, table, index, leaf_entry);
             }
             table = if !entry.is_present() {
@@ -169,9 +155,7 @@ impl PageTables {
                 .filter(|l| l.entry_span() <= largest.entry_span())
                 .find(|l| {
                     let span = l.entry_span();
-                    virt.is_multiple_of(span)
-                        && phys.is_multiple_of(span)
-                        && length - offset >= span
+                    virt.is_multiple_of(span) && phys.is_multiple_of(span) && length - offset >= span
                 })
                 .unwrap_or(Level::Pt);
             self.map(memory, allocate, virt, phys, level, flags)?;
@@ -181,11 +165,7 @@ impl PageTables {
     }
 
     /// Where `virtual_address` leads: physical address and leaf flags.
-    pub fn translate(
-        &self,
-        memory: &impl PhysicalMemory,
-        virtual_address: u64,
-    ) -> Option<(u64, PteFlags)> {
+    pub fn translate(&self, memory: &impl PhysicalMemory, virtual_address: u64) -> Option<(u64, PteFlags)> {
         let mut table = self.root;
         let mut level = Level::Pml4;
         loop {
@@ -210,24 +190,16 @@ fn new_table(
     let table = allocate()?;
     memory
         .bytes_mut(table, PAGE_SIZE)
-        .ok_or(PagingError::TableUnreachable {
-            physical_address: table,
-        })?
+        .ok_or(PagingError::TableUnreachable { physical_address: table })?
         .fill(0);
     Ok(table)
 }
 
-fn read_entry(
-    memory: &impl PhysicalMemory,
-    table: u64,
-    index: usize,
-) -> Result<PageTableEntry, PagingError> {
+fn read_entry(memory: &impl PhysicalMemory, table: u64, index: usize) -> Result<PageTableEntry, PagingError> {
     debug_assert!(index < ENTRIES);
     let bytes = memory
         .bytes(table + 8 * index as u64, 8)
-        .ok_or(PagingError::TableUnreachable {
-            physical_address: table,
-        })?;
+        .ok_or(PagingError::TableUnreachable { physical_address: table })?;
     let mut raw = [0u8; 8];
     raw.copy_from_slice(bytes);
     Ok(PageTableEntry::from_raw(u64::from_le_bytes(raw)))
@@ -241,9 +213,7 @@ fn write_entry(
 ) -> Result<(), PagingError> {
     memory
         .bytes_mut(table + 8 * index as u64, 8)
-        .ok_or(PagingError::TableUnreachable {
-            physical_address: table,
-        })?
+        .ok_or(PagingError::TableUnreachable { physical_address: table })?
         .copy_from_slice(&entry.raw().to_le_bytes());
     Ok(())
 }
@@ -269,50 +239,17 @@ mod tests {
         let mut tables = PageTables::new(&mut memory, &mut allocate).expect("room");
         let rw_nx = PteFlags::WRITABLE | PteFlags::NO_EXECUTE;
         tables
-            .map(
-                &mut memory,
-                &mut allocate,
-                0xffff_ffff_8000_1000,
-                0x5000,
-                Level::Pt,
-                PteFlags::empty(),
-            )
+            .map(&mut memory, &mut allocate, 0xffff_ffff_8000_1000, 0x5000, Level::Pt, PteFlags::empty())
             .expect("maps");
         tables
-            .map(
-                &mut memory,
-                &mut allocate,
-                0xffff_8000_0020_0000,
-                0x20_0000,
-                Level::Pd,
-                rw_nx,
-            )
+            .map(&mut memory, &mut allocate, 0xffff_8000_0020_0000, 0x20_0000, Level::Pd, rw_nx)
             .expect("maps");
         tables
-            .map(
-                &mut memory,
-                &mut allocate,
-                0xffff_8000_4000_0000,
-                0x4000_0000,
-                Level::Pdpt,
-                rw_nx,
-            )
+            .map(&mut memory, &mut allocate, 0xffff_8000_4000_0000, 0x4000_0000, Level::Pdpt, rw_nx)
             .expect("maps");
-        assert_eq!(
-            tables
-                .translate(&memory, 0xffff_ffff_8000_1234)
-                .map(|t| t.0),
-            Some(0x5234)
-        );
-        assert_eq!(
-            tables
-                .translate(&memory, 0xffff_8000_0021_2345)
-                .map(|t| t.0),
-            Some(0x21_2345)
-        );
-        let (phys, flags) = tables
-            .translate(&memory, 0xffff_8000_7fff_fff0)
-            .expect("mapped");
+        assert_eq!(tables.translate(&memory, 0xffff_ffff_8000_1234).map(|t| t.0), Some(0x5234));
+        assert_eq!(tables.translate(&memory, 0xffff_8000_0021_2345).map(|t| t.0), Some(0x21_2345));
+        let (phys, flags) = tables.translate(&memory, 0xffff_8000_7fff_fff0).expect("mapped");
         assert_eq!(phys, 0x7fff_fff0);
         assert!(flags.contains(PteFlags::HUGE | PteFlags::WRITABLE | PteFlags::NO_EXECUTE));
         assert_eq!(tables.translate(&memory, 0xffff_ffff_8000_2000), None);
@@ -326,62 +263,21 @@ mod tests {
         let mut allocate = bump(&mut next);
         let mut tables = PageTables::new(&mut memory, &mut allocate).expect("room");
         let va = 0xffff_8000_0000_0000;
-        tables
-            .map(
-                &mut memory,
-                &mut allocate,
-                va,
-                0,
-                Level::Pd,
-                PteFlags::empty(),
-            )
-            .expect("maps");
+        tables.map(&mut memory, &mut allocate, va, 0, Level::Pd, PteFlags::empty()).expect("maps");
         assert_eq!(
-            tables.map(
-                &mut memory,
-                &mut allocate,
-                va + 0x1000,
-                0x1000,
-                Level::Pt,
-                PteFlags::empty()
-            ),
-            Err(PagingError::AlreadyMapped {
-                virtual_address: va + 0x1000
-            })
+            tables.map(&mut memory, &mut allocate, va + 0x1000, 0x1000, Level::Pt, PteFlags::empty()),
+            Err(PagingError::AlreadyMapped { virtual_address: va + 0x1000 })
         );
         assert_eq!(
-            tables.map(
-                &mut memory,
-                &mut allocate,
-                va,
-                0,
-                Level::Pd,
-                PteFlags::empty()
-            ),
-            Err(PagingError::AlreadyMapped {
-                virtual_address: va
-            })
+            tables.map(&mut memory, &mut allocate, va, 0, Level::Pd, PteFlags::empty()),
+            Err(PagingError::AlreadyMapped { virtual_address: va })
         );
         assert!(matches!(
-            tables.map(
-                &mut memory,
-                &mut allocate,
-                va + 0x1000,
-                0,
-                Level::Pd,
-                PteFlags::empty()
-            ),
+            tables.map(&mut memory, &mut allocate, va + 0x1000, 0, Level::Pd, PteFlags::empty()),
             Err(PagingError::BadAddress { .. })
         ));
         assert!(matches!(
-            tables.map(
-                &mut memory,
-                &mut allocate,
-                0x0000_8000_0000_0000,
-                0,
-                Level::Pt,
-                PteFlags::empty()
-            ),
+            tables.map(&mut memory, &mut allocate, 0x0000_8000_0000_0000, 0, Level::Pt, PteFlags::empty()),
             Err(PagingError::BadAddress { .. })
         ));
     }
@@ -406,14 +302,9 @@ mod tests {
             )
             .expect("maps");
         for offset in (0..0x20_2000).step_by(0x1000) {
-            assert_eq!(
-                tables.translate(&memory, base + offset).map(|t| t.0),
-                Some(0x1f_f000 + offset)
-            );
+            assert_eq!(tables.translate(&memory, base + offset).map(|t| t.0), Some(0x1f_f000 + offset));
         }
-        let (_, middle) = tables
-            .translate(&memory, 0xffff_8000_0020_0000)
-            .expect("mapped");
+        let (_, middle) = tables.translate(&memory, 0xffff_8000_0020_0000).expect("mapped");
         assert!(middle.contains(PteFlags::HUGE));
         let (_, edge) = tables.translate(&memory, base).expect("mapped");
         assert!(!edge.contains(PteFlags::HUGE));

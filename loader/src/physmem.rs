@@ -27,17 +27,12 @@ pub struct Arena {
 impl Arena {
     /// `len` zero bytes at physical `base`.
     pub fn new(base: u64, len: usize) -> Self {
-        Self {
-            base,
-            memory: vec![0; len],
-        }
+        Self { base, memory: vec![0; len] }
     }
 
     /// Copies `data` to physical `address`.
     pub fn put(&mut self, address: u64, data: &[u8]) {
-        self.bytes_mut(address, data.len() as u64)
-            .expect("inside arena")
-            .copy_from_slice(data);
+        self.bytes_mut(address, data.len() as u64).expect("inside arena").copy_from_slice(data);
     }
 }
 
@@ -45,13 +40,11 @@ impl Arena {
 impl PhysicalMemory for Arena {
     fn bytes(&self, address: u64, len: u64) -> Option<&[u8]> {
         let start = usize::try_from(address.checked_sub(self.base)?).ok()?;
-        self.memory
-            .get(start..start.checked_add(usize::try_from(len).ok()?)?)
+        self.memory.get(start..start.checked_add(usize::try_from(len).ok()?)?)
     }
 
     fn bytes_mut(&mut self, address: u64, len: u64) -> Option<&mut [u8]> {
         let start = usize::try_from(address.checked_sub(self.base)?).ok()?;
-        self.memory
-            .get_mut(start..start.checked_add(usize::try_from(len).ok()?)?)
+        self.memory.get_mut(start..start.checked_add(usize::try_from(len).ok()?)?)
     }
 }

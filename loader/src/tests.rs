@@ -26,10 +26,7 @@ fn kernel_elf(base_revision: u64) -> std::vec::Vec<u8> {
     use ::limine::request::*;
     let mut file = elf(
         BASE + 0x10,
-        &[
-            (1, 5, 0x1000, BASE, 0x20, 0x1000),
-            (1, 6, DATA_OFFSET as u64, BASE + 0x1000, 0x400, 0x2000),
-        ],
+        &[(1, 5, 0x1000, BASE, 0x20, 0x1000), (1, 6, DATA_OFFSET as u64, BASE + 0x1000, 0x400, 0x2000)],
         0x3000,
     );
     file[0x1000..0x1020].copy_from_slice(&[0x90; 32]); // "code"
@@ -39,10 +36,7 @@ fn kernel_elf(base_revision: u64) -> std::vec::Vec<u8> {
             file[offset..offset + 8].copy_from_slice(&w.to_le_bytes());
         }
     };
-    put(
-        BASE_REVISION_AT,
-        &[0xf956_2b2d_5c95_a6c8, 0x6a7b_3849_4453_6bdc, base_revision],
-    );
+    put(BASE_REVISION_AT, &[0xf956_2b2d_5c95_a6c8, 0x6a7b_3849_4453_6bdc, base_revision]);
     put(HHDM_AT, HhdmRequest::new().id());
     put(MEMMAP_AT, MemoryMapRequest::new().id());
     put(MODULES_AT, ModuleRequest::new().id());
@@ -54,28 +48,16 @@ fn kernel_elf(base_revision: u64) -> std::vec::Vec<u8> {
 
 fn machine(kernel: &[u8]) -> (Arena, BootInfo) {
     let mut builder = Builder::new();
-    builder
-        .add(EntryKind::Kernel, "kernel", "", kernel)
-        .expect("valid");
-    builder
-        .add(EntryKind::Module, "root", "log=debug", b"root task bytes")
-        .expect("valid");
+    builder.add(EntryKind::Kernel, "kernel", "", kernel).expect("valid");
+    builder.add(EntryKind::Module, "root", "log=debug", b"root task bytes").expect("valid");
     let archive = builder.finish().expect("valid");
     let mut memory = Arena::new(0, 32 * MIB as usize);
     memory.put(ARCHIVE_AT, &archive);
     let boot = BootInfo {
         protocol: Protocol::Pvh,
         memory: Vec::from_slice(&[
-            FirmwareRegion {
-                base: 0,
-                length: 0x9fc00,
-                kind: FirmwareKind::Usable,
-            },
-            FirmwareRegion {
-                base: MIB,
-                length: 31 * MIB,
-                kind: FirmwareKind::Usable,
-            },
+            FirmwareRegion { base: 0, length: 0x9fc00, kind: FirmwareKind::Usable },
+            FirmwareRegion { base: MIB, length: 31 * MIB, kind: FirmwareKind::Usable },
         ])
         .expect("fits"),
         cmdline: Vec::from_slice(b"log=trace").expect("fits"),
@@ -86,15 +68,8 @@ fn machine(kernel: &[u8]) -> (Arena, BootInfo) {
     (memory, boot)
 }
 
-const LOADER: LoaderImage = LoaderImage {
-    start: MIB,
-    end: MIB + 0x40000,
-    trampoline_page: MIB + 0x3000,
-};
-const CPU: CpuFeatures = CpuFeatures {
-    gigabyte_pages: true,
-    no_execute: true,
-};
+const LOADER: LoaderImage = LoaderImage { start: MIB, end: MIB + 0x40000, trampoline_page: MIB + 0x3000 };
+const CPU: CpuFeatures = CpuFeatures { gigabyte_pages: true, no_execute: true };
 
 /// Reads a u64 the kernel would see at `virtual_address`.
 fn read_virtual(memory: &Arena, tables: &PageTables, virtual_address: u64) -> u64 {
@@ -132,9 +107,7 @@ fn prepare_loads_the_kernel_and_answers_its_requests() {
     assert_eq!(text, handoff.kernel_physical_base);
     assert_eq!(memory.bytes(text, 4).expect("in arena"), &[0x90; 4]);
     assert!(!text_flags.contains(PteFlags::WRITABLE) && !text_flags.contains(PteFlags::NO_EXECUTE));
-    let (_, data_flags) = tables
-        .translate(&memory, BASE + 0x1000)
-        .expect("data mapped");
+    let (_, data_flags) = tables.translate(&memory, BASE + 0x1000).expect("data mapped");
     assert!(data_flags.contains(PteFlags::WRITABLE | PteFlags::NO_EXECUTE));
     // bss (beyond the file bytes) is zero and mapped.
     assert_eq!(read_virtual(&memory, &tables, BASE + 0x2ff8), 0);
@@ -177,67 +150,30 @@ fn prepare_loads_the_kernel_and_answers_its_requests() {
     // Modules: the root module's bytes are readable through the direct map.
     let modules = read_virtual(&memory, &tables, data + MODULES_AT as u64 + 40);
     assert_eq!(read_virtual(&memory, &tables, modules + 8), 1);
-    let file = read_virtual(
-        &memory,
-        &tables,
-        read_virtual(&memory, &tables, modules + 16),
-    );
-    let (address, size) = (
-        read_virtual(&memory, &tables, file + 8),
-        read_virtual(&memory, &tables, file + 16),
-    );
+    let file = read_virtual(&memory, &tables, read_virtual(&memory, &tables, modules + 16));
+    let (address, size) =
+        (read_virtual(&memory, &tables, file + 8), read_virtual(&memory, &tables, file + 16));
     assert_eq!(size, 15);
     let (physical, _) = tables.translate(&memory, address).expect("module mapped");
-    assert_eq!(
-        memory.bytes(physical, size).expect("in arena"),
-        b"root task bytes"
-    );
-    assert_eq!(
-        read_c_string(&memory, &tables, read_virtual(&memory, &tables, file + 24)),
-        "root"
-    );
-    assert_eq!(
-        read_c_string(&memory, &tables, read_virtual(&memory, &tables, file + 32)),
-        "log=debug"
-    );
+    assert_eq!(memory.bytes(physical, size).expect("in arena"), b"root task bytes");
+    assert_eq!(read_c_string(&memory, &tables, read_virtual(&memory, &tables, file + 24)), "root");
+    assert_eq!(read_c_string(&memory, &tables, read_virtual(&memory, &tables, file + 32)), "log=debug");
 
     // Command line and executable address.
     let cmdline = read_virtual(&memory, &tables, data + CMDLINE_AT as u64 + 40);
-    assert_eq!(
-        read_c_string(
-            &memory,
-            &tables,
-            read_virtual(&memory, &tables, cmdline + 8)
-        ),
-        "log=trace"
-    );
+    assert_eq!(read_c_string(&memory, &tables, read_virtual(&memory, &tables, cmdline + 8)), "log=trace");
     let address = read_virtual(&memory, &tables, data + ADDRESS_AT as u64 + 40);
-    assert_eq!(
-        read_virtual(&memory, &tables, address + 8),
-        handoff.kernel_physical_base
-    );
+    assert_eq!(read_virtual(&memory, &tables, address + 8), handoff.kernel_physical_base);
     assert_eq!(read_virtual(&memory, &tables, address + 16), BASE);
 
     // Stack mapped and writable; trampoline identity-mapped; null and the rest of low memory unmapped.
-    let (_, stack_flags) = tables
-        .translate(&memory, handoff.stack_top - 8)
-        .expect("stack mapped");
+    let (_, stack_flags) = tables.translate(&memory, handoff.stack_top - 8).expect("stack mapped");
     assert!(stack_flags.contains(PteFlags::WRITABLE));
-    assert_eq!(
-        tables
-            .translate(&memory, LOADER.trampoline_page)
-            .map(|t| t.0),
-        Some(LOADER.trampoline_page)
-    );
+    assert_eq!(tables.translate(&memory, LOADER.trampoline_page).map(|t| t.0), Some(LOADER.trampoline_page));
     assert_eq!(tables.translate(&memory, 0), None);
     assert_eq!(tables.translate(&memory, LOADER.start), None);
     // The direct map reaches the LAPIC's MMIO page.
-    assert_eq!(
-        tables
-            .translate(&memory, HHDM_OFFSET + 0xfee0_0000)
-            .map(|t| t.0),
-        Some(0xfee0_0000)
-    );
+    assert_eq!(tables.translate(&memory, HHDM_OFFSET + 0xfee0_0000).map(|t| t.0), Some(0xfee0_0000));
 }
 
 /// A valid ACPI 2.0 RSDP.
@@ -270,9 +206,7 @@ fn rsdp_is_passed_through_relocated_or_found_by_scanning() {
     // Multiboot2: only a copy exists; it must land somewhere the kernel can
     // read it, byte for byte.
     let (mut memory, mut boot) = machine(&kernel_elf(3));
-    boot.rsdp = Some(RsdpSource::Copy(
-        Vec::from_slice(&rsdp_bytes()).expect("fits"),
-    ));
+    boot.rsdp = Some(RsdpSource::Copy(Vec::from_slice(&rsdp_bytes()).expect("fits")));
     let handoff = prepare(&boot, &mut memory, LOADER, CPU).expect("loads");
     let address = rsdp_response(&memory, &handoff).expect("answered");
     assert_eq!(memory.bytes(address, 36).expect("in arena"), rsdp_bytes());
@@ -280,10 +214,7 @@ fn rsdp_is_passed_through_relocated_or_found_by_scanning() {
 
     // Nothing given: found in the BIOS area by scanning; nothing there: no response.
     let (mut memory, boot) = machine(&kernel_elf(3));
-    assert_eq!(
-        prepare(&boot, &mut memory, LOADER, CPU).map(|h| rsdp_response(&memory, &h)),
-        Ok(None)
-    );
+    assert_eq!(prepare(&boot, &mut memory, LOADER, CPU).map(|h| rsdp_response(&memory, &h)), Ok(None));
     let (mut memory, boot) = machine(&kernel_elf(3));
     memory.put(0xf_0e10, &rsdp_bytes());
     let handoff = prepare(&boot, &mut memory, LOADER, CPU).expect("loads");
@@ -294,10 +225,7 @@ fn rsdp_is_passed_through_relocated_or_found_by_scanning() {
 fn prepare_refuses_what_it_cannot_load() {
     let (mut memory, mut boot) = machine(&kernel_elf(3));
     boot.archive = None;
-    assert_eq!(
-        prepare(&boot, &mut memory, LOADER, CPU).err(),
-        Some(LoaderError::NoArchive)
-    );
+    assert_eq!(prepare(&boot, &mut memory, LOADER, CPU).err(), Some(LoaderError::NoArchive));
 
     let (mut memory, boot) = machine(&kernel_elf(4));
     assert_eq!(
@@ -306,16 +234,11 @@ fn prepare_refuses_what_it_cannot_load() {
     );
 
     let (mut memory, boot) = machine(b"not an elf at all");
-    assert_eq!(
-        prepare(&boot, &mut memory, LOADER, CPU).err(),
-        Some(LoaderError::Elf(ElfError::NotElf))
-    );
+    assert_eq!(prepare(&boot, &mut memory, LOADER, CPU).err(), Some(LoaderError::Elf(ElfError::NotElf)));
 
     // A corrupted archive byte is caught before anything is written.
     let (mut memory, boot) = machine(&kernel_elf(3));
-    let byte = memory
-        .bytes_mut(ARCHIVE_AT + 0x1000 + 0x1005, 1)
-        .expect("in arena");
+    let byte = memory.bytes_mut(ARCHIVE_AT + 0x1000 + 0x1005, 1).expect("in arena");
     byte[0] ^= 0x40;
     assert!(matches!(
         prepare(&boot, &mut memory, LOADER, CPU),
@@ -325,37 +248,23 @@ fn prepare_refuses_what_it_cannot_load() {
     // An archive the loader cannot reach.
     let (mut memory, mut boot) = machine(&kernel_elf(3));
     boot.archive = Some((ARCHIVE_AT, 64 * MIB));
-    assert!(matches!(
-        prepare(&boot, &mut memory, LOADER, CPU),
-        Err(LoaderError::ArchiveUnreachable { .. })
-    ));
+    assert!(matches!(prepare(&boot, &mut memory, LOADER, CPU), Err(LoaderError::ArchiveUnreachable { .. })));
 
     // Too little memory for the kernel image.
     let (mut memory, mut boot) = machine(&kernel_elf(3));
-    boot.memory = Vec::from_slice(&[FirmwareRegion {
-        base: MIB,
-        length: 0x50000,
-        kind: FirmwareKind::Usable,
-    }])
-    .expect("fits");
-    assert!(matches!(
-        prepare(&boot, &mut memory, LOADER, CPU),
-        Err(LoaderError::Memory(_))
-    ));
+    boot.memory =
+        Vec::from_slice(&[FirmwareRegion { base: MIB, length: 0x50000, kind: FirmwareKind::Usable }])
+            .expect("fits");
+    assert!(matches!(prepare(&boot, &mut memory, LOADER, CPU), Err(LoaderError::Memory(_))));
 }
 
 #[test]
 fn without_large_page_support_the_direct_map_uses_2mib_pages() {
     let (mut memory, boot) = machine(&kernel_elf(3));
-    let cpu = CpuFeatures {
-        gigabyte_pages: false,
-        no_execute: false,
-    };
+    let cpu = CpuFeatures { gigabyte_pages: false, no_execute: false };
     let handoff = prepare(&boot, &mut memory, LOADER, cpu).expect("loads");
     let tables = tables_of(&handoff);
-    let (physical, flags) = tables
-        .translate(&memory, HHDM_OFFSET + 0x4030_0000)
-        .expect("mapped");
+    let (physical, flags) = tables.translate(&memory, HHDM_OFFSET + 0x4030_0000).expect("mapped");
     assert_eq!(physical, 0x4030_0000);
     assert!(flags.contains(PteFlags::HUGE) && !flags.contains(PteFlags::NO_EXECUTE));
 }

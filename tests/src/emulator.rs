@@ -39,28 +39,11 @@ pub fn qemu_command(boot: &QemuBoot, memory_mib: u32, extra: &[String]) -> Comma
     let mut command = Command::new("qemu-system-x86_64");
     command.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max"]);
     command.args(["-m", &format!("{memory_mib}M")]);
-    command.args([
-        "-display",
-        "none",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-    ]);
+    command.args(["-display", "none", "-no-reboot", "-serial", "stdio", "-monitor", "none"]);
     command.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     match boot {
-        QemuBoot::Direct {
-            elf,
-            initrd,
-            append,
-        } => {
-            command
-                .arg("-kernel")
-                .arg(elf)
-                .arg("-initrd")
-                .arg(initrd)
-                .args(["-append", append]);
+        QemuBoot::Direct { elf, initrd, append } => {
+            command.arg("-kernel").arg(elf).arg("-initrd").arg(initrd).args(["-append", append]);
         }
         QemuBoot::Iso { iso } => {
             command.arg("-cdrom").arg(iso).args(["-boot", "d"]);
@@ -103,27 +86,16 @@ pub fn bochs_config(iso: &Path, serial_log: &Path, log: &Path, memory_mib: u32) 
 
 /// Writes the Bochs configuration and debugger script into `dir` and
 /// returns the command that runs Bochs with them, and the serial log path.
-pub fn bochs_command(
-    iso: &Path,
-    dir: &Path,
-    memory_mib: u32,
-) -> std::io::Result<(Command, PathBuf)> {
+pub fn bochs_command(iso: &Path, dir: &Path, memory_mib: u32) -> std::io::Result<(Command, PathBuf)> {
     fs::create_dir_all(dir)?;
     let serial = dir.join("serial.log");
     let log = dir.join("bochs.log");
     let _ = fs::remove_file(&serial);
-    fs::write(
-        dir.join("bochsrc"),
-        bochs_config(iso, &serial, &log, memory_mib),
-    )?;
+    fs::write(dir.join("bochsrc"), bochs_config(iso, &serial, &log, memory_mib))?;
     // Debian's Bochs has the internal debugger and stops at its prompt.
     fs::write(dir.join("debugger.rc"), "continue\n")?;
     let mut command = Command::new("bochs-bin");
-    command
-        .args(["-q", "-f"])
-        .arg(dir.join("bochsrc"))
-        .arg("-rc")
-        .arg(dir.join("debugger.rc"));
+    command.args(["-q", "-f"]).arg(dir.join("bochsrc")).arg("-rc").arg(dir.join("debugger.rc"));
     Ok((command, serial))
 }
 
@@ -145,30 +117,17 @@ fn drain(mut source: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, thread
 }
 
 fn take(buffer: &Arc<Mutex<Vec<u8>>>) -> String {
-    buffer
-        .lock()
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
+    buffer.lock().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
 /// Runs `command` for at most `timeout`. The serial log is its standard
 /// output, or the file `serial_file` when given (Bochs).
-pub fn run(
-    mut command: Command,
-    serial_file: Option<&Path>,
-    timeout: Duration,
-) -> std::io::Result<Outcome> {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+pub fn run(mut command: Command, serial_file: Option<&Path>, timeout: Duration) -> std::io::Result<Outcome> {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().map_err(|error| {
         std::io::Error::new(
             error.kind(),
-            format!(
-                "cannot start {:?}: {error} (run `cargo xtask setup`)",
-                command.get_program()
-            ),
+            format!("cannot start {:?}: {error} (run `cargo xtask setup`)", command.get_program()),
         )
     })?;
     let (stdout, stdout_reader) = drain(child.stdout.take().ok_or(std::io::ErrorKind::BrokenPipe)?);
@@ -191,17 +150,11 @@ pub fn run(
     let serial = match serial_file {
         Some(path) => {
             diagnostics.push_str(&take(&stdout));
-            fs::read(path)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
+            fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
         }
         None => take(&stdout),
     };
-    Ok(Outcome {
-        serial,
-        exit,
-        diagnostics,
-    })
+    Ok(Outcome { serial, exit, diagnostics })
 }
 
 #[cfg(test)]
@@ -210,46 +163,24 @@ mod tests {
 
     #[test]
     fn qemu_command_has_the_exit_device_and_boot_source() {
-        let boot = QemuBoot::Direct {
-            elf: "a.elf".into(),
-            initrd: "a.initrd".into(),
-            append: "log=info".into(),
-        };
-        let args: Vec<String> = qemu_command(&boot, 256, &[])
+        let boot =
+            QemuBoot::Direct { elf: "a.elf".into(), initrd: "a.initrd".into(), append: "log=info".into() };
+        let args: Vec<String> =
+            qemu_command(&boot, 256, &[]).get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"), "{joined}");
+        assert!(joined.contains("-kernel a.elf -initrd a.initrd -append log=info"), "{joined}");
+        assert!(joined.contains("-m 256M"), "{joined}");
+        let iso: Vec<String> = qemu_command(&QemuBoot::Iso { iso: "x.iso".into() }, 128, &[])
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        let joined = args.join(" ");
-        assert!(
-            joined.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"),
-            "{joined}"
-        );
-        assert!(
-            joined.contains("-kernel a.elf -initrd a.initrd -append log=info"),
-            "{joined}"
-        );
-        assert!(joined.contains("-m 256M"), "{joined}");
-        let iso: Vec<String> = qemu_command(
-            &QemuBoot::Iso {
-                iso: "x.iso".into(),
-            },
-            128,
-            &[],
-        )
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
         assert!(iso.join(" ").contains("-cdrom x.iso -boot d"));
     }
 
     #[test]
     fn bochs_config_names_a_vmx_model_and_the_serial_file() {
-        let config = bochs_config(
-            Path::new("/i.iso"),
-            Path::new("/s.log"),
-            Path::new("/b.log"),
-            128,
-        );
+        let config = bochs_config(Path::new("/i.iso"), Path::new("/s.log"), Path::new("/b.log"), 128);
         assert!(config.contains("model=corei7_skylake_x"));
         assert!(config.contains("com1: enabled=1, mode=file, dev=\"/s.log\""));
         assert!(config.contains("path=\"/i.iso\""));
@@ -271,11 +202,7 @@ mod tests {
         assert_eq!(outcome.exit, Exit::TimedOut(Duration::from_millis(300)));
         assert!(started.elapsed() < Duration::from_secs(5));
 
-        let missing = run(
-            Command::new("/nonexistent/emulator"),
-            None,
-            Duration::from_secs(1),
-        );
+        let missing = run(Command::new("/nonexistent/emulator"), None, Duration::from_secs(1));
         assert!(missing.is_err_and(|e| e.to_string().contains("cargo xtask setup")));
     }
 }

@@ -27,8 +27,7 @@ impl DetailCheck {
         Self {
             case: case.to_owned(),
             check: Box::new(move |detail| {
-                let value =
-                    field(detail, key).ok_or_else(|| format!("no `{key}=` in \"{detail}\""))?;
+                let value = field(detail, key).ok_or_else(|| format!("no `{key}=` in \"{detail}\""))?;
                 accept(value).map_err(|why| format!("{key}={value}: {why}"))
             }),
         }
@@ -37,9 +36,7 @@ impl DetailCheck {
 
 /// The value of `key=value` in a detail string.
 pub fn field<'a>(detail: &'a str, key: &str) -> Option<&'a str> {
-    detail
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+    detail.split_whitespace().find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// What a run must show to pass.
@@ -131,10 +128,9 @@ pub fn judge(expectation: &Expectation, outcome: &Outcome) -> Verdict {
                 if failures.is_empty() {
                     verdict.passed.push(case.to_owned());
                 } else {
-                    verdict.failed.push((
-                        case.to_owned(),
-                        format!("reported pass, but {}", failures.join("; ")),
-                    ));
+                    verdict
+                        .failed
+                        .push((case.to_owned(), format!("reported pass, but {}", failures.join("; "))));
                 }
             }
             Some(Record::Fail { case, detail }) => {
@@ -148,18 +144,11 @@ pub fn judge(expectation: &Expectation, outcome: &Outcome) -> Verdict {
     }
     for case in &expectation.cases {
         if !seen.contains(case) {
-            verdict
-                .failed
-                .push((case.clone(), "not reported".to_owned()));
+            verdict.failed.push((case.clone(), "not reported".to_owned()));
         }
     }
 
-    let reported_pass = seen.len()
-        - verdict
-            .failed
-            .iter()
-            .filter(|(c, _)| seen.contains(c))
-            .count();
+    let reported_pass = seen.len() - verdict.failed.iter().filter(|(c, _)| seen.contains(c)).count();
     let reported_fail = seen.len() - reported_pass;
     verdict.run_failure = if let Some(message) = fatal {
         Some(format!("fatal: {message}"))
@@ -169,11 +158,7 @@ pub fn judge(expectation: &Expectation, outcome: &Outcome) -> Verdict {
         Some("the emulator was killed by a signal".to_owned())
     } else if let Some((passed, failed)) = summary {
         // Count what the image reported (before harness checks) against its own summary.
-        let harness_rejected = verdict
-            .failed
-            .iter()
-            .filter(|(_, r)| r.starts_with("reported pass"))
-            .count();
+        let harness_rejected = verdict.failed.iter().filter(|(_, r)| r.starts_with("reported pass")).count();
         let image_pass = reported_pass + harness_rejected;
         let image_fail = reported_fail - harness_rejected;
         if (passed as usize, failed as usize) != (image_pass, image_fail) {
@@ -191,9 +176,9 @@ pub fn judge(expectation: &Expectation, outcome: &Outcome) -> Verdict {
 
 fn status_failure(expectation: &Expectation, outcome: &Outcome) -> Option<String> {
     match (expectation.success_status, &outcome.exit) {
-        (Some(expected), Exit::Status(status)) if *status != expected => Some(format!(
-            "exit status {status}, expected {expected} (the image's success exit)"
-        )),
+        (Some(expected), Exit::Status(status)) if *status != expected => {
+            Some(format!("exit status {status}, expected {expected} (the image's success exit)"))
+        }
         _ => None,
     }
 }
@@ -212,22 +197,14 @@ mod tests {
         Expectation {
             cases: vec!["boot.a".into(), "boot.b".into()],
             checks: vec![DetailCheck::field("boot.b", "token", |v| {
-                if v == "xyz" {
-                    Ok(())
-                } else {
-                    Err("wrong token".into())
-                }
+                if v == "xyz" { Ok(()) } else { Err("wrong token".into()) }
             })],
             success_status: Some(33),
         }
     }
 
     fn outcome(serial: &str, exit: Exit) -> Outcome {
-        Outcome {
-            serial: serial.into(),
-            exit,
-            diagnostics: String::new(),
-        }
+        Outcome { serial: serial.into(), exit, diagnostics: String::new() }
     }
 
     const GOOD: &str = "[INFO ] strata\nKTEST suite boot\nKTEST pass boot.a\nKTEST pass boot.b token=xyz\nKTEST done passed=2 failed=0\n";
@@ -247,12 +224,7 @@ mod tests {
             .replace("passed=2 failed=0", "passed=1 failed=1");
         let verdict = judge(&expectation(), &outcome(&log, Exit::Status(35)));
         assert_eq!(verdict.failed, [("boot.a".to_owned(), "broke".to_owned())]);
-        assert!(
-            verdict
-                .run_failure
-                .as_deref()
-                .is_some_and(|r| r.contains("exit status 35"))
-        );
+        assert!(verdict.run_failure.as_deref().is_some_and(|r| r.contains("exit status 35")));
         assert_eq!(verdict.failure_count(), 2);
     }
 
@@ -260,10 +232,7 @@ mod tests {
     fn a_missing_case_fails_even_if_the_summary_is_happy() {
         let log = "KTEST pass boot.a\nKTEST done passed=1 failed=0\n";
         let verdict = judge(&expectation(), &outcome(log, Exit::Status(33)));
-        assert_eq!(
-            verdict.failed,
-            [("boot.b".to_owned(), "not reported".to_owned())]
-        );
+        assert_eq!(verdict.failed, [("boot.b".to_owned(), "not reported".to_owned())]);
     }
 
     #[test]
@@ -284,10 +253,7 @@ mod tests {
                 .run_failure
                 .is_some_and(|r| r.contains("boom"))
         );
-        let timeout = judge(
-            &expectation(),
-            &outcome(GOOD, Exit::TimedOut(Duration::from_secs(9))),
-        );
+        let timeout = judge(&expectation(), &outcome(GOOD, Exit::TimedOut(Duration::from_secs(9))));
         assert_eq!(timeout.run_failure.as_deref(), Some("timed out after 9 s"));
         let truncated = GOOD.replace("KTEST done passed=2 failed=0\n", "");
         assert!(
@@ -303,11 +269,7 @@ mod tests {
     fn a_lying_summary_fails_the_run() {
         let log = GOOD.replace("passed=2", "passed=3");
         let verdict = judge(&expectation(), &outcome(&log, Exit::Status(33)));
-        assert!(
-            verdict
-                .run_failure
-                .is_some_and(|r| r.contains("says 3 passed"))
-        );
+        assert!(verdict.run_failure.is_some_and(|r| r.contains("says 3 passed")));
     }
 
     #[test]

@@ -44,22 +44,14 @@ fn bare_command(
 ) -> Command {
     // Static relocation (no GOT); the kernel is linked at -2 GiB and needs
     // the kernel code model; frame pointers make fault reports readable.
-    let mut flags: Vec<&str> = vec![
-        "-C",
-        "relocation-model=static",
-        "-C",
-        "force-frame-pointers=yes",
-        "--cfg",
-        "strata_baremetal",
-    ];
+    let mut flags: Vec<&str> =
+        vec!["-C", "relocation-model=static", "-C", "force-frame-pointers=yes", "--cfg", "strata_baremetal"];
     if kernel_code_model {
         flags.extend(["-C", "code-model=kernel"]);
     }
     // Link arguments (used only when a binary is linked): no C runtime, no
     // libc, a static image laid out by the crate's own linker script.
-    let script = root()
-        .join(package.trim_start_matches("strata-"))
-        .join("link.ld");
+    let script = root().join(package.trim_start_matches("strata-")).join("link.ld");
     let script_arg = format!("link-arg=-Wl,-T,{}", script.display());
     for arg in [
         "link-arg=-nostartfiles",
@@ -75,23 +67,13 @@ fn bare_command(
     let mut command = cargo();
     command
         .current_dir(root())
-        .args([
-            subcommand,
-            "--release",
-            "--package",
-            package,
-            "--bin",
-            package,
-        ])
+        .args([subcommand, "--release", "--package", package, "--bin", package])
         .args(["--target", TARGET])
         .arg("--target-dir")
         .arg(root().join("target/bare").join(target_dir))
         // Flags for the target only: with an explicit --target they do not
         // reach build scripts and proc-macros, which must stay host code.
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            flags.join(" "),
-        )
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", flags.join(" "))
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     if !features.is_empty() {
@@ -101,35 +83,20 @@ fn bare_command(
 }
 
 /// Builds one bare-metal binary and returns its path.
-fn bare(
-    package: &str,
-    features: &[&str],
-    target_dir: &str,
-    kernel_code_model: bool,
-) -> Result<PathBuf> {
-    step::run(&mut bare_command(
-        "build",
-        package,
-        features,
-        target_dir,
-        kernel_code_model,
-    ))?;
+fn bare(package: &str, features: &[&str], target_dir: &str, kernel_code_model: bool) -> Result<PathBuf> {
+    step::run(&mut bare_command("build", package, features, target_dir, kernel_code_model))?;
     let dir = root().join("target/bare").join(target_dir);
     let binary = dir.join(TARGET).join("release").join(package);
     if !binary.is_file() {
-        return Err(fail!(
-            "cargo reported success but {} does not exist",
-            binary.display()
-        ));
+        return Err(fail!("cargo reported success but {} does not exist", binary.display()));
     }
     Ok(binary)
 }
 
 /// Builds the loader and the kernel of `flavor`.
 pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
-    let started = step::begin(format!(
-        "building the bare-metal loader and {flavor:?} kernel ({TARGET}, no_std)"
-    ));
+    let started =
+        step::begin(format!("building the bare-metal loader and {flavor:?} kernel ({TARGET}, no_std)"));
     let loader = bare("strata-loader", &[], "loader", false)?;
     let kernel = match flavor {
         Flavor::Production => bare("strata-kernel", &[], "kernel", true)?,
@@ -142,13 +109,8 @@ pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
 /// Formatting and clippy, on the host crates and on the bare-metal code
 /// (which a host build does not compile: it is behind `cfg(strata_baremetal)`).
 pub fn lint() -> Result {
-    let started =
-        step::begin("lint: rustfmt, clippy (host), clippy (bare-metal kernel and loader)");
-    step::run(
-        cargo()
-            .current_dir(root())
-            .args(["fmt", "--all", "--", "--check"]),
-    )?;
+    let started = step::begin("lint: rustfmt, clippy (host), clippy (bare-metal kernel and loader)");
+    step::run(cargo().current_dir(root()).args(["fmt", "--all", "--", "--check"]))?;
     step::run(cargo().current_dir(root()).args([
         "clippy",
         "--workspace",
@@ -159,13 +121,7 @@ pub fn lint() -> Result {
     ]))?;
     for mut command in [
         bare_command("clippy", "strata-loader", &[], "clippy-loader", false),
-        bare_command(
-            "clippy",
-            "strata-kernel",
-            &["selftest"],
-            "clippy-kernel",
-            true,
-        ),
+        bare_command("clippy", "strata-kernel", &["selftest"], "clippy-kernel", true),
     ] {
         command.args(["--", "-D", "warnings"]);
         step::run(&mut command)?;
@@ -177,11 +133,7 @@ pub fn lint() -> Result {
 /// Builds every host crate (xtask, harness, and the host builds of the rest).
 pub fn host() -> Result {
     let started = step::begin("building host crates");
-    step::run(
-        cargo()
-            .current_dir(root())
-            .args(["build", "--workspace", "--all-targets"]),
-    )?;
+    step::run(cargo().current_dir(root()).args(["build", "--workspace", "--all-targets"]))?;
     step::end(started, "host crates built");
     Ok(())
 }

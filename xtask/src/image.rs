@@ -41,11 +41,7 @@ impl Image {
     pub fn describe(&self) {
         for path in [&self.elf, &self.initrd, &self.iso] {
             let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            println!(
-                "    {:<40} {:>9} bytes",
-                path.strip_prefix(root()).unwrap_or(path).display(),
-                size
-            );
+            println!("    {:<40} {:>9} bytes", path.strip_prefix(root()).unwrap_or(path).display(), size);
         }
         println!(
             "    boot it: cargo xtask run   (or qemu-system-x86_64 -kernel strata.elf -initrd strata.initrd)"
@@ -59,30 +55,19 @@ pub const DEFAULT_CMDLINE: &str = "log=info";
 /// Builds the bare-metal binaries and packs the image of `kind`.
 pub fn build(kind: Kind) -> Result<Image> {
     let (flavor, dir, cmdline) = match &kind {
-        Kind::Production => (
-            Flavor::Production,
-            root().join("target/image"),
-            DEFAULT_CMDLINE.to_owned(),
-        ),
-        Kind::SelfTest { cmdline } => (
-            Flavor::SelfTest,
-            root().join("target/image-test"),
-            cmdline.clone(),
-        ),
+        Kind::Production => (Flavor::Production, root().join("target/image"), DEFAULT_CMDLINE.to_owned()),
+        Kind::SelfTest { cmdline } => (Flavor::SelfTest, root().join("target/image-test"), cmdline.clone()),
     };
     let binaries = build::bare_metal(flavor)?;
     let started = step::begin(format!("packing the boot image in {}", dir.display()));
     fs::create_dir_all(&dir)?;
     let elf = dir.join("strata.elf");
-    fs::copy(&binaries.loader, &elf)
-        .map_err(|e| fail!("copying the loader to {}: {e}", elf.display()))?;
+    fs::copy(&binaries.loader, &elf).map_err(|e| fail!("copying the loader to {}: {e}", elf.display()))?;
 
-    let kernel = fs::read(&binaries.kernel)
-        .map_err(|e| fail!("reading {}: {e}", binaries.kernel.display()))?;
+    let kernel =
+        fs::read(&binaries.kernel).map_err(|e| fail!("reading {}: {e}", binaries.kernel.display()))?;
     let mut archive = Builder::new();
-    archive
-        .add(EntryKind::Kernel, "kernel", "", &kernel)
-        .map_err(|e| fail!("boot archive: {e}"))?;
+    archive.add(EntryKind::Kernel, "kernel", "", &kernel).map_err(|e| fail!("boot archive: {e}"))?;
     if flavor == Flavor::SelfTest {
         let pattern: Vec<u8> = (0..PATTERN_LEN).map(pattern_byte).collect();
         archive
@@ -90,10 +75,7 @@ pub fn build(kind: Kind) -> Result<Image> {
             .map_err(|e| fail!("boot archive: {e}"))?;
     }
     let initrd = dir.join("strata.initrd");
-    fs::write(
-        &initrd,
-        archive.finish().map_err(|e| fail!("boot archive: {e}"))?,
-    )?;
+    fs::write(&initrd, archive.finish().map_err(|e| fail!("boot archive: {e}"))?)?;
 
     let iso = dir.join("strata.iso");
     make_iso(&dir, &elf, &initrd, &cmdline, &iso)?;

@@ -53,9 +53,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::ensure(),
-        Command::Build => {
-            build::host().and_then(|()| build::bare_metal(build::Flavor::Production).map(drop))
-        }
+        Command::Build => build::host().and_then(|()| build::bare_metal(build::Flavor::Production).map(drop)),
         Command::Image => image::build(image::Kind::Production).map(|image| image.describe()),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),

@@ -29,15 +29,9 @@ pub fn run(args: &RunArgs) -> Result {
     setup::ensure()?;
     let image = image::build(Kind::Production)?;
     let boot = if args.iso {
-        QemuBoot::Iso {
-            iso: image.iso.clone(),
-        }
+        QemuBoot::Iso { iso: image.iso.clone() }
     } else {
-        QemuBoot::Direct {
-            elf: image.elf.clone(),
-            initrd: image.initrd.clone(),
-            append: args.append.clone(),
-        }
+        QemuBoot::Direct { elf: image.elf.clone(), initrd: image.initrd.clone(), append: args.append.clone() }
     };
     let mut command = qemu_command(&boot, args.memory, &[]);
     println!("==> {}", step::describe(&command));
@@ -50,17 +44,12 @@ pub fn run(args: &RunArgs) -> Result {
         .status()
         .map_err(|e| fail!("cannot start QEMU: {e} (run `cargo xtask setup`)"))?;
     println!();
-    match status
-        .code()
-        .map(|code| (code, ExitCode::from_qemu_status(code)))
-    {
+    match status.code().map(|code| (code, ExitCode::from_qemu_status(code))) {
         Some((_, Some(ExitCode::Success))) => {
             println!("==> the kernel finished and shut the machine down")
         }
         Some((_, Some(code))) => {
-            return Err(fail!(
-                "the image stopped with {code:?} (see the serial output above)"
-            ));
+            return Err(fail!("the image stopped with {code:?} (see the serial output above)"));
         }
         Some((0, None)) | None => println!("==> QEMU stopped (Ctrl-C or window closed)"),
         Some((code, None)) => return Err(fail!("QEMU exited with status {code}")),

@@ -17,38 +17,14 @@ struct Need {
 }
 
 const NEEDS: &[Need] = &[
-    Need {
-        what: "qemu-system-x86_64",
-        package: "qemu-system-x86",
-    },
-    Need {
-        what: "bochs-bin",
-        package: "bochs",
-    },
-    Need {
-        what: "/usr/share/bochs/BIOS-bochs-latest",
-        package: "bochsbios",
-    },
-    Need {
-        what: "/usr/share/vgabios/vgabios.bin",
-        package: "vgabios",
-    },
-    Need {
-        what: "/usr/lib/grub/i386-pc",
-        package: "grub-pc-bin",
-    },
-    Need {
-        what: "grub-mkrescue",
-        package: "grub-common",
-    },
-    Need {
-        what: "xorriso",
-        package: "xorriso",
-    },
-    Need {
-        what: "mformat",
-        package: "mtools",
-    },
+    Need { what: "qemu-system-x86_64", package: "qemu-system-x86" },
+    Need { what: "bochs-bin", package: "bochs" },
+    Need { what: "/usr/share/bochs/BIOS-bochs-latest", package: "bochsbios" },
+    Need { what: "/usr/share/vgabios/vgabios.bin", package: "vgabios" },
+    Need { what: "/usr/lib/grub/i386-pc", package: "grub-pc-bin" },
+    Need { what: "grub-mkrescue", package: "grub-common" },
+    Need { what: "xorriso", package: "xorriso" },
+    Need { what: "mformat", package: "mtools" },
 ];
 
 fn present(what: &str) -> bool {
@@ -64,10 +40,7 @@ fn missing() -> Vec<&'static Need> {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+    Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
 /// Runs apt-get, waiting out another apt or dpkg process holding the lock
@@ -90,16 +63,9 @@ fn apt(args: &[&str]) -> Result {
             thread::sleep(Duration::from_secs(10));
             continue;
         }
-        return Err(fail!(
-            "apt-get {} failed:\n{}",
-            args.join(" "),
-            stderr.trim_end()
-        ));
+        return Err(fail!("apt-get {} failed:\n{}", args.join(" "), stderr.trim_end()));
     }
-    Err(fail!(
-        "apt-get {}: the package manager stayed locked for 5 minutes",
-        args.join(" ")
-    ))
+    Err(fail!("apt-get {}: the package manager stayed locked for 5 minutes", args.join(" ")))
 }
 
 /// Checks every prerequisite; installs what is missing when running as
@@ -112,11 +78,8 @@ pub fn ensure() -> Result {
     }
     let mut packages: Vec<&str> = needed.iter().map(|n| n.package).collect();
     packages.dedup();
-    let list = needed
-        .iter()
-        .map(|n| format!("{} (package {})", n.what, n.package))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list =
+        needed.iter().map(|n| format!("{} (package {})", n.what, n.package)).collect::<Vec<_>>().join(", ");
     if !is_root() || !present("apt-get") {
         return Err(fail!(
             "missing prerequisites: {list}\n  install them with: sudo apt-get install {}",

@@ -42,14 +42,9 @@ pub fn end(started: Instant, what: impl fmt::Display) {
 
 /// Runs `command` with inherited output; a failure names the command.
 pub fn run(command: &mut Command) -> Result {
-    let status = command
-        .status()
-        .map_err(|error| fail!("cannot run {:?}: {error}", command.get_program()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(fail!("{} failed ({status})", describe(command)))
-    }
+    let status =
+        command.status().map_err(|error| fail!("cannot run {:?}: {error}", command.get_program()))?;
+    if status.success() { Ok(()) } else { Err(fail!("{} failed ({status})", describe(command))) }
 }
 
 /// `program arg arg ...` for messages.

@@ -65,15 +65,8 @@ pub fn run(args: &TestArgs) -> Result {
         setup::ensure()?;
         emulator_suites(args.suite.as_deref(), &mut totals)?;
     }
-    println!(
-        "\ntotal: {} passed, {} failed",
-        totals.passed, totals.failed
-    );
-    if totals.failed == 0 {
-        Ok(())
-    } else {
-        Err(fail!("{} test(s) failed", totals.failed))
-    }
+    println!("\ntotal: {} passed, {} failed", totals.passed, totals.failed);
+    if totals.failed == 0 { Ok(()) } else { Err(fail!("{} test(s) failed", totals.failed)) }
 }
 
 /// `cargo test --workspace`, echoing its output and adding up its counts.
@@ -87,10 +80,7 @@ fn host_tests(totals: &mut Totals) -> Result {
         .map_err(|e| fail!("cannot run cargo test: {e}"))?;
     let (mut passed, mut failed) = (0, 0);
     if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout)
-            .lines()
-            .map_while(std::io::Result::ok)
-        {
+        for line in BufReader::new(stdout).lines().map_while(std::io::Result::ok) {
             println!("{line}");
             if let Some(counts) = line.strip_prefix("test result: ") {
                 passed += count_before(counts, " passed");
@@ -126,14 +116,8 @@ fn count_before(text: &str, label: &str) -> usize {
 
 /// A token only this run knows: the image must echo it back.
 fn fresh_token() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{:x}",
-        (nanos as u64) ^ (u64::from(std::process::id()) << 32)
-    )
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}", (nanos as u64) ^ (u64::from(std::process::id()) << 32))
 }
 
 fn boot_expectation(token: &str, memory_mib: u32, success_status: Option<i32>) -> Expectation {
@@ -155,19 +139,13 @@ fn boot_expectation(token: &str, memory_mib: u32, success_status: Option<i32>) -
                 if kib > memory_kib {
                     Err(format!("more than the {memory_kib} KiB the machine has"))
                 } else if kib < memory_kib * 3 / 4 {
-                    Err(format!(
-                        "less than three quarters of the machine's {memory_kib} KiB"
-                    ))
+                    Err(format!("less than three quarters of the machine's {memory_kib} KiB"))
                 } else {
                     Ok(())
                 }
             }),
             DetailCheck::field("boot.loader", "bootloader", |value| {
-                if value.starts_with("strata-loader/") {
-                    Ok(())
-                } else {
-                    Err("not strata-loader".into())
-                }
+                if value.starts_with("strata-loader/") { Ok(()) } else { Err("not strata-loader".into()) }
             }),
         ],
         success_status,
@@ -180,10 +158,7 @@ fn print_verdict(name: &str, verdict: &Verdict, outcome: &Outcome, totals: &mut 
     }
     print!("{verdict}");
     if !verdict.is_pass() {
-        println!(
-            "    --- serial log (last 40 lines) ---\n{}",
-            indent(&tail(&outcome.serial, 40))
-        );
+        println!("    --- serial log (last 40 lines) ---\n{}", indent(&tail(&outcome.serial, 40)));
         if !outcome.diagnostics.trim().is_empty() {
             println!(
                 "    --- emulator output (last 15 lines) ---\n{}",
@@ -191,20 +166,13 @@ fn print_verdict(name: &str, verdict: &Verdict, outcome: &Outcome, totals: &mut 
             );
         }
     }
-    println!(
-        "{name}: {} passed, {} failed",
-        verdict.passed.len(),
-        verdict.failure_count()
-    );
+    println!("{name}: {} passed, {} failed", verdict.passed.len(), verdict.failure_count());
     totals.passed += verdict.passed.len();
     totals.failed += verdict.failure_count();
 }
 
 fn indent(text: &str) -> String {
-    text.lines()
-        .map(|l| format!("    | {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    text.lines().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n")
 }
 
 /// One meta-case: a run that must be judged a failure, showing `must_contain`.
@@ -217,28 +185,18 @@ struct MustFail {
 
 fn judge_must_fail(run: &MustFail, outcome: &Outcome) -> std::result::Result<(), String> {
     let verdict = judge::judge(
-        &Expectation {
-            success_status: Some(ExitCode::Success.qemu_status()),
-            ..Default::default()
-        },
+        &Expectation { success_status: Some(ExitCode::Success.qemu_status()), ..Default::default() },
         outcome,
     );
     if verdict.is_pass() {
         return Err("the harness judged a deliberately failing run a pass".into());
     }
-    if let Some(missing) = run
-        .must_contain
-        .iter()
-        .find(|text| !outcome.serial.contains(text.as_str()))
-    {
+    if let Some(missing) = run.must_contain.iter().find(|text| !outcome.serial.contains(text.as_str())) {
         return Err(format!("serial log lacks \"{missing}\""));
     }
     match outcome.exit {
         judge::Exit::Status(status) if status == run.status.qemu_status() => Ok(()),
-        ref other => Err(format!(
-            "ended with {other:?}, expected the {:?} exit",
-            run.status
-        )),
+        ref other => Err(format!("ended with {other:?}, expected the {:?} exit", run.status)),
     }
 }
 
@@ -246,9 +204,7 @@ fn emulator_suites(filter: Option<&str>, totals: &mut Totals) -> Result {
     let selected = |name: &str| filter.is_none_or(|f| name.contains(f));
     let token = fresh_token();
     let cmdline = format!("log=info ktest.token={token}");
-    let image = image::build(Kind::SelfTest {
-        cmdline: cmdline.clone(),
-    })?;
+    let image = image::build(Kind::SelfTest { cmdline: cmdline.clone() })?;
 
     let suites = [
         BootSuite {
@@ -264,17 +220,13 @@ fn emulator_suites(filter: Option<&str>, totals: &mut Totals) -> Result {
         BootSuite {
             name: "boot-qemu-iso",
             description: "QEMU TCG, BIOS + GRUB ISO via multiboot2",
-            machine: Machine::Qemu(QemuBoot::Iso {
-                iso: image.iso.clone(),
-            }),
+            machine: Machine::Qemu(QemuBoot::Iso { iso: image.iso.clone() }),
             entry_line: "entered via multiboot2",
         },
         BootSuite {
             name: "boot-bochs-iso",
             description: "Bochs (Intel VMX model), BIOS + GRUB ISO via multiboot2",
-            machine: Machine::Bochs {
-                iso: image.iso.clone(),
-            },
+            machine: Machine::Bochs { iso: image.iso.clone() },
             entry_line: "entered via multiboot2",
         },
     ];
@@ -282,9 +234,8 @@ fn emulator_suites(filter: Option<&str>, totals: &mut Totals) -> Result {
         run_boot_suite(suite, &token, totals)?;
     }
     if selected("fault-qemu") {
-        let started = step::begin(
-            "suite fault-qemu: deliberate kernel faults must be reported and judged failures",
-        );
+        let started =
+            step::begin("suite fault-qemu: deliberate kernel faults must be reported and judged failures");
         let fault = |kind: &str| QemuBoot::Direct {
             elf: image.elf.clone(),
             initrd: image.initrd.clone(),
@@ -295,7 +246,8 @@ fn emulator_suites(filter: Option<&str>, totals: &mut Totals) -> Result {
                 case: "fault.page_fault",
                 boot: fault("page"),
                 must_contain: vec![
-                    "KERNEL FAULT: #PF page fault (vector 14), error code 0x2 [not-present write supervisor]".into(),
+                    "KERNEL FAULT: #PF page fault (vector 14), error code 0x2 [not-present write supervisor]"
+                        .into(),
                     "CR2=0xffff900000000000".into(),
                     "RIP=0xffffffff8".into(),
                 ],
@@ -310,7 +262,10 @@ fn emulator_suites(filter: Option<&str>, totals: &mut Totals) -> Result {
             MustFail {
                 case: "fault.panic",
                 boot: fault("panic"),
-                must_contain: vec!["KERNEL PANIC".into(), "deliberate panic requested by ktest.fault=panic".into()],
+                must_contain: vec![
+                    "KERNEL PANIC".into(),
+                    "deliberate panic requested by ktest.fault=panic".into(),
+                ],
                 status: ExitCode::KernelFailure,
             },
         ];
@@ -318,9 +273,8 @@ fn emulator_suites(filter: Option<&str>, totals: &mut Totals) -> Result {
         step::end(started, "suite done");
     }
     if selected("loader-qemu") {
-        let started = step::begin(
-            "suite loader-qemu: malformed boot images must be refused with a clear message",
-        );
+        let started =
+            step::begin("suite loader-qemu: malformed boot images must be refused with a clear message");
         let runs = loader_runs(&image)?;
         meta_suite("loader-qemu", &runs, totals)?;
         step::end(started, "suite done");
@@ -353,10 +307,7 @@ fn run_boot_suite(suite: &BootSuite, token: &str, totals: &mut Totals) -> Result
         Machine::Qemu(_) => QEMU_MEMORY_MIB,
         Machine::Bochs { .. } => BOCHS_MEMORY_MIB,
     };
-    let started = step::begin(format!(
-        "suite {}: {}, {memory} MiB",
-        suite.name, suite.description
-    ));
+    let started = step::begin(format!("suite {}: {}, {memory} MiB", suite.name, suite.description));
     let (outcome, expectation, bochs_log) = match &suite.machine {
         Machine::Qemu(boot) => {
             let outcome = emulator::run(qemu_command(boot, memory, &[]), None, QEMU_TIMEOUT)?;
@@ -389,9 +340,7 @@ fn require_line(verdict: &mut Verdict, log: &str, text: &str) {
     if log.contains(text) {
         verdict.passed.push(format!("log \"{text}\""));
     } else {
-        verdict
-            .failed
-            .push((format!("log \"{text}\""), "not in the serial log".into()));
+        verdict.failed.push((format!("log \"{text}\""), "not in the serial log".into()));
     }
 }
 
@@ -399,11 +348,7 @@ fn meta_suite(name: &str, runs: &[MustFail], totals: &mut Totals) -> Result {
     let mut verdict = Verdict::default();
     let mut last = None;
     for run in runs {
-        let outcome = emulator::run(
-            qemu_command(&run.boot, QEMU_MEMORY_MIB, &[]),
-            None,
-            QEMU_TIMEOUT,
-        )?;
+        let outcome = emulator::run(qemu_command(&run.boot, QEMU_MEMORY_MIB, &[]), None, QEMU_TIMEOUT)?;
         match judge_must_fail(run, &outcome) {
             Ok(()) => verdict.passed.push(run.case.to_owned()),
             Err(reason) => {
@@ -436,20 +381,12 @@ fn loader_runs(image: &Image) -> Result<Vec<MustFail>> {
     // The kernel is the first entry, at the first page boundary.
     let at = 4096 + 100;
     if corrupt.len() <= at {
-        return Err(fail!(
-            "test image archive is unexpectedly small ({} bytes)",
-            corrupt.len()
-        ));
+        return Err(fail!("test image archive is unexpectedly small ({} bytes)", corrupt.len()));
     }
     corrupt[at] ^= 0x40;
     let mut not_elf = Builder::new();
     not_elf
-        .add(
-            EntryKind::Kernel,
-            "kernel",
-            "",
-            b"#!/bin/sh\necho this is not a kernel\n",
-        )
+        .add(EntryKind::Kernel, "kernel", "", b"#!/bin/sh\necho this is not a kernel\n")
         .map_err(|e| fail!("{e}"))?;
     let not_elf = not_elf.finish().map_err(|e| fail!("{e}"))?;
     let boot = |initrd: &Path| QemuBoot::Direct {
@@ -462,8 +399,7 @@ fn loader_runs(image: &Image) -> Result<Vec<MustFail>> {
             case: "loader.corrupt_archive",
             boot: boot(&write("corrupt.initrd", &corrupt)?),
             must_contain: vec![
-                "strata-loader: error: boot archive: archive entry kernel is corrupt: CRC-32"
-                    .into(),
+                "strata-loader: error: boot archive: archive entry kernel is corrupt: CRC-32".into(),
             ],
             status: ExitCode::LoaderFailure,
         },
@@ -488,14 +424,10 @@ mod tests {
 
     #[test]
     fn libtest_summaries_are_counted() {
-        let line =
-            "ok. 24 passed; 3 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.07s";
+        let line = "ok. 24 passed; 3 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.07s";
         assert_eq!(count_before(line, " passed"), 24);
         assert_eq!(count_before(line, " failed"), 3);
-        assert_eq!(
-            count_before("FAILED. 2 passed; 1 failed; 0 ignored", " failed"),
-            1
-        );
+        assert_eq!(count_before("FAILED. 2 passed; 1 failed; 0 ignored", " failed"), 1);
     }
 
     #[test]

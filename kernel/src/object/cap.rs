@@ -14,6 +14,11 @@
 //! | CNode (4) | radix 5-10, guard size 11-17, object / 32 in 18-60 | guard |
 //! | Tcb (5) | — | object |
 //! | Zombie (6) | radix 5-10, remaining slots 11-36 | object |
+//! | Frame (7) | large 5, rights (R, W) 6-7, device 8, mapped 9, ASID 10-21, object / 4K in 22-57 | mapped virtual address |
+//! | PageTable (8) | level 5-6, mapped 7, ASID 8-19, object / 4K in 20-55 | mapped virtual address |
+//! | Pml4 (9) | has ASID 5, ASID 6-17, object / 4K in 18-53 | — |
+//! | AsidControl (10) | — | — |
+//! | AsidPool (11) | first ASID 5-16 | object |
 //!
 //! Physical addresses are limited to 48 bits (256 TiB).
 
@@ -30,11 +35,7 @@ struct Field {
 
 impl Field {
     const fn mask(self) -> u64 {
-        if self.width == 64 {
-            u64::MAX
-        } else {
-            (1 << self.width) - 1
-        }
+        if self.width == 64 { u64::MAX } else { (1 << self.width) - 1 }
     }
 
     const fn get(self, word: u64) -> u64 {
@@ -53,33 +54,29 @@ impl Field {
 
 const TAG: Field = Field { shift: 0, width: 5 };
 const UNTYPED_SIZE: Field = Field { shift: 5, width: 6 };
-const UNTYPED_DEVICE: Field = Field {
-    shift: 11,
-    width: 1,
-};
-const UNTYPED_FREE: Field = Field {
-    shift: 12,
-    width: 52,
-};
+const UNTYPED_DEVICE: Field = Field { shift: 11, width: 1 };
+const UNTYPED_FREE: Field = Field { shift: 12, width: 52 };
 const RIGHTS: Field = Field { shift: 5, width: 4 };
-const SMALL_OBJECT: Field = Field {
-    shift: 16,
-    width: 44,
-};
+const SMALL_OBJECT: Field = Field { shift: 16, width: 44 };
 const CNODE_RADIX: Field = Field { shift: 5, width: 6 };
-const CNODE_GUARD_SIZE: Field = Field {
-    shift: 11,
-    width: 7,
-};
-const CNODE_OBJECT: Field = Field {
-    shift: 18,
-    width: 43,
-};
+const CNODE_GUARD_SIZE: Field = Field { shift: 11, width: 7 };
+const CNODE_OBJECT: Field = Field { shift: 18, width: 43 };
 const ZOMBIE_RADIX: Field = Field { shift: 5, width: 6 };
-const ZOMBIE_REMAINING: Field = Field {
-    shift: 11,
-    width: 26,
-};
+const ZOMBIE_REMAINING: Field = Field { shift: 11, width: 26 };
+const FRAME_LARGE: Field = Field { shift: 5, width: 1 };
+const FRAME_RIGHTS: Field = Field { shift: 6, width: 2 };
+const FRAME_DEVICE: Field = Field { shift: 8, width: 1 };
+const FRAME_MAPPED: Field = Field { shift: 9, width: 1 };
+const FRAME_ASID: Field = Field { shift: 10, width: 12 };
+const FRAME_OBJECT: Field = Field { shift: 22, width: 36 };
+const TABLE_LEVEL: Field = Field { shift: 5, width: 2 };
+const TABLE_MAPPED: Field = Field { shift: 7, width: 1 };
+const TABLE_ASID: Field = Field { shift: 8, width: 12 };
+const TABLE_OBJECT: Field = Field { shift: 20, width: 36 };
+const PML4_ASSIGNED: Field = Field { shift: 5, width: 1 };
+const PML4_ASID: Field = Field { shift: 6, width: 12 };
+const PML4_OBJECT: Field = Field { shift: 18, width: 36 };
+const POOL_FIRST_ASID: Field = Field { shift: 5, width: 12 };
 
 /// Highest physical address bit a capability can name.
 pub const PHYSICAL_ADDRESS_BITS: u32 = 48;
@@ -92,6 +89,78 @@ mod tag {
     pub const CNODE: u64 = 4;
     pub const TCB: u64 = 5;
     pub const ZOMBIE: u64 = 6;
+    pub const FRAME: u64 = 7;
+    pub const PAGE_TABLE: u64 = 8;
+    pub const PML4: u64 = 9;
+    pub const ASID_CONTROL: u64 = 10;
+    pub const ASID_POOL: u64 = 11;
+}
+
+/// The size of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameSize {
+    /// 4 KiB, mapped by a page-table entry.
+    Small,
+    /// 2 MiB, mapped by a page-directory entry.
+    Large,
+}
+
+impl FrameSize {
+    /// Bytes in the frame.
+    pub const fn bytes(self) -> u64 {
+        match self {
+            Self::Small => 1 << 12,
+            Self::Large => 1 << 21,
+        }
+    }
+}
+
+/// Which paging structure below the PML4 a table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableLevel {
+    /// Page table: maps 4 KiB frames; installed in a page directory.
+    PageTable,
+    /// Page directory: holds page tables or 2 MiB frames; installed in a PDPT.
+    PageDirectory,
+    /// Page-directory-pointer table: holds page directories; installed in the PML4.
+    Pdpt,
+}
+
+impl TableLevel {
+    /// Bytes of address space the table covers (and the alignment of where it is installed).
+    pub const fn coverage(self) -> u64 {
+        match self {
+            Self::PageTable => 1 << 21,
+            Self::PageDirectory => 1 << 30,
+            Self::Pdpt => 1 << 39,
+        }
+    }
+
+    const fn encode(self) -> u64 {
+        match self {
+            Self::PageTable => 0,
+            Self::PageDirectory => 1,
+            Self::Pdpt => 2,
+        }
+    }
+
+    const fn decode(value: u64) -> Option<Self> {
+        match value {
+            0 => Some(Self::PageTable),
+            1 => Some(Self::PageDirectory),
+            2 => Some(Self::Pdpt),
+            _ => None,
+        }
+    }
+}
+
+/// Where a frame or table is mapped: the address space (by ASID) and address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    /// The address space's ASID.
+    pub asid: u16,
+    /// The virtual address (of the frame, or the start of what the table covers).
+    pub address: u64,
 }
 
 /// A capability: an unforgeable reference to a kernel object with rights.
@@ -154,6 +223,53 @@ pub enum Capability {
         /// Slots not yet emptied (they are `0..remaining`).
         remaining: u64,
     },
+    /// A page of memory. Each frame capability can be mapped once.
+    Frame {
+        /// The frame.
+        object: PhysAddr,
+        /// Its size.
+        size: FrameSize,
+        /// READ and WRITE only.
+        rights: Rights,
+        /// Device memory (never zeroed, never holds kernel state).
+        device: bool,
+        /// Where this capability has mapped it.
+        mapping: Option<Mapping>,
+    },
+    /// A page table, page directory or PDPT.
+    PageTable {
+        /// The table.
+        object: PhysAddr,
+        /// Which kind of table.
+        level: TableLevel,
+        /// Where it is installed.
+        mapping: Option<Mapping>,
+    },
+    /// The root of an address space.
+    Pml4 {
+        /// The PML4.
+        object: PhysAddr,
+        /// Its ASID, once assigned from a pool.
+        asid: Option<u16>,
+    },
+    /// The authority to create ASID pools.
+    AsidControl,
+    /// A pool of 512 ASIDs.
+    AsidPool {
+        /// The pool object: 512 PML4 addresses.
+        object: PhysAddr,
+        /// The pool's first ASID.
+        first_asid: u16,
+    },
+}
+
+/// Whether a mapping record fits its fields: a 12-bit non-zero ASID and a
+/// user address aligned to what is mapped.
+fn mapping_ok(mapping: Mapping, align: u64) -> bool {
+    mapping.asid != 0
+        && u32::from(mapping.asid) < strata_abi::object::ASID_COUNT
+        && mapping.address < strata_abi::object::USER_TOP
+        && mapping.address % align == 0
 }
 
 /// A capability word pair that no valid capability encodes to.
@@ -173,16 +289,9 @@ impl Capability {
         let check = |ok: bool| if ok { Ok(()) } else { Err(Unencodable) };
         Ok(match *self {
             Self::Null => [0, 0],
-            Self::Untyped {
-                base,
-                size_bits,
-                free_index,
-                device,
-            } => {
+            Self::Untyped { base, size_bits, free_index, device } => {
                 check(
-                    address_ok(base, 4)
-                        && UNTYPED_SIZE.fits(u64::from(size_bits))
-                        && free_index % 16 == 0,
+                    address_ok(base, 4) && UNTYPED_SIZE.fits(u64::from(size_bits)) && free_index % 16 == 0,
                 )?;
                 check(UNTYPED_FREE.fits(free_index / 16))?;
                 [
@@ -193,33 +302,13 @@ impl Capability {
                     base.get(),
                 ]
             }
-            Self::Endpoint {
-                object,
-                badge,
-                rights,
-            }
-            | Self::Notification {
-                object,
-                badge,
-                rights,
-            } => {
+            Self::Endpoint { object, badge, rights } | Self::Notification { object, badge, rights } => {
                 check(address_ok(object, 4))?;
-                let kind = if matches!(self, Self::Endpoint { .. }) {
-                    tag::ENDPOINT
-                } else {
-                    tag::NOTIFICATION
-                };
-                [
-                    TAG.put(kind) | RIGHTS.put(rights.bits()) | SMALL_OBJECT.put(object.get() >> 4),
-                    badge,
-                ]
+                let kind =
+                    if matches!(self, Self::Endpoint { .. }) { tag::ENDPOINT } else { tag::NOTIFICATION };
+                [TAG.put(kind) | RIGHTS.put(rights.bits()) | SMALL_OBJECT.put(object.get() >> 4), badge]
             }
-            Self::CNode {
-                object,
-                radix,
-                guard_size,
-                guard,
-            } => {
+            Self::CNode { object, radix, guard_size, guard } => {
                 check(address_ok(object, 5) && CNODE_RADIX.fits(u64::from(radix)))?;
                 check(guard_size <= 64 && (guard_size == 64 || guard >> guard_size == 0))?;
                 [
@@ -234,11 +323,7 @@ impl Capability {
                 check(address_ok(object, 4))?;
                 [TAG.put(tag::TCB), object.get()]
             }
-            Self::Zombie {
-                object,
-                radix,
-                remaining,
-            } => {
+            Self::Zombie { object, radix, remaining } => {
                 check(address_ok(object, 5) && ZOMBIE_RADIX.fits(u64::from(radix)))?;
                 check(ZOMBIE_REMAINING.fits(remaining) && remaining <= 1 << radix)?;
                 [
@@ -247,6 +332,48 @@ impl Capability {
                         | ZOMBIE_REMAINING.put(remaining),
                     object.get(),
                 ]
+            }
+            Self::Frame { object, size, rights, device, mapping } => {
+                let align = if size == FrameSize::Large { 21 } else { 12 };
+                check(address_ok(object, align) && FRAME_RIGHTS.fits(rights.bits()))?;
+                check(mapping.is_none_or(|m| mapping_ok(m, size.bytes())))?;
+                [
+                    TAG.put(tag::FRAME)
+                        | FRAME_LARGE.put(u64::from(size == FrameSize::Large))
+                        | FRAME_RIGHTS.put(rights.bits())
+                        | FRAME_DEVICE.put(u64::from(device))
+                        | FRAME_MAPPED.put(u64::from(mapping.is_some()))
+                        | FRAME_ASID.put(mapping.map_or(0, |m| u64::from(m.asid)))
+                        | FRAME_OBJECT.put(object.get() >> 12),
+                    mapping.map_or(0, |m| m.address),
+                ]
+            }
+            Self::PageTable { object, level, mapping } => {
+                check(address_ok(object, 12) && mapping.is_none_or(|m| mapping_ok(m, level.coverage())))?;
+                [
+                    TAG.put(tag::PAGE_TABLE)
+                        | TABLE_LEVEL.put(level.encode())
+                        | TABLE_MAPPED.put(u64::from(mapping.is_some()))
+                        | TABLE_ASID.put(mapping.map_or(0, |m| u64::from(m.asid)))
+                        | TABLE_OBJECT.put(object.get() >> 12),
+                    mapping.map_or(0, |m| m.address),
+                ]
+            }
+            Self::Pml4 { object, asid } => {
+                check(address_ok(object, 12) && asid.is_none_or(|a| a != 0 && PML4_ASID.fits(u64::from(a))))?;
+                [
+                    TAG.put(tag::PML4)
+                        | PML4_ASSIGNED.put(u64::from(asid.is_some()))
+                        | PML4_ASID.put(asid.map_or(0, u64::from))
+                        | PML4_OBJECT.put(object.get() >> 12),
+                    0,
+                ]
+            }
+            Self::AsidControl => [TAG.put(tag::ASID_CONTROL), 0],
+            Self::AsidPool { object, first_asid } => {
+                let aligned = u32::from(first_asid) % strata_abi::object::ASID_POOL_SIZE == 0;
+                check(address_ok(object, 12) && POOL_FIRST_ASID.fits(u64::from(first_asid)) && aligned)?;
+                [TAG.put(tag::ASID_POOL) | POOL_FIRST_ASID.put(u64::from(first_asid)), object.get()]
             }
         })
     }
@@ -267,17 +394,9 @@ impl Capability {
                 let object = PhysAddr(SMALL_OBJECT.get(w0) << 4);
                 let rights = Rights::from_bits(RIGHTS.get(w0)).ok_or(corrupt)?;
                 if TAG.get(w0) == tag::ENDPOINT {
-                    Self::Endpoint {
-                        object,
-                        badge: w1,
-                        rights,
-                    }
+                    Self::Endpoint { object, badge: w1, rights }
                 } else {
-                    Self::Notification {
-                        object,
-                        badge: w1,
-                        rights,
-                    }
+                    Self::Notification { object, badge: w1, rights }
                 }
             }
             tag::CNODE => Self::CNode {
@@ -286,22 +405,38 @@ impl Capability {
                 guard_size: CNODE_GUARD_SIZE.get(w0) as u8,
                 guard: w1,
             },
-            tag::TCB => Self::Tcb {
-                object: PhysAddr(w1),
-            },
+            tag::TCB => Self::Tcb { object: PhysAddr(w1) },
             tag::ZOMBIE => Self::Zombie {
                 object: PhysAddr(w1),
                 radix: ZOMBIE_RADIX.get(w0) as u8,
                 remaining: ZOMBIE_REMAINING.get(w0),
             },
+            tag::FRAME => Self::Frame {
+                object: PhysAddr(FRAME_OBJECT.get(w0) << 12),
+                size: if FRAME_LARGE.get(w0) == 1 { FrameSize::Large } else { FrameSize::Small },
+                rights: Rights::from_bits_truncate(FRAME_RIGHTS.get(w0)),
+                device: FRAME_DEVICE.get(w0) == 1,
+                mapping: (FRAME_MAPPED.get(w0) == 1)
+                    .then(|| Mapping { asid: FRAME_ASID.get(w0) as u16, address: w1 }),
+            },
+            tag::PAGE_TABLE => Self::PageTable {
+                object: PhysAddr(TABLE_OBJECT.get(w0) << 12),
+                level: TableLevel::decode(TABLE_LEVEL.get(w0)).ok_or(corrupt)?,
+                mapping: (TABLE_MAPPED.get(w0) == 1)
+                    .then(|| Mapping { asid: TABLE_ASID.get(w0) as u16, address: w1 }),
+            },
+            tag::PML4 => Self::Pml4 {
+                object: PhysAddr(PML4_OBJECT.get(w0) << 12),
+                asid: (PML4_ASSIGNED.get(w0) == 1).then(|| PML4_ASID.get(w0) as u16),
+            },
+            tag::ASID_CONTROL => Self::AsidControl,
+            tag::ASID_POOL => {
+                Self::AsidPool { object: PhysAddr(w1), first_asid: POOL_FIRST_ASID.get(w0) as u16 }
+            }
             _ => return Err(corrupt),
         };
         // Only canonical encodings are valid: anything else is corruption.
-        if cap.encode() == Ok(words) {
-            Ok(cap)
-        } else {
-            Err(corrupt)
-        }
+        if cap.encode() == Ok(words) { Ok(cap) } else { Err(corrupt) }
     }
 
     /// Whether the slot is empty.
@@ -312,27 +447,30 @@ impl Capability {
     /// The physical region the capability names, as `(base, size)`.
     /// `None` for capabilities that name no memory.
     pub fn region(&self) -> Option<(PhysAddr, u64)> {
-        use strata_abi::object::{
-            ENDPOINT_SIZE_BITS, NOTIFICATION_SIZE_BITS, SLOT_SIZE_BITS, TCB_SIZE_BITS,
-        };
+        use strata_abi::object::{ENDPOINT_SIZE_BITS, NOTIFICATION_SIZE_BITS, SLOT_SIZE_BITS, TCB_SIZE_BITS};
         match *self {
             Self::Null => None,
-            Self::Untyped {
-                base, size_bits, ..
-            } => Some((base, 1 << size_bits)),
+            Self::Untyped { base, size_bits, .. } => Some((base, 1 << size_bits)),
             Self::Endpoint { object, .. } => Some((object, 1 << ENDPOINT_SIZE_BITS)),
             Self::Notification { object, .. } => Some((object, 1 << NOTIFICATION_SIZE_BITS)),
             Self::CNode { object, radix, .. } | Self::Zombie { object, radix, .. } => {
                 Some((object, 1 << (u32::from(radix) + SLOT_SIZE_BITS)))
             }
             Self::Tcb { object } => Some((object, 1 << TCB_SIZE_BITS)),
+            Self::Frame { object, size, .. } => Some((object, size.bytes())),
+            Self::PageTable { object, .. } | Self::Pml4 { object, .. } | Self::AsidPool { object, .. } => {
+                Some((object, 1 << 12))
+            }
+            Self::AsidControl => None,
         }
     }
 
     /// The rights the capability carries. Types without rights carry all of them.
     pub fn rights(&self) -> Rights {
         match self {
-            Self::Endpoint { rights, .. } | Self::Notification { rights, .. } => *rights,
+            Self::Endpoint { rights, .. }
+            | Self::Notification { rights, .. }
+            | Self::Frame { rights, .. } => *rights,
             _ => Rights::all(),
         }
     }
@@ -353,59 +491,26 @@ pub(crate) mod tests {
 
     /// Any encodable capability.
     pub fn any_capability() -> impl Strategy<Value = Capability> {
-        let address = |align: u32| {
-            (0u64..1 << (PHYSICAL_ADDRESS_BITS - align)).prop_map(move |a| PhysAddr(a << align))
-        };
+        let address =
+            |align: u32| (0u64..1 << (PHYSICAL_ADDRESS_BITS - align)).prop_map(move |a| PhysAddr(a << align));
         let rights = (0u64..16).prop_map(Rights::from_bits_truncate);
         prop_oneof![
             Just(Capability::Null),
-            (address(4), 4u8..48, any::<bool>(), any::<u64>()).prop_map(
-                |(base, size_bits, device, free)| {
-                    let free_index = (free % (1 << size_bits)) / 16 * 16;
-                    Capability::Untyped {
-                        base,
-                        size_bits,
-                        free_index,
-                        device,
-                    }
-                }
-            ),
-            (address(4), any::<u64>(), rights.clone()).prop_map(|(object, badge, rights)| {
-                Capability::Endpoint {
-                    object,
-                    badge,
-                    rights,
-                }
+            (address(4), 4u8..48, any::<bool>(), any::<u64>()).prop_map(|(base, size_bits, device, free)| {
+                let free_index = (free % (1 << size_bits)) / 16 * 16;
+                Capability::Untyped { base, size_bits, free_index, device }
             }),
-            (address(4), any::<u64>(), rights).prop_map(|(object, badge, rights)| {
-                Capability::Notification {
-                    object,
-                    badge,
-                    rights,
-                }
+            (address(4), any::<u64>(), rights.clone())
+                .prop_map(|(object, badge, rights)| { Capability::Endpoint { object, badge, rights } }),
+            (address(4), any::<u64>(), rights)
+                .prop_map(|(object, badge, rights)| { Capability::Notification { object, badge, rights } }),
+            (address(5), 1u8..25, 0u8..=64, any::<u64>()).prop_map(|(object, radix, guard_size, guard)| {
+                let guard = if guard_size == 64 { guard } else { guard & ((1 << guard_size) - 1) };
+                Capability::CNode { object, radix, guard_size, guard }
             }),
-            (address(5), 1u8..25, 0u8..=64, any::<u64>()).prop_map(
-                |(object, radix, guard_size, guard)| {
-                    let guard = if guard_size == 64 {
-                        guard
-                    } else {
-                        guard & ((1 << guard_size) - 1)
-                    };
-                    Capability::CNode {
-                        object,
-                        radix,
-                        guard_size,
-                        guard,
-                    }
-                }
-            ),
             address(12).prop_map(|object| Capability::Tcb { object }),
             (address(5), 1u8..25, any::<u64>()).prop_map(|(object, radix, r)| {
-                Capability::Zombie {
-                    object,
-                    radix,
-                    remaining: r % ((1 << radix) + 1),
-                }
+                Capability::Zombie { object, radix, remaining: r % ((1 << radix) + 1) }
             }),
         ]
     }
@@ -430,36 +535,19 @@ pub(crate) mod tests {
         let wide = PhysAddr(1 << 48);
         assert_eq!(Capability::Tcb { object: wide }.encode(), Err(Unencodable));
         assert_eq!(
-            Capability::CNode {
-                object: PhysAddr(0x1010),
-                radix: 2,
-                guard_size: 0,
-                guard: 0
-            }
-            .encode(),
+            Capability::CNode { object: PhysAddr(0x1010), radix: 2, guard_size: 0, guard: 0 }.encode(),
             Err(Unencodable)
         );
         assert_eq!(
-            Capability::CNode {
-                object: PhysAddr(0x1000),
-                radix: 2,
-                guard_size: 3,
-                guard: 8
-            }
-            .encode(),
+            Capability::CNode { object: PhysAddr(0x1000), radix: 2, guard_size: 3, guard: 8 }.encode(),
             Err(Unencodable)
         );
         assert_eq!(
-            Capability::Untyped {
-                base: PhysAddr(0x1000),
-                size_bits: 12,
-                free_index: 8,
-                device: false
-            }
-            .encode(),
+            Capability::Untyped { base: PhysAddr(0x1000), size_bits: 12, free_index: 8, device: false }
+                .encode(),
             Err(Unencodable)
         );
-        assert!(Capability::decode([7, 0]).is_err());
+        assert!(Capability::decode([31, 0]).is_err());
         assert!(Capability::decode([tag::NULL, 1]).is_err());
     }
 }

@@ -59,45 +59,26 @@ fn cnode_with_guard(cap: Capability, data: u64) -> Result<Capability, Invocation
     };
     let guard_size = (data & 0x3f) as u8;
     let guard = data >> 6;
-    let fits = u32::from(guard_size) + u32::from(radix) <= 64
-        && (guard_size >= 58 || guard >> guard_size == 0);
+    let fits =
+        u32::from(guard_size) + u32::from(radix) <= 64 && (guard_size >= 58 || guard >> guard_size == 0);
     if !fits {
         return Err(InvocationError::InvalidArgument { index: 5 });
     }
-    Ok(Capability::CNode {
-        object,
-        radix,
-        guard_size,
-        guard,
-    })
+    Ok(Capability::CNode { object, radix, guard_size, guard })
 }
 
 /// The capability `source` would become when copied with `rights` and,
 /// for mint, `data` (a badge, or a CNode guard).
-fn derive(
-    source: Capability,
-    rights: Rights,
-    data: Option<u64>,
-) -> Result<Capability, InvocationError> {
+fn derive(source: Capability, rights: Rights, data: Option<u64>) -> Result<Capability, InvocationError> {
     match source {
         Capability::Null => Err(InvocationError::FailedLookup {
             source: true,
             failure: strata_abi::error::LookupFailure::MissingCapability { bits_left: 0 },
         }),
         // See `untyped`: one capability per Untyped region.
-        Capability::Untyped { .. } | Capability::Zombie { .. } => {
-            Err(InvocationError::IllegalOperation)
-        }
-        Capability::Endpoint {
-            object,
-            badge,
-            rights: old,
-        }
-        | Capability::Notification {
-            object,
-            badge,
-            rights: old,
-        } => {
+        Capability::Untyped { .. } | Capability::Zombie { .. } => Err(InvocationError::IllegalOperation),
+        Capability::Endpoint { object, badge, rights: old }
+        | Capability::Notification { object, badge, rights: old } => {
             let badge = match data {
                 // A badge, once set, is fixed.
                 Some(new) if new != 0 && badge != 0 => {
@@ -108,24 +89,25 @@ fn derive(
             };
             let rights = old & rights;
             Ok(if matches!(source, Capability::Endpoint { .. }) {
-                Capability::Endpoint {
-                    object,
-                    badge,
-                    rights,
-                }
+                Capability::Endpoint { object, badge, rights }
             } else {
-                Capability::Notification {
-                    object,
-                    badge,
-                    rights,
-                }
+                Capability::Notification { object, badge, rights }
             })
         }
         Capability::CNode { .. } => match data {
             Some(data) => cnode_with_guard(source, data),
             None => Ok(source),
         },
-        Capability::Tcb { .. } => Ok(source),
+        Capability::Tcb { .. } | Capability::AsidControl | Capability::AsidPool { .. } => Ok(source),
+        // A copy of a frame starts unmapped: each capability maps it once.
+        Capability::Frame { object, size, rights: old, device, .. } => {
+            Ok(Capability::Frame { object, size, rights: old & rights, device, mapping: None })
+        }
+        // Copies of a table share its one mapping, so only a mapped table
+        // can be copied (two unmapped copies could be mapped twice); the
+        // same goes for an address space and its ASID.
+        Capability::PageTable { mapping: Some(_), .. } | Capability::Pml4 { asid: Some(_), .. } => Ok(source),
+        Capability::PageTable { .. } | Capability::Pml4 { .. } => Err(InvocationError::IllegalOperation),
     }
 }
 
@@ -144,12 +126,10 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             Label::CNodeMove => 4,
             Label::CNodeCopy | Label::CNodeMutate => 5,
             Label::CNodeMint => 6,
-            Label::UntypedRetype => return Err(InvocationError::IllegalOperation),
+            _ => return Err(InvocationError::IllegalOperation),
         };
         if words.len() < needed {
-            return Err(InvocationError::TruncatedMessage {
-                needed: needed as u8,
-            });
+            return Err(InvocationError::TruncatedMessage { needed: needed as u8 });
         }
         let lookup = |root: Capability, index: u64, depth_word: u64, source: bool| {
             let depth = depth(depth_word)?;
@@ -179,21 +159,13 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 let rights = Rights::from_bits_truncate(words[4]);
                 let data = (label == Label::CNodeMint).then(|| words[5]);
                 let cap = derive(source_cap, rights, data)?;
-                Ok(CNodeInvocation::Derive {
-                    source,
-                    destination,
-                    cap,
-                })
+                Ok(CNodeInvocation::Derive { source, destination, cap })
             }
             Label::CNodeMove => {
                 if matches!(source_cap, Capability::Zombie { .. }) {
                     return Err(InvocationError::IllegalOperation);
                 }
-                Ok(CNodeInvocation::Move {
-                    source,
-                    destination,
-                    cap: source_cap,
-                })
+                Ok(CNodeInvocation::Move { source, destination, cap: source_cap })
             }
             Label::CNodeMutate => {
                 let data = words[4];
@@ -204,11 +176,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     _ if data != 0 => return Err(InvocationError::IllegalOperation),
                     _ => source_cap,
                 };
-                Ok(CNodeInvocation::Move {
-                    source,
-                    destination,
-                    cap,
-                })
+                Ok(CNodeInvocation::Move { source, destination, cap })
             }
             _ => Err(InvocationError::IllegalOperation),
         }
@@ -219,19 +187,11 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         match invocation {
             CNodeInvocation::Revoke { slot } => self.revoke(slot, budget),
             CNodeInvocation::Delete { slot } => self.delete(slot, budget),
-            CNodeInvocation::Derive {
-                source,
-                destination,
-                cap,
-            } => {
+            CNodeInvocation::Derive { source, destination, cap } => {
                 self.insert_derived(source, destination, cap);
                 Progress::Done
             }
-            CNodeInvocation::Move {
-                source,
-                destination,
-                cap,
-            } => {
+            CNodeInvocation::Move { source, destination, cap } => {
                 self.move_cap(source, destination, cap);
                 Progress::Done
             }

@@ -107,62 +107,42 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             Capability::Null => Step::Finished,
             Capability::Zombie { .. } => self.zombie_step(slot),
             Capability::CNode { object, radix, .. } if self.is_final(slot) => {
-                self.set_cap(
-                    slot,
-                    Capability::Zombie {
-                        object,
-                        radix,
-                        remaining: 1 << radix,
-                    },
-                );
+                self.set_cap(slot, Capability::Zombie { object, radix, remaining: 1 << radix });
                 Step::Continue
             }
             cap => {
-                if self.is_final(slot) {
-                    self.finalise(&cap);
-                }
+                let last = self.is_final(slot);
+                self.finalise(&cap, last);
                 self.remove(slot);
                 Step::Finished
             }
         }
     }
 
-    /// Releases what a destroyed object holds. Untyped memory, endpoints,
-    /// notifications and threads hold nothing yet that outlives them; IPC
-    /// queues and scheduling state will be torn down here.
-    fn finalise(&mut self, _cap: &Capability) {}
+    /// Releases what a deleted capability holds: a mapping, an ASID, a
+    /// pool (see `vspace`). `last` says whether it was the last capability
+    /// to its object. Endpoints, notifications and threads hold nothing yet
+    /// that outlives them; IPC queues and scheduling state will be torn
+    /// down here.
+    fn finalise(&mut self, cap: &Capability, last: bool) {
+        self.finalise_vspace(cap, last);
+    }
 
     /// One unit of work on the zombie chain starting at `top`.
     fn zombie_step(&mut self, top: Slot) -> Step {
         let mut path: Vec<Slot, MAX_CHAIN> = Vec::new();
         let mut current = top;
         loop {
-            let Capability::Zombie {
-                object,
-                radix,
-                remaining,
-            } = self.cap(current)
-            else {
+            let Capability::Zombie { object, radix, remaining } = self.cap(current) else {
                 return Step::Continue;
             };
             if remaining == 0 {
                 self.remove(current);
-                return if current == top {
-                    Step::Finished
-                } else {
-                    Step::Continue
-                };
+                return if current == top { Step::Finished } else { Step::Continue };
             }
             let target = Slot::in_cnode(object, remaining - 1);
             let shrink = |this: &mut Self| {
-                this.set_cap(
-                    current,
-                    Capability::Zombie {
-                        object,
-                        radix,
-                        remaining: remaining - 1,
-                    },
-                );
+                this.set_cap(current, Capability::Zombie { object, radix, remaining: remaining - 1 });
             };
             if target == current {
                 // The zombie lives in the CNode it destroys: its own slot is
@@ -190,25 +170,16 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     }
                     current = target;
                 }
-                Capability::CNode {
-                    object: inner,
-                    radix: inner_radix,
-                    ..
-                } if self.is_final(target) => {
+                Capability::CNode { object: inner, radix: inner_radix, .. } if self.is_final(target) => {
                     self.set_cap(
                         target,
-                        Capability::Zombie {
-                            object: inner,
-                            radix: inner_radix,
-                            remaining: 1 << inner_radix,
-                        },
+                        Capability::Zombie { object: inner, radix: inner_radix, remaining: 1 << inner_radix },
                     );
                     return Step::Continue;
                 }
                 cap => {
-                    if self.is_final(target) {
-                        self.finalise(&cap);
-                    }
+                    let last = self.is_final(target);
+                    self.finalise(&cap, last);
                     self.remove(target);
                     shrink(self);
                     return Step::Continue;

@@ -16,6 +16,12 @@ pub trait PhysicalMemory {
     fn write(&mut self, address: PhysAddr, value: u64);
     /// Zeroes `bytes` bytes (a multiple of 8) from `address` (8-byte aligned).
     fn zero(&mut self, address: PhysAddr, bytes: u64);
+    /// Drops cached translations of `address` in address space `asid` (all
+    /// of the address space for `u64::MAX`) after a mapping was removed or
+    /// changed. Memory without a TLB does nothing.
+    fn flush_translation(&mut self, asid: u16, address: u64) {
+        let _ = (asid, address);
+    }
 }
 
 /// Physical memory through the kernel's direct map.
@@ -40,33 +46,17 @@ impl PhysicalMemory for DirectMapMemory {
         // SAFETY: the direct map covers every address the object layer uses
         // (constructor precondition); addresses come from capabilities the
         // kernel created, are 8-byte aligned and name kernel-owned memory.
-        unsafe {
-            self.map
-                .to_virtual(address)
-                .as_mut_ptr::<u64>()
-                .read_volatile()
-        }
+        unsafe { self.map.to_virtual(address).as_mut_ptr::<u64>().read_volatile() }
     }
 
     fn write(&mut self, address: PhysAddr, value: u64) {
         // SAFETY: as for `read`.
-        unsafe {
-            self.map
-                .to_virtual(address)
-                .as_mut_ptr::<u64>()
-                .write_volatile(value)
-        }
+        unsafe { self.map.to_virtual(address).as_mut_ptr::<u64>().write_volatile(value) }
     }
 
     fn zero(&mut self, address: PhysAddr, bytes: u64) {
         // SAFETY: as for `read`; the range lies inside one object or Untyped.
-        unsafe {
-            core::ptr::write_bytes(
-                self.map.to_virtual(address).as_mut_ptr::<u8>(),
-                0,
-                bytes as usize,
-            )
-        }
+        unsafe { core::ptr::write_bytes(self.map.to_virtual(address).as_mut_ptr::<u8>(), 0, bytes as usize) }
     }
 }
 
@@ -77,27 +67,20 @@ impl PhysicalMemory for DirectMapMemory {
 pub struct Arena {
     base: u64,
     words: alloc::vec::Vec<u64>,
+    /// Translation flushes requested, as (ASID, address), for tests.
+    pub flushes: alloc::vec::Vec<(u16, u64)>,
 }
 
 #[cfg(not(strata_baremetal))]
 impl Arena {
     /// `bytes` bytes of zeroed memory at physical `base`.
     pub fn new(base: u64, bytes: u64) -> Self {
-        Self {
-            base,
-            words: alloc::vec![0; (bytes / 8) as usize],
-        }
+        Self { base, words: alloc::vec![0; (bytes / 8) as usize], flushes: alloc::vec::Vec::new() }
     }
 
     fn index(&self, address: PhysAddr) -> usize {
-        let offset = address
-            .get()
-            .checked_sub(self.base)
-            .expect("address below the arena");
-        assert!(
-            offset.is_multiple_of(8),
-            "misaligned word access at {address}"
-        );
+        let offset = address.get().checked_sub(self.base).expect("address below the arena");
+        assert!(offset.is_multiple_of(8), "misaligned word access at {address}");
         (offset / 8) as usize
     }
 }
@@ -116,5 +99,9 @@ impl PhysicalMemory for Arena {
     fn zero(&mut self, address: PhysAddr, bytes: u64) {
         let start = self.index(address);
         self.words[start..start + (bytes / 8) as usize].fill(0);
+    }
+
+    fn flush_translation(&mut self, asid: u16, address: u64) {
+        self.flushes.push((asid, address));
     }
 }

@@ -21,6 +21,7 @@ pub mod cspace;
 pub mod delete;
 pub mod memory;
 pub mod untyped;
+pub mod vspace;
 
 #[cfg(test)]
 mod tests;
@@ -71,11 +72,7 @@ impl MdbNode {
     fn encode(&self) -> [u64; 2] {
         let link = |slot: Option<Slot>| slot.map_or(0, |s| s.0.get());
         let flags = if self.revocable { MDB_REVOCABLE } else { 0 }
-            | if self.first_badged {
-                MDB_FIRST_BADGED
-            } else {
-                0
-            };
+            | if self.first_badged { MDB_FIRST_BADGED } else { 0 };
         [link(self.next) | flags, link(self.prev)]
     }
 
@@ -98,20 +95,21 @@ impl MdbNode {
 pub struct ObjectSpace<M: PhysicalMemory> {
     /// The memory holding the objects.
     pub memory: M,
+    /// The ASID pools, by the ASIDs' top bits.
+    pub asid_table: [Option<PhysAddr>; vspace::ASID_POOLS],
+    /// The kernel's PML4, whose upper half every new address space shares.
+    pub kernel_pml4: Option<PhysAddr>,
 }
 
 impl<M: PhysicalMemory> ObjectSpace<M> {
     /// The object space over `memory`.
     pub const fn new(memory: M) -> Self {
-        Self { memory }
+        Self { memory, asid_table: [None; vspace::ASID_POOLS], kernel_pml4: None }
     }
 
     /// The capability in `slot`.
     pub fn cap(&self, slot: Slot) -> Capability {
-        let words = [
-            self.memory.read(slot.word(0)),
-            self.memory.read(slot.word(1)),
-        ];
+        let words = [self.memory.read(slot.word(0)), self.memory.read(slot.word(1))];
         // Only the kernel writes slots, always with `set_cap`: a corrupt slot
         // is a kernel bug. Reading it as empty is the safe degradation.
         Capability::decode(words).unwrap_or_else(|_| {
@@ -134,10 +132,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// The derivation-tree node of `slot`.
     pub fn mdb(&self, slot: Slot) -> MdbNode {
-        MdbNode::decode([
-            self.memory.read(slot.word(2)),
-            self.memory.read(slot.word(3)),
-        ])
+        MdbNode::decode([self.memory.read(slot.word(2)), self.memory.read(slot.word(3))])
     }
 
     /// Stores the derivation-tree node of `slot`.
@@ -151,15 +146,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     pub fn insert_root(&mut self, slot: Slot, cap: Capability) {
         debug_assert!(self.cap(slot).is_null());
         self.set_cap(slot, cap);
-        self.set_mdb(
-            slot,
-            MdbNode {
-                prev: None,
-                next: None,
-                revocable: true,
-                first_badged: true,
-            },
-        );
+        self.set_mdb(slot, MdbNode { prev: None, next: None, revocable: true, first_badged: true });
     }
 
     /// Whether `a` and `b` name overlapping memory in the sense of the
@@ -174,23 +161,23 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 _ => false,
             },
             (Capability::Endpoint { object: x, .. }, Capability::Endpoint { object: y, .. })
-            | (
-                Capability::Notification { object: x, .. },
-                Capability::Notification { object: y, .. },
-            )
+            | (Capability::Notification { object: x, .. }, Capability::Notification { object: y, .. })
             | (Capability::Tcb { object: x }, Capability::Tcb { object: y }) => x == y,
             (
-                Capability::CNode {
-                    object: x,
-                    radix: rx,
-                    ..
-                },
-                Capability::CNode {
-                    object: y,
-                    radix: ry,
-                    ..
-                },
+                Capability::CNode { object: x, radix: rx, .. },
+                Capability::CNode { object: y, radix: ry, .. },
             ) => x == y && rx == ry,
+            (
+                Capability::Frame { object: x, size: sx, .. },
+                Capability::Frame { object: y, size: sy, .. },
+            ) => x == y && sx == sy,
+            (
+                Capability::PageTable { object: x, level: lx, .. },
+                Capability::PageTable { object: y, level: ly, .. },
+            ) => x == y && lx == ly,
+            (Capability::Pml4 { object: x, .. }, Capability::Pml4 { object: y, .. })
+            | (Capability::AsidPool { object: x, .. }, Capability::AsidPool { object: y, .. }) => x == y,
+            (Capability::AsidControl, Capability::AsidControl) => true,
             _ => false,
         }
     }
@@ -223,9 +210,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// Whether the capability in `slot` has children.
     pub fn has_children(&self, slot: Slot) -> bool {
-        self.mdb(slot)
-            .next
-            .is_some_and(|next| self.is_parent_of(slot, next))
+        self.mdb(slot).next.is_some_and(|next| self.is_parent_of(slot, next))
     }
 
     /// Whether the capability in `slot` is the last one to its object
@@ -233,8 +218,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     pub fn is_final(&self, slot: Slot) -> bool {
         let cap = self.cap(slot);
         let node = self.mdb(slot);
-        let shares =
-            |other: Option<Slot>| other.is_some_and(|o| Self::same_object_as(&cap, &self.cap(o)));
+        let shares = |other: Option<Slot>| other.is_some_and(|o| Self::same_object_as(&cap, &self.cap(o)));
         !shares(node.prev) && !shares(node.next)
     }
 
@@ -247,10 +231,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let revocable = match (&cap, &source) {
             (Capability::Untyped { .. }, _) => true,
             (Capability::Endpoint { badge: new, .. }, Capability::Endpoint { badge: old, .. })
-            | (
-                Capability::Notification { badge: new, .. },
-                Capability::Notification { badge: old, .. },
-            ) => new != old,
+            | (Capability::Notification { badge: new, .. }, Capability::Notification { badge: old, .. }) => {
+                new != old
+            }
             _ => false,
         };
         self.link_after(parent, slot, cap, revocable);
@@ -265,15 +248,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let mut parent_node = self.mdb(parent);
         let next = parent_node.next;
         self.set_cap(slot, cap);
-        self.set_mdb(
-            slot,
-            MdbNode {
-                prev: Some(parent),
-                next,
-                revocable,
-                first_badged: revocable,
-            },
-        );
+        self.set_mdb(slot, MdbNode { prev: Some(parent), next, revocable, first_badged: revocable });
         parent_node.next = Some(slot);
         self.set_mdb(parent, parent_node);
         if let Some(next) = next {
@@ -319,16 +294,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             Some(s) if s == b => Some(a),
             other => other,
         };
-        let new_a = MdbNode {
-            prev: rename(node_b.prev),
-            next: rename(node_b.next),
-            ..node_b
-        };
-        let new_b = MdbNode {
-            prev: rename(node_a.prev),
-            next: rename(node_a.next),
-            ..node_a
-        };
+        let new_a = MdbNode { prev: rename(node_b.prev), next: rename(node_b.next), ..node_b };
+        let new_b = MdbNode { prev: rename(node_a.prev), next: rename(node_a.next), ..node_a };
         self.set_cap(a, cap_b);
         self.set_cap(b, cap_a);
         self.set_mdb(a, new_a);

@@ -21,12 +21,7 @@ const UNTYPED_BASE: PhysAddr = PhysAddr(0x10_0000);
 const UNTYPED_BITS: u8 = 20;
 
 fn root_cap() -> Capability {
-    Capability::CNode {
-        object: ROOT_CNODE,
-        radix: ROOT_RADIX,
-        guard_size: 0,
-        guard: 0,
-    }
+    Capability::CNode { object: ROOT_CNODE, radix: ROOT_RADIX, guard_size: 0, guard: 0 }
 }
 
 /// A booted object space: root CNode (cap to itself in slot 0), a 1 MiB
@@ -36,12 +31,7 @@ fn boot() -> ObjectSpace<Arena> {
     space.insert_root(Slot::in_cnode(ROOT_CNODE, 0), root_cap());
     space.insert_root(
         Slot::in_cnode(ROOT_CNODE, 1),
-        Capability::Untyped {
-            base: UNTYPED_BASE,
-            size_bits: UNTYPED_BITS,
-            free_index: 0,
-            device: false,
-        },
+        Capability::Untyped { base: UNTYPED_BASE, size_bits: UNTYPED_BITS, free_index: 0, device: false },
     );
     space
 }
@@ -81,10 +71,7 @@ fn scan(space: &ObjectSpace<Arena>) -> (HashSet<(PhysAddr, u8)>, Vec<Slot>) {
                         None => break,
                     }
                 }
-                assert!(
-                    space.mdb(slot).prev.is_none(),
-                    "back links from {slot:?} loop"
-                );
+                assert!(space.mdb(slot).prev.is_none(), "back links from {slot:?} loop");
                 heads.insert(slot);
             }
         }
@@ -94,19 +81,9 @@ fn scan(space: &ObjectSpace<Arena>) -> (HashSet<(PhysAddr, u8)>, Vec<Slot>) {
             let mut previous = None;
             let mut current = Some(head);
             while let Some(slot) = current {
-                assert!(
-                    seen.insert(slot),
-                    "slot {slot:?} appears twice in the derivation lists"
-                );
-                assert_eq!(
-                    space.mdb(slot).prev,
-                    previous,
-                    "broken back link at {slot:?}"
-                );
-                assert!(
-                    !space.cap(slot).is_null(),
-                    "empty slot {slot:?} in a derivation list"
-                );
+                assert!(seen.insert(slot), "slot {slot:?} appears twice in the derivation lists");
+                assert_eq!(space.mdb(slot).prev, previous, "broken back link at {slot:?}");
+                assert!(!space.cap(slot).is_null(), "empty slot {slot:?} in a derivation list");
                 entries.push(slot);
                 previous = Some(slot);
                 current = space.mdb(slot).next;
@@ -114,8 +91,8 @@ fn scan(space: &ObjectSpace<Arena>) -> (HashSet<(PhysAddr, u8)>, Vec<Slot>) {
         }
         let before = cnodes.len();
         for &slot in &entries {
-            if let Capability::CNode { object, radix, .. }
-            | Capability::Zombie { object, radix, .. } = space.cap(slot)
+            if let Capability::CNode { object, radix, .. } | Capability::Zombie { object, radix, .. } =
+                space.cap(slot)
             {
                 cnodes.insert((object, radix));
             }
@@ -155,16 +132,9 @@ fn check_invariants(space: &ObjectSpace<Arena>) {
         for i in 0..1u64 << radix {
             let slot = Slot::in_cnode(object, i);
             if space.cap(slot).is_null() {
-                assert_eq!(
-                    space.mdb(slot),
-                    MdbNode::default(),
-                    "empty slot {slot:?} has links"
-                );
+                assert_eq!(space.mdb(slot), MdbNode::default(), "empty slot {slot:?} has links");
             } else {
-                assert!(
-                    listed.contains(&slot),
-                    "occupied slot {slot:?} is in no derivation list"
-                );
+                assert!(listed.contains(&slot), "occupied slot {slot:?} is in no derivation list");
             }
         }
     }
@@ -172,16 +142,8 @@ fn check_invariants(space: &ObjectSpace<Arena>) {
     let mut objects: HashMap<(u8, PhysAddr), (PhysAddr, u64)> = HashMap::new();
     for &slot in &entries {
         let cap = space.cap(slot);
-        if let Capability::Untyped {
-            size_bits,
-            free_index,
-            ..
-        } = cap
-        {
-            assert!(
-                free_index <= 1 << size_bits,
-                "free index past the end of {cap:?}"
-            );
+        if let Capability::Untyped { size_bits, free_index, .. } = cap {
+            assert!(free_index <= 1 << size_bits, "free index past the end of {cap:?}");
         }
         // Rights never grow from parent to child; badges are inherited.
         if let Some(Some(parent)) = parents.get(&slot) {
@@ -196,10 +158,7 @@ fn check_invariants(space: &ObjectSpace<Arena>) {
                 }
             }
             // An object lies inside the Untyped it came from, below its free index.
-            if let Capability::Untyped {
-                base, free_index, ..
-            } = parent_cap
-            {
+            if let Capability::Untyped { base, free_index, .. } = parent_cap {
                 let (object, size) = cap.region().expect("objects have regions");
                 assert!(
                     base <= object && object.get() + size <= base.get() + free_index,
@@ -220,18 +179,10 @@ fn check_invariants(space: &ObjectSpace<Arena>) {
         }
     }
     // No two distinct live objects overlap.
-    let mut regions: Vec<(u64, u64)> = objects
-        .values()
-        .map(|(o, s)| (o.get(), o.get() + s))
-        .collect();
+    let mut regions: Vec<(u64, u64)> = objects.values().map(|(o, s)| (o.get(), o.get() + s)).collect();
     regions.sort();
     for pair in regions.windows(2) {
-        assert!(
-            pair[0].1 <= pair[1].0,
-            "live objects overlap: {:x?} and {:x?}",
-            pair[0],
-            pair[1]
-        );
+        assert!(pair[0].1 <= pair[1].0, "live objects overlap: {:x?} and {:x?}", pair[0], pair[1]);
     }
 }
 
@@ -250,41 +201,13 @@ impl Pick {
 /// One random operation; indices pick addresses from those reachable now.
 #[derive(Debug, Clone)]
 enum Op {
-    Retype {
-        untyped: Pick,
-        kind: u8,
-        size: u8,
-        dest: Pick,
-        count: u8,
-    },
-    Copy {
-        src: Pick,
-        dest: Pick,
-        rights: u8,
-    },
-    Mint {
-        src: Pick,
-        dest: Pick,
-        rights: u8,
-        data: u64,
-    },
-    Move {
-        src: Pick,
-        dest: Pick,
-    },
-    Mutate {
-        src: Pick,
-        dest: Pick,
-        data: u64,
-    },
-    Delete {
-        slot: Pick,
-        budget: u8,
-    },
-    Revoke {
-        slot: Pick,
-        budget: u8,
-    },
+    Retype { untyped: Pick, kind: u8, size: u8, dest: Pick, count: u8 },
+    Copy { src: Pick, dest: Pick, rights: u8 },
+    Mint { src: Pick, dest: Pick, rights: u8, data: u64 },
+    Move { src: Pick, dest: Pick },
+    Mutate { src: Pick, dest: Pick, data: u64 },
+    Delete { slot: Pick, budget: u8 },
+    Revoke { slot: Pick, budget: u8 },
 }
 
 fn any_op() -> impl Strategy<Value = Op> {
@@ -307,11 +230,8 @@ fn addresses(space: &ObjectSpace<Arena>) -> Vec<(u64, u64)> {
     for i in 0..1u64 << ROOT_RADIX {
         out.push((i, u64::from(ROOT_RADIX)));
         // Second-level CNodes are small (radix 4 or less) and guard-free.
-        if let Capability::CNode {
-            radix: radix @ 0..=4,
-            guard_size: 0,
-            ..
-        } = space.cap(Slot::in_cnode(ROOT_CNODE, i))
+        if let Capability::CNode { radix: radix @ 0..=4, guard_size: 0, .. } =
+            space.cap(Slot::in_cnode(ROOT_CNODE, i))
         {
             for j in 0..1u64 << radix {
                 out.push(((i << radix) | j, u64::from(ROOT_RADIX + radix)));
@@ -323,10 +243,7 @@ fn addresses(space: &ObjectSpace<Arena>) -> Vec<(u64, u64)> {
 
 /// Slots inside CNodes that were live before and are now gone, or are
 /// being destroyed (held by a zombie).
-fn destroyed_regions(
-    space: &ObjectSpace<Arena>,
-    before: &HashSet<(PhysAddr, u8)>,
-) -> Vec<(u64, u64)> {
+fn destroyed_regions(space: &ObjectSpace<Arena>, before: &HashSet<(PhysAddr, u8)>) -> Vec<(u64, u64)> {
     let (after, entries) = scan(space);
     let dying: HashSet<(PhysAddr, u8)> = entries
         .iter()
@@ -338,12 +255,7 @@ fn destroyed_regions(
     before
         .iter()
         .filter(|cnode| !after.contains(cnode) || dying.contains(cnode))
-        .map(|(o, r)| {
-            (
-                o.get(),
-                o.get() + (1u64 << (u32::from(*r) + SLOT_SIZE_BITS)),
-            )
-        })
+        .map(|(o, r)| (o.get(), o.get() + (1u64 << (u32::from(*r) + SLOT_SIZE_BITS))))
         .collect()
 }
 
@@ -351,26 +263,12 @@ fn run(space: &mut ObjectSpace<Arena>, op: &Op) -> Result<(), InvocationError> {
     let addrs = addresses(space);
     let root = root_cap();
     let at = |space: &ObjectSpace<Arena>, (index, depth): (u64, u64)| {
-        space
-            .lookup_slot(root, index, depth as u8)
-            .map(|s| space.cap(s))
-            .unwrap_or(Capability::Null)
+        space.lookup_slot(root, index, depth as u8).map(|s| space.cap(s)).unwrap_or(Capability::Null)
     };
-    let occupied: Vec<(u64, u64)> = addrs
-        .iter()
-        .copied()
-        .filter(|&a| !at(space, a).is_null())
-        .collect();
-    let empty: Vec<(u64, u64)> = addrs
-        .iter()
-        .copied()
-        .filter(|&a| at(space, a).is_null())
-        .collect();
-    let untypeds: Vec<(u64, u64)> = occupied
-        .iter()
-        .copied()
-        .filter(|&a| matches!(at(space, a), Capability::Untyped { .. }))
-        .collect();
+    let occupied: Vec<(u64, u64)> = addrs.iter().copied().filter(|&a| !at(space, a).is_null()).collect();
+    let empty: Vec<(u64, u64)> = addrs.iter().copied().filter(|&a| at(space, a).is_null()).collect();
+    let untypeds: Vec<(u64, u64)> =
+        occupied.iter().copied().filter(|&a| matches!(at(space, a), Capability::Untyped { .. })).collect();
     let cnodes: Vec<Capability> = occupied
         .iter()
         .map(|&a| at(space, a))
@@ -380,21 +278,14 @@ fn run(space: &mut ObjectSpace<Arena>, op: &Op) -> Result<(), InvocationError> {
     // error paths exercised.
     let choose = |list: &[(u64, u64)], index: &Pick| {
         let n = index.index(10 * addrs.len());
-        if n.is_multiple_of(10) || list.is_empty() {
-            addrs[n / 10]
-        } else {
-            list[n / 10 % list.len()]
-        }
+        if n.is_multiple_of(10) || list.is_empty() { addrs[n / 10] } else { list[n / 10 % list.len()] }
     };
     let pick = |index: &Pick| choose(&occupied, index);
     // Deleting the root's own capability (slot 0) or the boot Untyped
     // (slot 1) ends the interesting part of a sequence: only the
     // one-in-ten random pick does it.
-    let deletable: Vec<(u64, u64)> = occupied
-        .iter()
-        .copied()
-        .filter(|&(i, d)| d != u64::from(ROOT_RADIX) || i > 1)
-        .collect();
+    let deletable: Vec<(u64, u64)> =
+        occupied.iter().copied().filter(|&(i, d)| d != u64::from(ROOT_RADIX) || i > 1).collect();
     let pick_deletable = |index: &Pick| choose(&deletable, index);
     let pick_empty = |index: &Pick| choose(&empty, index);
     let cnode_op = |space: &mut ObjectSpace<Arena>, label: Label, words: &[u64], budget: u32| {
@@ -403,30 +294,15 @@ fn run(space: &mut ObjectSpace<Arena>, op: &Op) -> Result<(), InvocationError> {
         Ok(())
     };
     match op {
-        Op::Retype {
-            untyped,
-            kind,
-            size,
-            dest,
-            count,
-        } => {
+        Op::Retype { untyped, kind, size, dest, count } => {
             let (index, depth) = choose(&untypeds, untyped);
             let slot = space
                 .lookup_slot(root, index, depth as u8)
-                .map_err(|failure| InvocationError::FailedLookup {
-                    source: true,
-                    failure,
-                })?;
+                .map_err(|failure| InvocationError::FailedLookup { source: true, failure })?;
             // Into the root, or into another guard-free CNode.
             let n = dest.index(1 << 20);
-            let destination = if n % 3 == 0 || cnodes.is_empty() {
-                root
-            } else {
-                cnodes[n % cnodes.len()]
-            };
-            let Capability::CNode { radix, .. } = destination else {
-                unreachable!()
-            };
+            let destination = if n % 3 == 0 || cnodes.is_empty() { root } else { cnodes[n % cnodes.len()] };
+            let Capability::CNode { radix, .. } = destination else { unreachable!() };
             let first = (n as u64 / 3) % (1 << radix);
             // CNodes and endpoints are the interesting objects; sizes stay small.
             let kind = [0u8, 4, 4, 2, 3, 5][usize::from(*kind) % 6];
@@ -448,26 +324,11 @@ fn run(space: &mut ObjectSpace<Arena>, op: &Op) -> Result<(), InvocationError> {
         }
         Op::Copy { src, dest, rights } => {
             let (s, d) = (pick(src), pick_empty(dest));
-            cnode_op(
-                space,
-                Label::CNodeCopy,
-                &[d.0, d.1, s.0, s.1, u64::from(*rights)],
-                1,
-            )
+            cnode_op(space, Label::CNodeCopy, &[d.0, d.1, s.0, s.1, u64::from(*rights)], 1)
         }
-        Op::Mint {
-            src,
-            dest,
-            rights,
-            data,
-        } => {
+        Op::Mint { src, dest, rights, data } => {
             let (s, d) = (pick(src), pick_empty(dest));
-            cnode_op(
-                space,
-                Label::CNodeMint,
-                &[d.0, d.1, s.0, s.1, u64::from(*rights), *data],
-                1,
-            )
+            cnode_op(space, Label::CNodeMint, &[d.0, d.1, s.0, s.1, u64::from(*rights), *data], 1)
         }
         Op::Move { src, dest } => {
             let (s, d) = (pick(src), pick_empty(dest));
@@ -483,12 +344,9 @@ fn run(space: &mut ObjectSpace<Arena>, op: &Op) -> Result<(), InvocationError> {
         }
         Op::Revoke { slot, budget } => {
             let (i, d) = pick_deletable(slot);
-            let target = space.lookup_slot(root, i, d as u8).map_err(|failure| {
-                InvocationError::FailedLookup {
-                    source: false,
-                    failure,
-                }
-            })?;
+            let target = space
+                .lookup_slot(root, i, d as u8)
+                .map_err(|failure| InvocationError::FailedLookup { source: false, failure })?;
             // What must go: the run after the slot that the tree calls its descendants.
             let (cnodes_before, entries) = scan(space);
             let parents = parents(space, &entries);
@@ -499,21 +357,15 @@ fn run(space: &mut ObjectSpace<Arena>, op: &Op) -> Result<(), InvocationError> {
                     None => return false,
                 }
             };
-            let descendants: HashSet<Slot> = entries
-                .iter()
-                .copied()
-                .filter(|&s| is_descendant(s))
-                .collect();
-            let snapshot: Vec<(Slot, Capability)> =
-                entries.iter().map(|&s| (s, space.cap(s))).collect();
+            let descendants: HashSet<Slot> = entries.iter().copied().filter(|&s| is_descendant(s)).collect();
+            let snapshot: Vec<(Slot, Capability)> = entries.iter().map(|&s| (s, space.cap(s))).collect();
             cnode_op(space, Label::CNodeRevoke, &[i, d], u32::from(*budget))?;
             assert!(!space.has_children(target), "revoke left children");
             // The revoked capability may itself have been destroyed (it lived
             // in a CNode the revoke destroyed): the revoke then ends there.
             let revoker_destroyed = space.cap(target).is_null();
             let destroyed = destroyed_regions(space, &cnodes_before);
-            let inside_destroyed =
-                |s: Slot| destroyed.iter().any(|&(a, b)| (a..b).contains(&s.0.get()));
+            let inside_destroyed = |s: Slot| destroyed.iter().any(|&(a, b)| (a..b).contains(&s.0.get()));
             for (slot, cap) in snapshot {
                 if descendants.contains(&slot) {
                     let now = space.cap(slot);
@@ -525,16 +377,9 @@ fn run(space: &mut ObjectSpace<Arena>, op: &Op) -> Result<(), InvocationError> {
                         || inside_destroyed(slot)
                         || revoker_destroyed
                         || matches!(now, Capability::Zombie { .. });
-                    assert!(
-                        acceptable,
-                        "descendant {slot:?} ({cap:?}, now {now:?}) survived revoke"
-                    );
+                    assert!(acceptable, "descendant {slot:?} ({cap:?}, now {now:?}) survived revoke");
                 } else if !inside_destroyed(slot) && slot != target {
-                    assert_eq!(
-                        space.cap(slot),
-                        cap,
-                        "revoke touched {slot:?}, which is not a descendant"
-                    );
+                    assert_eq!(space.cap(slot), cap, "revoke touched {slot:?}, which is not a descendant");
                 }
             }
             Ok(())
@@ -586,25 +431,13 @@ fn copies_and_badged_mints_form_the_expected_tree() {
     let mut space = boot();
     let root = root_cap();
     let retype = space
-        .decode_retype(
-            Slot::in_cnode(ROOT_CNODE, 1),
-            ObjectType::Endpoint as u64,
-            0,
-            root,
-            2,
-            1,
-        )
+        .decode_retype(Slot::in_cnode(ROOT_CNODE, 1), ObjectType::Endpoint as u64, 0, root, 2, 1)
         .expect("room");
     space.perform_retype(&retype);
     let ep = Slot::in_cnode(ROOT_CNODE, 2);
     let mint = |space: &mut ObjectSpace<Arena>, dest: u64, src: u64, rights: Rights, badge: u64| {
         let inv = space
-            .decode_cnode(
-                root,
-                Label::CNodeMint,
-                &[dest, 6, src, 6, rights.bits(), badge],
-                Some(root),
-            )
+            .decode_cnode(root, Label::CNodeMint, &[dest, 6, src, 6, rights.bits(), badge], Some(root))
             .expect("valid mint");
         assert_eq!(space.perform_cnode(inv, &mut Budget(1)), Progress::Done);
     };
@@ -612,11 +445,7 @@ fn copies_and_badged_mints_form_the_expected_tree() {
     mint(&mut space, 4, 3, Rights::all(), 0); // copy of the badged cap: keeps badge and WRITE only
     assert_eq!(
         space.cap(Slot::in_cnode(ROOT_CNODE, 4)),
-        Capability::Endpoint {
-            object: PhysAddr(0x10_0000),
-            badge: 7,
-            rights: Rights::WRITE
-        }
+        Capability::Endpoint { object: PhysAddr(0x10_0000), badge: 7, rights: Rights::WRITE }
     );
     // Re-badging a badged capability is refused.
     assert_eq!(
@@ -626,9 +455,7 @@ fn copies_and_badged_mints_form_the_expected_tree() {
     assert!(space.is_parent_of(ep, Slot::in_cnode(ROOT_CNODE, 3)));
     assert!(space.is_parent_of(Slot::in_cnode(ROOT_CNODE, 3), Slot::in_cnode(ROOT_CNODE, 4)));
     // Revoking the badged capability removes its copy but not itself or the original.
-    finish(&mut space, 1, |s, b| {
-        s.revoke(Slot::in_cnode(ROOT_CNODE, 3), b)
-    });
+    finish(&mut space, 1, |s, b| s.revoke(Slot::in_cnode(ROOT_CNODE, 3), b));
     assert!(space.cap(Slot::in_cnode(ROOT_CNODE, 4)).is_null());
     assert!(!space.cap(Slot::in_cnode(ROOT_CNODE, 3)).is_null());
     // Revoking the original removes the badged one.
@@ -664,10 +491,7 @@ fn decode_reports_each_error_with_its_data() {
         space.decode_cnode(root, Label::CNodeCopy, &[2, 5, 1, 6, 0], Some(root)),
         Err(InvocationError::FailedLookup {
             source: false,
-            failure: LookupFailure::DepthMismatch {
-                bits_left: 5,
-                bits_found: 6
-            }
+            failure: LookupFailure::DepthMismatch { bits_left: 5, bits_found: 6 }
         })
     );
     // Untyped capabilities are never copied.
@@ -696,10 +520,7 @@ fn decode_reports_each_error_with_its_data() {
         space.decode_retype(untyped, 2, 0, root, 63, 2),
         Err(InvocationError::RangeError { min: 0, max: 63 })
     );
-    assert_eq!(
-        space.decode_retype(untyped, 2, 0, root, 0, 1),
-        Err(InvocationError::DeleteFirst)
-    );
+    assert_eq!(space.decode_retype(untyped, 2, 0, root, 0, 1), Err(InvocationError::DeleteFirst));
     assert_eq!(
         space.decode_retype(untyped, 0, 21, root, 2, 1),
         Err(InvocationError::NotEnoughMemory { available: 1 << 20 })
@@ -715,35 +536,23 @@ fn retype_aligns_objects_exhausts_and_resets_after_revoke() {
     let mut space = boot();
     let root = root_cap();
     let untyped = Slot::in_cnode(ROOT_CNODE, 1);
-    let retype = space
-        .decode_retype(untyped, ObjectType::Endpoint as u64, 0, root, 2, 3)
-        .expect("room");
+    let retype = space.decode_retype(untyped, ObjectType::Endpoint as u64, 0, root, 2, 3).expect("room");
     space.perform_retype(&retype);
     // A 4 KiB TCB after three 16-byte endpoints starts at the next 4 KiB boundary.
-    let retype = space
-        .decode_retype(untyped, ObjectType::Tcb as u64, 0, root, 5, 1)
-        .expect("room");
+    let retype = space.decode_retype(untyped, ObjectType::Tcb as u64, 0, root, 5, 1).expect("room");
     assert_eq!(retype.first_object, PhysAddr(UNTYPED_BASE.get() + 0x1000));
     space.perform_retype(&retype);
     // The rest of the 1 MiB: 255 pages are left, so 256 TCBs do not fit.
     assert_eq!(
-        space
-            .decode_retype(untyped, ObjectType::Tcb as u64, 0, root, 6, 256 - 6 + 6)
-            .map(|_| ()),
+        space.decode_retype(untyped, ObjectType::Tcb as u64, 0, root, 6, 256 - 6 + 6).map(|_| ()),
         Err(InvocationError::RangeError { min: 0, max: 63 })
     );
     let too_big = space.decode_retype(untyped, ObjectType::Untyped as u64, 20, root, 6, 1);
-    assert_eq!(
-        too_big,
-        Err(InvocationError::NotEnoughMemory {
-            available: (1 << 20) - 0x2000
-        })
-    );
+    assert_eq!(too_big, Err(InvocationError::NotEnoughMemory { available: (1 << 20) - 0x2000 }));
     check_invariants(&space);
     finish(&mut space, 2, |s, b| s.revoke(untyped, b));
-    let again = space
-        .decode_retype(untyped, ObjectType::Untyped as u64, 20, root, 6, 1)
-        .expect("whole region free");
+    let again =
+        space.decode_retype(untyped, ObjectType::Untyped as u64, 20, root, 6, 1).expect("whole region free");
     assert!(again.reset);
     assert_eq!(again.first_object, UNTYPED_BASE);
 }
@@ -754,16 +563,10 @@ fn deleting_cnode_cycles_and_self_containment_terminates_cleanly() {
     let root = root_cap();
     let untyped = Slot::in_cnode(ROOT_CNODE, 1);
     // Two CNodes A (slot 2) and B (slot 3), radix 2.
-    let retype = space
-        .decode_retype(untyped, ObjectType::CNode as u64, 2, root, 2, 2)
-        .expect("room");
+    let retype = space.decode_retype(untyped, ObjectType::CNode as u64, 2, root, 2, 2).expect("room");
     space.perform_retype(&retype);
-    let (a, b) = (
-        space.cap(Slot::in_cnode(ROOT_CNODE, 2)),
-        space.cap(Slot::in_cnode(ROOT_CNODE, 3)),
-    );
-    let (Capability::CNode { object: a_obj, .. }, Capability::CNode { object: b_obj, .. }) = (a, b)
-    else {
+    let (a, b) = (space.cap(Slot::in_cnode(ROOT_CNODE, 2)), space.cap(Slot::in_cnode(ROOT_CNODE, 3)));
+    let (Capability::CNode { object: a_obj, .. }, Capability::CNode { object: b_obj, .. }) = (a, b) else {
         panic!()
     };
     // Move A's only cap into B, and B's only cap into A: a cycle; A also gets a cap to itself via a copy.
@@ -771,28 +574,14 @@ fn deleting_cnode_cycles_and_self_containment_terminates_cleanly() {
         let cap = space.cap(from);
         space.move_cap(from, to, cap);
     };
-    mv(
-        &mut space,
-        Slot::in_cnode(ROOT_CNODE, 2),
-        Slot::in_cnode(b_obj, 3),
-    );
+    mv(&mut space, Slot::in_cnode(ROOT_CNODE, 2), Slot::in_cnode(b_obj, 3));
     // Keep a way in to B before hiding its cap in A: a copy at root slot 4.
-    space.insert_derived(
-        Slot::in_cnode(ROOT_CNODE, 3),
-        Slot::in_cnode(ROOT_CNODE, 4),
-        b,
-    );
-    mv(
-        &mut space,
-        Slot::in_cnode(ROOT_CNODE, 3),
-        Slot::in_cnode(a_obj, 1),
-    );
+    space.insert_derived(Slot::in_cnode(ROOT_CNODE, 3), Slot::in_cnode(ROOT_CNODE, 4), b);
+    mv(&mut space, Slot::in_cnode(ROOT_CNODE, 3), Slot::in_cnode(a_obj, 1));
     space.insert_derived(Slot::in_cnode(b_obj, 3), Slot::in_cnode(a_obj, 2), a);
     check_invariants(&space);
     // Delete the last outside cap to B: B is not final (A holds one), so it just goes.
-    finish(&mut space, 1, |s, b| {
-        s.delete(Slot::in_cnode(ROOT_CNODE, 4), b)
-    });
+    finish(&mut space, 1, |s, b| s.delete(Slot::in_cnode(ROOT_CNODE, 4), b));
     check_invariants(&space);
     // Now only the Untyped can reach the cycle: revoking it must destroy both.
     finish(&mut space, 1, |s, b| s.revoke(untyped, b));

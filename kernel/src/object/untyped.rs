@@ -12,6 +12,7 @@
 use strata_abi::error::InvocationError;
 use strata_abi::object::{ObjectType, SizeOutOfRange};
 
+use super::cap::{FrameSize, TableLevel};
 use super::{Capability, ObjectSpace, PhysicalMemory, Slot};
 use crate::addr::PhysAddr;
 
@@ -54,50 +55,29 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         first_slot: u64,
         count: u64,
     ) -> Result<Retype, InvocationError> {
-        let Capability::Untyped {
-            base,
-            size_bits,
-            free_index,
-            device,
-        } = self.cap(untyped)
-        else {
+        let Capability::Untyped { base, size_bits, free_index, device } = self.cap(untyped) else {
             return Err(InvocationError::InvalidCapability { index: 0 });
         };
-        let object_type = ObjectType::try_from(object_type)
-            .map_err(|_| InvocationError::InvalidArgument { index: 0 })?;
+        let object_type =
+            ObjectType::try_from(object_type).map_err(|_| InvocationError::InvalidArgument { index: 0 })?;
         let user_size = u32::try_from(user_size).unwrap_or(u32::MAX);
-        let object_size_bits =
-            object_type
-                .size_bits(user_size)
-                .map_err(|SizeOutOfRange { min, max }| InvocationError::RangeError {
-                    min: u64::from(min),
-                    max: u64::from(max),
-                })?;
+        let object_size_bits = object_type.size_bits(user_size).map_err(|SizeOutOfRange { min, max }| {
+            InvocationError::RangeError { min: u64::from(min), max: u64::from(max) }
+        })?;
         if !(1..=MAX_OBJECTS_PER_RETYPE).contains(&count) {
-            return Err(InvocationError::RangeError {
-                min: 1,
-                max: MAX_OBJECTS_PER_RETYPE,
-            });
+            return Err(InvocationError::RangeError { min: 1, max: MAX_OBJECTS_PER_RETYPE });
         }
         // Device memory may hold only device Untypeds (and, later, frames):
         // the kernel never keeps its own state in it.
         if device && object_type != ObjectType::Untyped {
             return Err(InvocationError::InvalidArgument { index: 0 });
         }
-        let Capability::CNode {
-            object: cnode,
-            radix,
-            ..
-        } = destination
-        else {
+        let Capability::CNode { object: cnode, radix, .. } = destination else {
             return Err(InvocationError::InvalidCapability { index: 1 });
         };
         let slots = 1u64 << radix;
         if first_slot >= slots || count > slots - first_slot {
-            return Err(InvocationError::RangeError {
-                min: 0,
-                max: slots - 1,
-            });
+            return Err(InvocationError::RangeError { min: 0, max: slots - 1 });
         }
         for index in first_slot..first_slot + count {
             if !self.cap(Slot::in_cnode(cnode, index)).is_null() {
@@ -112,8 +92,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let start = (base.get() + used).next_multiple_of(object_size);
         let needed = count.checked_mul(object_size);
         let end = needed.and_then(|n| start.checked_add(n));
-        if object_size_bits > u32::from(size_bits) || end.is_none_or(|end| end > base.get() + size)
-        {
+        if object_size_bits > u32::from(size_bits) || end.is_none_or(|end| end > base.get() + size) {
             return Err(InvocationError::NotEnoughMemory { available });
         }
         Ok(Retype {
@@ -131,13 +110,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// Creates the objects and their capabilities.
     pub fn perform_retype(&mut self, retype: &Retype) {
-        let Capability::Untyped {
-            base,
-            size_bits,
-            device,
-            ..
-        } = self.cap(retype.untyped)
-        else {
+        let Capability::Untyped { base, size_bits, device, .. } = self.cap(retype.untyped) else {
             debug_assert!(false, "decode checked the Untyped");
             return;
         };
@@ -154,25 +127,42 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     device,
                 },
                 ObjectType::Tcb => Capability::Tcb { object },
-                ObjectType::Endpoint => Capability::Endpoint {
+                ObjectType::Endpoint => {
+                    Capability::Endpoint { object, badge: 0, rights: strata_abi::object::Rights::all() }
+                }
+                ObjectType::Notification => {
+                    Capability::Notification { object, badge: 0, rights: strata_abi::object::Rights::all() }
+                }
+                ObjectType::CNode => {
+                    Capability::CNode { object, radix: retype.user_size as u8, guard_size: 0, guard: 0 }
+                }
+                ObjectType::Frame4K | ObjectType::Frame2M => Capability::Frame {
                     object,
-                    badge: 0,
-                    rights: strata_abi::object::Rights::all(),
+                    size: if retype.object_type == ObjectType::Frame2M {
+                        FrameSize::Large
+                    } else {
+                        FrameSize::Small
+                    },
+                    rights: strata_abi::object::Rights::READ | strata_abi::object::Rights::WRITE,
+                    device,
+                    mapping: None,
                 },
-                ObjectType::Notification => Capability::Notification {
-                    object,
-                    badge: 0,
-                    rights: strata_abi::object::Rights::all(),
-                },
-                ObjectType::CNode => Capability::CNode {
-                    object,
-                    radix: retype.user_size as u8,
-                    guard_size: 0,
-                    guard: 0,
-                },
+                ObjectType::PageTable => {
+                    Capability::PageTable { object, level: TableLevel::PageTable, mapping: None }
+                }
+                ObjectType::PageDirectory => {
+                    Capability::PageTable { object, level: TableLevel::PageDirectory, mapping: None }
+                }
+                ObjectType::Pdpt => Capability::PageTable { object, level: TableLevel::Pdpt, mapping: None },
+                ObjectType::Pml4 => Capability::Pml4 { object, asid: None },
             };
-            if retype.object_type != ObjectType::Untyped {
+            // Device memory is never written by the kernel; Untypeds are
+            // zeroed piecewise as objects are made from them.
+            if retype.object_type != ObjectType::Untyped && !device {
                 self.memory.zero(object, object_size);
+            }
+            if retype.object_type == ObjectType::Pml4 {
+                self.init_pml4(object);
             }
             let slot = Slot::in_cnode(retype.destination, retype.first_slot + n);
             self.insert_new_object(retype.untyped, slot, cap);
@@ -181,12 +171,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         debug_assert!(end <= base.get() + (1 << size_bits));
         self.set_cap(
             retype.untyped,
-            Capability::Untyped {
-                base,
-                size_bits,
-                free_index: end - base.get(),
-                device,
-            },
+            Capability::Untyped { base, size_bits, free_index: end - base.get(), device },
         );
     }
 }

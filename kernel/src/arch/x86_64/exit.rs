@@ -1,8 +1,6 @@
 //! Ending a run: the emulator exit devices, then a halt (on hardware).
 
-use strata_abi::exit::{
-    BOCHS_SHUTDOWN_PORT, BOCHS_SHUTDOWN_STRING, ExitCode, QEMU_DEBUG_EXIT_PORT,
-};
+use strata_abi::exit::{BOCHS_SHUTDOWN_PORT, BOCHS_SHUTDOWN_STRING, ExitCode, QEMU_DEBUG_EXIT_PORT};
 
 use super::{port, serial::Uart16550};
 

@@ -12,8 +12,8 @@ use x86::bits64::segmentation::Descriptor64;
 use x86::bits64::task::TaskStateSegment;
 use x86::dtables::{DescriptorTablePointer, lgdt};
 use x86::segmentation::{
-    BuildDescriptor, CodeSegmentType, DataSegmentType, Descriptor, DescriptorBuilder,
-    GateDescriptorBuilder, SegmentDescriptorBuilder, SegmentSelector,
+    BuildDescriptor, CodeSegmentType, DataSegmentType, Descriptor, DescriptorBuilder, GateDescriptorBuilder,
+    SegmentDescriptorBuilder, SegmentSelector,
 };
 
 /// Kernel code segment.
@@ -83,22 +83,20 @@ impl CpuSegments {
     /// runs (it must be a `static`); interrupts must be off.
     pub unsafe fn load(&'static mut self) {
         let code64 = |dpl| {
-            let d: Descriptor =
-                DescriptorBuilder::code_descriptor(0, 0, CodeSegmentType::ExecuteRead)
-                    .present()
-                    .dpl(dpl)
-                    .l()
-                    .finish();
+            let d: Descriptor = DescriptorBuilder::code_descriptor(0, 0, CodeSegmentType::ExecuteRead)
+                .present()
+                .dpl(dpl)
+                .l()
+                .finish();
             d.as_u64()
         };
         let data = |dpl| {
-            let d: Descriptor =
-                DescriptorBuilder::data_descriptor(0, 0xfffff, DataSegmentType::ReadWrite)
-                    .present()
-                    .dpl(dpl)
-                    .db()
-                    .limit_granularity_4kb()
-                    .finish();
+            let d: Descriptor = DescriptorBuilder::data_descriptor(0, 0xfffff, DataSegmentType::ReadWrite)
+                .present()
+                .dpl(dpl)
+                .db()
+                .limit_granularity_4kb()
+                .finish();
             d.as_u64()
         };
         for slot in 1..=ist::COUNT as u8 {

@@ -245,11 +245,7 @@ fn fatal_exception(frame: &InterruptFrame) -> ! {
         let _ = write!(
             out,
             " [{} {} {}{}]",
-            if code & 1 != 0 {
-                "protection-violation"
-            } else {
-                "not-present"
-            },
+            if code & 1 != 0 { "protection-violation" } else { "not-present" },
             if code & 2 != 0 {
                 "write"
             } else if code & 16 != 0 {

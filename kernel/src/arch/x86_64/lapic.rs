@@ -88,9 +88,7 @@ impl LocalApic {
             unsafe { x86::msr::wrmsr(x86::msr::IA32_APIC_BASE, base_msr | (1 << 11)) };
         }
         let physical = PhysAddr(base_msr & 0x000f_ffff_ffff_f000);
-        let apic = Self {
-            registers: direct_map.to_virtual(physical).as_mut_ptr(),
-        };
+        let apic = Self { registers: direct_map.to_virtual(physical).as_mut_ptr() };
         apic.write(SPURIOUS, SOFTWARE_ENABLE | u32::from(SPURIOUS_VECTOR));
         apic.write(LVT_TIMER, LVT_MASKED);
         Ok(apic)
@@ -151,10 +149,7 @@ impl LocalApic {
             return Err(LapicError::TimerStopped);
         }
         let scale = |count: u64| count * pit::FREQUENCY_HZ / u64::from(PIT_TICKS);
-        Ok(Calibration {
-            timer_hz: scale(counted),
-            tsc_hz: scale(tsc_end.wrapping_sub(tsc_start)),
-        })
+        Ok(Calibration { timer_hz: scale(counted), tsc_hz: scale(tsc_end.wrapping_sub(tsc_start)) })
     }
 
     /// Starts the timer interrupting `hz` times a second on [`TIMER_VECTOR`].

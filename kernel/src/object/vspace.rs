@@ -1,0 +1,400 @@
+//! Address spaces: paging structures and frames as capability objects
+//! (after seL4's x86-64 model; Intel SDM vol. 3A §4.5, AMD APM vol. 2 §5.3).
+//!
+//! An address space is a PML4 object with an ASID. The ASID is also the
+//! x86 PCID, and it comes from an ASID pool created through the ASID control
+//! capability. Page tables, page directories and PDPTs are installed
+//! with `PageTableMap`, frames with `FrameMap`. Each frame or table capability
+//! records where it is mapped as (ASID, address). Nothing else refers to a
+//! mapping, so a capability is mapped at most once.
+//!
+//! Unmapping, explicitly or when a capability is deleted, looks the
+//! address space up again through the ASID table and walks it from the
+//! PML4. It clears the entry only if it still points at the object. A
+//! mapping record can outlive its address space or its intermediate tables
+//! (the PML4 or a table was deleted first). Those records then find nothing
+//! and write nothing, so memory that has been reused is never touched.
+//!
+//! Mappings are never writable and executable at once.
+
+use strata_abi::error::{InvocationError, LookupFailure};
+use strata_abi::invocation::Label;
+use strata_abi::object::{ASID_COUNT, ASID_POOL_SIZE, Rights, USER_TOP, VmAttributes};
+
+use super::cap::{FrameSize, Mapping, TableLevel};
+use super::{Capability, ObjectSpace, PhysicalMemory, Slot};
+use crate::addr::PhysAddr;
+use crate::arch::x86_64::paging::{Level, PageTableEntry, PteFlags};
+
+/// Number of ASID pools the ASID table can hold.
+pub const ASID_POOLS: usize = (ASID_COUNT / ASID_POOL_SIZE) as usize;
+
+/// A checked address-space invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VSpaceInvocation {
+    /// Write `entry` at `at` and record the mapping in the capability in `slot`.
+    Map {
+        /// The table or frame capability's slot.
+        slot: Slot,
+        /// The capability with its new mapping.
+        cap: Capability,
+        /// Physical address of the paging-structure entry to write.
+        at: PhysAddr,
+        /// The entry.
+        entry: PageTableEntry,
+    },
+    /// Remove the mapping of the table or frame in `slot`.
+    Unmap {
+        /// The capability's slot.
+        slot: Slot,
+    },
+    /// Reply with the frame's physical address.
+    GetAddress {
+        /// The address.
+        address: PhysAddr,
+    },
+    /// Turn the 4 KiB Untyped in `untyped` into ASID pool `index`.
+    MakePool {
+        /// The Untyped's slot.
+        untyped: Slot,
+        /// Where the pool capability goes.
+        destination: Slot,
+        /// ASID table index (pool `index` holds ASIDs `index * 512..`).
+        index: usize,
+    },
+    /// Give the PML4 in `slot` the ASID `asid`.
+    Assign {
+        /// The PML4 capability's slot.
+        slot: Slot,
+        /// The ASID.
+        asid: u16,
+        /// The pool entry to fill.
+        at: PhysAddr,
+    },
+}
+
+/// Index of `address` at paging `level`.
+fn index_at(level: Level, address: u64) -> u64 {
+    level.index_of(address) as u64
+}
+
+/// Address bits below `level`'s entries (for lookup-failure reports).
+fn bits_below(level: Level) -> u8 {
+    (12 + 9 * level as u32) as u8
+}
+
+impl<M: PhysicalMemory> ObjectSpace<M> {
+    /// The PML4 that `asid` names, if any.
+    pub fn pml4_of(&self, asid: u16) -> Option<PhysAddr> {
+        let asid = u32::from(asid);
+        if asid == 0 || asid >= ASID_COUNT {
+            return None;
+        }
+        let pool = self.asid_table[(asid / ASID_POOL_SIZE) as usize]?;
+        match self.memory.read(pool.offset(8 * u64::from(asid % ASID_POOL_SIZE))) {
+            0 => None,
+            pml4 => Some(PhysAddr(pml4)),
+        }
+    }
+
+    fn entry(&self, table: PhysAddr, index: u64) -> PageTableEntry {
+        PageTableEntry::from_raw(self.memory.read(table.offset(8 * index)))
+    }
+
+    /// The address of the entry for `address` in the table at `target`
+    /// level, walking down from `pml4` through present, non-huge entries.
+    fn walk(&self, pml4: PhysAddr, address: u64, target: Level) -> Result<PhysAddr, LookupFailure> {
+        let mut table = pml4;
+        let mut level = Level::Pml4;
+        while level != target {
+            let entry = self.entry(table, index_at(level, address));
+            if !entry.is_present() || entry.flags().contains(PteFlags::HUGE) {
+                return Err(LookupFailure::MissingCapability { bits_left: bits_below(level) });
+            }
+            table = PhysAddr(entry.address());
+            // `target` is below `level` (the loop stops at it), so there is a next level.
+            level = level.next().unwrap_or(Level::Pt);
+        }
+        Ok(table.offset(8 * index_at(target, address)))
+    }
+
+    /// The live address space `vspace` names, with its ASID.
+    fn address_space(&self, vspace: Option<Capability>) -> Result<(PhysAddr, u16), InvocationError> {
+        match vspace {
+            Some(Capability::Pml4 { object, asid: Some(asid) }) if self.pml4_of(asid) == Some(object) => {
+                Ok((object, asid))
+            }
+            _ => Err(InvocationError::InvalidCapability { index: 1 }),
+        }
+    }
+
+    /// Decodes an invocation on a page table, frame, ASID control or ASID
+    /// pool capability in `slot`. `extra` are the extra capabilities'
+    /// slots, already looked up.
+    pub fn decode_vspace(
+        &self,
+        slot: Slot,
+        label: Label,
+        words: &[u64],
+        extra: &[Slot],
+    ) -> Result<VSpaceInvocation, InvocationError> {
+        let cap = self.cap(slot);
+        let extra_cap = |n: usize| extra.get(n).map(|&s| self.cap(s));
+        let word =
+            |n: usize, needed: u8| words.get(n).copied().ok_or(InvocationError::TruncatedMessage { needed });
+        match (cap, label) {
+            (Capability::PageTable { object, level, mapping }, Label::PageTableMap) => {
+                if mapping.is_some() {
+                    return Err(InvocationError::InvalidCapability { index: 0 });
+                }
+                let (pml4, asid) = self.address_space(extra_cap(0))?;
+                let address = word(0, 1)?;
+                if address >= USER_TOP {
+                    return Err(InvocationError::InvalidArgument { index: 0 });
+                }
+                let address = address & !(level.coverage() - 1);
+                let parent = match level {
+                    TableLevel::Pdpt => Level::Pml4,
+                    TableLevel::PageDirectory => Level::Pdpt,
+                    TableLevel::PageTable => Level::Pd,
+                };
+                let at = self
+                    .walk(pml4, address, parent)
+                    .map_err(|failure| InvocationError::FailedLookup { source: false, failure })?;
+                if PageTableEntry::from_raw(self.memory.read(at)).is_present() {
+                    return Err(InvocationError::DeleteFirst);
+                }
+                // Intermediate entries allow everything; leaves restrict.
+                let entry = PageTableEntry::new(
+                    object.get(),
+                    PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER,
+                );
+                let mapping = Some(Mapping { asid, address });
+                Ok(VSpaceInvocation::Map {
+                    slot,
+                    cap: Capability::PageTable { object, level, mapping },
+                    at,
+                    entry,
+                })
+            }
+            (Capability::PageTable { mapping, .. }, Label::PageTableUnmap) => {
+                // The mapping is shared by all copies: only the last may undo it.
+                if mapping.is_some() && !self.is_final(slot) {
+                    return Err(InvocationError::RevokeFirst);
+                }
+                Ok(VSpaceInvocation::Unmap { slot })
+            }
+            (Capability::Frame { object, size, rights, device, mapping }, Label::FrameMap) => {
+                let (pml4, asid) = self.address_space(extra_cap(0))?;
+                let address = word(0, 3)?;
+                let requested = Rights::from_bits_truncate(word(1, 3)?);
+                let attributes = VmAttributes::from_bits(word(2, 3)?)
+                    .ok_or(InvocationError::InvalidArgument { index: 2 })?;
+                if !address.is_multiple_of(size.bytes()) {
+                    return Err(InvocationError::AlignmentError);
+                }
+                if address.checked_add(size.bytes()).is_none_or(|end| end > USER_TOP) {
+                    return Err(InvocationError::InvalidArgument { index: 0 });
+                }
+                let granted = rights & requested & (Rights::READ | Rights::WRITE);
+                if !granted.contains(Rights::READ) {
+                    return Err(InvocationError::InvalidArgument { index: 1 });
+                }
+                if granted.contains(Rights::WRITE) && attributes.contains(VmAttributes::EXECUTABLE) {
+                    return Err(InvocationError::InvalidArgument { index: 2 });
+                }
+                // A mapped capability may only be remapped in place (to change rights).
+                if let Some(existing) = mapping {
+                    if existing.asid != asid {
+                        return Err(InvocationError::InvalidCapability { index: 1 });
+                    }
+                    if existing.address != address {
+                        return Err(InvocationError::InvalidArgument { index: 0 });
+                    }
+                }
+                let leaf = if size == FrameSize::Large { Level::Pd } else { Level::Pt };
+                let at = self
+                    .walk(pml4, address, leaf)
+                    .map_err(|failure| InvocationError::FailedLookup { source: false, failure })?;
+                let current = PageTableEntry::from_raw(self.memory.read(at));
+                if current.is_present() && (mapping.is_none() || current.address() != object.get()) {
+                    return Err(InvocationError::DeleteFirst);
+                }
+                let mut flags = PteFlags::PRESENT | PteFlags::USER;
+                flags.set(PteFlags::WRITABLE, granted.contains(Rights::WRITE));
+                flags.set(PteFlags::NO_EXECUTE, !attributes.contains(VmAttributes::EXECUTABLE));
+                flags.set(PteFlags::WRITE_THROUGH, attributes.contains(VmAttributes::WRITE_THROUGH));
+                flags.set(PteFlags::CACHE_DISABLE, attributes.contains(VmAttributes::CACHE_DISABLED));
+                flags.set(PteFlags::HUGE, size == FrameSize::Large);
+                let entry = PageTableEntry::new(object.get(), flags);
+                let cap = Capability::Frame {
+                    object,
+                    size,
+                    rights,
+                    device,
+                    mapping: Some(Mapping { asid, address }),
+                };
+                Ok(VSpaceInvocation::Map { slot, cap, at, entry })
+            }
+            (Capability::Frame { .. }, Label::FrameUnmap) => Ok(VSpaceInvocation::Unmap { slot }),
+            (Capability::Frame { object, .. }, Label::FrameGetAddress) => {
+                Ok(VSpaceInvocation::GetAddress { address: object })
+            }
+            (Capability::AsidControl, Label::AsidControlMakePool) => {
+                let untyped = *extra.first().ok_or(InvocationError::InvalidCapability { index: 1 })?;
+                let Capability::Untyped { size_bits: 12, device: false, .. } = self.cap(untyped) else {
+                    return Err(InvocationError::InvalidCapability { index: 1 });
+                };
+                if self.has_children(untyped) {
+                    return Err(InvocationError::RevokeFirst);
+                }
+                let root = extra_cap(1).ok_or(InvocationError::InvalidCapability { index: 2 })?;
+                let depth = u8::try_from(word(1, 2)?)
+                    .ok()
+                    .filter(|d| (1..=64).contains(d))
+                    .ok_or(InvocationError::RangeError { min: 1, max: 64 })?;
+                let destination = self
+                    .lookup_slot(root, word(0, 2)?, depth)
+                    .map_err(|failure| InvocationError::FailedLookup { source: false, failure })?;
+                if !self.cap(destination).is_null() {
+                    return Err(InvocationError::DeleteFirst);
+                }
+                let index =
+                    self.asid_table.iter().position(Option::is_none).ok_or(InvocationError::DeleteFirst)?;
+                Ok(VSpaceInvocation::MakePool { untyped, destination, index })
+            }
+            (Capability::AsidPool { object, first_asid }, Label::AsidPoolAssign) => {
+                let pml4 = *extra.first().ok_or(InvocationError::InvalidCapability { index: 1 })?;
+                let Capability::Pml4 { asid: None, .. } = self.cap(pml4) else {
+                    return Err(InvocationError::InvalidCapability { index: 1 });
+                };
+                // The pool must still be the one the ASID table names.
+                if self.asid_table[usize::from(first_asid) / ASID_POOL_SIZE as usize] != Some(object) {
+                    return Err(InvocationError::InvalidCapability { index: 0 });
+                }
+                let free = (0..u64::from(ASID_POOL_SIZE))
+                    .filter(|&n| first_asid != 0 || n != 0) // ASID 0 is never handed out
+                    .find(|&n| self.memory.read(object.offset(8 * n)) == 0)
+                    .ok_or(InvocationError::DeleteFirst)?;
+                Ok(VSpaceInvocation::Assign {
+                    slot: pml4,
+                    asid: first_asid + free as u16,
+                    at: object.offset(8 * free),
+                })
+            }
+            _ => Err(InvocationError::IllegalOperation),
+        }
+    }
+
+    /// Performs a decoded address-space invocation.
+    pub fn perform_vspace(&mut self, invocation: VSpaceInvocation) {
+        match invocation {
+            VSpaceInvocation::Map { slot, cap, at, entry } => {
+                self.memory.write(at, entry.raw());
+                if let Capability::Frame { mapping: Some(m), .. } = cap {
+                    self.memory.flush_translation(m.asid, m.address);
+                }
+                self.set_cap(slot, cap);
+            }
+            VSpaceInvocation::Unmap { slot } => {
+                let cap = self.cap(slot);
+                self.unmap(&cap);
+                let unmapped = match cap {
+                    Capability::Frame { object, size, rights, device, .. } => {
+                        Capability::Frame { object, size, rights, device, mapping: None }
+                    }
+                    Capability::PageTable { object, level, mapping } => {
+                        // A table taken out starts empty when mapped again.
+                        if mapping.is_some() {
+                            self.memory.zero(object, 1 << 12);
+                        }
+                        Capability::PageTable { object, level, mapping: None }
+                    }
+                    other => other,
+                };
+                self.set_cap(slot, unmapped);
+            }
+            VSpaceInvocation::GetAddress { .. } => {}
+            VSpaceInvocation::MakePool { untyped, destination, index } => {
+                let Capability::Untyped { base, size_bits, device, .. } = self.cap(untyped) else { return };
+                self.memory.zero(base, 1 << 12);
+                self.insert_new_object(
+                    untyped,
+                    destination,
+                    Capability::AsidPool { object: base, first_asid: (index as u32 * ASID_POOL_SIZE) as u16 },
+                );
+                self.set_cap(
+                    untyped,
+                    Capability::Untyped { base, size_bits, free_index: 1 << size_bits, device },
+                );
+                self.asid_table[index] = Some(base);
+            }
+            VSpaceInvocation::Assign { slot, asid, at } => {
+                if let Capability::Pml4 { object, .. } = self.cap(slot) {
+                    self.memory.write(at, object.get());
+                    self.set_cap(slot, Capability::Pml4 { object, asid: Some(asid) });
+                }
+            }
+        }
+    }
+
+    /// Removes the mapping `cap` records, if it is still in place.
+    fn unmap(&mut self, cap: &Capability) {
+        let (object, mapping, level) = match *cap {
+            Capability::Frame { object, size, mapping: Some(m), .. } => {
+                (object, m, if size == FrameSize::Large { Level::Pd } else { Level::Pt })
+            }
+            Capability::PageTable { object, level, mapping: Some(m) } => (
+                object,
+                m,
+                match level {
+                    TableLevel::Pdpt => Level::Pml4,
+                    TableLevel::PageDirectory => Level::Pdpt,
+                    TableLevel::PageTable => Level::Pd,
+                },
+            ),
+            _ => return,
+        };
+        let Some(pml4) = self.pml4_of(mapping.asid) else { return };
+        let Ok(at) = self.walk(pml4, mapping.address, level) else { return };
+        let entry = PageTableEntry::from_raw(self.memory.read(at));
+        if entry.is_present() && entry.address() == object.get() {
+            self.memory.write(at, 0);
+            self.memory.flush_translation(mapping.asid, mapping.address);
+        }
+    }
+
+    /// Releases what a deleted address-space capability holds: its mapping
+    /// (every frame capability; the last capability of a table), its ASID
+    /// (the last capability of a PML4), its place in the ASID table (the
+    /// last capability of a pool).
+    pub(super) fn finalise_vspace(&mut self, cap: &Capability, last: bool) {
+        match *cap {
+            Capability::Frame { .. } => self.unmap(cap),
+            Capability::PageTable { .. } if last => self.unmap(cap),
+            Capability::Pml4 { object, asid: Some(asid) } if last && self.pml4_of(asid) == Some(object) => {
+                if let Some(pool) = self.asid_table[usize::from(asid) / ASID_POOL_SIZE as usize] {
+                    self.memory.write(pool.offset(8 * u64::from(u32::from(asid) % ASID_POOL_SIZE)), 0);
+                    self.memory.flush_translation(asid, u64::MAX);
+                }
+            }
+            Capability::AsidPool { object, first_asid } if last => {
+                let index = usize::from(first_asid) / ASID_POOL_SIZE as usize;
+                if self.asid_table[index] == Some(object) {
+                    self.asid_table[index] = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Copies the kernel's half of the address space into a new PML4.
+    pub(super) fn init_pml4(&mut self, pml4: PhysAddr) {
+        if let Some(kernel) = self.kernel_pml4 {
+            for index in 256..512 {
+                let entry = self.memory.read(kernel.offset(8 * index));
+                self.memory.write(pml4.offset(8 * index), entry);
+            }
+        }
+    }
+}
