@@ -269,7 +269,7 @@ fn mapping_ok(mapping: Mapping, align: u64) -> bool {
     mapping.asid != 0
         && u32::from(mapping.asid) < strata_abi::object::ASID_COUNT
         && mapping.address < strata_abi::object::USER_TOP
-        && mapping.address % align == 0
+        && mapping.address.is_multiple_of(align)
 }
 
 /// A capability word pair that no valid capability encodes to.
@@ -371,7 +371,7 @@ impl Capability {
             }
             Self::AsidControl => [TAG.put(tag::ASID_CONTROL), 0],
             Self::AsidPool { object, first_asid } => {
-                let aligned = u32::from(first_asid) % strata_abi::object::ASID_POOL_SIZE == 0;
+                let aligned = u32::from(first_asid).is_multiple_of(strata_abi::object::ASID_POOL_SIZE);
                 check(address_ok(object, 12) && POOL_FIRST_ASID.fits(u64::from(first_asid)) && aligned)?;
                 [TAG.put(tag::ASID_POOL) | POOL_FIRST_ASID.put(u64::from(first_asid)), object.get()]
             }

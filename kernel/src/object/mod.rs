@@ -25,6 +25,8 @@ pub mod vspace;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vspace_tests;
 
 use strata_abi::object::SLOT_SIZE_BITS;
 

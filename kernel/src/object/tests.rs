@@ -15,18 +15,18 @@ use super::delete::{Budget, Progress};
 use super::memory::Arena;
 use super::*;
 
-const ROOT_RADIX: u8 = 6;
-const ROOT_CNODE: PhysAddr = PhysAddr(0x1_0000);
-const UNTYPED_BASE: PhysAddr = PhysAddr(0x10_0000);
-const UNTYPED_BITS: u8 = 20;
+pub(super) const ROOT_RADIX: u8 = 6;
+pub(super) const ROOT_CNODE: PhysAddr = PhysAddr(0x1_0000);
+pub(super) const UNTYPED_BASE: PhysAddr = PhysAddr(0x10_0000);
+pub(super) const UNTYPED_BITS: u8 = 20;
 
-fn root_cap() -> Capability {
+pub(super) fn root_cap() -> Capability {
     Capability::CNode { object: ROOT_CNODE, radix: ROOT_RADIX, guard_size: 0, guard: 0 }
 }
 
 /// A booted object space: root CNode (cap to itself in slot 0), a 1 MiB
 /// Untyped in slot 1.
-fn boot() -> ObjectSpace<Arena> {
+pub(super) fn boot() -> ObjectSpace<Arena> {
     let mut space = ObjectSpace::new(Arena::new(0, 4 << 20));
     space.insert_root(Slot::in_cnode(ROOT_CNODE, 0), root_cap());
     space.insert_root(
@@ -38,7 +38,7 @@ fn boot() -> ObjectSpace<Arena> {
 
 /// Runs an operation to completion with a small budget per call, as the
 /// kernel does across preemptions.
-fn finish(
+pub(super) fn finish(
     space: &mut ObjectSpace<Arena>,
     budget: u32,
     mut op: impl FnMut(&mut ObjectSpace<Arena>, &mut Budget) -> Progress,
@@ -55,7 +55,7 @@ fn finish(
 /// and every CNode they name, starting from the root. List heads are found
 /// by following back links, since a list can start in a CNode that only the
 /// list itself still reaches (its last capability was stored inside it).
-fn scan(space: &ObjectSpace<Arena>) -> (HashSet<(PhysAddr, u8)>, Vec<Slot>) {
+pub(super) fn scan(space: &ObjectSpace<Arena>) -> (HashSet<(PhysAddr, u8)>, Vec<Slot>) {
     let mut cnodes = HashSet::from([(ROOT_CNODE, ROOT_RADIX)]);
     loop {
         let mut heads = std::collections::BTreeSet::new();
@@ -124,7 +124,7 @@ fn parents(space: &ObjectSpace<Arena>, entries: &[Slot]) -> HashMap<Slot, Option
     parents
 }
 
-fn check_invariants(space: &ObjectSpace<Arena>) {
+pub(super) fn check_invariants(space: &ObjectSpace<Arena>) {
     let (cnodes, entries) = scan(space);
     let listed: HashSet<Slot> = entries.iter().copied().collect();
     // Every occupied slot of a live CNode is in a list; every empty slot has no links.
@@ -166,13 +166,15 @@ fn check_invariants(space: &ObjectSpace<Arena>) {
                 );
             }
         }
-        if !matches!(cap, Capability::Untyped { .. }) {
-            let (object, size) = cap.region().expect("objects have regions");
+        if let (false, Some((object, size))) = (matches!(cap, Capability::Untyped { .. }), cap.region()) {
+            // Kinds whose capabilities may name the same memory as the same object.
             let kind = match cap {
-                Capability::Zombie { .. } => 4, // a dying CNode is still the same CNode
-                Capability::CNode { .. } => 4,
+                Capability::Zombie { .. } | Capability::CNode { .. } => 4, // a dying CNode is still the CNode
                 Capability::Endpoint { .. } => 2,
                 Capability::Notification { .. } => 3,
+                Capability::Frame { .. } => 6,
+                Capability::PageTable { .. } | Capability::Pml4 { .. } => 7,
+                Capability::AsidPool { .. } => 8,
                 _ => 5,
             };
             objects.insert((kind, object), (object, size));
