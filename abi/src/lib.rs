@@ -18,6 +18,7 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod archive;
+pub mod bootinfo;
 pub mod error;
 pub mod exit;
 pub mod invocation;

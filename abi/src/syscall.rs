@@ -26,6 +26,9 @@ pub enum Syscall {
     VmEnter = 9,
     /// Debug builds: write one byte to the kernel console.
     DebugPutChar = 100,
+    /// Test builds: end the run with the exit code in RDI (an
+    /// `abi::exit::ExitCode` value).
+    DebugShutdown = 101,
 }
 
 impl TryFrom<u64> for Syscall {
@@ -43,6 +46,7 @@ impl TryFrom<u64> for Syscall {
             8 => Self::Yield,
             9 => Self::VmEnter,
             100 => Self::DebugPutChar,
+            101 => Self::DebugShutdown,
             other => return Err(other),
         })
     }
