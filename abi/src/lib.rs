@@ -19,6 +19,7 @@ extern crate alloc;
 pub mod acpi;
 pub mod archive;
 pub mod bootinfo;
+pub mod elf;
 pub mod error;
 pub mod exit;
 pub mod invocation;

@@ -9,7 +9,6 @@
 //! [`loader_main`] with the protocol magic and the info pointer.
 
 use core::fmt::Write;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 use strata_abi::exit::ExitCode;
 use strata_abi::ktest::LOADER_ERROR_MARKER;
@@ -255,37 +254,6 @@ impl PhysicalMemory for IdentityMap {
             .then(|| unsafe { core::slice::from_raw_parts_mut(address as *mut u8, len as usize) })
     }
 }
-
-/// A bump allocator for `goblin`'s program-header vector; nothing is freed.
-struct BumpHeap;
-
-const HEAP_SIZE: usize = 256 * 1024;
-static HEAP_NEXT: AtomicUsize = AtomicUsize::new(0);
-static mut HEAP: [u8; HEAP_SIZE] = [0; HEAP_SIZE];
-
-// SAFETY: `alloc` hands out disjoint, suitably aligned ranges of `HEAP` (the
-// bump pointer only grows) and returns null when it is exhausted.
-unsafe impl core::alloc::GlobalAlloc for BumpHeap {
-    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
-        let base = (&raw mut HEAP) as usize;
-        let mut next = HEAP_NEXT.load(Ordering::Relaxed);
-        loop {
-            let start = (base + next).next_multiple_of(layout.align()) - base;
-            let Some(end) = start.checked_add(layout.size()).filter(|&end| end <= HEAP_SIZE) else {
-                return core::ptr::null_mut();
-            };
-            match HEAP_NEXT.compare_exchange(next, end, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return (base + start) as *mut u8,
-                Err(current) => next = current,
-            }
-        }
-    }
-
-    unsafe fn dealloc(&self, _: *mut u8, _: core::alloc::Layout) {}
-}
-
-#[global_allocator]
-static ALLOCATOR: BumpHeap = BumpHeap;
 
 fn cpu_features() -> CpuFeatures {
     let extended = core::arch::x86_64::__cpuid(0x8000_0001);

@@ -14,10 +14,7 @@
 
 #![cfg_attr(not(test), no_std)]
 
-extern crate alloc;
-
 pub mod bootinfo;
-pub mod elf;
 pub mod limine;
 pub mod memmap;
 pub mod paging;
@@ -31,11 +28,11 @@ use strata_abi::archive::{Archive, ArchiveError, TEXT_LEN};
 use strata_kernel::arch::x86_64::paging::{Level, PteFlags};
 
 use crate::bootinfo::{BootInfo, BootInfoError, RsdpSource};
-use crate::elf::{ElfError, LoadPlan};
 use crate::limine::{RequestKind, ResponseSpaceExhausted, ResponseWriter, layout};
 use crate::memmap::{MemoryError, MemoryLayout, RegionKind};
 use crate::paging::{PageTables, PagingError};
 use crate::physmem::PhysicalMemory;
+use strata_abi::elf::{self, ElfError, LoadPlan};
 
 /// Where the kernel sees all physical memory (Limine's default for 4-level paging).
 pub const HHDM_OFFSET: u64 = 0xffff_8000_0000_0000;
@@ -95,7 +92,7 @@ impl fmt::Display for LoaderError {
                 "boot archive ({len} bytes at {address:#x}) is not below 4 GiB where the loader can read it"
             ),
             Self::Archive(e) => write!(f, "boot archive: {e}"),
-            Self::Elf(e) => write!(f, "{e}"),
+            Self::Elf(e) => write!(f, "kernel: {e}"),
             Self::Memory(e) => write!(f, "{e}"),
             Self::Paging(e) => write!(f, "{e}"),
             Self::Responses(e) => write!(f, "{e}"),
@@ -206,7 +203,7 @@ pub fn prepare(
         let bytes = memory.bytes(archive_address, archive_len).ok_or(unreachable)?;
         let archive = Archive::parse(bytes)?;
         let kernel = archive.kernel();
-        let plan = elf::plan(kernel.data)?;
+        let plan = elf::plan(kernel.data, elf::KERNEL_RANGE)?;
         let mut modules: Vec<ModuleInfo, { strata_abi::archive::MAX_ENTRIES }> = Vec::new();
         for module in archive.modules() {
             let _ = modules.push(ModuleInfo {
@@ -385,7 +382,7 @@ fn load_segments(
 ) -> Result<(), LoaderError> {
     let unreachable = PagingError::TableUnreachable { physical_address: image_physical };
     memory.bytes_mut(image_physical, plan.image_size()).ok_or(unreachable)?.fill(0);
-    for segment in &plan.segments {
+    for segment in plan.segments() {
         let destination = image_physical + (segment.virtual_address - plan.virtual_base);
         let mut copied = 0;
         // Copy through a small buffer: source and destination are both in
@@ -418,7 +415,7 @@ fn build_page_tables(
     let mut tables = PageTables::new(memory, &mut allocate)?;
     let nx = if cpu.no_execute { PteFlags::NO_EXECUTE } else { PteFlags::empty() };
 
-    for segment in &plan.segments {
+    for segment in plan.segments() {
         let first = segment.virtual_address / PAGE * PAGE;
         let end = (segment.virtual_address + segment.memory_size).div_ceil(PAGE) * PAGE;
         let mut flags = PteFlags::empty();

@@ -4,12 +4,12 @@
 
 use super::*;
 use crate::bootinfo::{FirmwareKind, FirmwareRegion, Protocol};
-use crate::elf::KERNEL_MIN_ADDRESS as BASE;
-use crate::elf::testing::elf;
 use crate::physmem::Arena;
 use strata_abi::archive::{Builder, EntryKind};
+use strata_abi::elf::testing::elf;
 
 const MIB: u64 = 1 << 20;
+const BASE: u64 = strata_abi::elf::KERNEL_RANGE.start;
 const ARCHIVE_AT: u64 = 16 * MIB;
 const DATA_OFFSET: usize = 0x2000; // file offset of the data segment
 

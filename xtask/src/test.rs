@@ -406,7 +406,7 @@ fn loader_runs(image: &Image) -> Result<Vec<MustFail>> {
         MustFail {
             case: "loader.kernel_not_elf",
             boot: boot(&write("not-elf.initrd", &not_elf)?),
-            must_contain: vec!["strata-loader: error: kernel is not an ELF file".into()],
+            must_contain: vec!["strata-loader: error: kernel: not an ELF file".into()],
             status: ExitCode::LoaderFailure,
         },
         MustFail {

@@ -1,29 +1,31 @@
-//! Checks the kernel ELF and works out how to load it.
+//! Checks a static x86-64 ELF executable and works out how to load it:
+//! the kernel (by the loader) and the root task (by the kernel).
 //!
-//! Parsing uses `goblin`; everything goblin does not check and the loader
-//! relies on is checked here: the file is a static x86-64 executable, every
-//! loadable segment lies inside the file and in the kernel's higher-half
-//! range (-2 GiB and up, as the Limine protocol requires), segments do not
-//! overlap, none is both writable and executable, and the entry point is in
-//! an executable segment.
+//! No allocation and no `unsafe`: headers are read with `zerocopy` (an
+//! allocation-free reader is needed because the kernel has no heap).
+//! Everything a loader relies on is checked:
+//! - the file is a static little-endian x86-64 executable;
+//! - every loadable segment lies inside the file and inside the address range the caller allows;
+//! - segments do not share a page;
+//! - no segment is both writable and executable;
+//! - the entry point lies in an executable segment.
 
 use core::fmt;
+use core::ops::Range;
 
-use goblin::container::{Container, Ctx, Endian};
-use goblin::elf::program_header::{PF_W, PF_X, PT_LOAD, ProgramHeader};
-use goblin::elf::{Elf, header};
-use heapless::Vec;
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, KnownLayout};
 
-/// Lowest address a kernel segment may use (the top 2 GiB).
-pub const KERNEL_MIN_ADDRESS: u64 = 0xffff_ffff_8000_0000;
-/// Largest kernel image accepted (virtual span of all segments).
+/// The kernel's range: the top 2 GiB.
+pub const KERNEL_RANGE: Range<u64> = 0xffff_ffff_8000_0000..u64::MAX;
+/// Largest image accepted (virtual span of all segments).
 pub const MAX_IMAGE_SIZE: u64 = 64 << 20;
 /// Most loadable segments accepted.
 pub const MAX_SEGMENTS: usize = 16;
 const PAGE: u64 = 4096;
 
 /// One loadable segment, checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Segment {
     /// Virtual address of the first byte.
     pub virtual_address: u64,
@@ -39,7 +41,7 @@ pub struct Segment {
     pub executable: bool,
 }
 
-/// How to load a checked kernel: where each segment goes and where to start.
+/// How to load a checked executable: where each segment goes and where to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadPlan {
     /// Entry point (virtual).
@@ -48,21 +50,26 @@ pub struct LoadPlan {
     pub virtual_base: u64,
     /// One past the highest page of the image (virtual).
     pub virtual_end: u64,
-    /// Loadable segments, sorted by address.
-    pub segments: Vec<Segment, MAX_SEGMENTS>,
+    segments: [Segment; MAX_SEGMENTS],
+    count: usize,
 }
 
 impl LoadPlan {
-    /// Bytes of physical memory the image needs (whole pages).
+    /// Loadable segments, sorted by address.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments[..self.count]
+    }
+
+    /// Bytes of memory the image needs (whole pages).
     pub fn image_size(&self) -> u64 {
         self.virtual_end - self.virtual_base
     }
 }
 
-/// Why the kernel ELF was refused. The `Display` form is the message.
+/// Why an ELF file was refused. The `Display` form is the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ElfError {
-    /// No ELF magic, or a header goblin cannot read.
+    /// No ELF magic, or too short for an ELF header.
     NotElf,
     /// Not a 64-bit little-endian ELF.
     WrongClass,
@@ -97,8 +104,8 @@ pub enum ElfError {
         /// Program header index.
         index: usize,
     },
-    /// A segment lies below [`KERNEL_MIN_ADDRESS`] or wraps.
-    NotHigherHalf {
+    /// A segment lies outside the allowed address range, or wraps.
+    OutsideRange {
         /// Program header index.
         index: usize,
         /// Its virtual address.
@@ -134,130 +141,168 @@ pub enum ElfError {
 impl fmt::Display for ElfError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NotElf => write!(f, "kernel is not an ELF file"),
-            Self::WrongClass => write!(f, "kernel ELF is not 64-bit little-endian"),
+            Self::NotElf => write!(f, "not an ELF file"),
+            Self::WrongClass => write!(f, "ELF is not 64-bit little-endian"),
             Self::WrongMachine { machine } => {
-                write!(f, "kernel ELF is for machine {machine}, not x86-64 (62)")
+                write!(f, "ELF is for machine {machine}, not x86-64 (62)")
             }
             Self::NotExecutable { kind } => {
-                write!(f, "kernel ELF has type {kind}, expected a static executable (ET_EXEC = 2)")
+                write!(f, "ELF has type {kind}, expected a static executable (ET_EXEC = 2)")
             }
-            Self::ProgramHeadersOutOfBounds { offset, count } => write!(
-                f,
-                "kernel ELF's {count} program headers at offset {offset:#x} run past the end of the file"
-            ),
-            Self::NothingToLoad => write!(f, "kernel ELF has no loadable segment"),
+            Self::ProgramHeadersOutOfBounds { offset, count } => {
+                write!(f, "ELF's {count} program headers at offset {offset:#x} run past the end of the file")
+            }
+            Self::NothingToLoad => write!(f, "ELF has no loadable segment"),
             Self::TooManySegments => {
-                write!(f, "kernel ELF has more than {MAX_SEGMENTS} loadable segments")
+                write!(f, "ELF has more than {MAX_SEGMENTS} loadable segments")
             }
             Self::SegmentOutsideFile { index } => {
-                write!(f, "kernel ELF segment {index} refers to bytes past the end of the file")
+                write!(f, "ELF segment {index} refers to bytes past the end of the file")
             }
             Self::FileSizeExceedsMemorySize { index } => {
-                write!(f, "kernel ELF segment {index} has a file size larger than its memory size")
+                write!(f, "ELF segment {index} has a file size larger than its memory size")
             }
-            Self::NotHigherHalf { index, address } => write!(
-                f,
-                "kernel ELF segment {index} at {address:#x} is not in the top 2 GiB ({KERNEL_MIN_ADDRESS:#x} and up)"
-            ),
+            Self::OutsideRange { index, address } => {
+                write!(f, "ELF segment {index} at {address:#x} lies outside the address range allowed for it")
+            }
             Self::Misaligned { index } => {
-                write!(f, "kernel ELF segment {index}: address and file offset differ modulo the page size")
+                write!(f, "ELF segment {index}: address and file offset differ modulo the page size")
             }
             Self::Overlap { index } => {
-                write!(f, "kernel ELF segment {index} shares a page with an earlier segment")
+                write!(f, "ELF segment {index} shares a page with an earlier segment")
             }
             Self::WritableAndExecutable { index } => {
-                write!(f, "kernel ELF segment {index} is both writable and executable")
+                write!(f, "ELF segment {index} is both writable and executable")
             }
             Self::BadEntry { entry } => {
-                write!(f, "kernel ELF entry point {entry:#x} is not inside an executable segment")
+                write!(f, "ELF entry point {entry:#x} is not inside an executable segment")
             }
             Self::TooLarge { size } => {
-                write!(f, "kernel image spans {size} bytes; at most {MAX_IMAGE_SIZE} are accepted")
+                write!(f, "image spans {size} bytes; at most {MAX_IMAGE_SIZE} are accepted")
             }
         }
     }
 }
 
-/// Checks `file` as a kernel ELF and returns how to load it.
-pub fn plan(file: &[u8]) -> Result<LoadPlan, ElfError> {
-    // goblin checks the magic; class and data encoding are checked here so the
-    // message can say what is wrong.
-    let ident = file.get(..header::SIZEOF_IDENT).ok_or(ElfError::NotElf)?;
-    if ident[..4] != *header::ELFMAG {
+#[derive(FromBytes, KnownLayout, Immutable)]
+#[repr(C)]
+struct FileHeader {
+    ident: [u8; 16],
+    kind: U16,
+    machine: U16,
+    version: U32,
+    entry: U64,
+    program_headers: U64,
+    section_headers: U64,
+    flags: U32,
+    header_size: U16,
+    program_header_size: U16,
+    program_header_count: U16,
+    section_header_size: U16,
+    section_header_count: U16,
+    section_names: U16,
+}
+
+#[derive(FromBytes, KnownLayout, Immutable)]
+#[repr(C)]
+struct ProgramHeader {
+    kind: U32,
+    flags: U32,
+    offset: U64,
+    virtual_address: U64,
+    physical_address: U64,
+    file_size: U64,
+    memory_size: U64,
+    align: U64,
+}
+
+const PT_LOAD: u32 = 1;
+const PF_X: u32 = 1;
+const PF_W: u32 = 2;
+const ET_EXEC: u16 = 2;
+const EM_X86_64: u16 = 62;
+
+/// Checks `file` as an executable whose segments must lie in `allowed`,
+/// and returns how to load it.
+pub fn plan(file: &[u8], allowed: Range<u64>) -> Result<LoadPlan, ElfError> {
+    if file.get(..4) != Some(b"\x7fELF".as_slice()) {
         return Err(ElfError::NotElf);
     }
-    if ident[header::EI_CLASS] != header::ELFCLASS64 || ident[header::EI_DATA] != header::ELFDATA2LSB {
+    let Ok((header, _)) = FileHeader::ref_from_prefix(file) else {
+        return Err(ElfError::NotElf);
+    };
+    // Class 2 (64-bit), data 1 (little-endian), version 1.
+    if header.ident[4] != 2 || header.ident[5] != 1 || header.ident[6] != 1 {
         return Err(ElfError::WrongClass);
     }
-    let elf_header = Elf::parse_header(file).map_err(|_| ElfError::NotElf)?;
-    if elf_header.e_machine != header::EM_X86_64 {
-        return Err(ElfError::WrongMachine { machine: elf_header.e_machine });
+    if header.machine.get() != EM_X86_64 {
+        return Err(ElfError::WrongMachine { machine: header.machine.get() });
     }
-    if elf_header.e_type != header::ET_EXEC {
-        return Err(ElfError::NotExecutable { kind: elf_header.e_type });
+    if header.kind.get() != ET_EXEC {
+        return Err(ElfError::NotExecutable { kind: header.kind.get() });
     }
-    let ctx = Ctx::new(Container::Big, Endian::Little);
-    let table_fits = usize::from(elf_header.e_phentsize) == ProgramHeader::size(ctx)
-        && usize::try_from(elf_header.e_phoff).is_ok_and(|offset| {
-            offset
-                .checked_add(usize::from(elf_header.e_phnum) * ProgramHeader::size(ctx))
-                .is_some_and(|end| end <= file.len())
-        });
-    let out_of_bounds =
-        ElfError::ProgramHeadersOutOfBounds { offset: elf_header.e_phoff, count: elf_header.e_phnum };
-    if !table_fits {
+    let out_of_bounds = ElfError::ProgramHeadersOutOfBounds {
+        offset: header.program_headers.get(),
+        count: header.program_header_count.get(),
+    };
+    if usize::from(header.program_header_size.get()) != core::mem::size_of::<ProgramHeader>() {
         return Err(out_of_bounds);
     }
-    let headers =
-        ProgramHeader::parse(file, elf_header.e_phoff as usize, usize::from(elf_header.e_phnum), ctx)
-            .map_err(|_| out_of_bounds)?;
+    let table = usize::try_from(header.program_headers.get())
+        .ok()
+        .and_then(|offset| file.get(offset..))
+        .ok_or(out_of_bounds)?;
+    let count = usize::from(header.program_header_count.get());
+    let Ok((headers, _)) = <[ProgramHeader]>::ref_from_prefix_with_elems(table, count) else {
+        return Err(out_of_bounds);
+    };
 
-    let mut segments: Vec<Segment, MAX_SEGMENTS> = Vec::new();
-    for (index, ph) in headers.iter().enumerate().filter(|(_, ph)| ph.p_type == PT_LOAD) {
-        if ph.p_memsz == 0 {
+    let mut segments = [Segment::default(); MAX_SEGMENTS];
+    let mut loaded = 0usize;
+    for (index, ph) in headers.iter().enumerate().filter(|(_, ph)| ph.kind.get() == PT_LOAD) {
+        let (address, memory_size) = (ph.virtual_address.get(), ph.memory_size.get());
+        let (offset, file_size) = (ph.offset.get(), ph.file_size.get());
+        if memory_size == 0 {
             continue;
         }
-        if ph.p_offset.checked_add(ph.p_filesz).is_none_or(|end| end > file.len() as u64) {
+        if offset.checked_add(file_size).is_none_or(|end| end > file.len() as u64) {
             return Err(ElfError::SegmentOutsideFile { index });
         }
-        if ph.p_filesz > ph.p_memsz {
+        if file_size > memory_size {
             return Err(ElfError::FileSizeExceedsMemorySize { index });
         }
-        if ph.p_vaddr < KERNEL_MIN_ADDRESS || ph.p_vaddr.checked_add(ph.p_memsz).is_none() {
-            return Err(ElfError::NotHigherHalf { index, address: ph.p_vaddr });
+        let end = address.checked_add(memory_size);
+        if !allowed.contains(&address) || end.is_none_or(|end| end > allowed.end) {
+            return Err(ElfError::OutsideRange { index, address });
         }
-        if ph.p_vaddr % PAGE != ph.p_offset % PAGE {
+        if address % PAGE != offset % PAGE {
             return Err(ElfError::Misaligned { index });
         }
-        let writable = ph.p_flags & PF_W != 0;
-        let executable = ph.p_flags & PF_X != 0;
+        let writable = ph.flags.get() & PF_W != 0;
+        let executable = ph.flags.get() & PF_X != 0;
         if writable && executable {
             return Err(ElfError::WritableAndExecutable { index });
         }
         let segment = Segment {
-            virtual_address: ph.p_vaddr,
-            memory_size: ph.p_memsz,
-            file_offset: ph.p_offset,
-            file_size: ph.p_filesz,
+            virtual_address: address,
+            memory_size,
+            file_offset: offset,
+            file_size,
             writable,
             executable,
         };
         // Page granularity: two segments may not share a page, since the page
         // can carry only one set of permissions.
-        let first_page = segment.virtual_address / PAGE;
-        let last_page = (segment.virtual_address + segment.memory_size - 1) / PAGE;
-        if segments.iter().any(|other| {
-            let other_first = other.virtual_address / PAGE;
-            let other_last = (other.virtual_address + other.memory_size - 1) / PAGE;
-            first_page <= other_last && other_first <= last_page
-        }) {
+        let pages = |s: &Segment| (s.virtual_address / PAGE, (s.virtual_address + s.memory_size - 1) / PAGE);
+        let (first, last) = pages(&segment);
+        if segments[..loaded].iter().map(pages).any(|(f, l)| first <= l && f <= last) {
             return Err(ElfError::Overlap { index });
         }
-        segments.push(segment).map_err(|_| ElfError::TooManySegments)?;
+        *segments.get_mut(loaded).ok_or(ElfError::TooManySegments)? = segment;
+        loaded += 1;
     }
-    segments.sort_unstable_by_key(|s| s.virtual_address);
-    let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
+    segments[..loaded].sort_unstable_by_key(|s| s.virtual_address);
+    let (Some(first), Some(last)) = (segments[..loaded].first(), segments[..loaded].last()) else {
         return Err(ElfError::NothingToLoad);
     };
     let virtual_base = first.virtual_address / PAGE * PAGE;
@@ -265,25 +310,25 @@ pub fn plan(file: &[u8]) -> Result<LoadPlan, ElfError> {
     if virtual_end - virtual_base > MAX_IMAGE_SIZE {
         return Err(ElfError::TooLarge { size: virtual_end - virtual_base });
     }
-    let entry = elf_header.e_entry;
-    if !segments
-        .iter()
-        .any(|s| s.executable && s.virtual_address <= entry && entry < s.virtual_address + s.memory_size)
-    {
+    let entry = header.entry.get();
+    let in_text =
+        |s: &Segment| s.executable && s.virtual_address <= entry && entry < s.virtual_address + s.memory_size;
+    if !segments[..loaded].iter().any(in_text) {
         return Err(ElfError::BadEntry { entry });
     }
-    Ok(LoadPlan { entry, virtual_base, virtual_end, segments })
+    Ok(LoadPlan { entry, virtual_base, virtual_end, segments, count: loaded })
 }
 
-/// Builds small ELF files for tests.
-#[cfg(test)]
+/// Builds small ELF files for tests (here and in crates that load ELF files).
+#[cfg(any(test, feature = "alloc"))]
 pub mod testing {
+    extern crate std;
     /// A program header: (type, flags, offset, vaddr, filesz, memsz).
     pub type Phdr = (u32, u32, u64, u64, u64, u64);
 
     /// An x86-64 ET_EXEC ELF with `phdrs`, padded to `len` bytes.
-    pub fn elf(entry: u64, phdrs: &[Phdr], len: usize) -> Vec<u8> {
-        let mut out = vec![0u8; len.max(64 + 56 * phdrs.len())];
+    pub fn elf(entry: u64, phdrs: &[Phdr], len: usize) -> std::vec::Vec<u8> {
+        let mut out = std::vec![0u8; len.max(64 + 56 * phdrs.len())];
         out[..4].copy_from_slice(b"\x7fELF");
         out[4] = 2; // 64-bit
         out[5] = 1; // little-endian
@@ -311,8 +356,8 @@ pub mod testing {
     }
 
     /// Text (R-X) at the kernel base and data+bss (RW-) on the next pages.
-    pub fn good_kernel() -> Vec<u8> {
-        let base = super::KERNEL_MIN_ADDRESS;
+    pub fn good_kernel() -> std::vec::Vec<u8> {
+        let base = super::KERNEL_RANGE.start;
         elf(
             base + 0x10,
             &[(1, 5, 0x1000, base, 0x100, 0x100), (1, 6, 0x2000, base + 0x1000, 0x80, 0x3000)],
@@ -327,7 +372,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const BASE: u64 = KERNEL_MIN_ADDRESS;
+    const BASE: u64 = KERNEL_RANGE.start;
+
+    fn plan(file: &[u8]) -> Result<LoadPlan, ElfError> {
+        super::plan(file, KERNEL_RANGE)
+    }
 
     #[test]
     fn a_well_formed_kernel_is_planned() {
@@ -336,9 +385,9 @@ mod tests {
         assert_eq!(plan.virtual_base, BASE);
         assert_eq!(plan.virtual_end, BASE + 0x4000);
         assert_eq!(plan.image_size(), 0x4000);
-        assert_eq!(plan.segments.len(), 2);
-        assert!(plan.segments[0].executable && !plan.segments[0].writable);
-        assert!(plan.segments[1].writable && !plan.segments[1].executable);
+        assert_eq!(plan.segments().len(), 2);
+        assert!(plan.segments()[0].executable && !plan.segments()[0].writable);
+        assert!(plan.segments()[1].writable && !plan.segments()[1].executable);
     }
 
     #[test]
@@ -379,7 +428,7 @@ mod tests {
             ),
             (
                 elf(0x1000, &[(1, 5, 0x1000, 0x40_0000, 0x100, 0x100)], 0x2000),
-                ElfError::NotHigherHalf { index: 0, address: 0x40_0000 },
+                ElfError::OutsideRange { index: 0, address: 0x40_0000 },
             ),
             (
                 elf(BASE, &[(1, 7, 0x1000, BASE, 0x100, 0x100)], 0x2000),
@@ -438,9 +487,9 @@ mod tests {
             }
             if let Ok(plan) = plan(&file) {
                 // Whatever was accepted must satisfy the loader's assumptions.
-                prop_assert!(plan.virtual_base >= KERNEL_MIN_ADDRESS);
+                prop_assert!(plan.virtual_base >= KERNEL_RANGE.start);
                 prop_assert!(plan.image_size() <= MAX_IMAGE_SIZE);
-                for s in &plan.segments {
+                for s in plan.segments() {
                     prop_assert!(s.file_offset + s.file_size <= file.len() as u64);
                     prop_assert!(s.file_size <= s.memory_size);
                     prop_assert!(!(s.writable && s.executable));
