@@ -33,6 +33,16 @@ pub enum Label {
     AsidControlMakePool = 48,
     /// ASID pool: give an address space (PML4) an ASID.
     AsidPoolAssign = 49,
+    /// TCB: set CSpace root, VSpace root and IPC buffer.
+    TcbConfigure = 64,
+    /// TCB: set priority and maximum controlled priority.
+    TcbSetPriority = 65,
+    /// TCB: replace the user registers.
+    TcbWriteRegisters = 66,
+    /// TCB: make the thread runnable.
+    TcbResume = 67,
+    /// TCB: stop the thread.
+    TcbSuspend = 68,
 }
 
 impl TryFrom<u64> for Label {
@@ -54,6 +64,11 @@ impl TryFrom<u64> for Label {
             42 => Self::FrameGetAddress,
             48 => Self::AsidControlMakePool,
             49 => Self::AsidPoolAssign,
+            64 => Self::TcbConfigure,
+            65 => Self::TcbSetPriority,
+            66 => Self::TcbWriteRegisters,
+            67 => Self::TcbResume,
+            68 => Self::TcbSuspend,
             other => return Err(other),
         })
     }

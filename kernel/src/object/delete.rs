@@ -106,8 +106,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         match self.cap(slot) {
             Capability::Null => Step::Finished,
             Capability::Zombie { .. } => self.zombie_step(slot),
-            Capability::CNode { object, radix, .. } if self.is_final(slot) => {
-                self.set_cap(slot, Capability::Zombie { object, radix, remaining: 1 << radix });
+            cap @ (Capability::CNode { .. } | Capability::Tcb { .. }) if self.is_final(slot) => {
+                let zombie = self.zombie_for(&cap);
+                self.set_cap(slot, zombie);
                 Step::Continue
             }
             cap => {
@@ -126,6 +127,24 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// down here.
     fn finalise(&mut self, cap: &Capability, last: bool) {
         self.finalise_vspace(cap, last);
+    }
+
+    /// The zombie that replaces the last capability to a CNode or TCB: it
+    /// covers the slots to be emptied (all of a CNode's; a TCB's two). A
+    /// TCB leaves the run queues first.
+    fn zombie_for(&mut self, cap: &Capability) -> Capability {
+        match *cap {
+            Capability::CNode { object, radix, .. } => {
+                Capability::Zombie { object, radix, remaining: 1 << radix }
+            }
+            Capability::Tcb { object } => {
+                self.finalise_tcb(object);
+                let radix = super::tcb::TCB_SLOTS_RADIX;
+                let slots = object.offset(super::tcb::layout::SLOTS);
+                Capability::Zombie { object: slots, radix, remaining: 1 << radix }
+            }
+            other => other,
+        }
     }
 
     /// One unit of work on the zombie chain starting at `top`.
@@ -170,11 +189,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     }
                     current = target;
                 }
-                Capability::CNode { object: inner, radix: inner_radix, .. } if self.is_final(target) => {
-                    self.set_cap(
-                        target,
-                        Capability::Zombie { object: inner, radix: inner_radix, remaining: 1 << inner_radix },
-                    );
+                cap @ (Capability::CNode { .. } | Capability::Tcb { .. }) if self.is_final(target) => {
+                    let zombie = self.zombie_for(&cap);
+                    self.set_cap(target, zombie);
                     return Step::Continue;
                 }
                 cap => {

@@ -20,9 +20,12 @@ pub mod cnode;
 pub mod cspace;
 pub mod delete;
 pub mod memory;
+pub mod tcb;
 pub mod untyped;
 pub mod vspace;
 
+#[cfg(test)]
+mod tcb_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -101,12 +104,19 @@ pub struct ObjectSpace<M: PhysicalMemory> {
     pub asid_table: [Option<PhysAddr>; vspace::ASID_POOLS],
     /// The kernel's PML4, whose upper half every new address space shares.
     pub kernel_pml4: Option<PhysAddr>,
+    /// The run queues.
+    pub scheduler: tcb::Scheduler,
 }
 
 impl<M: PhysicalMemory> ObjectSpace<M> {
     /// The object space over `memory`.
     pub const fn new(memory: M) -> Self {
-        Self { memory, asid_table: [None; vspace::ASID_POOLS], kernel_pml4: None }
+        Self {
+            memory,
+            asid_table: [None; vspace::ASID_POOLS],
+            kernel_pml4: None,
+            scheduler: tcb::Scheduler::new(),
+        }
     }
 
     /// The capability in `slot`.

@@ -161,8 +161,10 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             if retype.object_type != ObjectType::Untyped && !device {
                 self.memory.zero(object, object_size);
             }
-            if retype.object_type == ObjectType::Pml4 {
-                self.init_pml4(object);
+            match retype.object_type {
+                ObjectType::Pml4 => self.init_pml4(object),
+                ObjectType::Tcb => self.init_tcb(object),
+                _ => {}
             }
             let slot = Slot::in_cnode(retype.destination, retype.first_slot + n);
             self.insert_new_object(retype.untyped, slot, cap);

@@ -19,16 +19,16 @@ use super::vspace::VSpaceInvocation;
 use super::*;
 use crate::arch::x86_64::paging::{Level, PageTableEntry, PteFlags};
 
-fn slot(index: u64) -> Slot {
+pub(super) fn slot(index: u64) -> Slot {
     Slot::in_cnode(ROOT_CNODE, index)
 }
 
-const UNTYPED: u64 = 1;
+pub(super) const UNTYPED: u64 = 1;
 const ASID_CONTROL: u64 = 2;
-const POOL: u64 = 4;
+pub(super) const POOL: u64 = 4;
 
 /// Boot plus an ASID control capability and one ASID pool.
-fn boot_with_pool() -> ObjectSpace<Arena> {
+pub(super) fn boot_with_pool() -> ObjectSpace<Arena> {
     let mut space = boot();
     space.insert_root(slot(ASID_CONTROL), Capability::AsidControl);
     // The pool comes from memory of its own, so that revoking the test
@@ -44,14 +44,14 @@ fn boot_with_pool() -> ObjectSpace<Arena> {
     space
 }
 
-fn retype(space: &mut ObjectSpace<Arena>, kind: ObjectType, size: u64, first: u64, count: u64) {
+pub(super) fn retype(space: &mut ObjectSpace<Arena>, kind: ObjectType, size: u64, first: u64, count: u64) {
     let retype = space
         .decode_retype(slot(UNTYPED), kind as u64, size, root_cap(), first, count)
         .unwrap_or_else(|e| panic!("retype {kind:?}: {e:?}"));
     space.perform_retype(&retype);
 }
 
-fn invoke(
+pub(super) fn invoke(
     space: &mut ObjectSpace<Arena>,
     target: u64,
     label: Label,

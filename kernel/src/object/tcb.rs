@@ -1,0 +1,462 @@
+//! Threads: the TCB object, the scheduler's run queues, and the TCB
+//! invocations (after seL4's non-MCS TCB).
+//!
+//! A TCB is a 4 KiB object laid out as follows. Offsets are in [`layout`].
+//!
+//! | offset | size | contents |
+//! |---|---|---|
+//! | 0x000 | 144 | user register context ([`UserContext`]) |
+//! | 0x0a0 | 8 | thread state |
+//! | 0x0a8 | 8 | priority (bits 0–7), maximum controlled priority (bits 8–15) |
+//! | 0x0b0 | 8 | IPC buffer address in the thread's address space |
+//! | 0x0b8 | 8 | physical address of the IPC buffer's frame (0: none) |
+//! | 0x0c0 | 16 | run-queue links (next, previous TCB) |
+//! | 0x100 | 64 | two capability slots: CSpace root and VSpace root |
+//! | 0x200 | 512 | FXSAVE area for the thread's x87/SSE state |
+//!
+//! The two capability slots are real slots in the derivation tree. When
+//! the last capability to a TCB is deleted, the thread is taken off the run
+//! queues and the TCB capability becomes a zombie covering those two slots.
+//! The CNode machinery in `delete` then empties them, in bounded steps.
+//!
+//! The scheduler has fixed priorities 0–255 with round robin within a
+//! priority. One bit per priority says which queues are non-empty, so
+//! choosing the next thread is a find-first-set, not a scan.
+
+use strata_abi::error::InvocationError;
+use strata_abi::invocation::Label;
+
+use super::{Capability, ObjectSpace, PhysicalMemory, Slot};
+use crate::addr::PhysAddr;
+
+/// Offsets within a TCB.
+pub mod layout {
+    /// The saved user registers.
+    pub const CONTEXT: u64 = 0x000;
+    /// [`super::ThreadState`].
+    pub const STATE: u64 = 0x0a0;
+    /// Priority and maximum controlled priority.
+    pub const PRIORITY: u64 = 0x0a8;
+    /// IPC buffer virtual address.
+    pub const IPC_BUFFER: u64 = 0x0b0;
+    /// IPC buffer frame's physical address.
+    pub const IPC_BUFFER_FRAME: u64 = 0x0b8;
+    /// Next TCB in the run queue.
+    pub const QUEUE_NEXT: u64 = 0x0c0;
+    /// Previous TCB in the run queue.
+    pub const QUEUE_PREV: u64 = 0x0c8;
+    /// The CSpace root slot (the VSpace root slot follows it).
+    pub const SLOTS: u64 = 0x100;
+    /// The FXSAVE area (16-byte aligned).
+    pub const FPU: u64 = 0x200;
+}
+
+/// Radix of the TCB's slot array (two slots).
+pub const TCB_SLOTS_RADIX: u8 = 1;
+
+/// User registers, in the order the kernel-entry stubs save them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+#[allow(missing_docs)] // Register names.
+pub struct UserContext {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+}
+
+/// Words in a [`UserContext`].
+pub const CONTEXT_WORDS: usize = 18;
+
+/// RFLAGS bits user space may set: CF, PF, AF, ZF, SF, DF, OF (and bit 1,
+/// which is always set). IF is always set; IOPL, TF, NT, AC and the rest
+/// are always clear.
+const USER_FLAGS: u64 = 0b1100_1101_0101;
+const FLAG_IF: u64 = 1 << 9;
+const FLAG_RESERVED: u64 = 1 << 1;
+
+impl UserContext {
+    /// The context with values only the thread itself could have set made
+    /// safe to return to: a non-canonical or kernel-half instruction
+    /// pointer becomes 0 (the thread faults in user mode instead of the
+    /// return faulting in the kernel), and RFLAGS is limited to the user bits.
+    pub fn sanitised(mut self) -> Self {
+        if self.rip >= strata_abi::object::USER_TOP {
+            self.rip = 0;
+        }
+        self.rflags = (self.rflags & USER_FLAGS) | FLAG_IF | FLAG_RESERVED;
+        self
+    }
+
+    fn words(&self) -> [u64; CONTEXT_WORDS] {
+        [
+            self.rax,
+            self.rbx,
+            self.rcx,
+            self.rdx,
+            self.rsi,
+            self.rdi,
+            self.rbp,
+            self.r8,
+            self.r9,
+            self.r10,
+            self.r11,
+            self.r12,
+            self.r13,
+            self.r14,
+            self.r15,
+            self.rip,
+            self.rsp,
+            self.rflags,
+        ]
+    }
+
+    fn from_words(w: [u64; CONTEXT_WORDS]) -> Self {
+        Self {
+            rax: w[0],
+            rbx: w[1],
+            rcx: w[2],
+            rdx: w[3],
+            rsi: w[4],
+            rdi: w[5],
+            rbp: w[6],
+            r8: w[7],
+            r9: w[8],
+            r10: w[9],
+            r11: w[10],
+            r12: w[11],
+            r13: w[12],
+            r14: w[13],
+            r15: w[14],
+            rip: w[15],
+            rsp: w[16],
+            rflags: w[17],
+        }
+    }
+}
+
+/// What a thread is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum ThreadState {
+    /// Not running and not waiting: never started, or suspended.
+    Inactive = 0,
+    /// Runnable (running, or in a run queue).
+    Runnable = 1,
+}
+
+/// The run queues.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    heads: [Option<PhysAddr>; 256],
+    tails: [Option<PhysAddr>; 256],
+    /// Bit p set: queue p is not empty.
+    nonempty: [u64; 4],
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scheduler {
+    /// Empty queues.
+    pub const fn new() -> Self {
+        Self { heads: [None; 256], tails: [None; 256], nonempty: [0; 4] }
+    }
+
+    /// The highest priority with a runnable thread.
+    pub fn highest(&self) -> Option<u8> {
+        (0..4).rev().find_map(|word| {
+            let bits = self.nonempty[word];
+            (bits != 0).then(|| (word * 64 + 63 - bits.leading_zeros() as usize) as u8)
+        })
+    }
+}
+
+/// A checked TCB invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcbInvocation {
+    /// Install `cspace` and `vspace` (copies of the capabilities in those
+    /// slots) and the IPC buffer.
+    Configure {
+        /// The TCB.
+        tcb: PhysAddr,
+        /// Slot of the new CSpace root capability.
+        cspace: Slot,
+        /// Slot of the new VSpace root capability.
+        vspace: Slot,
+        /// IPC buffer address.
+        ipc_buffer: u64,
+        /// IPC buffer frame (physical), if any.
+        ipc_buffer_frame: Option<PhysAddr>,
+    },
+    /// Set priority and maximum controlled priority.
+    SetPriority {
+        /// The TCB.
+        tcb: PhysAddr,
+        /// The new priority.
+        priority: u8,
+        /// The new maximum controlled priority.
+        max: u8,
+    },
+    /// Replace the registers.
+    WriteRegisters {
+        /// The TCB.
+        tcb: PhysAddr,
+        /// The new registers (sanitised).
+        context: UserContext,
+    },
+    /// Make the thread runnable.
+    Resume {
+        /// The TCB.
+        tcb: PhysAddr,
+    },
+    /// Stop the thread.
+    Suspend {
+        /// The TCB.
+        tcb: PhysAddr,
+    },
+}
+
+impl<M: PhysicalMemory> ObjectSpace<M> {
+    /// The saved registers of the thread `tcb`.
+    pub fn context(&self, tcb: PhysAddr) -> UserContext {
+        let mut words = [0; CONTEXT_WORDS];
+        for (i, word) in words.iter_mut().enumerate() {
+            *word = self.memory.read(tcb.offset(layout::CONTEXT + 8 * i as u64));
+        }
+        UserContext::from_words(words)
+    }
+
+    /// Saves registers into the thread `tcb`.
+    pub fn set_context(&mut self, tcb: PhysAddr, context: &UserContext) {
+        for (i, word) in context.words().iter().enumerate() {
+            self.memory.write(tcb.offset(layout::CONTEXT + 8 * i as u64), *word);
+        }
+    }
+
+    /// The thread's state.
+    pub fn thread_state(&self, tcb: PhysAddr) -> ThreadState {
+        match self.memory.read(tcb.offset(layout::STATE)) {
+            1 => ThreadState::Runnable,
+            _ => ThreadState::Inactive,
+        }
+    }
+
+    /// The thread's priority and maximum controlled priority.
+    pub fn priority(&self, tcb: PhysAddr) -> (u8, u8) {
+        let word = self.memory.read(tcb.offset(layout::PRIORITY));
+        (word as u8, (word >> 8) as u8)
+    }
+
+    /// The thread's CSpace root slot (the VSpace root slot is the next one).
+    pub const fn tcb_slot(tcb: PhysAddr, index: u64) -> Slot {
+        Slot::in_cnode(PhysAddr(tcb.get() + layout::SLOTS), index)
+    }
+
+    /// The thread's IPC buffer: its frame's physical address and its virtual address.
+    pub fn ipc_buffer(&self, tcb: PhysAddr) -> Option<(PhysAddr, u64)> {
+        match self.memory.read(tcb.offset(layout::IPC_BUFFER_FRAME)) {
+            0 => None,
+            frame => Some((PhysAddr(frame), self.memory.read(tcb.offset(layout::IPC_BUFFER)))),
+        }
+    }
+
+    /// Puts the thread at the tail of its priority's run queue.
+    pub fn enqueue(&mut self, tcb: PhysAddr) {
+        let (priority, _) = self.priority(tcb);
+        let p = usize::from(priority);
+        self.memory.write(tcb.offset(layout::STATE), ThreadState::Runnable as u64);
+        self.memory.write(tcb.offset(layout::QUEUE_NEXT), 0);
+        self.memory.write(tcb.offset(layout::QUEUE_PREV), self.scheduler.tails[p].map_or(0, PhysAddr::get));
+        match self.scheduler.tails[p] {
+            Some(tail) => self.memory.write(tail.offset(layout::QUEUE_NEXT), tcb.get()),
+            None => self.scheduler.heads[p] = Some(tcb),
+        }
+        self.scheduler.tails[p] = Some(tcb);
+        self.scheduler.nonempty[p / 64] |= 1 << (p % 64);
+    }
+
+    /// Takes the thread out of its run queue, if it is in one, and marks it inactive.
+    pub fn dequeue(&mut self, tcb: PhysAddr) {
+        if self.thread_state(tcb) != ThreadState::Runnable {
+            return;
+        }
+        let (priority, _) = self.priority(tcb);
+        let p = usize::from(priority);
+        let link = |word: u64| (word != 0).then_some(PhysAddr(word));
+        let next = link(self.memory.read(tcb.offset(layout::QUEUE_NEXT)));
+        let prev = link(self.memory.read(tcb.offset(layout::QUEUE_PREV)));
+        match prev {
+            Some(prev) => self.memory.write(prev.offset(layout::QUEUE_NEXT), next.map_or(0, PhysAddr::get)),
+            None => self.scheduler.heads[p] = next,
+        }
+        match next {
+            Some(next) => self.memory.write(next.offset(layout::QUEUE_PREV), prev.map_or(0, PhysAddr::get)),
+            None => self.scheduler.tails[p] = prev,
+        }
+        if self.scheduler.heads[p].is_none() {
+            self.scheduler.nonempty[p / 64] &= !(1 << (p % 64));
+        }
+        self.memory.write(tcb.offset(layout::STATE), ThreadState::Inactive as u64);
+        self.memory.write(tcb.offset(layout::QUEUE_NEXT), 0);
+        self.memory.write(tcb.offset(layout::QUEUE_PREV), 0);
+    }
+
+    /// The thread to run next: the head of the highest non-empty queue,
+    /// rotated to the tail (round robin). `None` if nothing is runnable.
+    pub fn choose_thread(&mut self) -> Option<PhysAddr> {
+        let priority = self.scheduler.highest()?;
+        let head = self.scheduler.heads[usize::from(priority)]?;
+        self.dequeue(head);
+        self.enqueue(head);
+        Some(head)
+    }
+
+    /// Prepares a newly retyped TCB (memory is already zero): priority 0,
+    /// inactive, FPU state at its reset values.
+    pub(super) fn init_tcb(&mut self, tcb: PhysAddr) {
+        // FXSAVE image of the reset state: FCW 0x37f, MXCSR 0x1f80 with its mask.
+        self.memory.write(tcb.offset(layout::FPU), 0x037f);
+        self.memory.write(tcb.offset(layout::FPU + 24), 0x0000_ffff_0000_1f80);
+        self.set_context(tcb, &UserContext::default().sanitised());
+    }
+
+    /// Releases a TCB whose last capability is being deleted: it leaves the
+    /// run queues. Its two slots are emptied afterwards through a zombie.
+    pub(super) fn finalise_tcb(&mut self, tcb: PhysAddr) {
+        self.dequeue(tcb);
+    }
+
+    /// Decodes an invocation on the TCB capability `cap`; `extra` are the
+    /// slots of the extra capabilities.
+    pub fn decode_tcb(
+        &self,
+        cap: Capability,
+        label: Label,
+        words: &[u64],
+        extra: &[Slot],
+    ) -> Result<TcbInvocation, InvocationError> {
+        let Capability::Tcb { object: tcb } = cap else {
+            return Err(InvocationError::InvalidCapability { index: 0 });
+        };
+        let word =
+            |n: usize, needed: u8| words.get(n).copied().ok_or(InvocationError::TruncatedMessage { needed });
+        let extra_slot =
+            |n: usize| extra.get(n).copied().ok_or(InvocationError::InvalidCapability { index: n as u8 + 1 });
+        match label {
+            Label::TcbConfigure => {
+                let ipc_buffer = word(0, 1)?;
+                let cspace = extra_slot(0)?;
+                let vspace = extra_slot(1)?;
+                if !matches!(self.cap(cspace), Capability::CNode { .. }) {
+                    return Err(InvocationError::InvalidCapability { index: 1 });
+                }
+                if !matches!(self.cap(vspace), Capability::Pml4 { asid: Some(_), .. }) {
+                    return Err(InvocationError::InvalidCapability { index: 2 });
+                }
+                // The embedded slots must be free: reconfiguring a thread means
+                // deleting its old roots first (a preemptible operation of its own).
+                if !self.cap(Self::tcb_slot(tcb, 0)).is_null() || !self.cap(Self::tcb_slot(tcb, 1)).is_null()
+                {
+                    return Err(InvocationError::DeleteFirst);
+                }
+                let ipc_buffer_frame = match extra.get(2).map(|&s| self.cap(s)) {
+                    None => None,
+                    Some(Capability::Frame { object, mapping: Some(m), rights, .. })
+                        if m.address == ipc_buffer & !0xfff
+                            && rights.contains(
+                                strata_abi::object::Rights::READ | strata_abi::object::Rights::WRITE,
+                            ) =>
+                    {
+                        if ipc_buffer % 8 != 0 || (ipc_buffer & 0xfff) + 1024 > 4096 {
+                            return Err(InvocationError::AlignmentError);
+                        }
+                        Some(object.offset(ipc_buffer & 0xfff))
+                    }
+                    Some(_) => return Err(InvocationError::InvalidCapability { index: 3 }),
+                };
+                Ok(TcbInvocation::Configure { tcb, cspace, vspace, ipc_buffer, ipc_buffer_frame })
+            }
+            Label::TcbSetPriority => {
+                let authority = extra_slot(0)?;
+                let Capability::Tcb { object: authority } = self.cap(authority) else {
+                    return Err(InvocationError::InvalidCapability { index: 1 });
+                };
+                let (_, limit) = self.priority(authority);
+                let priority = word(0, 2)?;
+                let max = word(1, 2)?;
+                if priority > u64::from(limit) || max > u64::from(limit) {
+                    return Err(InvocationError::RangeError { min: 0, max: u64::from(limit) });
+                }
+                Ok(TcbInvocation::SetPriority { tcb, priority: priority as u8, max: max as u8 })
+            }
+            Label::TcbWriteRegisters => {
+                let mut values = [0u64; CONTEXT_WORDS];
+                for (i, value) in values.iter_mut().enumerate() {
+                    *value = word(i, CONTEXT_WORDS as u8)?;
+                }
+                Ok(TcbInvocation::WriteRegisters {
+                    tcb,
+                    context: UserContext::from_words(values).sanitised(),
+                })
+            }
+            Label::TcbResume => {
+                if self.cap(Self::tcb_slot(tcb, 1)).is_null() {
+                    // A thread without an address space cannot run.
+                    return Err(InvocationError::IllegalOperation);
+                }
+                Ok(TcbInvocation::Resume { tcb })
+            }
+            Label::TcbSuspend => Ok(TcbInvocation::Suspend { tcb }),
+            _ => Err(InvocationError::IllegalOperation),
+        }
+    }
+
+    /// Performs a decoded TCB invocation.
+    pub fn perform_tcb(&mut self, invocation: TcbInvocation) {
+        match invocation {
+            TcbInvocation::Configure { tcb, cspace, vspace, ipc_buffer, ipc_buffer_frame } => {
+                let (cspace_cap, vspace_cap) = (self.cap(cspace), self.cap(vspace));
+                self.insert_derived(cspace, Self::tcb_slot(tcb, 0), cspace_cap);
+                self.insert_derived(vspace, Self::tcb_slot(tcb, 1), vspace_cap);
+                self.memory.write(tcb.offset(layout::IPC_BUFFER), ipc_buffer);
+                self.memory
+                    .write(tcb.offset(layout::IPC_BUFFER_FRAME), ipc_buffer_frame.map_or(0, PhysAddr::get));
+            }
+            TcbInvocation::SetPriority { tcb, priority, max } => {
+                let runnable = self.thread_state(tcb) == ThreadState::Runnable;
+                if runnable {
+                    self.dequeue(tcb);
+                }
+                self.memory.write(tcb.offset(layout::PRIORITY), u64::from(priority) | u64::from(max) << 8);
+                if runnable {
+                    self.enqueue(tcb);
+                }
+            }
+            TcbInvocation::WriteRegisters { tcb, context } => self.set_context(tcb, &context),
+            TcbInvocation::Resume { tcb } => {
+                if self.thread_state(tcb) != ThreadState::Runnable {
+                    self.enqueue(tcb);
+                }
+            }
+            TcbInvocation::Suspend { tcb } => self.dequeue(tcb),
+        }
+    }
+}
