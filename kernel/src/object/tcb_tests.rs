@@ -178,8 +178,8 @@ fn tcb_decode_errors() {
         space.decode_tcb(fresh, Label::TcbSetPriority, &[5, 0], &[slot(16)]),
         Err(InvocationError::RangeError { min: 0, max: 0 })
     );
-    let tcb_object = tcb_object(&space, 16);
-    set_priority(&mut space, tcb_object, 100);
+    let authority = tcb_object(&space, 16);
+    set_priority(&mut space, authority, 100);
     let set =
         space.decode_tcb(fresh, Label::TcbSetPriority, &[90, 80], &[slot(16)]).expect("within the limit");
     space.perform_tcb(set);
@@ -188,11 +188,6 @@ fn tcb_decode_errors() {
         space.decode_tcb(root_cap(), Label::TcbResume, &[], &[]),
         Err(InvocationError::InvalidCapability { index: 0 })
     );
-    let _ = Budget(0);
-}
-
-fn tcb_object_of(space: &ObjectSpace<Arena>, index: u64) -> PhysAddr {
-    tcb_object(space, index)
 }
 
 #[test]
