@@ -21,5 +21,6 @@ pub mod cmdline;
 pub mod console;
 pub mod frame;
 pub mod object;
+pub mod rootserver;
 #[cfg(feature = "selftest")]
 pub mod selftest;
