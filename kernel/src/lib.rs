@@ -24,3 +24,4 @@ pub mod object;
 pub mod rootserver;
 #[cfg(feature = "selftest")]
 pub mod selftest;
+pub mod syscall;

@@ -5,7 +5,7 @@
 //!
 //! | offset | size | contents |
 //! |---|---|---|
-//! | 0x000 | 144 | user register context ([`UserContext`]) |
+//! | 0x000 | 160 | user register context ([`UserContext`]) |
 //! | 0x0a0 | 8 | thread state |
 //! | 0x0a8 | 8 | priority (bits 0–7), maximum controlled priority (bits 8–15) |
 //! | 0x0b0 | 8 | IPC buffer address in the thread's address space |
@@ -54,7 +54,9 @@ pub mod layout {
 /// Radix of the TCB's slot array (two slots).
 pub const TCB_SLOTS_RADIX: u8 = 1;
 
-/// User registers, in the order the kernel-entry stubs save them.
+/// User registers, in the order the kernel-entry stubs save them: the
+/// general registers, then an IRET frame (rip, cs, rflags, rsp, ss), so that
+/// returning to user mode is popping the registers and `iretq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 #[allow(missing_docs)] // Register names.
@@ -75,12 +77,20 @@ pub struct UserContext {
     pub r14: u64,
     pub r15: u64,
     pub rip: u64,
-    pub rsp: u64,
+    pub cs: u64,
     pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
 }
 
 /// Words in a [`UserContext`].
-pub const CONTEXT_WORDS: usize = 18;
+pub const CONTEXT_WORDS: usize = 20;
+/// Registers `TcbWriteRegisters` sets: all but the segment selectors.
+pub const WRITABLE_REGISTERS: usize = 18;
+/// The user code segment selector (GDT entry 4, RPL 3).
+pub const USER_CODE_SELECTOR: u64 = 0x23;
+/// The user data segment selector (GDT entry 3, RPL 3).
+pub const USER_DATA_SELECTOR: u64 = 0x1b;
 
 /// RFLAGS bits user space may set: CF, PF, AF, ZF, SF, DF, OF (and bit 1,
 /// which is always set). IF is always set; IOPL, TF, NT, AC and the rest
@@ -99,6 +109,8 @@ impl UserContext {
             self.rip = 0;
         }
         self.rflags = (self.rflags & USER_FLAGS) | FLAG_IF | FLAG_RESERVED;
+        self.cs = USER_CODE_SELECTOR;
+        self.ss = USER_DATA_SELECTOR;
         self
     }
 
@@ -120,9 +132,22 @@ impl UserContext {
             self.r14,
             self.r15,
             self.rip,
-            self.rsp,
+            self.cs,
             self.rflags,
+            self.rsp,
+            self.ss,
         ]
+    }
+
+    /// A context from the registers `TcbWriteRegisters` takes: rax..r15,
+    /// rip, rsp, rflags.
+    fn from_writable(w: [u64; WRITABLE_REGISTERS]) -> Self {
+        let mut all = [0u64; CONTEXT_WORDS];
+        all[..15].copy_from_slice(&w[..15]);
+        all[15] = w[15]; // rip
+        all[17] = w[17]; // rflags
+        all[18] = w[16]; // rsp
+        Self::from_words(all)
     }
 
     fn from_words(w: [u64; CONTEXT_WORDS]) -> Self {
@@ -143,8 +168,10 @@ impl UserContext {
             r14: w[13],
             r15: w[14],
             rip: w[15],
-            rsp: w[16],
+            cs: w[16],
             rflags: w[17],
+            rsp: w[18],
+            ss: w[19],
         }
     }
 }
@@ -408,13 +435,13 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 Ok(TcbInvocation::SetPriority { tcb, priority: priority as u8, max: max as u8 })
             }
             Label::TcbWriteRegisters => {
-                let mut values = [0u64; CONTEXT_WORDS];
+                let mut values = [0u64; WRITABLE_REGISTERS];
                 for (i, value) in values.iter_mut().enumerate() {
-                    *value = word(i, CONTEXT_WORDS as u8)?;
+                    *value = word(i, WRITABLE_REGISTERS as u8)?;
                 }
                 Ok(TcbInvocation::WriteRegisters {
                     tcb,
-                    context: UserContext::from_words(values).sanitised(),
+                    context: UserContext::from_writable(values).sanitised(),
                 })
             }
             Label::TcbResume => {

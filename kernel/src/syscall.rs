@@ -1,0 +1,337 @@
+//! System calls: from a thread's saved registers to an object invocation
+//! and a reply, independent of how the registers were saved (that is in
+//! `arch`). Plain Rust over the object layer, so it is tested on the host.
+//!
+//! Registers (see `docs/abi.md`): RAX holds the system call number, RDI the
+//! capability pointer, RSI the message info word, and RDX, R8, R9, R10,
+//! R12, R13, R14, R15 message words 0–7. Extra capabilities of an
+//! invocation are capability pointers in the thread's IPC buffer.
+//!
+//! A `Call` on an object capability is decoded with no side effects, then
+//! performed. The reply replaces RSI (label 0 or the error code, and the
+//! number of reply words) and the message registers. Delete and revoke run
+//! with a bounded budget. When that runs out, the thread's instruction
+//! pointer is moved back onto its `syscall`, so the same call resumes the
+//! next time the thread runs, after the kernel has taken any pending
+//! interrupt.
+
+use strata_abi::error::{InvocationError, LookupFailure};
+use strata_abi::invocation::Label;
+use strata_abi::message::MessageInfo;
+use strata_abi::syscall::Syscall;
+
+use crate::addr::PhysAddr;
+use crate::object::delete::{Budget, Progress};
+use crate::object::tcb::UserContext;
+use crate::object::vspace::VSpaceInvocation;
+use crate::object::{Capability, ObjectSpace, PhysicalMemory, Slot};
+
+/// Work a delete or revoke may do before the kernel takes interrupts.
+pub const PREEMPTION_BUDGET: u32 = 256;
+/// Length of the `syscall` instruction (0F 05): how far a restarted call backs up.
+const SYSCALL_LENGTH: u64 = 2;
+
+/// What the kernel must do after a system call, besides returning to the
+/// (possibly updated) thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Return to the thread.
+    Continue,
+    /// The thread gave up its time slice.
+    Yield,
+    /// Print this byte on the console (debug builds).
+    PutChar(u8),
+    /// End the run with this exit code (test builds).
+    Shutdown(u8),
+    /// The thread made a system call that does not exist: a fault.
+    Fault,
+}
+
+fn message_words(context: &UserContext) -> [u64; 8] {
+    [context.rdx, context.r8, context.r9, context.r10, context.r12, context.r13, context.r14, context.r15]
+}
+
+fn set_reply(context: &mut UserContext, label: u64, words: &[u64]) {
+    let length = words.len().min(4);
+    context.rsi = MessageInfo::new(label, 0, length as u8).encode().unwrap_or(0);
+    let mut padded = [0u64; 4];
+    padded[..length].copy_from_slice(&words[..length]);
+    context.rdx = padded[0];
+    context.r8 = padded[1];
+    context.r9 = padded[2];
+    context.r10 = padded[3];
+}
+
+fn reply_error(context: &mut UserContext, error: InvocationError) {
+    set_reply(context, error.code(), &error.words());
+}
+
+impl<M: PhysicalMemory> ObjectSpace<M> {
+    /// Handles the system call the thread `tcb` made with `context`
+    /// (updated in place with the reply).
+    pub fn handle_syscall(&mut self, tcb: PhysAddr, context: &mut UserContext) -> Outcome {
+        match Syscall::try_from(context.rax) {
+            Ok(Syscall::Call) => {
+                match self.call(tcb, context) {
+                    Ok(Some(words)) => set_reply(context, 0, &words),
+                    Ok(None) => context.rip = context.rip.wrapping_sub(SYSCALL_LENGTH),
+                    Err(error) => reply_error(context, error),
+                }
+                Outcome::Continue
+            }
+            Ok(Syscall::Yield) => Outcome::Yield,
+            Ok(Syscall::DebugPutChar) => Outcome::PutChar(context.rdi as u8),
+            Ok(Syscall::DebugShutdown) => Outcome::Shutdown(context.rdi as u8),
+            // The IPC system calls arrive with endpoints and notifications.
+            Ok(_) | Err(_) => Outcome::Fault,
+        }
+    }
+
+    /// The capability pointers of the extra capabilities, from the IPC buffer.
+    fn extra_caps(&self, tcb: PhysAddr, count: u8) -> Result<heapless::Vec<Slot, 3>, InvocationError> {
+        let mut slots = heapless::Vec::new();
+        if count == 0 {
+            return Ok(slots);
+        }
+        let (buffer, _) = self.ipc_buffer(tcb).ok_or(InvocationError::InvalidCapability { index: 1 })?;
+        let root = self.cap(Self::tcb_slot(tcb, 0));
+        for index in 0..count {
+            let offset = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, caps_or_badges) as u64;
+            let pointer = self.memory.read(buffer.offset(offset + 8 * u64::from(index)));
+            let (slot, _) = self
+                .lookup_cap(root, pointer)
+                .map_err(|_| InvocationError::InvalidCapability { index: index + 1 })?;
+            let _ = slots.push(slot);
+        }
+        Ok(slots)
+    }
+
+    /// Performs a `Call` on an object capability. `Ok(Some(words))` is a
+    /// successful reply; `Ok(None)` means preempted, to be restarted.
+    fn call(
+        &mut self,
+        tcb: PhysAddr,
+        context: &UserContext,
+    ) -> Result<Option<heapless::Vec<u64, 4>>, InvocationError> {
+        let info = MessageInfo::decode(context.rsi);
+        let root = self.cap(Self::tcb_slot(tcb, 0));
+        let (slot, cap) = self
+            .lookup_cap(root, context.rdi)
+            .map_err(|failure| InvocationError::FailedLookup { source: true, failure })?;
+        let all_words = message_words(context);
+        let words = &all_words[..usize::from(info.length).min(all_words.len())];
+        let extra = self.extra_caps(tcb, info.extra_caps)?;
+        let label = Label::try_from(info.label).map_err(|_| InvocationError::IllegalOperation)?;
+        let mut budget = Budget(PREEMPTION_BUDGET);
+        let done = |progress: Progress| match progress {
+            Progress::Done => Some(heapless::Vec::new()),
+            Progress::Preempted => None,
+        };
+        match cap {
+            Capability::CNode { .. } => {
+                let source_root = extra.first().map(|&s| self.cap(s));
+                let invocation = self.decode_cnode(cap, label, words, source_root)?;
+                Ok(done(self.perform_cnode(invocation, &mut budget)))
+            }
+            Capability::Untyped { .. } => {
+                if label != Label::UntypedRetype {
+                    return Err(InvocationError::IllegalOperation);
+                }
+                let word =
+                    |n: usize| words.get(n).copied().ok_or(InvocationError::TruncatedMessage { needed: 6 });
+                let root = extra
+                    .first()
+                    .map(|&s| self.cap(s))
+                    .ok_or(InvocationError::InvalidCapability { index: 1 })?;
+                let depth = u8::try_from(word(3)?)
+                    .ok()
+                    .filter(|d| (1..=64).contains(d))
+                    .ok_or(InvocationError::RangeError { min: 1, max: 64 })?;
+                let destination = self
+                    .lookup_slot(root, word(2)?, depth)
+                    .map_err(|failure| InvocationError::FailedLookup { source: false, failure })?;
+                let retype =
+                    self.decode_retype(slot, word(0)?, word(1)?, self.cap(destination), word(4)?, word(5)?)?;
+                self.perform_retype(&retype);
+                Ok(Some(heapless::Vec::new()))
+            }
+            Capability::Frame { .. }
+            | Capability::PageTable { .. }
+            | Capability::AsidControl
+            | Capability::AsidPool { .. } => {
+                let invocation = self.decode_vspace(slot, label, words, &extra)?;
+                let reply = match invocation {
+                    VSpaceInvocation::GetAddress { address } => {
+                        heapless::Vec::from_slice(&[address.get()]).ok()
+                    }
+                    _ => Some(heapless::Vec::new()),
+                };
+                self.perform_vspace(invocation);
+                Ok(reply)
+            }
+            Capability::Tcb { .. } => {
+                let invocation = self.decode_tcb(cap, label, words, &extra)?;
+                self.perform_tcb(invocation);
+                Ok(Some(heapless::Vec::new()))
+            }
+            // Calls on endpoints are IPC, which arrives with endpoints; a
+            // PML4 and a zombie have no invocations.
+            Capability::Endpoint { .. }
+            | Capability::Notification { .. }
+            | Capability::Pml4 { .. }
+            | Capability::Zombie { .. } => Err(InvocationError::IllegalOperation),
+            Capability::Null => Err(InvocationError::FailedLookup {
+                source: true,
+                failure: LookupFailure::MissingCapability { bits_left: 0 },
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::memory::Arena;
+    use crate::rootserver;
+    use strata_abi::bootinfo::slot;
+    use strata_abi::elf::testing::elf;
+    use strata_abi::object::ObjectType;
+
+    fn root_task() -> (ObjectSpace<Arena>, PhysAddr) {
+        let mut space = ObjectSpace::new(Arena::new(0, 16 << 20));
+        let image = elf(0x40_0000, &[(1, 5, 0x1000, 0x40_0000, 0x10, 0x10)], 0x2000);
+        let mut free = [(0x40_0000u64, 0x40_0000u64)].into_iter();
+        let task =
+            rootserver::create(&mut space, &image, PhysAddr(0x10_0000), (PhysAddr(0x20_0000), 21), &mut free)
+                .expect("root task");
+        (space, task.tcb)
+    }
+
+    fn call(label: Label, cptr: u64, words: &[u64], extra: u8) -> UserContext {
+        let mut context = UserContext {
+            rax: Syscall::Call as u64,
+            rdi: cptr,
+            rsi: MessageInfo::new(label as u64, extra, words.len() as u8).encode().expect("fits"),
+            rip: 0x40_0002,
+            ..UserContext::default()
+        };
+        let w = |n: usize| words.get(n).copied().unwrap_or(0);
+        (context.rdx, context.r8, context.r9, context.r10, context.r12, context.r13) =
+            (w(0), w(1), w(2), w(3), w(4), w(5));
+        context
+    }
+
+    fn set_extra(space: &mut ObjectSpace<Arena>, tcb: PhysAddr, caps: &[u64]) {
+        let (buffer, _) = space.ipc_buffer(tcb).expect("IPC buffer");
+        for (i, &cap) in caps.iter().enumerate() {
+            space.memory.write(buffer.offset(8 * (122 + i as u64)), cap);
+        }
+    }
+
+    fn label(context: &UserContext) -> u64 {
+        MessageInfo::decode(context.rsi).label
+    }
+
+    #[test]
+    fn calls_reach_objects_and_replies_carry_results_or_errors() {
+        let (mut space, tcb) = root_task();
+        let first_untyped = space.memory.read({
+            let Capability::Frame { object, .. } =
+                space.cap(Slot::in_cnode(PhysAddr(0x10_0000), slot::BOOT_INFO))
+            else {
+                panic!()
+            };
+            object.offset(48)
+        });
+        // Retype an endpoint from the first Untyped into slot 100.
+        set_extra(&mut space, tcb, &[slot::CNODE]);
+        let mut context = call(
+            Label::UntypedRetype,
+            first_untyped,
+            &[ObjectType::Endpoint as u64, 0, slot::CNODE, 64, 100, 1],
+            1,
+        );
+        assert_eq!(space.handle_syscall(tcb, &mut context), Outcome::Continue);
+        assert_eq!(
+            label(&context),
+            0,
+            "retype failed: {:?}",
+            InvocationError::decode(label(&context), [context.rdx, context.r8, context.r9, context.r10])
+        );
+        assert!(matches!(space.cap(Slot::in_cnode(PhysAddr(0x10_0000), 100)), Capability::Endpoint { .. }));
+        // The same again: the slot is taken, and the error comes back decoded.
+        let mut context = call(
+            Label::UntypedRetype,
+            first_untyped,
+            &[ObjectType::Endpoint as u64, 0, slot::CNODE, 64, 100, 1],
+            1,
+        );
+        let _ = space.handle_syscall(tcb, &mut context);
+        assert_eq!(
+            InvocationError::decode(label(&context), [context.rdx, context.r8, context.r9, context.r10]),
+            Some(InvocationError::DeleteFirst)
+        );
+        // A frame's address comes back in the first reply word.
+        let mut context = call(Label::FrameGetAddress, slot::IPC_BUFFER, &[], 0);
+        let _ = space.handle_syscall(tcb, &mut context);
+        let (buffer, _) = space.ipc_buffer(tcb).expect("buffer");
+        assert_eq!((label(&context), context.rdx), (0, buffer.get()));
+        // An empty slot, an unknown label, a bad syscall number.
+        let mut context = call(Label::CNodeDelete, 3000, &[], 0);
+        let _ = space.handle_syscall(tcb, &mut context);
+        assert_eq!(
+            label(&context),
+            InvocationError::FailedLookup { source: true, failure: LookupFailure::InvalidRoot }.code()
+        );
+        let mut context = call(Label::CNodeDelete, slot::CNODE, &[], 0);
+        context.rsi = MessageInfo::new(999, 0, 0).encode().expect("fits");
+        let _ = space.handle_syscall(tcb, &mut context);
+        assert_eq!(label(&context), InvocationError::IllegalOperation.code());
+        let mut bogus = UserContext { rax: 77, ..UserContext::default() };
+        assert_eq!(space.handle_syscall(tcb, &mut bogus), Outcome::Fault);
+        // Debug calls.
+        let mut put =
+            UserContext { rax: Syscall::DebugPutChar as u64, rdi: b'x' as u64, ..UserContext::default() };
+        assert_eq!(space.handle_syscall(tcb, &mut put), Outcome::PutChar(b'x'));
+    }
+
+    #[test]
+    fn a_preempted_revoke_restarts_the_call() {
+        let (mut space, tcb) = root_task();
+        let untyped_slot = space.memory.read({
+            let Capability::Frame { object, .. } =
+                space.cap(Slot::in_cnode(PhysAddr(0x10_0000), slot::BOOT_INFO))
+            else {
+                panic!()
+            };
+            object.offset(48)
+        }) + 1;
+        // Many children: more than one budget's worth of work.
+        set_extra(&mut space, tcb, &[slot::CNODE]);
+        for n in 0..3u64 {
+            let mut context = call(
+                Label::UntypedRetype,
+                untyped_slot,
+                &[ObjectType::Endpoint as u64, 0, slot::CNODE, 64, 200 + 256 * n, 256],
+                1,
+            );
+            let _ = space.handle_syscall(tcb, &mut context);
+            assert_eq!(label(&context), 0);
+        }
+        let mut context = call(Label::CNodeRevoke, slot::CNODE, &[untyped_slot, 64], 0);
+        let mut restarts = 0;
+        loop {
+            let rip = context.rip;
+            let _ = space.handle_syscall(tcb, &mut context);
+            if context.rip == rip {
+                break;
+            }
+            assert_eq!(context.rip, rip - 2, "a preempted call backs up onto its syscall");
+            context.rip = rip;
+            restarts += 1;
+        }
+        assert!(restarts >= 2, "768 deletions with a budget of {PREEMPTION_BUDGET} must be preempted");
+        assert_eq!(label(&context), 0);
+        assert!(!space.has_children(Slot::in_cnode(PhysAddr(0x10_0000), untyped_slot)));
+    }
+}
