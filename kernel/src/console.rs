@@ -40,6 +40,11 @@ pub fn init(level: log::LevelFilter) {
     log::set_max_level(level);
 }
 
+/// Writes one byte to the console (the debug system call); `\n` becomes `\r\n`.
+pub fn print_byte(byte: u8) {
+    CONSOLE.lock().write_bytes(&[byte]);
+}
+
 /// Writes a line to the console regardless of the log level (test records).
 pub fn print_line(args: core::fmt::Arguments<'_>) {
     let mut console = CONSOLE.lock();

@@ -127,6 +127,13 @@ impl FrameAllocator {
         self.free.iter().map(|r| r.end - r.start).sum()
     }
 
+    /// Takes all free memory out of the allocator, as `(start, length)` ranges.
+    pub fn take_all(&mut self) -> Vec<(u64, u64), MAX_RANGES> {
+        let ranges = self.free.iter().map(|r| (r.start, r.end - r.start)).collect();
+        self.free.clear();
+        ranges
+    }
+
     /// Number of disjoint free ranges.
     pub fn ranges(&self) -> usize {
         self.free.len()

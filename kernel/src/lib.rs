@@ -22,6 +22,7 @@ pub mod console;
 pub mod frame;
 pub mod object;
 pub mod rootserver;
+pub mod run;
 #[cfg(feature = "selftest")]
 pub mod selftest;
 pub mod syscall;

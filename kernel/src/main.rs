@@ -84,7 +84,7 @@ mod entry {
         });
         #[cfg(feature = "selftest")]
         strata_kernel::selftest::run(&kernel);
-        #[cfg(not(feature = "selftest"))]
+        strata_kernel::run::start(&kernel);
         boot::idle(&kernel)
     }
 

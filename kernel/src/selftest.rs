@@ -75,8 +75,10 @@ fn deliberate_fault(kind: DeliberateFault) -> ! {
     panic!("deliberate {kind:?} did not fault")
 }
 
-/// Runs every case, prints the summary and ends the run.
-pub fn run(kernel: &Kernel) -> ! {
+/// Runs every case and prints the summary. Without a root task to run next
+/// the run ends here; with one, the kernel goes on to start it (it reports
+/// its own suite) unless a kernel case failed.
+pub fn run(kernel: &Kernel) {
     if let Some(kind) = kernel.cmdline.fault {
         deliberate_fault(kind);
     }
@@ -91,7 +93,12 @@ pub fn run(kernel: &Kernel) -> ! {
     suite.case("boot.breakpoint", breakpoint);
     suite.case("boot.timer", || timer(kernel));
     print_line(format_args!("KTEST done passed={} failed={}", suite.passed, suite.failed));
-    exit::exit(if suite.failed == 0 { ExitCode::Success } else { ExitCode::KernelFailure })
+    if suite.failed != 0 {
+        exit::exit(ExitCode::KernelFailure);
+    }
+    if !crate::run::has_root_task(kernel) {
+        exit::exit(ExitCode::Success);
+    }
 }
 
 fn loader(kernel: &Kernel) -> Result<Detail, Detail> {

@@ -137,7 +137,11 @@ pub fn judge(expectation: &Expectation, outcome: &Outcome) -> Verdict {
                 seen.push(case.to_owned());
                 verdict.failed.push((case.to_owned(), detail.to_owned()));
             }
-            Some(Record::Done { passed, failed }) => summary = Some((passed, failed)),
+            // Several suites may run in one image: their summaries add up.
+            Some(Record::Done { passed, failed }) => {
+                let (p, f) = summary.unwrap_or((0, 0));
+                summary = Some((p + passed, f + failed));
+            }
             Some(Record::Fatal { message }) if fatal.is_none() => fatal = Some(message.to_owned()),
             _ => {}
         }

@@ -60,11 +60,26 @@ interrupt_common:
     pushq %rcx
     pushq %rbx
     pushq %rax
+    /* From user mode: kernel GS, and the thread's FPU state saved before
+       any compiled code can touch it. */
+    testb $3, 144(%rsp)
+    jz 1f
+    swapgs
+    movq %gs:16, %rax
+    fxsave64 (%rax)
+1:
     /* The CPU aligned RSP to 16 before pushing its 5-word frame; with the
        error code, vector and 15 registers the stack is aligned again. */
     movq %rsp, %rdi
     cld
     call interrupt_dispatch
+    /* Returning to user mode (perhaps another thread): its FPU state, user GS. */
+    testb $3, 144(%rsp)
+    jz 2f
+    movq %gs:16, %rax
+    fxrstor64 (%rax)
+    swapgs
+2:
     popq %rax
     popq %rbx
     popq %rcx
@@ -200,9 +215,56 @@ pub fn exception_name(vector: u64) -> (&'static str, &'static str) {
     }
 }
 
+impl InterruptFrame {
+    /// The interrupted context, as a thread's saved registers.
+    pub fn context(&self) -> crate::object::tcb::UserContext {
+        crate::object::tcb::UserContext {
+            rax: self.rax,
+            rbx: self.rbx,
+            rcx: self.rcx,
+            rdx: self.rdx,
+            rsi: self.rsi,
+            rdi: self.rdi,
+            rbp: self.rbp,
+            r8: self.r8,
+            r9: self.r9,
+            r10: self.r10,
+            r11: self.r11,
+            r12: self.r12,
+            r13: self.r13,
+            r14: self.r14,
+            r15: self.r15,
+            rip: self.rip,
+            cs: self.cs,
+            rflags: self.rflags,
+            rsp: self.rsp,
+            ss: self.ss,
+        }
+    }
+
+    /// Makes the interrupt return to `context` instead.
+    pub fn set_context(&mut self, c: &crate::object::tcb::UserContext) {
+        (self.rax, self.rbx, self.rcx, self.rdx, self.rsi, self.rdi, self.rbp) =
+            (c.rax, c.rbx, c.rcx, c.rdx, c.rsi, c.rdi, c.rbp);
+        (self.r8, self.r9, self.r10, self.r11, self.r12, self.r13, self.r14, self.r15) =
+            (c.r8, c.r9, c.r10, c.r11, c.r12, c.r13, c.r14, c.r15);
+        (self.rip, self.cs, self.rflags, self.rsp, self.ss) = (c.rip, c.cs, c.rflags, c.rsp, c.ss);
+    }
+
+    /// Whether the interrupted code ran in user mode.
+    pub fn from_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
+}
+
 /// Called by `interrupt_common` with interrupts off, on an IST stack.
 #[unsafe(no_mangle)]
 extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
+    // Exceptions in user mode are the thread's faults, not the kernel's.
+    if frame.vector < 32 && frame.from_user() && frame.vector != 2 && frame.vector != 18 {
+        crate::run::user_exception(frame);
+        return;
+    }
     match frame.vector {
         3 => {
             BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
@@ -214,6 +276,7 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
             if let Some(lapic) = LAPIC.get() {
                 lapic.timer_interrupt();
             }
+            crate::run::preempt(frame);
         }
         // Spurious interrupts are not acknowledged (SDM §11.9).
         v if v == u64::from(SPURIOUS_VECTOR) => {}

@@ -16,3 +16,4 @@ pub mod pic;
 pub mod pit;
 pub mod port;
 pub mod serial;
+pub mod user;

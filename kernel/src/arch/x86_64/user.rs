@@ -1,0 +1,208 @@
+//! Entering and leaving user mode: the `syscall` entry, the return path
+//! shared with interrupts, the per-CPU block, and the idle loop
+//! (Intel SDM vol. 3A §5.8.8 SYSCALL/SYSRET, §6.14 64-bit interrupt
+//! handling; AMD APM vol. 2 §6.1.1).
+//!
+//! In kernel mode GS holds this CPU's [`PerCpu`]; in user mode it holds the
+//! user's value. Each crossing swaps the two with `swapgs`. `syscall`
+//! arrives with interrupts off (FMASK clears IF) on the user stack. The
+//! stub switches to the kernel stack, saves the user registers there as a
+//! [`UserContext`] (whose tail is an IRET frame), saves the user FPU state
+//! into the current thread's FXSAVE area, and calls `syscall_handler`.
+//! That function rewrites the context with whatever is to run next, and
+//! `return_to_user` restores it with `iretq`. `sysretq` is not used: with a
+//! non-canonical RCX it would fault in ring 0.
+//!
+//! When nothing is runnable, the context returned to is the idle loop: a
+//! kernel-mode context on its own stack that halts with interrupts on. So
+//! the kernel never waits inside a handler, whose IST stack a nested
+//! interrupt would reuse.
+
+use core::cell::UnsafeCell;
+
+use super::gdt::{KERNEL_CODE, KERNEL_DATA};
+use crate::object::tcb::UserContext;
+
+/// This CPU's kernel-mode data, at GS:0.
+#[repr(C)]
+pub struct PerCpu {
+    /// Where the kernel stack starts (`syscall` entry switches to it).
+    pub kernel_stack_top: u64,
+    /// Scratch: the user stack pointer during `syscall` entry.
+    pub user_stack: u64,
+    /// The current thread's FXSAVE area (direct-map address).
+    pub fpu_area: u64,
+}
+
+const STACK_SIZE: usize = 64 * 1024;
+
+#[repr(C, align(16))]
+struct Stack([u8; STACK_SIZE]);
+
+/// The boot CPU's kernel stack and idle stack, and its per-CPU block.
+struct BootCpu {
+    kernel_stack: UnsafeCell<Stack>,
+    idle_stack: UnsafeCell<Stack>,
+    per_cpu: UnsafeCell<PerCpu>,
+    /// FXSAVE area used while no thread runs (16-byte aligned).
+    idle_fpu: UnsafeCell<[u128; 32]>,
+}
+
+// SAFETY: used by the boot CPU only; the stacks are used by the CPU, and
+// the per-CPU block is written only with interrupts off.
+unsafe impl Sync for BootCpu {}
+
+static BOOT_CPU: BootCpu = BootCpu {
+    kernel_stack: UnsafeCell::new(Stack([0; STACK_SIZE])),
+    idle_stack: UnsafeCell::new(Stack([0; STACK_SIZE])),
+    per_cpu: UnsafeCell::new(PerCpu { kernel_stack_top: 0, user_stack: 0, fpu_area: 0 }),
+    idle_fpu: UnsafeCell::new([0; 32]),
+};
+
+core::arch::global_asm!(
+    r#"
+    .section .text.user_entry, "ax"
+    .global syscall_entry
+syscall_entry:
+    swapgs
+    movq %rsp, %gs:8
+    movq %gs:0, %rsp
+    pushq $0x1b                 /* ss: user data */
+    pushq %gs:8                 /* rsp */
+    pushq %r11                  /* rflags (saved by syscall) */
+    pushq $0x23                 /* cs: user code */
+    pushq %rcx                  /* rip (saved by syscall) */
+    pushq %r15
+    pushq %r14
+    pushq %r13
+    pushq %r12
+    pushq %r11
+    pushq %r10
+    pushq %r9
+    pushq %r8
+    pushq %rbp
+    pushq %rdi
+    pushq %rsi
+    pushq %rdx
+    pushq %rcx
+    pushq %rbx
+    pushq %rax
+    movq %gs:16, %rax
+    fxsave64 (%rax)
+    movq %rsp, %rdi             /* 20 words: the stack stays 16-byte aligned */
+    cld
+    call syscall_handler
+
+    /* RSP points at the context to run: general registers, then an IRET frame. */
+    .global return_to_context
+return_to_context:
+    testb $3, 128(%rsp)         /* returning to user mode? */
+    jz 1f
+    movq %gs:16, %rax
+    fxrstor64 (%rax)
+    swapgs
+1:
+    popq %rax
+    popq %rbx
+    popq %rcx
+    popq %rdx
+    popq %rsi
+    popq %rdi
+    popq %rbp
+    popq %r8
+    popq %r9
+    popq %r10
+    popq %r11
+    popq %r12
+    popq %r13
+    popq %r14
+    popq %r15
+    iretq
+
+    .global idle_loop
+idle_loop:
+    sti
+    hlt
+    jmp idle_loop
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    fn syscall_entry();
+    fn return_to_context() -> !;
+    fn idle_loop();
+}
+
+fn per_cpu() -> *mut PerCpu {
+    BOOT_CPU.per_cpu.get()
+}
+
+/// Sets up `syscall` and GS for this CPU.
+///
+/// # Safety
+/// Interrupts are off, the GDT has the layout `gdt` documents (SYSRET's
+/// selector arithmetic depends on it), and this runs once per CPU.
+pub unsafe fn init() {
+    use x86::msr::{
+        IA32_EFER, IA32_FMASK, IA32_GS_BASE, IA32_KERNEL_GSBASE, IA32_LSTAR, IA32_STAR, rdmsr, wrmsr,
+    };
+    let stack_top = BOOT_CPU.kernel_stack.get() as u64 + STACK_SIZE as u64;
+    // SAFETY: the per-CPU block is only touched with interrupts off, here and by the entry stubs.
+    unsafe {
+        let block = &mut *per_cpu();
+        block.kernel_stack_top = stack_top;
+        block.fpu_area = BOOT_CPU.idle_fpu.get() as u64;
+    }
+    // SAFETY: the MSRs below exist on every x86-64 CPU; the values make
+    // `syscall` enter `syscall_entry` with the kernel selectors and with
+    // IF, TF, DF, AC, NT and IOPL cleared (precondition: the GDT layout).
+    unsafe {
+        wrmsr(IA32_EFER, rdmsr(IA32_EFER) | 1); // SCE
+        let star = u64::from(KERNEL_DATA.bits()) << 48 | u64::from(KERNEL_CODE.bits()) << 32;
+        wrmsr(IA32_STAR, star);
+        wrmsr(IA32_LSTAR, syscall_entry as *const () as u64);
+        wrmsr(IA32_FMASK, 0x4_7700);
+        // Kernel mode: GS is the per-CPU block; the user's value waits in KERNEL_GS_BASE.
+        wrmsr(IA32_GS_BASE, per_cpu() as u64);
+        wrmsr(IA32_KERNEL_GSBASE, 0);
+    }
+}
+
+/// Makes `area` (a thread's FXSAVE area, direct-map address) the one the
+/// entry and exit paths save to and restore from.
+pub fn set_fpu_area(area: u64) {
+    // SAFETY: interrupts are off in the kernel; nothing else writes the block now.
+    unsafe { (*per_cpu()).fpu_area = area };
+}
+
+/// The context that runs when no thread can: the idle loop, in kernel
+/// mode, on the idle stack, with interrupts on.
+pub fn idle_context() -> UserContext {
+    UserContext {
+        rip: idle_loop as *const () as u64,
+        cs: u64::from(KERNEL_CODE.bits()),
+        rflags: 0x202,
+        rsp: BOOT_CPU.idle_stack.get() as u64 + STACK_SIZE as u64,
+        ss: u64::from(KERNEL_DATA.bits()),
+        ..UserContext::default()
+    }
+}
+
+/// Switches to `context` for good: the first entry into user mode, or
+/// into the idle loop.
+///
+/// # Safety
+/// [`init`] has run; `context` is a user context made safe by
+/// `UserContext::sanitised` or the idle context; the FPU area and CR3 are
+/// those of the thread it belongs to.
+pub unsafe fn enter(context: &UserContext) -> ! {
+    let top = BOOT_CPU.kernel_stack.get() as u64 + STACK_SIZE as u64;
+    let frame = (top - core::mem::size_of::<UserContext>() as u64) as *mut UserContext;
+    // SAFETY: the frame lies inside the kernel stack, which nothing else is
+    // using now (this call never returns); `return_to_context` pops it.
+    unsafe {
+        frame.write(*context);
+        core::arch::asm!("mov rsp, {frame}", "jmp {target}", frame = in(reg) frame, target = sym return_to_context, options(noreturn));
+    }
+}

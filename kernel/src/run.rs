@@ -1,0 +1,210 @@
+//! The kernel after boot: the root task is started, and from then on the
+//! kernel runs only when a thread makes a system call, takes an exception,
+//! or is interrupted. Each entry ends by choosing what runs next.
+//!
+//! All kernel state after boot is one [`Runtime`] behind a lock. The lock
+//! is never contended (one CPU, and interrupts are off in the kernel). It
+//! exists so that the state has a single owner. Fault and panic paths do
+//! not take it.
+
+use core::fmt::Write;
+
+use spin::Mutex;
+use strata_abi::exit::ExitCode;
+
+use crate::addr::{DirectMap, PhysAddr};
+use crate::arch::x86_64::idt::InterruptFrame;
+use crate::arch::x86_64::serial::Uart16550;
+use crate::arch::x86_64::{exit, user};
+use crate::boot::{FRAMES, Kernel};
+use crate::object::memory::DirectMapMemory;
+use crate::object::tcb::{ThreadState, UserContext, layout};
+use crate::object::{Capability, ObjectSpace};
+use crate::syscall::Outcome;
+
+/// Kernel state after boot.
+pub struct Runtime {
+    space: ObjectSpace<DirectMapMemory>,
+    current: Option<PhysAddr>,
+    direct_map: DirectMap,
+}
+
+static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+
+/// Name of the boot module the root task is made from.
+pub const ROOT_MODULE: &str = "root";
+
+/// Whether the boot image has a root task.
+pub fn has_root_task(kernel: &Kernel) -> bool {
+    root_module(kernel).is_some()
+}
+
+fn root_module(kernel: &Kernel) -> Option<&'static [u8]> {
+    let modules = kernel.responses.modules?;
+    let module = modules.modules().iter().find(|m| m.path().to_bytes() == ROOT_MODULE.as_bytes())?;
+    // SAFETY: the bootloader maps each module at `addr` for `size` bytes in
+    // the direct map, in memory reported as kernel-and-modules, which
+    // nothing else uses.
+    Some(unsafe { core::slice::from_raw_parts(module.addr(), module.size() as usize) })
+}
+
+/// Creates the root task from the `root` module and runs it. Returns only
+/// if there is no root module.
+pub fn start(kernel: &Kernel) {
+    let Some(image) = root_module(kernel) else { return };
+    let mut frames = FRAMES.lock();
+    let cnode_bits = u32::from(strata_abi::bootinfo::ROOT_CNODE_RADIX) + 5;
+    let cnode = frames.allocate(1 << (cnode_bits - 12), 1 << cnode_bits);
+    let boot = frames.allocate(512, 2 << 20);
+    let (Ok(cnode), Ok(boot)) = (cnode, boot) else {
+        fail(format_args!("not enough memory for the root task's CNode and objects"));
+    };
+    let free = frames.take_all();
+    drop(frames);
+    // SAFETY: the direct map covers all memory the memory map describes,
+    // read-write, and the object layer gets addresses only from it.
+    let memory = unsafe { DirectMapMemory::new(kernel.direct_map) };
+    let mut space = ObjectSpace::new(memory);
+    // SAFETY: reading CR3 has no side effects.
+    space.kernel_pml4 = Some(PhysAddr(unsafe { x86::controlregs::cr3() } & 0x000f_ffff_ffff_f000));
+    let task =
+        match crate::rootserver::create(&mut space, image, cnode, (boot, 21), &mut free.iter().copied()) {
+            Ok(task) => task,
+            Err(error) => fail(format_args!("{error}")),
+        };
+    log::info!(
+        "root task: entry {:#x}, {} Untypeds ({} KiB), starting it",
+        task.entry,
+        task.untypeds,
+        free.iter().map(|r| r.1).sum::<u64>() / 1024
+    );
+    // SAFETY: interrupts are off and the GDT has the documented layout.
+    unsafe { user::init() };
+    let mut runtime = Runtime { space, current: None, direct_map: kernel.direct_map };
+    let mut context = user::idle_context();
+    runtime.schedule(false, &mut context);
+    *RUNTIME.lock() = Some(runtime);
+    // SAFETY: `schedule` set up the FPU area and address space of the
+    // context it chose, which is sanitised or the idle context.
+    unsafe { user::enter(&context) }
+}
+
+fn fail(reason: core::fmt::Arguments<'_>) -> ! {
+    let mut out = Uart16550::com1();
+    let _ = writeln!(out, "{}: cannot start the root task: {reason}", strata_abi::ktest::PANIC_MARKER);
+    exit::exit(ExitCode::KernelFailure)
+}
+
+impl Runtime {
+    /// Chooses what runs next and writes its context into `out`: the
+    /// current thread if it can go on and `rotate` is false, else the next
+    /// runnable thread, else the idle loop.
+    fn schedule(&mut self, rotate: bool, out: &mut UserContext) {
+        let keep = self.current.filter(|&t| !rotate && self.space.thread_state(t) == ThreadState::Runnable);
+        let next = keep.or_else(|| self.space.choose_thread());
+        self.current = next;
+        let Some(tcb) = next else {
+            if cfg!(feature = "selftest") {
+                log::error!("no runnable thread is left");
+                exit::exit(ExitCode::KernelFailure);
+            }
+            *out = user::idle_context();
+            return;
+        };
+        *out = self.space.context(tcb).sanitised();
+        user::set_fpu_area(self.direct_map.to_virtual(tcb.offset(layout::FPU)).get());
+        if let Capability::Pml4 { object, .. } =
+            self.space.cap(ObjectSpace::<DirectMapMemory>::tcb_slot(tcb, 1))
+        {
+            // SAFETY: the PML4 is a live address-space object whose upper half
+            // is the kernel's (copied at retype), so the kernel keeps running.
+            unsafe {
+                if x86::controlregs::cr3() & 0x000f_ffff_ffff_f000 != object.get() {
+                    x86::controlregs::cr3_write(object.get());
+                }
+            }
+        }
+    }
+
+    /// The current thread made a fault it cannot recover from: with no
+    /// fault handler yet, it is suspended.
+    fn fault(&mut self, tcb: PhysAddr, what: core::fmt::Arguments<'_>) {
+        log::warn!("thread {tcb} faulted: {what}; it has no fault handler and is suspended");
+        self.space.dequeue(tcb);
+    }
+}
+
+/// Entered from `syscall_entry` with the calling thread's registers.
+#[unsafe(no_mangle)]
+extern "C" fn syscall_handler(context: &mut UserContext) {
+    let mut guard = RUNTIME.lock();
+    let Some(runtime) = guard.as_mut() else {
+        fail(format_args!("system call before the runtime started"));
+    };
+    let Some(tcb) = runtime.current else {
+        fail(format_args!("system call with no current thread"));
+    };
+    let mut saved = *context;
+    let outcome = runtime.space.handle_syscall(tcb, &mut saved);
+    runtime.space.set_context(tcb, &saved);
+    let rotate = match outcome {
+        Outcome::Continue => false,
+        Outcome::Yield => true,
+        Outcome::PutChar(byte) => {
+            crate::console::print_byte(byte);
+            false
+        }
+        Outcome::Shutdown(code) if cfg!(feature = "selftest") => {
+            let code = match code {
+                0x10 => ExitCode::Success,
+                _ => ExitCode::KernelFailure,
+            };
+            exit::exit(code)
+        }
+        Outcome::Shutdown(_) | Outcome::Fault => {
+            runtime.fault(tcb, format_args!("unknown system call {} at {:#x}", saved.rax, saved.rip));
+            true
+        }
+    };
+    runtime.schedule(rotate, context);
+}
+
+/// An exception in user mode: the current thread's fault.
+pub fn user_exception(frame: &mut InterruptFrame) {
+    let mut guard = RUNTIME.lock();
+    let Some(runtime) = guard.as_mut() else { return };
+    let Some(tcb) = runtime.current else { return };
+    runtime.space.set_context(tcb, &frame.context());
+    let (mnemonic, description) = crate::arch::x86_64::idt::exception_name(frame.vector);
+    // SAFETY: reading CR2 has no side effects.
+    let cr2 = unsafe { x86::controlregs::cr2() } as u64;
+    runtime.fault(
+        tcb,
+        format_args!(
+            "{mnemonic} {description} at {:#x}, error code {:#x}, address {cr2:#x}",
+            frame.rip, frame.error_code
+        ),
+    );
+    let mut context = frame.context();
+    runtime.schedule(true, &mut context);
+    frame.set_context(&context);
+}
+
+/// A timer tick: the interrupted thread goes to the back of its queue; if
+/// the kernel was idle, a thread that became runnable is started.
+pub fn preempt(frame: &mut InterruptFrame) {
+    let Some(mut guard) = RUNTIME.try_lock() else { return };
+    let Some(runtime) = guard.as_mut() else { return };
+    if frame.from_user() {
+        let Some(tcb) = runtime.current else { return };
+        runtime.space.set_context(tcb, &frame.context());
+        let mut context = frame.context();
+        runtime.schedule(true, &mut context);
+        frame.set_context(&context);
+    } else if runtime.current.is_none() {
+        // Interrupted the idle loop.
+        let mut context = frame.context();
+        runtime.schedule(false, &mut context);
+        frame.set_context(&context);
+    }
+}
