@@ -100,6 +100,9 @@ impl Runtime {
     /// current thread if it can go on and `rotate` is false, else the next
     /// runnable thread, else the idle loop.
     fn schedule(&mut self, rotate: bool, out: &mut UserContext) {
+        if let (true, Some(current)) = (rotate, self.current) {
+            self.space.rotate(current);
+        }
         let keep = self.current.filter(|&t| !rotate && self.space.thread_state(t) == ThreadState::Runnable);
         let next = keep.or_else(|| self.space.choose_thread());
         self.current = next;

@@ -87,6 +87,21 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         }
     }
 
+    /// The `length` message words: the first eight from registers, the rest
+    /// from the thread's IPC buffer (words without a buffer read as 0).
+    fn message(&self, tcb: PhysAddr, context: &UserContext, length: u8) -> heapless::Vec<u64, 120> {
+        let registers = message_words(context);
+        let buffer = self.ipc_buffer(tcb).map(|(frame, _)| frame);
+        let offset = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, message) as u64;
+        (0..usize::from(length))
+            .map(|i| match (registers.get(i), buffer) {
+                (Some(&word), _) => word,
+                (None, Some(frame)) => self.memory.read(frame.offset(offset + 8 * i as u64)),
+                (None, None) => 0,
+            })
+            .collect()
+    }
+
     /// The capability pointers of the extra capabilities, from the IPC buffer.
     fn extra_caps(&self, tcb: PhysAddr, count: u8) -> Result<heapless::Vec<Slot, 3>, InvocationError> {
         let mut slots = heapless::Vec::new();
@@ -118,8 +133,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let (slot, cap) = self
             .lookup_cap(root, context.rdi)
             .map_err(|failure| InvocationError::FailedLookup { source: true, failure })?;
-        let all_words = message_words(context);
-        let words = &all_words[..usize::from(info.length).min(all_words.len())];
+        let words = self.message(tcb, context, info.length);
+        let words = words.as_slice();
         let extra = self.extra_caps(tcb, info.extra_caps)?;
         let label = Label::try_from(info.label).map_err(|_| InvocationError::IllegalOperation)?;
         let mut budget = Budget(PREEMPTION_BUDGET);

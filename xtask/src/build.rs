@@ -27,7 +27,14 @@ pub struct BareMetal {
     pub loader: PathBuf,
     /// The kernel ELF.
     pub kernel: PathBuf,
+    /// The root task ELF, if the image has one.
+    pub root_task: Option<PathBuf>,
 }
+
+/// Linker scripts.
+const KERNEL_SCRIPT: &str = "kernel/link.ld";
+const LOADER_SCRIPT: &str = "loader/link.ld";
+const USER_SCRIPT: &str = "servers/rt/user.ld";
 
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
@@ -41,6 +48,7 @@ fn bare_command(
     features: &[&str],
     target_dir: &str,
     kernel_code_model: bool,
+    script: &str,
 ) -> Command {
     // Static relocation (no GOT); the kernel is linked at -2 GiB and needs
     // the kernel code model; frame pointers make fault reports readable.
@@ -51,7 +59,7 @@ fn bare_command(
     }
     // Link arguments (used only when a binary is linked): no C runtime, no
     // libc, a static image laid out by the crate's own linker script.
-    let script = root().join(package.trim_start_matches("strata-")).join("link.ld");
+    let script = root().join(script);
     let script_arg = format!("link-arg=-Wl,-T,{}", script.display());
     for arg in [
         "link-arg=-nostartfiles",
@@ -83,8 +91,14 @@ fn bare_command(
 }
 
 /// Builds one bare-metal binary and returns its path.
-fn bare(package: &str, features: &[&str], target_dir: &str, kernel_code_model: bool) -> Result<PathBuf> {
-    step::run(&mut bare_command("build", package, features, target_dir, kernel_code_model))?;
+fn bare(
+    package: &str,
+    features: &[&str],
+    target_dir: &str,
+    kernel_code_model: bool,
+    script: &str,
+) -> Result<PathBuf> {
+    step::run(&mut bare_command("build", package, features, target_dir, kernel_code_model, script))?;
     let dir = root().join("target/bare").join(target_dir);
     let binary = dir.join(TARGET).join("release").join(package);
     if !binary.is_file() {
@@ -97,13 +111,16 @@ fn bare(package: &str, features: &[&str], target_dir: &str, kernel_code_model: b
 pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
     let started =
         step::begin(format!("building the bare-metal loader and {flavor:?} kernel ({TARGET}, no_std)"));
-    let loader = bare("strata-loader", &[], "loader", false)?;
-    let kernel = match flavor {
-        Flavor::Production => bare("strata-kernel", &[], "kernel", true)?,
-        Flavor::SelfTest => bare("strata-kernel", &["selftest"], "kernel-selftest", true)?,
+    let loader = bare("strata-loader", &[], "loader", false, LOADER_SCRIPT)?;
+    let (kernel, root_task) = match flavor {
+        Flavor::Production => (bare("strata-kernel", &[], "kernel", true, KERNEL_SCRIPT)?, None),
+        Flavor::SelfTest => (
+            bare("strata-kernel", &["selftest"], "kernel-selftest", true, KERNEL_SCRIPT)?,
+            Some(bare("strata-tests-root", &[], "user", false, USER_SCRIPT)?),
+        ),
     };
     step::end(started, "bare-metal binaries built");
-    Ok(BareMetal { loader, kernel })
+    Ok(BareMetal { loader, kernel, root_task })
 }
 
 /// Formatting and clippy, on the host crates and on the bare-metal code
@@ -120,8 +137,9 @@ pub fn lint() -> Result {
         "warnings",
     ]))?;
     for mut command in [
-        bare_command("clippy", "strata-loader", &[], "clippy-loader", false),
-        bare_command("clippy", "strata-kernel", &["selftest"], "clippy-kernel", true),
+        bare_command("clippy", "strata-loader", &[], "clippy-loader", false, LOADER_SCRIPT),
+        bare_command("clippy", "strata-kernel", &["selftest"], "clippy-kernel", true, KERNEL_SCRIPT),
+        bare_command("clippy", "strata-tests-root", &[], "clippy-user", false, USER_SCRIPT),
     ] {
         command.args(["--", "-D", "warnings"]);
         step::run(&mut command)?;

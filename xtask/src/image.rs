@@ -68,6 +68,10 @@ pub fn build(kind: Kind) -> Result<Image> {
         fs::read(&binaries.kernel).map_err(|e| fail!("reading {}: {e}", binaries.kernel.display()))?;
     let mut archive = Builder::new();
     archive.add(EntryKind::Kernel, "kernel", "", &kernel).map_err(|e| fail!("boot archive: {e}"))?;
+    if let Some(root_task) = &binaries.root_task {
+        let image = fs::read(root_task).map_err(|e| fail!("reading {}: {e}", root_task.display()))?;
+        archive.add(EntryKind::Module, "root", "", &image).map_err(|e| fail!("boot archive: {e}"))?;
+    }
     if flavor == Flavor::SelfTest {
         let pattern: Vec<u8> = (0..PATTERN_LEN).map(pattern_byte).collect();
         archive

@@ -44,7 +44,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 8] = [
+const BOOT_CASES: [&str; 16] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -53,6 +53,15 @@ const BOOT_CASES: [&str; 8] = [
     "boot.acpi",
     "boot.breakpoint",
     "boot.timer",
+    // The test root task, from user mode.
+    "user.boot_info",
+    "user.retype",
+    "user.cnode",
+    "user.lookup_errors",
+    "user.frame_map",
+    "user.thread_switch",
+    "user.preemption",
+    "user.fault_suspends",
 ];
 
 /// Runs the selected tests.
@@ -327,6 +336,7 @@ fn run_boot_suite(suite: &BootSuite, token: &str, totals: &mut Totals) -> Result
     let mut verdict = judge::judge(&expectation, &outcome);
     require_line(&mut verdict, &outcome.serial, suite.entry_line);
     require_line(&mut verdict, &outcome.serial, "booted by strata-loader");
+    require_line(&mut verdict, &outcome.serial, "faulted: #UD invalid opcode");
     if let Some(log) = bochs_log {
         require_line(&mut verdict, &log, "Shutdown port: shutdown requested");
     }

@@ -346,14 +346,20 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.memory.write(tcb.offset(layout::QUEUE_PREV), 0);
     }
 
-    /// The thread to run next: the head of the highest non-empty queue,
-    /// rotated to the tail (round robin). `None` if nothing is runnable.
-    pub fn choose_thread(&mut self) -> Option<PhysAddr> {
+    /// The thread to run next: the head of the highest non-empty queue.
+    /// `None` if nothing is runnable.
+    pub fn choose_thread(&self) -> Option<PhysAddr> {
         let priority = self.scheduler.highest()?;
-        let head = self.scheduler.heads[usize::from(priority)]?;
-        self.dequeue(head);
-        self.enqueue(head);
-        Some(head)
+        self.scheduler.heads[usize::from(priority)]
+    }
+
+    /// Moves a runnable thread to the tail of its queue (it yielded or its
+    /// time slice ended): round robin within a priority.
+    pub fn rotate(&mut self, tcb: PhysAddr) {
+        if self.thread_state(tcb) == ThreadState::Runnable {
+            self.dequeue(tcb);
+            self.enqueue(tcb);
+        }
     }
 
     /// Prepares a newly retyped TCB (memory is already zero): priority 0,

@@ -1,0 +1,98 @@
+//! strata-rt: the SDK user programs and personality servers are written
+//! against.
+//!
+//! It provides system-call wrappers, invocations on capabilities with typed
+//! errors, the boot-info page, and console output through the debug system
+//! call. For bare-metal builds it also provides the program entry point,
+//! the `mem*` functions the precompiled `core` needs, and panic-to-fault.
+//!
+//! All `unsafe` is in [`sys`], the system-call layer. Everything else is
+//! safe Rust, and programs built on this crate need no `unsafe` of their own.
+
+#![no_std]
+#![deny(unsafe_code)]
+
+pub mod sys;
+
+use core::fmt;
+
+use strata_abi::bootinfo::BootInfo;
+use strata_abi::error::InvocationError;
+use strata_abi::invocation::Label;
+use strata_abi::message::MessageInfo;
+use strata_abi::syscall::Syscall;
+
+/// A capability pointer into the calling thread's CSpace.
+pub type CPtr = u64;
+
+/// Invokes the capability `cap` with `label`, message `words` (at most
+/// 120: the first 8 travel in registers, the rest in the IPC buffer) and
+/// extra capabilities `extra` (at most 3). Returns the reply's first four
+/// words, or the decoded error.
+pub fn call(cap: CPtr, label: Label, words: &[u64], extra: &[CPtr]) -> Result<[u64; 4], InvocationError> {
+    let length = words.len().min(strata_abi::message::MAX_LENGTH as usize);
+    let caps = extra.len().min(3);
+    sys::set_extra_caps(&extra[..caps]);
+    let registers = strata_abi::message::REGISTER_WORDS;
+    if length > registers {
+        sys::set_message_words(registers, &words[registers..length]);
+    }
+    let info = MessageInfo::new(label as u64, caps as u8, length as u8).encode().unwrap_or(0);
+    let mut message = [0u64; 8];
+    message[..length.min(registers)].copy_from_slice(&words[..length.min(registers)]);
+    let (reply_info, reply) = sys::syscall(Syscall::Call, cap, info, message);
+    match MessageInfo::decode(reply_info).label {
+        0 => Ok(reply),
+        code => Err(InvocationError::decode(code, reply).unwrap_or(InvocationError::IllegalOperation)),
+    }
+}
+
+/// Gives the rest of this time slice to other threads of the same priority.
+pub fn yield_now() {
+    let _ = sys::syscall(Syscall::Yield, 0, 0, [0; 8]);
+}
+
+/// The boot-info page the kernel gave the root task.
+pub fn boot_info() -> &'static BootInfo {
+    sys::boot_info()
+}
+
+/// Console output through the kernel's debug system call.
+pub mod debug {
+    use super::*;
+
+    /// Writes `text` to the kernel console.
+    pub fn print(text: &str) {
+        for byte in text.bytes() {
+            let _ = sys::syscall(Syscall::DebugPutChar, u64::from(byte), 0, [0; 8]);
+        }
+    }
+
+    /// A `core::fmt::Write` for the kernel console.
+    pub struct Console;
+
+    impl fmt::Write for Console {
+        fn write_str(&mut self, text: &str) -> fmt::Result {
+            print(text);
+            Ok(())
+        }
+    }
+
+    /// Test builds: ends the run with `code` (an `abi::exit::ExitCode`).
+    pub fn shutdown(code: strata_abi::exit::ExitCode) -> ! {
+        let _ = sys::syscall(Syscall::DebugShutdown, code as u64, 0, [0; 8]);
+        // Not a test build: the kernel suspends the thread instead.
+        loop {
+            yield_now();
+        }
+    }
+}
+
+/// Prints with `format!` syntax to the kernel console.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let _ = writeln!($crate::debug::Console, $($arg)*);
+    }};
+}

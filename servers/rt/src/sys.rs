@@ -1,0 +1,219 @@
+//! The system-call layer: the only `unsafe` in strata-rt.
+//!
+//! This module holds the system-call instruction, the IPC buffer and
+//! boot-info page the kernel maps, and, for bare-metal builds, the entry
+//! point, the `mem*` functions and the panic handler.
+
+#![allow(unsafe_code)]
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use strata_abi::bootinfo::{BootInfo, IpcBuffer};
+use strata_abi::syscall::Syscall;
+
+/// The boot-info address the kernel passed at entry (RDI), or 0.
+static BOOT_INFO: AtomicU64 = AtomicU64::new(0);
+
+/// Makes a system call: `number` in RAX, `rdi`, `rsi` (message info) and
+/// message words 0–7 in RDX, R8, R9, R10, R12, R13, R14, R15. Returns RSI
+/// and message words 0–3 of the reply.
+pub fn syscall(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, [u64; 4]) {
+    let (info, w0, w1, w2, w3);
+    // SAFETY: the `syscall` instruction enters the kernel, which returns with
+    // only RAX, RCX, R11 and the reply registers changed, as declared here.
+    // It touches no memory the compiler knows about except the IPC buffer,
+    // which is only read through volatile accesses.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") number as u64 => _,
+            in("rdi") rdi,
+            inlateout("rsi") rsi => info,
+            inlateout("rdx") words[0] => w0,
+            inlateout("r8") words[1] => w1,
+            inlateout("r9") words[2] => w2,
+            inlateout("r10") words[3] => w3,
+            inlateout("r12") words[4] => _,
+            inlateout("r13") words[5] => _,
+            inlateout("r14") words[6] => _,
+            inlateout("r15") words[7] => _,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    (info, [w0, w1, w2, w3])
+}
+
+fn ipc_buffer() -> *mut IpcBuffer {
+    boot_info().ipc_buffer_address as *mut IpcBuffer
+}
+
+/// Writes message words `first..` of the next message into the IPC buffer.
+pub fn set_message_words(first: usize, words: &[u64]) {
+    let buffer = ipc_buffer();
+    for (i, &word) in words.iter().enumerate() {
+        let Some(index) = Some(first + i).filter(|&n| n < 120) else { break };
+        // SAFETY: the kernel maps the IPC buffer read-write at the address the
+        // boot info gives; `index` is inside the message array.
+        unsafe { (&raw mut (*buffer).message[index]).write_volatile(word) };
+    }
+}
+
+/// Puts the capability pointers of an invocation's extra capabilities in
+/// the IPC buffer.
+pub fn set_extra_caps(caps: &[u64]) {
+    if caps.is_empty() {
+        return;
+    }
+    let buffer = ipc_buffer();
+    for (i, &cap) in caps.iter().enumerate().take(3) {
+        // SAFETY: the kernel maps the IPC buffer read-write at the address the
+        // boot info gives, for this thread's whole life.
+        unsafe { (&raw mut (*buffer).caps_or_badges[i]).write_volatile(cap) };
+    }
+}
+
+/// The boot-info page.
+pub fn boot_info() -> &'static BootInfo {
+    let address = BOOT_INFO.load(Ordering::Relaxed) as *const BootInfo;
+    // SAFETY: `_start` stored the address the kernel passed, where it maps
+    // the boot-info page read-only for the task's whole life; a program not
+    // started by the kernel has no boot info and must not call this.
+    unsafe { &*address }
+}
+
+#[cfg(strata_baremetal)]
+mod bare {
+    use super::*;
+
+    core::arch::global_asm!(
+        r#"
+        .section .text._start, "ax"
+        .global _start
+    _start:
+        andq $-16, %rsp
+        xorl %ebp, %ebp
+        call rt_start
+        ud2
+    "#,
+        options(att_syntax)
+    );
+
+    unsafe extern "Rust" {
+        /// The program's main function, named by [`crate::entry!`].
+        fn strata_main() -> !;
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn rt_start(boot_info: u64) -> ! {
+        BOOT_INFO.store(boot_info, Ordering::Relaxed);
+        // SAFETY: `entry!` defines `strata_main` with this signature.
+        unsafe { strata_main() }
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+        use core::fmt::Write;
+        let _ = writeln!(crate::debug::Console, "user panic: {info}");
+        // Panic becomes a fault: an invalid system call, which the kernel
+        // reports to the thread's fault handler.
+        loop {
+            let _ = syscall_raw(u64::MAX);
+        }
+    }
+
+    fn syscall_raw(number: u64) -> u64 {
+        let out;
+        // SAFETY: an unknown system call number makes the kernel fault the thread.
+        unsafe {
+            core::arch::asm!("syscall", inlateout("rax") number => out, lateout("rcx") _, lateout("r11") _)
+        };
+        out
+    }
+
+    /// `memcpy` for user programs (the host triple's builtins lack it).
+    ///
+    /// # Safety
+    /// As for C `memcpy`.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        // SAFETY: valid, disjoint ranges (precondition); DF clear (ABI).
+        unsafe {
+            core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dest => _, inout("rsi") src => _, options(nostack, preserves_flags))
+        };
+        dest
+    }
+
+    /// `memmove` for user programs.
+    ///
+    /// # Safety
+    /// As for C `memmove`.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        if (dest as usize).wrapping_sub(src as usize) >= n {
+            // SAFETY: a forward copy never overwrites bytes not yet read here.
+            return unsafe { memcpy(dest, src, n) };
+        }
+        for i in (0..n).rev() {
+            // SAFETY: both ranges are valid for `n` bytes (precondition).
+            unsafe { dest.add(i).write_volatile(src.add(i).read_volatile()) };
+        }
+        dest
+    }
+
+    /// `memset` for user programs.
+    ///
+    /// # Safety
+    /// As for C `memset`.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn memset(dest: *mut u8, value: i32, n: usize) -> *mut u8 {
+        // SAFETY: a valid range (precondition); DF clear (ABI).
+        unsafe {
+            core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") dest => _, in("al") value as u8, options(nostack, preserves_flags))
+        };
+        dest
+    }
+
+    /// `memcmp` for user programs.
+    ///
+    /// # Safety
+    /// As for C `memcmp`.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+        for i in 0..n {
+            // SAFETY: both ranges are valid for `n` bytes (precondition).
+            let (x, y) = unsafe { (a.add(i).read_volatile(), b.add(i).read_volatile()) };
+            if x != y {
+                return i32::from(x) - i32::from(y);
+            }
+        }
+        0
+    }
+
+    /// `bcmp` for user programs.
+    ///
+    /// # Safety
+    /// As for C `bcmp`.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+        // SAFETY: same contract.
+        unsafe { memcmp(a, b, n) }
+    }
+
+    /// Referenced by the precompiled `core`; never called with `panic = "abort"`.
+    #[unsafe(no_mangle)]
+    pub extern "C" fn rust_eh_personality() {}
+}
+
+/// Names the program's main function: `strata_rt::entry!(main)`, where
+/// `main: fn() -> !`.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[unsafe(export_name = "strata_main")]
+        fn __strata_main() -> ! {
+            $main()
+        }
+    };
+}

@@ -1,0 +1,360 @@
+//! The cases.
+
+// Case results are formatted and printed at once; their size never matters.
+#![allow(clippy::result_large_err)]
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use strata_abi::bootinfo::{self, slot};
+use strata_abi::error::{InvocationError, LookupFailure};
+use strata_abi::exit::ExitCode;
+use strata_abi::invocation::Label;
+use strata_abi::object::{ObjectType, Rights};
+use strata_rt::{CPtr, call, debug, println, yield_now};
+
+strata_rt::entry!(main);
+
+/// Depth at which root-CNode slot numbers resolve (its guard takes the rest).
+const DEPTH: u64 = 64;
+/// Where the frame case maps its page (the image's page directory covers it).
+const SCRATCH_PAGE: u64 = 0x60_0000;
+/// A second thread's stack page, beside it.
+const WORKER_STACK: u64 = 0x60_1000;
+
+static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
+static FLAG: AtomicU64 = AtomicU64::new(0);
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn fresh_slot() -> CPtr {
+    NEXT_SLOT.fetch_add(1, Ordering::Relaxed)
+}
+
+struct Detail {
+    text: [u8; 160],
+    len: usize,
+}
+
+impl Write for Detail {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.text.len() - self.len);
+        self.text[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+macro_rules! detail {
+    ($($arg:tt)*) => {{
+        let mut d = Detail { text: [0; 160], len: 0 };
+        let _ = write!(d, $($arg)*);
+        d
+    }};
+}
+
+type Outcome = Result<Detail, Detail>;
+
+struct Suite {
+    passed: u32,
+    failed: u32,
+}
+
+impl Suite {
+    fn case(&mut self, name: &str, test: fn() -> Outcome) {
+        let (verb, detail) = match test() {
+            Ok(d) => {
+                self.passed += 1;
+                ("pass", d)
+            }
+            Err(d) => {
+                self.failed += 1;
+                ("fail", d)
+            }
+        };
+        let text = core::str::from_utf8(&detail.text[..detail.len]).unwrap_or("");
+        println!("KTEST {verb} {name} {text}");
+    }
+}
+
+fn main() -> ! {
+    NEXT_SLOT.store(strata_rt::boot_info().first_free_slot, Ordering::Relaxed);
+    println!("KTEST suite user");
+    let mut suite = Suite { passed: 0, failed: 0 };
+    suite.case("user.boot_info", boot_info);
+    suite.case("user.retype", retype);
+    suite.case("user.cnode", cnode);
+    suite.case("user.lookup_errors", lookup_errors);
+    suite.case("user.frame_map", frame_map);
+    suite.case("user.thread_switch", thread_switch);
+    suite.case("user.preemption", preemption);
+    suite.case("user.fault_suspends", fault_suspends);
+    println!("KTEST done passed={} failed={}", suite.passed, suite.failed);
+    debug::shutdown(if suite.failed == 0 { ExitCode::Success } else { ExitCode::KernelFailure })
+}
+
+fn check(what: &str, result: Result<[u64; 4], InvocationError>) -> Result<[u64; 4], Detail> {
+    result.map_err(|e| detail!("{what}: {e}"))
+}
+
+fn expect_error(
+    what: &str,
+    result: Result<[u64; 4], InvocationError>,
+    expected: InvocationError,
+) -> Result<(), Detail> {
+    match result {
+        Err(e) if e == expected => Ok(()),
+        other => Err(detail!("{what}: expected {expected:?}, got {other:?}")),
+    }
+}
+
+/// Retypes one object from the first Untyped into a fresh slot.
+fn make(kind: ObjectType, size: u64) -> Result<CPtr, Detail> {
+    let info = strata_rt::boot_info();
+    let at = fresh_slot();
+    let untyped = info.untyped_slots.start;
+    check(
+        "retype",
+        call(untyped, Label::UntypedRetype, &[kind as u64, size, slot::CNODE, DEPTH, at, 1], &[slot::CNODE]),
+    )?;
+    Ok(at)
+}
+
+fn cnode_op(label: Label, words: &[u64]) -> Result<[u64; 4], InvocationError> {
+    call(slot::CNODE, label, words, &[slot::CNODE])
+}
+
+fn boot_info() -> Outcome {
+    let info = strata_rt::boot_info();
+    if info.magic != bootinfo::MAGIC || info.version != bootinfo::VERSION {
+        return Err(detail!("bad magic or version"));
+    }
+    if info.untyped_count == 0 || info.image_frames.start >= info.image_frames.end {
+        return Err(detail!("no Untypeds or no image frames"));
+    }
+    let total: u64 = info.untypeds[..info.untyped_count as usize].iter().map(|u| 1u64 << u.size_bits).sum();
+    Ok(detail!(
+        "untypeds={} untyped_kib={} image_frames={}",
+        info.untyped_count,
+        total / 1024,
+        info.image_frames.end - info.image_frames.start
+    ))
+}
+
+fn retype() -> Outcome {
+    let endpoint = make(ObjectType::Endpoint, 0)?;
+    make(ObjectType::Notification, 0)?;
+    make(ObjectType::CNode, 4)?;
+    // Into an occupied slot: refused, with the error decoded.
+    let untyped = strata_rt::boot_info().untyped_slots.start;
+    let again = call(
+        untyped,
+        Label::UntypedRetype,
+        &[ObjectType::Endpoint as u64, 0, slot::CNODE, DEPTH, endpoint, 1],
+        &[slot::CNODE],
+    );
+    expect_error("retype into an occupied slot", again, InvocationError::DeleteFirst)?;
+    let bad_size = call(
+        untyped,
+        Label::UntypedRetype,
+        &[ObjectType::CNode as u64, 30, slot::CNODE, DEPTH, fresh_slot(), 1],
+        &[slot::CNODE],
+    );
+    expect_error("oversized CNode", bad_size, InvocationError::RangeError { min: 1, max: 24 })?;
+    Ok(detail!("endpoint_slot={endpoint}"))
+}
+
+fn cnode() -> Outcome {
+    let endpoint = make(ObjectType::Endpoint, 0)?;
+    let (copy, minted, moved) = (fresh_slot(), fresh_slot(), fresh_slot());
+    check("copy", cnode_op(Label::CNodeCopy, &[copy, DEPTH, endpoint, DEPTH, Rights::WRITE.bits()]))?;
+    check("mint", cnode_op(Label::CNodeMint, &[minted, DEPTH, endpoint, DEPTH, Rights::all().bits(), 42]))?;
+    expect_error(
+        "re-badging",
+        cnode_op(Label::CNodeMint, &[fresh_slot(), DEPTH, minted, DEPTH, Rights::all().bits(), 7]),
+        InvocationError::IllegalOperation,
+    )?;
+    check("move", cnode_op(Label::CNodeMove, &[moved, DEPTH, minted, DEPTH]))?;
+    // The moved-from slot is empty now: copying from it fails.
+    expect_error(
+        "copy from a moved-away slot",
+        cnode_op(Label::CNodeCopy, &[fresh_slot(), DEPTH, minted, DEPTH, 15]),
+        InvocationError::FailedLookup {
+            source: true,
+            failure: LookupFailure::MissingCapability { bits_left: 0 },
+        },
+    )?;
+    // Revoking the original removes the copy and the badged capability.
+    check("revoke", cnode_op(Label::CNodeRevoke, &[endpoint, DEPTH]))?;
+    for gone in [copy, moved] {
+        expect_error(
+            "derived capability after revoke",
+            cnode_op(Label::CNodeCopy, &[fresh_slot(), DEPTH, gone, DEPTH, 15]),
+            InvocationError::FailedLookup {
+                source: true,
+                failure: LookupFailure::MissingCapability { bits_left: 0 },
+            },
+        )?;
+    }
+    check("delete", cnode_op(Label::CNodeDelete, &[endpoint, DEPTH]))?;
+    Ok(detail!("copy mint move revoke delete"))
+}
+
+fn lookup_errors() -> Outcome {
+    expect_error(
+        "depth 0",
+        cnode_op(Label::CNodeDelete, &[5, 0]),
+        InvocationError::RangeError { min: 1, max: 64 },
+    )?;
+    expect_error(
+        "call on an empty slot",
+        call(4000, Label::CNodeDelete, &[1, DEPTH], &[]),
+        InvocationError::FailedLookup {
+            source: true,
+            failure: LookupFailure::MissingCapability { bits_left: 0 },
+        },
+    )?;
+    expect_error(
+        "wrong object",
+        call(slot::VSPACE, Label::CNodeDelete, &[1, DEPTH], &[]),
+        InvocationError::IllegalOperation,
+    )?;
+    expect_error(
+        "truncated",
+        cnode_op(Label::CNodeCopy, &[fresh_slot(), DEPTH]),
+        InvocationError::TruncatedMessage { needed: 5 },
+    )?;
+    Ok(detail!("range lookup type truncation"))
+}
+
+fn frame_map() -> Outcome {
+    let table = make(ObjectType::PageTable, 0)?;
+    let frame = make(ObjectType::Frame4K, 0)?;
+    check("map page table", call(table, Label::PageTableMap, &[SCRATCH_PAGE], &[slot::VSPACE]))?;
+    let rw = (Rights::READ | Rights::WRITE).bits();
+    check("map frame", call(frame, Label::FrameMap, &[SCRATCH_PAGE, rw, 0], &[slot::VSPACE]))?;
+    let page = SCRATCH_PAGE as *mut u64;
+    for i in 0..512 {
+        // SAFETY: the frame was just mapped read-write at SCRATCH_PAGE.
+        unsafe { page.add(i).write_volatile(i as u64 * 0x0101_0101) };
+    }
+    for i in 0..512 {
+        // SAFETY: as above.
+        let value = unsafe { page.add(i).read_volatile() };
+        if value != i as u64 * 0x0101_0101 {
+            return Err(detail!("word {i} reads {value:#x}"));
+        }
+    }
+    let [physical, ..] = check("get address", call(frame, Label::FrameGetAddress, &[], &[]))?;
+    let info = strata_rt::boot_info();
+    let inside = info.untypeds[..info.untyped_count as usize]
+        .iter()
+        .any(|u| (u.physical_address..u.physical_address + (1 << u.size_bits)).contains(&physical));
+    if !inside {
+        return Err(detail!("frame at {physical:#x} is in no Untyped"));
+    }
+    expect_error(
+        "double map",
+        call(frame, Label::FrameMap, &[SCRATCH_PAGE + 0x1000, rw, 0], &[slot::VSPACE]),
+        InvocationError::InvalidArgument { index: 0 },
+    )?;
+    Ok(detail!("physical={physical:#x}"))
+}
+
+/// A second thread in this address space, at `entry`, priority 255, with
+/// the stack page mapped at `WORKER_STACK`.
+fn spawn(entry: extern "C" fn() -> !) -> Result<CPtr, Detail> {
+    static STACK_MAPPED: AtomicU64 = AtomicU64::new(0);
+    if STACK_MAPPED.swap(1, Ordering::Relaxed) == 0 {
+        let stack = make(ObjectType::Frame4K, 0)?;
+        let rw = (Rights::READ | Rights::WRITE).bits();
+        check("map stack", call(stack, Label::FrameMap, &[WORKER_STACK, rw, 0], &[slot::VSPACE]))?;
+    }
+    let tcb = make(ObjectType::Tcb, 0)?;
+    check("configure", call(tcb, Label::TcbConfigure, &[0], &[slot::CNODE, slot::VSPACE]))?;
+    check("priority", call(tcb, Label::TcbSetPriority, &[255, 255], &[slot::TCB]))?;
+    let mut registers = [0u64; 18];
+    registers[15] = entry as usize as u64; // rip
+    registers[16] = WORKER_STACK + 4096 - 8; // rsp, as just after a call
+    registers[17] = 0x202; // rflags
+    check("write registers", call(tcb, Label::TcbWriteRegisters, &registers, &[]))?;
+    check("resume", call(tcb, Label::TcbResume, &[], &[]))?;
+    Ok(tcb)
+}
+
+extern "C" fn yielding_worker() -> ! {
+    FLAG.store(1, Ordering::SeqCst);
+    loop {
+        // Clobber xmm6 with another pattern, then yield, in one block so
+        // the pattern is what the kernel sees at the switch.
+        // SAFETY: sets a caller-saved register and makes a system call, declaring both.
+        unsafe {
+            core::arch::asm!(
+                "movq xmm6, {b}",
+                "syscall",
+                b = in(reg) 0xbbbb_bbbb_bbbb_bbbbu64,
+                inlateout("rax") strata_abi::syscall::Syscall::Yield as u64 => _,
+                out("xmm6") _, lateout("rcx") _, lateout("r11") _,
+            );
+        }
+    }
+}
+
+fn thread_switch() -> Outcome {
+    let worker = spawn(yielding_worker)?;
+    let seen: u64;
+    // SAFETY: sets xmm6, yields (the worker runs and sets its own xmm6),
+    // and reads xmm6 back, all declared.
+    unsafe {
+        core::arch::asm!(
+            "movq xmm6, {a}",
+            "syscall",
+            "movq {seen}, xmm6",
+            a = in(reg) 0xaaaa_aaaa_aaaa_aaaau64,
+            seen = lateout(reg) seen,
+            inlateout("rax") strata_abi::syscall::Syscall::Yield as u64 => _,
+            out("xmm6") _, lateout("rcx") _, lateout("r11") _,
+        );
+    }
+    if FLAG.load(Ordering::SeqCst) != 1 {
+        return Err(detail!("the worker did not run when the root yielded"));
+    }
+    check("suspend worker", call(worker, Label::TcbSuspend, &[], &[]))?;
+    if seen != 0xaaaa_aaaa_aaaa_aaaa {
+        return Err(detail!("xmm6 is {seen:#x} after a switch: another thread's SSE state leaked in"));
+    }
+    Ok(detail!("worker_ran=1 xmm6_preserved=1"))
+}
+
+extern "C" fn spinning_worker() -> ! {
+    loop {
+        COUNTER.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn preemption() -> Outcome {
+    let worker = spawn(spinning_worker)?;
+    // Spin without yielding: only the timer can let the worker run.
+    let mut spins = 0u64;
+    while COUNTER.load(Ordering::SeqCst) == 0 {
+        spins += 1;
+        if spins > 2_000_000_000 {
+            return Err(detail!("the worker never ran: no preemption"));
+        }
+        core::hint::spin_loop();
+    }
+    check("suspend worker", call(worker, Label::TcbSuspend, &[], &[]))?;
+    Ok(detail!("spins_before_preemption={spins}"))
+}
+
+extern "C" fn faulting_worker() -> ! {
+    // SAFETY: executes ud2 on purpose: the kernel must fault this thread only.
+    unsafe { core::arch::asm!("ud2", options(noreturn)) }
+}
+
+fn fault_suspends() -> Outcome {
+    spawn(faulting_worker)?;
+    // The worker runs, faults and is suspended; the root keeps running.
+    yield_now();
+    yield_now();
+    Ok(detail!("root_survived=1"))
+}
