@@ -43,6 +43,10 @@ pub enum Label {
     TcbResume = 67,
     /// TCB: stop the thread.
     TcbSuspend = 68,
+    /// TCB: bind a notification (its signals wake the thread in `Recv`).
+    TcbBindNotification = 69,
+    /// TCB: undo the binding.
+    TcbUnbindNotification = 70,
 }
 
 impl TryFrom<u64> for Label {
@@ -69,6 +73,8 @@ impl TryFrom<u64> for Label {
             66 => Self::TcbWriteRegisters,
             67 => Self::TcbResume,
             68 => Self::TcbSuspend,
+            69 => Self::TcbBindNotification,
+            70 => Self::TcbUnbindNotification,
             other => return Err(other),
         })
     }

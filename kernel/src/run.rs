@@ -133,7 +133,7 @@ impl Runtime {
     /// fault handler yet, it is suspended.
     fn fault(&mut self, tcb: PhysAddr, what: core::fmt::Arguments<'_>) {
         log::warn!("thread {tcb} faulted: {what}; it has no fault handler and is suspended");
-        self.space.dequeue(tcb);
+        self.space.suspend(tcb);
     }
 }
 
@@ -147,9 +147,9 @@ extern "C" fn syscall_handler(context: &mut UserContext) {
     let Some(tcb) = runtime.current else {
         fail(format_args!("system call with no current thread"));
     };
-    let mut saved = *context;
-    let outcome = runtime.space.handle_syscall(tcb, &mut saved);
-    runtime.space.set_context(tcb, &saved);
+    runtime.space.set_context(tcb, context);
+    let outcome = runtime.space.handle_syscall(tcb);
+    let saved = runtime.space.context(tcb);
     let rotate = match outcome {
         Outcome::Continue => false,
         Outcome::Yield => true,
@@ -181,6 +181,14 @@ pub fn user_exception(frame: &mut InterruptFrame) {
     let (mnemonic, description) = crate::arch::x86_64::idt::exception_name(frame.vector);
     // SAFETY: reading CR2 has no side effects.
     let cr2 = unsafe { x86::controlregs::cr2() } as u64;
+    let words = [frame.vector, frame.error_code, frame.rip, cr2, frame.rsp];
+    if runtime.space.send_fault(tcb, crate::object::ipc::FAULT_EXCEPTION, words) {
+        // The fault handler has it; the thread waits for the reply.
+        let mut context = frame.context();
+        runtime.schedule(false, &mut context);
+        frame.set_context(&context);
+        return;
+    }
     runtime.fault(
         tcb,
         format_args!(

@@ -25,17 +25,18 @@ use crate::object::delete::{Budget, Progress};
 use crate::object::tcb::UserContext;
 use crate::object::vspace::VSpaceInvocation;
 use crate::object::{Capability, ObjectSpace, PhysicalMemory, Slot};
+use strata_abi::object::Rights;
 
 /// Work a delete or revoke may do before the kernel takes interrupts.
 pub const PREEMPTION_BUDGET: u32 = 256;
 /// Length of the `syscall` instruction (0F 05): how far a restarted call backs up.
 const SYSCALL_LENGTH: u64 = 2;
 
-/// What the kernel must do after a system call, besides returning to the
-/// (possibly updated) thread.
+/// What the kernel must do after a system call, besides running whatever
+/// is runnable (the caller, unless it blocked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Return to the thread.
+    /// Return to the thread (or, if it blocked, to whatever runs next).
     Continue,
     /// The thread gave up its time slice.
     Yield,
@@ -43,7 +44,8 @@ pub enum Outcome {
     PutChar(u8),
     /// End the run with this exit code (test builds).
     Shutdown(u8),
-    /// The thread made a system call that does not exist: a fault.
+    /// The thread faulted (unknown system call, or IPC through a
+    /// capability that cannot do it) and has no fault handler: suspend it.
     Fault,
 }
 
@@ -67,29 +69,84 @@ fn reply_error(context: &mut UserContext, error: InvocationError) {
 }
 
 impl<M: PhysicalMemory> ObjectSpace<M> {
-    /// Handles the system call the thread `tcb` made with `context`
-    /// (updated in place with the reply).
-    pub fn handle_syscall(&mut self, tcb: PhysAddr, context: &mut UserContext) -> Outcome {
-        match Syscall::try_from(context.rax) {
-            Ok(Syscall::Call) => {
-                match self.call(tcb, context) {
-                    Ok(Some(words)) => set_reply(context, 0, &words),
-                    Ok(None) => context.rip = context.rip.wrapping_sub(SYSCALL_LENGTH),
-                    Err(error) => reply_error(context, error),
+    /// Handles the system call the thread `tcb` made; its registers are
+    /// in its TCB and are updated there (reply, received message, restart).
+    pub fn handle_syscall(&mut self, tcb: PhysAddr) -> Outcome {
+        let mut context = self.context(tcb);
+        let Ok(syscall) = Syscall::try_from(context.rax) else {
+            return self.fault(tcb, &context, crate::object::ipc::FAULT_SYSCALL);
+        };
+        let root = self.cap(Self::tcb_slot(tcb, 0));
+        let target = || self.lookup_cap(root, context.rdi).map(|(_, cap)| cap);
+        match syscall {
+            Syscall::Call => match target() {
+                Ok(cap @ Capability::Endpoint { rights, .. }) if rights.contains(Rights::WRITE) => {
+                    self.send(tcb, cap, true, true);
                 }
-                Outcome::Continue
-            }
-            Ok(Syscall::Yield) => Outcome::Yield,
-            Ok(Syscall::DebugPutChar) => Outcome::PutChar(context.rdi as u8),
-            Ok(Syscall::DebugShutdown) => Outcome::Shutdown(context.rdi as u8),
-            // The IPC system calls arrive with endpoints and notifications.
-            Ok(_) | Err(_) => Outcome::Fault,
+                Ok(Capability::Notification { object, badge, rights }) if rights.contains(Rights::WRITE) => {
+                    self.signal(object, badge);
+                }
+                Ok(Capability::Endpoint { .. } | Capability::Notification { .. }) => {
+                    return self.fault(tcb, &context, crate::object::ipc::FAULT_SYSCALL);
+                }
+                _ => {
+                    match self.call(tcb, &context) {
+                        Ok(Some(words)) => set_reply(&mut context, 0, &words),
+                        Ok(None) => context.rip = context.rip.wrapping_sub(SYSCALL_LENGTH),
+                        Err(error) => reply_error(&mut context, error),
+                    }
+                    self.set_context(tcb, &context);
+                }
+            },
+            Syscall::Send | Syscall::NbSend => match target() {
+                Ok(cap @ Capability::Endpoint { rights, .. }) if rights.contains(Rights::WRITE) => {
+                    self.send(tcb, cap, syscall == Syscall::Send, false);
+                }
+                Ok(Capability::Notification { object, badge, rights }) if rights.contains(Rights::WRITE) => {
+                    self.signal(object, badge);
+                }
+                _ => return self.fault(tcb, &context, crate::object::ipc::FAULT_SYSCALL),
+            },
+            Syscall::Recv | Syscall::NbRecv => match target() {
+                Ok(cap @ (Capability::Endpoint { rights, .. } | Capability::Notification { rights, .. }))
+                    if rights.contains(Rights::READ) =>
+                {
+                    self.receive(tcb, cap, syscall == Syscall::Recv);
+                }
+                _ => return self.fault(tcb, &context, crate::object::ipc::FAULT_SYSCALL),
+            },
+            Syscall::Reply => self.reply(tcb),
+            Syscall::ReplyRecv => match target() {
+                Ok(cap @ Capability::Endpoint { rights, .. }) if rights.contains(Rights::READ) => {
+                    self.reply(tcb);
+                    self.receive(tcb, cap, true);
+                }
+                _ => return self.fault(tcb, &context, crate::object::ipc::FAULT_SYSCALL),
+            },
+            Syscall::Yield => return Outcome::Yield,
+            Syscall::DebugPutChar => return Outcome::PutChar(context.rdi as u8),
+            Syscall::DebugShutdown => return Outcome::Shutdown(context.rdi as u8),
+            // VCPUs arrive with the VM issue.
+            Syscall::VmEnter => return self.fault(tcb, &context, crate::object::ipc::FAULT_SYSCALL),
         }
+        Outcome::Continue
+    }
+
+    /// The thread `tcb` faulted: a fault message to its handler if it has
+    /// one (the thread then waits for the reply), else [`Outcome::Fault`].
+    fn fault(&mut self, tcb: PhysAddr, context: &UserContext, label: u64) -> Outcome {
+        let words = [context.rax, context.rdi, context.rip, 0, context.rsp];
+        if self.send_fault(tcb, label, words) { Outcome::Continue } else { Outcome::Fault }
     }
 
     /// The `length` message words: the first eight from registers, the rest
     /// from the thread's IPC buffer (words without a buffer read as 0).
-    fn message(&self, tcb: PhysAddr, context: &UserContext, length: u8) -> heapless::Vec<u64, 120> {
+    pub(crate) fn message(
+        &self,
+        tcb: PhysAddr,
+        context: &UserContext,
+        length: u8,
+    ) -> heapless::Vec<u64, 120> {
         let registers = message_words(context);
         let buffer = self.ipc_buffer(tcb).map(|(frame, _)| frame);
         let offset = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, message) as u64;
@@ -243,6 +300,15 @@ mod tests {
         }
     }
 
+    /// Makes the system call `context` describes, as the kernel does: the
+    /// registers go into the TCB, and come back from it.
+    fn syscall(space: &mut ObjectSpace<Arena>, tcb: PhysAddr, context: &mut UserContext) -> Outcome {
+        space.set_context(tcb, context);
+        let outcome = space.handle_syscall(tcb);
+        *context = space.context(tcb);
+        outcome
+    }
+
     fn label(context: &UserContext) -> u64 {
         MessageInfo::decode(context.rsi).label
     }
@@ -266,7 +332,7 @@ mod tests {
             &[ObjectType::Endpoint as u64, 0, slot::CNODE, 64, 100, 1],
             1,
         );
-        assert_eq!(space.handle_syscall(tcb, &mut context), Outcome::Continue);
+        assert_eq!(syscall(&mut space, tcb, &mut context), Outcome::Continue);
         assert_eq!(
             label(&context),
             0,
@@ -281,33 +347,33 @@ mod tests {
             &[ObjectType::Endpoint as u64, 0, slot::CNODE, 64, 100, 1],
             1,
         );
-        let _ = space.handle_syscall(tcb, &mut context);
+        let _ = syscall(&mut space, tcb, &mut context);
         assert_eq!(
             InvocationError::decode(label(&context), [context.rdx, context.r8, context.r9, context.r10]),
             Some(InvocationError::DeleteFirst)
         );
         // A frame's address comes back in the first reply word.
         let mut context = call(Label::FrameGetAddress, slot::IPC_BUFFER, &[], 0);
-        let _ = space.handle_syscall(tcb, &mut context);
+        let _ = syscall(&mut space, tcb, &mut context);
         let (buffer, _) = space.ipc_buffer(tcb).expect("buffer");
         assert_eq!((label(&context), context.rdx), (0, buffer.get()));
         // An empty slot, an unknown label, a bad syscall number.
         let mut context = call(Label::CNodeDelete, 3000, &[], 0);
-        let _ = space.handle_syscall(tcb, &mut context);
+        let _ = syscall(&mut space, tcb, &mut context);
         assert_eq!(
             label(&context),
             InvocationError::FailedLookup { source: true, failure: LookupFailure::InvalidRoot }.code()
         );
         let mut context = call(Label::CNodeDelete, slot::CNODE, &[], 0);
         context.rsi = MessageInfo::new(999, 0, 0).encode().expect("fits");
-        let _ = space.handle_syscall(tcb, &mut context);
+        let _ = syscall(&mut space, tcb, &mut context);
         assert_eq!(label(&context), InvocationError::IllegalOperation.code());
         let mut bogus = UserContext { rax: 77, ..UserContext::default() };
-        assert_eq!(space.handle_syscall(tcb, &mut bogus), Outcome::Fault);
+        assert_eq!(syscall(&mut space, tcb, &mut bogus), Outcome::Fault);
         // Debug calls.
         let mut put =
             UserContext { rax: Syscall::DebugPutChar as u64, rdi: b'x' as u64, ..UserContext::default() };
-        assert_eq!(space.handle_syscall(tcb, &mut put), Outcome::PutChar(b'x'));
+        assert_eq!(syscall(&mut space, tcb, &mut put), Outcome::PutChar(b'x'));
     }
 
     #[test]
@@ -330,14 +396,14 @@ mod tests {
                 &[ObjectType::Endpoint as u64, 0, slot::CNODE, 64, 200 + 256 * n, 256],
                 1,
             );
-            let _ = space.handle_syscall(tcb, &mut context);
+            let _ = syscall(&mut space, tcb, &mut context);
             assert_eq!(label(&context), 0);
         }
         let mut context = call(Label::CNodeRevoke, slot::CNODE, &[untyped_slot, 64], 0);
         let mut restarts = 0;
         loop {
             let rip = context.rip;
-            let _ = space.handle_syscall(tcb, &mut context);
+            let _ = syscall(&mut space, tcb, &mut context);
             if context.rip == rip {
                 break;
             }

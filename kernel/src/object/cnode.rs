@@ -69,7 +69,11 @@ fn cnode_with_guard(cap: Capability, data: u64) -> Result<Capability, Invocation
 
 /// The capability `source` would become when copied with `rights` and,
 /// for mint, `data` (a badge, or a CNode guard).
-fn derive(source: Capability, rights: Rights, data: Option<u64>) -> Result<Capability, InvocationError> {
+pub(crate) fn derive(
+    source: Capability,
+    rights: Rights,
+    data: Option<u64>,
+) -> Result<Capability, InvocationError> {
     match source {
         Capability::Null => Err(InvocationError::FailedLookup {
             source: true,

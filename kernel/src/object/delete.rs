@@ -121,12 +121,14 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     }
 
     /// Releases what a deleted capability holds: a mapping, an ASID, a
-    /// pool (see `vspace`). `last` says whether it was the last capability
-    /// to its object. Endpoints, notifications and threads hold nothing yet
-    /// that outlives them; IPC queues and scheduling state will be torn
-    /// down here.
+    /// pool (see `vspace`), or the threads queued on an endpoint or
+    /// notification (see `ipc`). `last` says whether it was the last
+    /// capability to its object.
     fn finalise(&mut self, cap: &Capability, last: bool) {
         self.finalise_vspace(cap, last);
+        if last {
+            self.finalise_ipc_object(cap);
+        }
     }
 
     /// The zombie that replaces the last capability to a CNode or TCB: it

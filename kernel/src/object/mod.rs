@@ -19,11 +19,14 @@ pub mod cap;
 pub mod cnode;
 pub mod cspace;
 pub mod delete;
+pub mod ipc;
 pub mod memory;
 pub mod tcb;
 pub mod untyped;
 pub mod vspace;
 
+#[cfg(test)]
+mod ipc_tests;
 #[cfg(test)]
 mod tcb_tests;
 #[cfg(test)]

@@ -10,8 +10,15 @@
 //! | 0x0a8 | 8 | priority (bits 0–7), maximum controlled priority (bits 8–15) |
 //! | 0x0b0 | 8 | IPC buffer address in the thread's address space |
 //! | 0x0b8 | 8 | physical address of the IPC buffer's frame (0: none) |
-//! | 0x0c0 | 16 | run-queue links (next, previous TCB) |
+//! | 0x0c0 | 16 | queue links (next, previous TCB): run queue or an endpoint/notification queue |
+//! | 0x0d0 | 8 | the endpoint or notification the thread is blocked on |
+//! | 0x0d8 | 8 | the badge of a queued send |
+//! | 0x0e0 | 8 | IPC flags of a queued send (call, grant, grant-reply) |
+//! | 0x0e8 | 8 | the caller this thread must reply to |
+//! | 0x0f0 | 8 | the thread a caller blocked on reply waits for |
+//! | 0x0f8 | 8 | the bound notification |
 //! | 0x100 | 64 | two capability slots: CSpace root and VSpace root |
+//! | 0x140 | 8 | the fault endpoint's capability pointer (0: none) |
 //! | 0x200 | 512 | FXSAVE area for the thread's x87/SSE state |
 //!
 //! The two capability slots are real slots in the derivation tree. When
@@ -45,6 +52,20 @@ pub mod layout {
     pub const QUEUE_NEXT: u64 = 0x0c0;
     /// Previous TCB in the run queue.
     pub const QUEUE_PREV: u64 = 0x0c8;
+    /// The object a blocked thread waits on.
+    pub const BLOCKED_ON: u64 = 0x0d0;
+    /// The badge of a queued send.
+    pub const SEND_BADGE: u64 = 0x0d8;
+    /// Flags of a queued send (`ipc::flags`).
+    pub const SEND_FLAGS: u64 = 0x0e0;
+    /// The caller to reply to.
+    pub const REPLY_TO: u64 = 0x0e8;
+    /// For a caller blocked on its reply: who will reply.
+    pub const REPLIER: u64 = 0x0f0;
+    /// The bound notification.
+    pub const BOUND_NOTIFICATION: u64 = 0x0f8;
+    /// The fault endpoint's capability pointer.
+    pub const FAULT_ENDPOINT: u64 = 0x140;
     /// The CSpace root slot (the VSpace root slot follows it).
     pub const SLOTS: u64 = 0x100;
     /// The FXSAVE area (16-byte aligned).
@@ -184,6 +205,27 @@ pub enum ThreadState {
     Inactive = 0,
     /// Runnable (running, or in a run queue).
     Runnable = 1,
+    /// Queued to send on an endpoint.
+    BlockedOnSend = 2,
+    /// Queued to receive on an endpoint.
+    BlockedOnReceive = 3,
+    /// Waiting for the reply to a call.
+    BlockedOnReply = 4,
+    /// Waiting for a notification.
+    BlockedOnNotification = 5,
+}
+
+impl ThreadState {
+    fn from_word(word: u64) -> Self {
+        match word {
+            1 => Self::Runnable,
+            2 => Self::BlockedOnSend,
+            3 => Self::BlockedOnReceive,
+            4 => Self::BlockedOnReply,
+            5 => Self::BlockedOnNotification,
+            _ => Self::Inactive,
+        }
+    }
 }
 
 /// The run queues.
@@ -232,6 +274,20 @@ pub enum TcbInvocation {
         ipc_buffer: u64,
         /// IPC buffer frame (physical), if any.
         ipc_buffer_frame: Option<PhysAddr>,
+        /// Capability pointer of the fault endpoint (0: none).
+        fault_endpoint: u64,
+    },
+    /// Bind a notification.
+    Bind {
+        /// The TCB.
+        tcb: PhysAddr,
+        /// The notification.
+        notification: PhysAddr,
+    },
+    /// Undo a binding.
+    Unbind {
+        /// The TCB.
+        tcb: PhysAddr,
     },
     /// Set priority and maximum controlled priority.
     SetPriority {
@@ -280,10 +336,12 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// The thread's state.
     pub fn thread_state(&self, tcb: PhysAddr) -> ThreadState {
-        match self.memory.read(tcb.offset(layout::STATE)) {
-            1 => ThreadState::Runnable,
-            _ => ThreadState::Inactive,
-        }
+        ThreadState::from_word(self.memory.read(tcb.offset(layout::STATE)))
+    }
+
+    /// Sets the thread's state word (queue membership is the caller's business).
+    pub(super) fn set_thread_state(&mut self, tcb: PhysAddr, state: ThreadState) {
+        self.memory.write(tcb.offset(layout::STATE), state as u64);
     }
 
     /// The thread's priority and maximum controlled priority.
@@ -374,7 +432,16 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// Releases a TCB whose last capability is being deleted: it leaves the
     /// run queues. Its two slots are emptied afterwards through a zombie.
     pub(super) fn finalise_tcb(&mut self, tcb: PhysAddr) {
+        self.suspend(tcb);
+        self.unbind_notification(tcb);
+    }
+
+    /// Stops a thread: out of any run, endpoint or notification queue, no
+    /// longer waiting for or owing a reply.
+    pub fn suspend(&mut self, tcb: PhysAddr) {
+        self.cancel_ipc(tcb);
         self.dequeue(tcb);
+        self.set_thread_state(tcb, ThreadState::Inactive);
     }
 
     /// Decodes an invocation on the TCB capability `cap`; `extra` are the
@@ -425,7 +492,15 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     }
                     Some(_) => return Err(InvocationError::InvalidCapability { index: 3 }),
                 };
-                Ok(TcbInvocation::Configure { tcb, cspace, vspace, ipc_buffer, ipc_buffer_frame })
+                let fault_endpoint = words.get(1).copied().unwrap_or(0);
+                Ok(TcbInvocation::Configure {
+                    tcb,
+                    cspace,
+                    vspace,
+                    ipc_buffer,
+                    ipc_buffer_frame,
+                    fault_endpoint,
+                })
             }
             Label::TcbSetPriority => {
                 let authority = extra_slot(0)?;
@@ -458,6 +533,19 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 Ok(TcbInvocation::Resume { tcb })
             }
             Label::TcbSuspend => Ok(TcbInvocation::Suspend { tcb }),
+            Label::TcbBindNotification => {
+                let Capability::Notification { object, rights, .. } = self.cap(extra_slot(0)?) else {
+                    return Err(InvocationError::InvalidCapability { index: 1 });
+                };
+                if !rights.contains(strata_abi::object::Rights::READ) {
+                    return Err(InvocationError::InvalidCapability { index: 1 });
+                }
+                if self.bound(tcb).is_some() || self.notification_bound(object) {
+                    return Err(InvocationError::IllegalOperation);
+                }
+                Ok(TcbInvocation::Bind { tcb, notification: object })
+            }
+            Label::TcbUnbindNotification => Ok(TcbInvocation::Unbind { tcb }),
             _ => Err(InvocationError::IllegalOperation),
         }
     }
@@ -465,7 +553,15 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// Performs a decoded TCB invocation.
     pub fn perform_tcb(&mut self, invocation: TcbInvocation) {
         match invocation {
-            TcbInvocation::Configure { tcb, cspace, vspace, ipc_buffer, ipc_buffer_frame } => {
+            TcbInvocation::Configure {
+                tcb,
+                cspace,
+                vspace,
+                ipc_buffer,
+                ipc_buffer_frame,
+                fault_endpoint,
+            } => {
+                self.memory.write(tcb.offset(layout::FAULT_ENDPOINT), fault_endpoint);
                 let (cspace_cap, vspace_cap) = (self.cap(cspace), self.cap(vspace));
                 self.insert_derived(cspace, Self::tcb_slot(tcb, 0), cspace_cap);
                 self.insert_derived(vspace, Self::tcb_slot(tcb, 1), vspace_cap);
@@ -485,11 +581,14 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             }
             TcbInvocation::WriteRegisters { tcb, context } => self.set_context(tcb, &context),
             TcbInvocation::Resume { tcb } => {
-                if self.thread_state(tcb) != ThreadState::Runnable {
+                // A thread blocked in IPC is woken by IPC, not by resume.
+                if self.thread_state(tcb) == ThreadState::Inactive {
                     self.enqueue(tcb);
                 }
             }
-            TcbInvocation::Suspend { tcb } => self.dequeue(tcb),
+            TcbInvocation::Suspend { tcb } => self.suspend(tcb),
+            TcbInvocation::Bind { tcb, notification } => self.bind_notification(tcb, notification),
+            TcbInvocation::Unbind { tcb } => self.unbind_notification(tcb),
         }
     }
 }
