@@ -105,7 +105,14 @@ pub fn create<M: PhysicalMemory>(
         at(scratch),
         Capability::Untyped { base, size_bits: bits, free_index: 0, device: false },
     );
-    let mut builder = Builder { space, root, cnode, untyped: at(scratch), next_slot: slot::FIRST_VARIABLE };
+    let mut builder = Builder {
+        space,
+        root,
+        cnode,
+        untyped: at(scratch),
+        next_slot: slot::FIRST_VARIABLE,
+        tables: heapless::Vec::new(),
+    };
 
     builder.retype_at(ObjectType::Pml4, 0, slot::VSPACE)?;
     builder.retype_at(ObjectType::Tcb, 0, slot::TCB)?;
@@ -120,7 +127,12 @@ pub fn create<M: PhysicalMemory>(
     builder.space.perform_vspace(pool);
     builder.invoke(slot::ASID_POOL, Label::AsidPoolAssign, &[], &[slot::VSPACE])?;
 
-    // Image frames, in address order, then stack, IPC buffer and boot info.
+    // Paging structures first, so that the image frames' slots are
+    // consecutive, in address order; then the frames, stack, IPC buffer
+    // and boot info.
+    for page in (plan.virtual_base..plan.virtual_end).step_by(4096) {
+        builder.ensure_tables(page)?;
+    }
     let first_image_slot = builder.next_slot;
     let rw = (Rights::READ | Rights::WRITE).bits();
     for page in (plan.virtual_base..plan.virtual_end).step_by(4096) {
@@ -235,6 +247,8 @@ struct Builder<'s, M: PhysicalMemory> {
     cnode: PhysAddr,
     untyped: Slot,
     next_slot: u64,
+    /// Paging structures made so far, as (object type, address >> coverage bits).
+    tables: heapless::Vec<(u64, u64), 64>,
 }
 
 impl<M: PhysicalMemory> Builder<'_, M> {
@@ -267,6 +281,25 @@ impl<M: PhysicalMemory> Builder<'_, M> {
         Ok(())
     }
 
+    /// Creates and installs the PDPT, page directory and page table that
+    /// `address` needs, unless this builder made them already.
+    fn ensure_tables(&mut self, address: u64) -> Result<(), InvocationError> {
+        let vspace = self.at(slot::VSPACE);
+        for (kind, shift) in
+            [(ObjectType::Pdpt, 39), (ObjectType::PageDirectory, 30), (ObjectType::PageTable, 21)]
+        {
+            let region = (kind as u64, address >> shift);
+            if self.tables.contains(&region) {
+                continue;
+            }
+            let table = self.retype(kind, 0)?;
+            let invocation = self.space.decode_vspace(table, Label::PageTableMap, &[address], &[vspace])?;
+            self.space.perform_vspace(invocation);
+            self.tables.push(region).map_err(|_| InvocationError::NotEnoughMemory { available: 0 })?;
+        }
+        Ok(())
+    }
+
     /// Maps `frame` at `address`, creating the paging structures above it.
     fn map_frame(
         &mut self,
@@ -278,21 +311,8 @@ impl<M: PhysicalMemory> Builder<'_, M> {
         if address >= USER_TOP {
             return Err(InvocationError::InvalidArgument { index: 0 });
         }
+        self.ensure_tables(address)?;
         let vspace = self.at(slot::VSPACE);
-        for kind in [ObjectType::Pdpt, ObjectType::PageDirectory, ObjectType::PageTable] {
-            let table = self.retype(kind, 0)?;
-            let map = self.space.decode_vspace(table, Label::PageTableMap, &[address], &[vspace]);
-            match map {
-                Ok(invocation) => self.space.perform_vspace(invocation),
-                // Already there: give the unused table back.
-                Err(InvocationError::DeleteFirst) => {
-                    let mut budget = crate::object::delete::Budget(u32::MAX);
-                    let _ = self.space.delete(table, &mut budget);
-                    self.next_slot -= 1;
-                }
-                Err(error) => return Err(error),
-            }
-        }
         let invocation =
             self.space.decode_vspace(frame, Label::FrameMap, &[address, rights, attributes], &[vspace])?;
         self.space.perform_vspace(invocation);
@@ -405,6 +425,18 @@ mod tests {
                 | crate::arch::x86_64::paging::PteFlags::NO_EXECUTE
         ));
         assert!(translate(&space, pml4, 0x40_3000).is_some(), "bss mapped");
+        // The image frames' slots hold exactly the image's frames, in address order.
+        let image_start =
+            space.memory.read(PhysAddr(translate(&space, pml4, BOOT_INFO_ADDRESS).expect("mapped").0 + 32));
+        let image_end =
+            space.memory.read(PhysAddr(translate(&space, pml4, BOOT_INFO_ADDRESS).expect("mapped").0 + 40));
+        assert_eq!(image_end - image_start, 4, "text page, data page and two bss pages");
+        for (n, index) in (image_start..image_end).enumerate() {
+            let Capability::Frame { mapping: Some(m), .. } = cap(index) else {
+                panic!("slot {index} is not a mapped frame")
+            };
+            assert_eq!(m.address, 0x40_0000 + 0x1000 * n as u64);
+        }
         assert!(translate(&space, pml4, STACK_TOP - 8).is_some(), "stack mapped");
         assert!(translate(&space, pml4, STACK_TOP).is_none(), "nothing above the stack");
         // Boot info: read-only, lists the Untypeds, which cover the free memory.

@@ -44,7 +44,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 16] = [
+const BOOT_CASES: [&str; 20] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -62,6 +62,10 @@ const BOOT_CASES: [&str; 16] = [
     "user.thread_switch",
     "user.preemption",
     "user.fault_suspends",
+    "user.ipc_same_space",
+    "user.ipc_cross_space",
+    "user.notification",
+    "user.fault_handler",
 ];
 
 /// Runs the selected tests.

@@ -47,6 +47,65 @@ pub fn call(cap: CPtr, label: Label, words: &[u64], extra: &[CPtr]) -> Result<[u
     }
 }
 
+/// A received message: the badge of the capability it came through, its
+/// label and length, and its first four words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message {
+    /// Badge (for a notification: the signalled bits).
+    pub badge: u64,
+    /// Label.
+    pub label: u64,
+    /// Number of words.
+    pub length: u8,
+    /// Words 0–3.
+    pub words: [u64; 4],
+}
+
+fn ipc(number: Syscall, cap: CPtr, label: u64, words: &[u64]) -> Message {
+    let length = words.len().min(strata_abi::message::REGISTER_WORDS);
+    let mut message = [0u64; 8];
+    message[..length].copy_from_slice(&words[..length]);
+    let info = MessageInfo::new(label, 0, length as u8).encode().unwrap_or(0);
+    let (badge, info, words) = sys::syscall_with_badge(number, cap, info, message);
+    let info = MessageInfo::decode(info);
+    Message { badge, label: info.label, length: info.length, words }
+}
+
+/// IPC: sends on the endpoint `cap`, waiting for a receiver.
+pub fn send(cap: CPtr, label: u64, words: &[u64]) {
+    let _ = ipc(Syscall::Send, cap, label, words);
+}
+
+/// IPC: calls through the endpoint `cap` and waits for the reply.
+pub fn ipc_call(cap: CPtr, label: u64, words: &[u64]) -> Message {
+    ipc(Syscall::Call, cap, label, words)
+}
+
+/// IPC: waits for a message on the endpoint (or a signal on the notification) `cap`.
+pub fn recv(cap: CPtr) -> Message {
+    ipc(Syscall::Recv, cap, 0, &[])
+}
+
+/// IPC: replies to the last caller, then waits on `cap`.
+pub fn reply_recv(cap: CPtr, label: u64, words: &[u64]) -> Message {
+    ipc(Syscall::ReplyRecv, cap, label, words)
+}
+
+/// IPC: replies to the last caller.
+pub fn reply(label: u64, words: &[u64]) {
+    let _ = ipc(Syscall::Reply, 0, label, words);
+}
+
+/// Signals the notification `cap` (its badge is ORed into the word).
+pub fn signal(cap: CPtr) {
+    let _ = ipc(Syscall::Send, cap, 0, &[]);
+}
+
+/// Takes the notification word without waiting (0: nothing pending).
+pub fn poll(cap: CPtr) -> u64 {
+    ipc(Syscall::NbRecv, cap, 0, &[]).badge
+}
+
 /// Gives the rest of this time slice to other threads of the same priority.
 pub fn yield_now() {
     let _ = sys::syscall(Syscall::Yield, 0, 0, [0; 8]);

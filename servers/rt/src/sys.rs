@@ -18,7 +18,13 @@ static BOOT_INFO: AtomicU64 = AtomicU64::new(0);
 /// message words 0–7 in RDX, R8, R9, R10, R12, R13, R14, R15. Returns RSI
 /// and message words 0–3 of the reply.
 pub fn syscall(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, [u64; 4]) {
-    let (info, w0, w1, w2, w3);
+    let (_, info, words) = syscall_with_badge(number, rdi, rsi, words);
+    (info, words)
+}
+
+/// As [`syscall`], also returning RDI (the badge of a received message).
+pub fn syscall_with_badge(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, u64, [u64; 4]) {
+    let (badge, info, w0, w1, w2, w3);
     // SAFETY: the `syscall` instruction enters the kernel, which returns with
     // only RAX, RCX, R11 and the reply registers changed, as declared here.
     // It touches no memory the compiler knows about except the IPC buffer,
@@ -27,7 +33,7 @@ pub fn syscall(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, [u
         core::arch::asm!(
             "syscall",
             inlateout("rax") number as u64 => _,
-            in("rdi") rdi,
+            inlateout("rdi") rdi => badge,
             inlateout("rsi") rsi => info,
             inlateout("rdx") words[0] => w0,
             inlateout("r8") words[1] => w1,
@@ -42,7 +48,7 @@ pub fn syscall(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, [u
             options(nostack),
         );
     }
-    (info, [w0, w1, w2, w3])
+    (badge, info, [w0, w1, w2, w3])
 }
 
 fn ipc_buffer() -> *mut IpcBuffer {

@@ -11,7 +11,7 @@ use strata_abi::error::{InvocationError, LookupFailure};
 use strata_abi::exit::ExitCode;
 use strata_abi::invocation::Label;
 use strata_abi::object::{ObjectType, Rights};
-use strata_rt::{CPtr, call, debug, println, yield_now};
+use strata_rt::{CPtr, call, debug, ipc_call, poll, println, recv, reply, reply_recv, signal, yield_now};
 
 strata_rt::entry!(main);
 
@@ -19,12 +19,23 @@ strata_rt::entry!(main);
 const DEPTH: u64 = 64;
 /// Where the frame case maps its page (the image's page directory covers it).
 const SCRATCH_PAGE: u64 = 0x60_0000;
-/// A second thread's stack page, beside it.
+/// Other threads' stack pages, after it.
 const WORKER_STACK: u64 = 0x60_1000;
+/// The page the pager case leaves unmapped until a thread faults on it.
+const PAGER_ADDRESS: u64 = 0x70_0000;
 
 static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
 static FLAG: AtomicU64 = AtomicU64::new(0);
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+static SERVER_ENDPOINT: AtomicU64 = AtomicU64::new(0);
+static WAIT_NOTIFICATION: AtomicU64 = AtomicU64::new(0);
+static WOKEN_WITH: AtomicU64 = AtomicU64::new(0);
+static PAGED_VALUE: AtomicU64 = AtomicU64::new(0);
+
+unsafe extern "C" {
+    /// Start of the writable part of this program's image (`user.ld`).
+    static __data_start: u8;
+}
 
 fn fresh_slot() -> CPtr {
     NEXT_SLOT.fetch_add(1, Ordering::Relaxed)
@@ -88,6 +99,10 @@ fn main() -> ! {
     suite.case("user.thread_switch", thread_switch);
     suite.case("user.preemption", preemption);
     suite.case("user.fault_suspends", fault_suspends);
+    suite.case("user.ipc_same_space", ipc_same_space);
+    suite.case("user.ipc_cross_space", ipc_cross_space);
+    suite.case("user.notification", notification);
+    suite.case("user.fault_handler", fault_handler);
     println!("KTEST done passed={} failed={}", suite.passed, suite.failed);
     debug::shutdown(if suite.failed == 0 { ExitCode::Success } else { ExitCode::KernelFailure })
 }
@@ -260,21 +275,26 @@ fn frame_map() -> Outcome {
     Ok(detail!("physical={physical:#x}"))
 }
 
-/// A second thread in this address space, at `entry`, priority 255, with
-/// the stack page mapped at `WORKER_STACK`.
+/// A second thread in this address space at `entry`, priority 255.
 fn spawn(entry: extern "C" fn() -> !) -> Result<CPtr, Detail> {
-    static STACK_MAPPED: AtomicU64 = AtomicU64::new(0);
-    if STACK_MAPPED.swap(1, Ordering::Relaxed) == 0 {
-        let stack = make(ObjectType::Frame4K, 0)?;
-        let rw = (Rights::READ | Rights::WRITE).bits();
-        check("map stack", call(stack, Label::FrameMap, &[WORKER_STACK, rw, 0], &[slot::VSPACE]))?;
-    }
+    spawn_in(entry, slot::VSPACE, 0)
+}
+
+/// A thread at `entry` in the address space `vspace`, priority 255, with
+/// its own stack page (mapped there at the next free `WORKER_STACK` page)
+/// and the fault endpoint `fault_endpoint` (0: none).
+fn spawn_in(entry: extern "C" fn() -> !, vspace: CPtr, fault_endpoint: CPtr) -> Result<CPtr, Detail> {
+    static STACKS: AtomicU64 = AtomicU64::new(0);
+    let stack_page = WORKER_STACK + 0x1000 * STACKS.fetch_add(1, Ordering::Relaxed);
+    let stack = make(ObjectType::Frame4K, 0)?;
+    let rw = (Rights::READ | Rights::WRITE).bits();
+    check("map stack", call(stack, Label::FrameMap, &[stack_page, rw, 0], &[vspace]))?;
     let tcb = make(ObjectType::Tcb, 0)?;
-    check("configure", call(tcb, Label::TcbConfigure, &[0], &[slot::CNODE, slot::VSPACE]))?;
+    check("configure", call(tcb, Label::TcbConfigure, &[0, fault_endpoint], &[slot::CNODE, vspace]))?;
     check("priority", call(tcb, Label::TcbSetPriority, &[255, 255], &[slot::TCB]))?;
     let mut registers = [0u64; 18];
     registers[15] = entry as usize as u64; // rip
-    registers[16] = WORKER_STACK + 4096 - 8; // rsp, as just after a call
+    registers[16] = stack_page + 4096 - 8; // rsp, as just after a call
     registers[17] = 0x202; // rflags
     check("write registers", call(tcb, Label::TcbWriteRegisters, &registers, &[]))?;
     check("resume", call(tcb, Label::TcbResume, &[], &[]))?;
@@ -357,4 +377,136 @@ fn fault_suspends() -> Outcome {
     yield_now();
     yield_now();
     Ok(detail!("root_survived=1"))
+}
+
+/// Answers calls: label + 1, first word doubled, and the caller's badge.
+extern "C" fn echo_server() -> ! {
+    let endpoint = SERVER_ENDPOINT.load(Ordering::SeqCst);
+    let mut message = recv(endpoint);
+    loop {
+        message = reply_recv(endpoint, message.label + 1, &[message.words[0] * 2, message.badge]);
+    }
+}
+
+fn badged(endpoint: CPtr, badge: u64) -> Result<CPtr, Detail> {
+    let copy = fresh_slot();
+    check("mint", cnode_op(Label::CNodeMint, &[copy, DEPTH, endpoint, DEPTH, Rights::all().bits(), badge]))?;
+    Ok(copy)
+}
+
+fn ipc_same_space() -> Outcome {
+    let endpoint = make(ObjectType::Endpoint, 0)?;
+    SERVER_ENDPOINT.store(endpoint, Ordering::SeqCst);
+    let server = spawn(echo_server)?;
+    let client = badged(endpoint, 0x5a)?;
+    for round in 1..=3u64 {
+        let reply = ipc_call(client, 7, &[21 * round]);
+        if reply.label != 8 || reply.words[0] != 42 * round || reply.words[1] != 0x5a {
+            return Err(detail!("round {round}: reply label {} words {:?}", reply.label, reply.words));
+        }
+    }
+    check("suspend server", call(server, Label::TcbSuspend, &[], &[]))?;
+    Ok(detail!("calls=3 badge=0x5a"))
+}
+
+fn ipc_cross_space() -> Outcome {
+    // A second address space with this program's image mapped as here
+    // (text read-execute, data read-write), and a server thread in it.
+    let pml4 = make(ObjectType::Pml4, 0)?;
+    check("assign ASID", call(slot::ASID_POOL, Label::AsidPoolAssign, &[], &[pml4]))?;
+    let pdpt = make(ObjectType::Pdpt, 0)?;
+    let directory = make(ObjectType::PageDirectory, 0)?;
+    let image_table = make(ObjectType::PageTable, 0)?;
+    let stack_table = make(ObjectType::PageTable, 0)?;
+    for (table, address) in
+        [(pdpt, 0x40_0000), (directory, 0x40_0000), (image_table, 0x40_0000), (stack_table, SCRATCH_PAGE)]
+    {
+        check("map table", call(table, Label::PageTableMap, &[address], &[pml4]))?;
+    }
+    let info = strata_rt::boot_info();
+    let data_start = (&raw const __data_start) as u64;
+    for (n, frame) in (info.image_frames.start..info.image_frames.end).enumerate() {
+        let address = 0x40_0000 + 0x1000 * n as u64;
+        let copy = fresh_slot();
+        check("copy frame", cnode_op(Label::CNodeCopy, &[copy, DEPTH, frame, DEPTH, Rights::all().bits()]))?;
+        let (rights, attributes) = if address >= data_start {
+            ((Rights::READ | Rights::WRITE).bits(), 0)
+        } else {
+            (Rights::READ.bits(), strata_abi::object::VmAttributes::EXECUTABLE.bits())
+        };
+        check("map image", call(copy, Label::FrameMap, &[address, rights, attributes], &[pml4]))?;
+    }
+    let endpoint = make(ObjectType::Endpoint, 0)?;
+    SERVER_ENDPOINT.store(endpoint, Ordering::SeqCst);
+    let server = spawn_in(echo_server, pml4, 0)?;
+    let client = badged(endpoint, 0x77)?;
+    let reply = ipc_call(client, 1, &[500]);
+    if reply.label != 2 || reply.words[0] != 1000 || reply.words[1] != 0x77 {
+        return Err(detail!("reply label {} words {:?}", reply.label, reply.words));
+    }
+    check("suspend server", call(server, Label::TcbSuspend, &[], &[]))?;
+    Ok(detail!("server_in_second_address_space=1 badge=0x77"))
+}
+
+extern "C" fn waiter() -> ! {
+    let notification = WAIT_NOTIFICATION.load(Ordering::SeqCst);
+    loop {
+        let message = recv(notification);
+        WOKEN_WITH.store(message.badge, Ordering::SeqCst);
+    }
+}
+
+fn notification() -> Outcome {
+    let notification = make(ObjectType::Notification, 0)?;
+    let (low, high) = (badged(notification, 0b01)?, badged(notification, 0b10)?);
+    signal(low);
+    signal(high);
+    let word = poll(notification);
+    if word != 0b11 || poll(notification) != 0 {
+        return Err(detail!("signals gave word {word:#b}, expected 0b11 then 0"));
+    }
+    WAIT_NOTIFICATION.store(notification, Ordering::SeqCst);
+    let thread = spawn(waiter)?;
+    yield_now(); // the waiter blocks on the notification
+    signal(high);
+    yield_now(); // the waiter wakes and records the badge
+    let woken = WOKEN_WITH.load(Ordering::SeqCst);
+    check("suspend waiter", call(thread, Label::TcbSuspend, &[], &[]))?;
+    if woken != 0b10 {
+        return Err(detail!("the waiter woke with {woken:#b}, expected 0b10"));
+    }
+    Ok(detail!("or_word=0b11 wakeup_badge=0b10"))
+}
+
+extern "C" fn pager_client() -> ! {
+    // SAFETY: faults until the pager maps the page; then a plain read.
+    let value = unsafe { (PAGER_ADDRESS as *const u64).read_volatile() };
+    PAGED_VALUE.store(value, Ordering::SeqCst);
+    loop {
+        yield_now();
+    }
+}
+
+fn fault_handler() -> Outcome {
+    let endpoint = make(ObjectType::Endpoint, 0)?;
+    let client = spawn_in(pager_client, slot::VSPACE, endpoint)?;
+    // Waiting here lets the client run and fault: its fault comes as a message.
+    let fault = recv(endpoint);
+    let (vector, address) = (fault.words[0], fault.words[3]);
+    if fault.label != 1 || vector != 14 || address != PAGER_ADDRESS {
+        return Err(detail!("fault label {} vector {vector} address {address:#x}", fault.label));
+    }
+    let frame = make(ObjectType::Frame4K, 0)?;
+    let rw = (Rights::READ | Rights::WRITE).bits();
+    check("map the faulting page", call(frame, Label::FrameMap, &[PAGER_ADDRESS, rw, 0], &[slot::VSPACE]))?;
+    // SAFETY: the page was just mapped read-write.
+    unsafe { (PAGER_ADDRESS as *mut u64).write_volatile(0x00c0_ffee) };
+    reply(0, &[]); // the client retries its load
+    yield_now();
+    let value = PAGED_VALUE.load(Ordering::SeqCst);
+    check("suspend client", call(client, Label::TcbSuspend, &[], &[]))?;
+    if value != 0x00c0_ffee {
+        return Err(detail!("the client read {value:#x} after the fault was handled"));
+    }
+    Ok(detail!("page_fault_at={address:#x} handled_and_resumed=1"))
 }
