@@ -29,6 +29,9 @@ pub enum Syscall {
     /// Test builds: end the run with the exit code in RDI (an
     /// `abi::exit::ExitCode` value).
     DebugShutdown = 101,
+    /// Test builds: read the kernel's event counters (CR3 writes, FPU
+    /// saves, FPU restores) into message registers 0–2, for benchmarks.
+    DebugCounters = 102,
 }
 
 impl TryFrom<u64> for Syscall {
@@ -47,6 +50,7 @@ impl TryFrom<u64> for Syscall {
             9 => Self::VmEnter,
             100 => Self::DebugPutChar,
             101 => Self::DebugShutdown,
+            102 => Self::DebugCounters,
             other => return Err(other),
         })
     }

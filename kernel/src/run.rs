@@ -8,6 +8,7 @@
 //! not take it.
 
 use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 use strata_abi::exit::ExitCode;
@@ -30,6 +31,23 @@ pub struct Runtime {
 }
 
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+
+/// Address-space switches (CR3 writes) since boot.
+static CR3_WRITES: AtomicU64 = AtomicU64::new(0);
+/// User FPU-state saves (FXSAVE on entry from user mode) since boot.
+static FPU_SAVES: AtomicU64 = AtomicU64::new(0);
+/// User FPU-state restores (FXRSTOR on return to user mode) since boot.
+static FPU_RESTORES: AtomicU64 = AtomicU64::new(0);
+
+/// Counts the FPU save and restore the entry and exit stubs do around a
+/// kernel entry from user mode that returns to `to` (restored only if it
+/// is a user context).
+fn count_crossing(to: &UserContext) {
+    FPU_SAVES.fetch_add(1, Ordering::Relaxed);
+    if to.cs & 3 == 3 {
+        FPU_RESTORES.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// Name of the boot module the root task is made from.
 pub const ROOT_MODULE: &str = "root";
@@ -124,6 +142,7 @@ impl Runtime {
             unsafe {
                 if x86::controlregs::cr3() & 0x000f_ffff_ffff_f000 != object.get() {
                     x86::controlregs::cr3_write(object.get());
+                    CR3_WRITES.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -164,12 +183,21 @@ extern "C" fn syscall_handler(context: &mut UserContext) {
             };
             exit::exit(code)
         }
-        Outcome::Shutdown(_) | Outcome::Fault => {
+        Outcome::Counters if cfg!(feature = "selftest") => {
+            let mut reply = runtime.space.context(tcb);
+            reply.rdx = CR3_WRITES.load(Ordering::Relaxed);
+            reply.r8 = FPU_SAVES.load(Ordering::Relaxed);
+            reply.r9 = FPU_RESTORES.load(Ordering::Relaxed);
+            runtime.space.set_context(tcb, &reply);
+            false
+        }
+        Outcome::Shutdown(_) | Outcome::Counters | Outcome::Fault => {
             runtime.fault(tcb, format_args!("unknown system call {} at {:#x}", saved.rax, saved.rip));
             true
         }
     };
     runtime.schedule(rotate, context);
+    count_crossing(context);
 }
 
 /// An exception in user mode: the current thread's fault.
@@ -212,6 +240,7 @@ pub fn preempt(frame: &mut InterruptFrame) {
         let mut context = frame.context();
         runtime.schedule(true, &mut context);
         frame.set_context(&context);
+        count_crossing(&context);
     } else if runtime.current.is_none() {
         // Interrupted the idle loop.
         let mut context = frame.context();

@@ -44,6 +44,8 @@ pub enum Outcome {
     PutChar(u8),
     /// End the run with this exit code (test builds).
     Shutdown(u8),
+    /// Reply with the event counters (test builds).
+    Counters,
     /// The thread faulted (unknown system call, or IPC through a
     /// capability that cannot do it) and has no fault handler: suspend it.
     Fault,
@@ -126,6 +128,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             Syscall::Yield => return Outcome::Yield,
             Syscall::DebugPutChar => return Outcome::PutChar(context.rdi as u8),
             Syscall::DebugShutdown => return Outcome::Shutdown(context.rdi as u8),
+            Syscall::DebugCounters => return Outcome::Counters,
             // VCPUs arrive with the VM issue.
             Syscall::VmEnter => return self.fault(tcb, &context, crate::object::ipc::FAULT_SYSCALL),
         }

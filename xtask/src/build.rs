@@ -17,8 +17,10 @@ pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 pub enum Flavor {
     /// The kernel as shipped.
     Production,
-    /// The kernel with its self tests (feature `selftest`).
+    /// The kernel with its self tests (feature `selftest`) and the test root task.
     SelfTest,
+    /// The self-test kernel with the benchmark root task.
+    Bench,
 }
 
 /// Paths of the bare-metal binaries.
@@ -118,6 +120,10 @@ pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
             bare("strata-kernel", &["selftest"], "kernel-selftest", true, KERNEL_SCRIPT)?,
             Some(bare("strata-tests-root", &[], "user", false, USER_SCRIPT)?),
         ),
+        Flavor::Bench => (
+            bare("strata-kernel", &["selftest"], "kernel-selftest", true, KERNEL_SCRIPT)?,
+            Some(bare("strata-tests-bench", &[], "user", false, USER_SCRIPT)?),
+        ),
     };
     step::end(started, "bare-metal binaries built");
     Ok(BareMetal { loader, kernel, root_task })
@@ -140,6 +146,7 @@ pub fn lint() -> Result {
         bare_command("clippy", "strata-loader", &[], "clippy-loader", false, LOADER_SCRIPT),
         bare_command("clippy", "strata-kernel", &["selftest"], "clippy-kernel", true, KERNEL_SCRIPT),
         bare_command("clippy", "strata-tests-root", &[], "clippy-user", false, USER_SCRIPT),
+        bare_command("clippy", "strata-tests-bench", &[], "clippy-user", false, USER_SCRIPT),
     ] {
         command.args(["--", "-D", "warnings"]);
         step::run(&mut command)?;

@@ -24,6 +24,8 @@ pub enum Kind {
         /// Kernel command line for the ISO.
         cmdline: String,
     },
+    /// `target/image-bench/`: the self-test kernel and the benchmark root task.
+    Bench,
 }
 
 /// A built image.
@@ -57,6 +59,7 @@ pub fn build(kind: Kind) -> Result<Image> {
     let (flavor, dir, cmdline) = match &kind {
         Kind::Production => (Flavor::Production, root().join("target/image"), DEFAULT_CMDLINE.to_owned()),
         Kind::SelfTest { cmdline } => (Flavor::SelfTest, root().join("target/image-test"), cmdline.clone()),
+        Kind::Bench => (Flavor::Bench, root().join("target/image-bench"), "log=warn".to_owned()),
     };
     let binaries = build::bare_metal(flavor)?;
     let started = step::begin(format!("packing the boot image in {}", dir.display()));
@@ -72,7 +75,7 @@ pub fn build(kind: Kind) -> Result<Image> {
         let image = fs::read(root_task).map_err(|e| fail!("reading {}: {e}", root_task.display()))?;
         archive.add(EntryKind::Module, "root", "", &image).map_err(|e| fail!("boot archive: {e}"))?;
     }
-    if flavor == Flavor::SelfTest {
+    if flavor != Flavor::Production {
         let pattern: Vec<u8> = (0..PATTERN_LEN).map(pattern_byte).collect();
         archive
             .add(EntryKind::Module, PATTERN_MODULE, "", &pattern)

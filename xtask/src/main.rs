@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod build;
 mod image;
 mod run;
@@ -41,6 +42,8 @@ enum Command {
     Test(test::TestArgs),
     /// Check formatting and run clippy on host and bare-metal code (warnings are errors).
     Lint,
+    /// Measure kernel paths in QEMU instruction counts; writes target/bench/bench.json.
+    Bench,
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Lint => build::lint(),
+        Command::Bench => bench::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

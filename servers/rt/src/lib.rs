@@ -12,6 +12,7 @@
 #![no_std]
 #![deny(unsafe_code)]
 
+pub mod root;
 pub mod sys;
 
 use core::fmt;
@@ -62,9 +63,13 @@ pub struct Message {
 }
 
 fn ipc(number: Syscall, cap: CPtr, label: u64, words: &[u64]) -> Message {
-    let length = words.len().min(strata_abi::message::REGISTER_WORDS);
+    let length = words.len().min(strata_abi::message::MAX_LENGTH as usize);
+    let registers = strata_abi::message::REGISTER_WORDS;
+    if length > registers {
+        sys::set_message_words(registers, &words[registers..length]);
+    }
     let mut message = [0u64; 8];
-    message[..length].copy_from_slice(&words[..length]);
+    message[..length.min(registers)].copy_from_slice(&words[..length.min(registers)]);
     let info = MessageInfo::new(label, 0, length as u8).encode().unwrap_or(0);
     let (badge, info, words) = sys::syscall_with_badge(number, cap, info, message);
     let info = MessageInfo::decode(info);
@@ -104,6 +109,13 @@ pub fn signal(cap: CPtr) {
 /// Takes the notification word without waiting (0: nothing pending).
 pub fn poll(cap: CPtr) -> u64 {
     ipc(Syscall::NbRecv, cap, 0, &[]).badge
+}
+
+/// Test builds: the kernel's event counters (CR3 writes, FPU saves, FPU
+/// restores since boot).
+pub fn debug_counters() -> [u64; 3] {
+    let (_, words) = sys::syscall(Syscall::DebugCounters, 0, 0, [0; 8]);
+    [words[0], words[1], words[2]]
 }
 
 /// Gives the rest of this time slice to other threads of the same priority.

@@ -13,6 +13,9 @@ use strata_abi::syscall::Syscall;
 
 /// The boot-info address the kernel passed at entry (RDI), or 0.
 static BOOT_INFO: AtomicU64 = AtomicU64::new(0);
+/// Where this program's threads have their IPC buffers (the root task's
+/// address; other threads map theirs at the same address in their space).
+static IPC_BUFFER: AtomicU64 = AtomicU64::new(0);
 
 /// Makes a system call: `number` in RAX, `rdi`, `rsi` (message info) and
 /// message words 0–7 in RDX, R8, R9, R10, R12, R13, R14, R15. Returns RSI
@@ -51,8 +54,20 @@ pub fn syscall_with_badge(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) 
     (badge, info, [w0, w1, w2, w3])
 }
 
+/// The time-stamp counter (under QEMU `-icount shift=0`: instructions executed).
+pub fn timestamp() -> u64 {
+    // SAFETY: RDTSC has no preconditions in user mode while CR4.TSD is clear,
+    // which the kernel never sets.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
 fn ipc_buffer() -> *mut IpcBuffer {
-    boot_info().ipc_buffer_address as *mut IpcBuffer
+    IPC_BUFFER.load(Ordering::Relaxed) as *mut IpcBuffer
+}
+
+/// The address every thread of this program keeps its IPC buffer at.
+pub fn ipc_buffer_address() -> u64 {
+    IPC_BUFFER.load(Ordering::Relaxed)
 }
 
 /// Writes message words `first..` of the next message into the IPC buffer.
@@ -114,6 +129,9 @@ mod bare {
     #[unsafe(no_mangle)]
     extern "C" fn rt_start(boot_info: u64) -> ! {
         BOOT_INFO.store(boot_info, Ordering::Relaxed);
+        // SAFETY: the kernel passes the address of the boot-info page, mapped read-only.
+        let ipc_buffer = unsafe { (*(boot_info as *const BootInfo)).ipc_buffer_address };
+        IPC_BUFFER.store(ipc_buffer, Ordering::Relaxed);
         // SAFETY: `entry!` defines `strata_main` with this signature.
         unsafe { strata_main() }
     }

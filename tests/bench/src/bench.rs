@@ -1,0 +1,175 @@
+//! The metrics.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use strata_abi::bootinfo::slot;
+use strata_abi::exit::ExitCode;
+use strata_abi::invocation::Label;
+use strata_abi::object::{ObjectType, Rights};
+use strata_rt::root::{self, ThreadSpec};
+use strata_rt::{call, debug, debug_counters, ipc_call, println, recv, reply_recv, signal};
+
+strata_rt::entry!(main);
+
+const WARM_UP: usize = 50;
+const SAMPLES: usize = 1000;
+/// Pages for other threads' stacks (the image's page table covers them).
+const STACKS: u64 = 0x60_0000;
+/// Where benchmark frames are mapped and unmapped.
+const MAP_ADDRESS: u64 = 0x70_0000;
+
+static SERVER_ENDPOINT: AtomicU64 = AtomicU64::new(0);
+static PING: AtomicU64 = AtomicU64::new(0);
+static PONG: AtomicU64 = AtomicU64::new(0);
+static NEXT_STACK: AtomicU64 = AtomicU64::new(0);
+
+unsafe extern "C" {
+    static __data_start: u8;
+}
+
+fn rdtsc() -> u64 {
+    strata_rt::sys::timestamp()
+}
+
+fn stack_page() -> u64 {
+    STACKS + 0x1000 * NEXT_STACK.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs `op` WARM_UP + SAMPLES times; prints the median instructions per
+/// run (RDTSC pair overhead removed) and heavy instructions per run.
+fn measure(name: &str, overhead: u64, mut op: impl FnMut()) {
+    for _ in 0..WARM_UP {
+        op();
+    }
+    let mut samples = [0u64; SAMPLES];
+    let before = debug_counters();
+    for sample in &mut samples {
+        let start = rdtsc();
+        op();
+        *sample = (rdtsc() - start).saturating_sub(overhead);
+    }
+    let after = debug_counters();
+    samples.sort_unstable();
+    let per_run = |i: usize| (after[i] - before[i]) as f64 / SAMPLES as f64;
+    // Counters are whole events over SAMPLES runs: print with one decimal.
+    let tenths = |i: usize| ((per_run(i) * 10.0) + 0.5) as u64;
+    println!(
+        "BENCH {name} instructions={} min={} max={} cr3={}.{} fxsave={}.{} fxrstor={}.{}",
+        samples[SAMPLES / 2],
+        samples[0],
+        samples[SAMPLES - 1],
+        tenths(0) / 10,
+        tenths(0) % 10,
+        tenths(1) / 10,
+        tenths(1) % 10,
+        tenths(2) / 10,
+        tenths(2) % 10
+    );
+}
+
+extern "C" fn echo_server() -> ! {
+    let endpoint = SERVER_ENDPOINT.load(Ordering::SeqCst);
+    let mut message = recv(endpoint);
+    loop {
+        let length = usize::from(message.length);
+        let words = [message.words[0]; 10];
+        message = reply_recv(endpoint, 0, &words[..length]);
+    }
+}
+
+extern "C" fn ponger() -> ! {
+    let (ping, pong) = (PING.load(Ordering::SeqCst), PONG.load(Ordering::SeqCst));
+    loop {
+        let _ = recv(ping);
+        signal(pong);
+    }
+}
+
+fn fail(what: &str, error: strata_abi::error::InvocationError) -> ! {
+    println!("BENCH error {what}: {error}");
+    debug::shutdown(ExitCode::KernelFailure)
+}
+
+fn main() -> ! {
+    let data_start = (&raw const __data_start) as u64;
+    let ipc_buffer = strata_rt::sys::ipc_buffer_address();
+    // The RDTSC pair itself.
+    let mut overhead = [0u64; 64];
+    for o in &mut overhead {
+        let start = rdtsc();
+        *o = rdtsc() - start;
+    }
+    overhead.sort_unstable();
+    let overhead = overhead[32];
+
+    // A second address space with this image, for cross-space servers.
+    let other = root::address_space().unwrap_or_else(|e| fail("address space", e));
+    root::share_image(other, data_start).unwrap_or_else(|e| fail("share image", e));
+    root::tables_for(other, STACKS).unwrap_or_else(|e| fail("stack tables", e));
+    root::tables_for(other, ipc_buffer).unwrap_or_else(|e| fail("buffer tables", e));
+    root::tables_for(slot::VSPACE, STACKS).unwrap_or_else(|e| fail("stack tables", e));
+
+    measure("null_syscall", overhead, strata_rt::yield_now);
+
+    let endpoint = root::retype(ObjectType::Endpoint, 0).unwrap_or_else(|e| fail("endpoint", e));
+    SERVER_ENDPOINT.store(endpoint, Ordering::SeqCst);
+    let spec = |vspace| ThreadSpec {
+        entry: echo_server,
+        vspace,
+        stack_page: stack_page(),
+        ipc_buffer,
+        fault_endpoint: 0,
+        priority: 255,
+    };
+    // In this address space the IPC buffer address is the root's own: the
+    // same-space server does without (one-word messages need none).
+    let same = root::spawn(ThreadSpec { ipc_buffer: 0, ..spec(slot::VSPACE) })
+        .unwrap_or_else(|e| fail("same-space server", e));
+    // Once blocked in Recv the server is not runnable; the first call runs it.
+    measure("ipc_roundtrip_same_as", overhead, || {
+        let _ = ipc_call(endpoint, 0, &[1]);
+    });
+    let _ = call(same, Label::TcbSuspend, &[], &[]);
+
+    let cross = root::spawn(spec(other)).unwrap_or_else(|e| fail("cross-space server", e));
+    measure("ipc_roundtrip_cross_as", overhead, || {
+        let _ = ipc_call(endpoint, 0, &[1]);
+    });
+    measure("ipc_roundtrip_cross_as_10w", overhead, || {
+        let _ = ipc_call(endpoint, 0, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    });
+    let _ = call(cross, Label::TcbSuspend, &[], &[]);
+
+    let ping = root::retype(ObjectType::Notification, 0).unwrap_or_else(|e| fail("notification", e));
+    let pong = root::retype(ObjectType::Notification, 0).unwrap_or_else(|e| fail("notification", e));
+    let ping_signal = root::mint(ping, Rights::all(), 1).unwrap_or_else(|e| fail("mint", e));
+    let pong_signal = root::mint(pong, Rights::all(), 1).unwrap_or_else(|e| fail("mint", e));
+    PING.store(ping, Ordering::SeqCst);
+    PONG.store(pong_signal, Ordering::SeqCst);
+    let waiter = root::spawn(ThreadSpec { entry: ponger, ipc_buffer: 0, ..spec(other) })
+        .unwrap_or_else(|e| fail("waiter", e));
+    measure("notification_wakeup_cross_as", overhead, || {
+        signal(ping_signal);
+        let _ = recv(pong);
+    });
+    let _ = call(waiter, Label::TcbSuspend, &[], &[]);
+
+    let frame = root::retype(ObjectType::Frame4K, 0).unwrap_or_else(|e| fail("frame", e));
+    root::tables_for(slot::VSPACE, MAP_ADDRESS).unwrap_or_else(|e| fail("tables", e));
+    let rw = (Rights::READ | Rights::WRITE).bits();
+    measure("frame_map_unmap", overhead, || {
+        let _ = call(frame, Label::FrameMap, &[MAP_ADDRESS, rw, 0], &[slot::VSPACE]);
+        let _ = call(frame, Label::FrameUnmap, &[], &[]);
+    });
+
+    let tcb_slot = root::fresh_slot();
+    let untyped = root::retype(ObjectType::Untyped, 23).unwrap_or_else(|e| fail("untyped", e));
+    measure("retype_tcb", overhead, || {
+        let words = [ObjectType::Tcb as u64, 0, slot::CNODE, root::DEPTH, tcb_slot, 1];
+        let _ = call(untyped, Label::UntypedRetype, &words, &[slot::CNODE]);
+        let _ = call(slot::CNODE, Label::CNodeDelete, &[tcb_slot, root::DEPTH], &[]);
+    });
+
+    println!("BENCH done");
+    debug::shutdown(ExitCode::Success)
+}
