@@ -25,6 +25,8 @@ pub mod slot {
     pub const IPC_BUFFER: u64 = 6;
     /// The frame holding the boot-info page.
     pub const BOOT_INFO: u64 = 7;
+    /// Authority over the I/O ports the kernel does not keep for itself.
+    pub const IO_PORT_CONTROL: u64 = 8;
     /// First slot of the variable part (image frames, then Untypeds).
     pub const FIRST_VARIABLE: u64 = 16;
 }

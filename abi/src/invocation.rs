@@ -47,6 +47,12 @@ pub enum Label {
     TcbBindNotification = 69,
     /// TCB: undo the binding.
     TcbUnbindNotification = 70,
+    /// I/O-port control: make an I/O-port capability for a range of ports.
+    IoPortControlIssue = 80,
+    /// I/O port: read 1, 2 or 4 bytes.
+    IoPortIn = 81,
+    /// I/O port: write 1, 2 or 4 bytes.
+    IoPortOut = 82,
 }
 
 impl TryFrom<u64> for Label {
@@ -75,6 +81,9 @@ impl TryFrom<u64> for Label {
             68 => Self::TcbSuspend,
             69 => Self::TcbBindNotification,
             70 => Self::TcbUnbindNotification,
+            80 => Self::IoPortControlIssue,
+            81 => Self::IoPortIn,
+            82 => Self::IoPortOut,
             other => return Err(other),
         })
     }

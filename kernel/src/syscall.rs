@@ -244,6 +244,11 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 self.perform_vspace(invocation);
                 Ok(reply)
             }
+            Capability::IoPortControl | Capability::IoPort { .. } => {
+                let invocation = self.decode_ioport(slot, label, words, &extra)?;
+                let value = self.perform_ioport(invocation);
+                Ok(Some(value.into_iter().map(u64::from).collect()))
+            }
             Capability::Tcb { .. } => {
                 let invocation = self.decode_tcb(cap, label, words, &extra)?;
                 self.perform_tcb(invocation);

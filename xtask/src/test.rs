@@ -44,7 +44,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 20] = [
+const BOOT_CASES: [&str; 21] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -66,6 +66,7 @@ const BOOT_CASES: [&str; 20] = [
     "user.ipc_cross_space",
     "user.notification",
     "user.fault_handler",
+    "user.io_ports",
 ];
 
 /// Runs the selected tests.

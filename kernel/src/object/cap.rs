@@ -19,6 +19,8 @@
 //! | Pml4 (9) | has ASID 5, ASID 6-17, object / 4K in 18-53 | — |
 //! | AsidControl (10) | — | — |
 //! | AsidPool (11) | first ASID 5-16 | object |
+//! | IoPortControl (12) | — | — |
+//! | IoPort (13) | first port 5-20, last port 21-36 | — |
 //!
 //! Physical addresses are limited to 48 bits (256 TiB).
 
@@ -77,6 +79,8 @@ const PML4_ASSIGNED: Field = Field { shift: 5, width: 1 };
 const PML4_ASID: Field = Field { shift: 6, width: 12 };
 const PML4_OBJECT: Field = Field { shift: 18, width: 36 };
 const POOL_FIRST_ASID: Field = Field { shift: 5, width: 12 };
+const PORT_FIRST: Field = Field { shift: 5, width: 16 };
+const PORT_LAST: Field = Field { shift: 21, width: 16 };
 
 /// Highest physical address bit a capability can name.
 pub const PHYSICAL_ADDRESS_BITS: u32 = 48;
@@ -94,6 +98,8 @@ mod tag {
     pub const PML4: u64 = 9;
     pub const ASID_CONTROL: u64 = 10;
     pub const ASID_POOL: u64 = 11;
+    pub const IO_PORT_CONTROL: u64 = 12;
+    pub const IO_PORT: u64 = 13;
 }
 
 /// The size of a frame.
@@ -261,6 +267,15 @@ pub enum Capability {
         /// The pool's first ASID.
         first_asid: u16,
     },
+    /// The authority to issue I/O-port capabilities.
+    IoPortControl,
+    /// The I/O ports `first..=last`.
+    IoPort {
+        /// First port.
+        first: u16,
+        /// Last port (not below `first`).
+        last: u16,
+    },
 }
 
 /// Whether a mapping record fits its fields: a 12-bit non-zero ASID and a
@@ -375,6 +390,11 @@ impl Capability {
                 check(address_ok(object, 12) && POOL_FIRST_ASID.fits(u64::from(first_asid)) && aligned)?;
                 [TAG.put(tag::ASID_POOL) | POOL_FIRST_ASID.put(u64::from(first_asid)), object.get()]
             }
+            Self::IoPortControl => [TAG.put(tag::IO_PORT_CONTROL), 0],
+            Self::IoPort { first, last } => {
+                check(first <= last)?;
+                [TAG.put(tag::IO_PORT) | PORT_FIRST.put(u64::from(first)) | PORT_LAST.put(u64::from(last)), 0]
+            }
         })
     }
 
@@ -433,6 +453,8 @@ impl Capability {
             tag::ASID_POOL => {
                 Self::AsidPool { object: PhysAddr(w1), first_asid: POOL_FIRST_ASID.get(w0) as u16 }
             }
+            tag::IO_PORT_CONTROL => Self::IoPortControl,
+            tag::IO_PORT => Self::IoPort { first: PORT_FIRST.get(w0) as u16, last: PORT_LAST.get(w0) as u16 },
             _ => return Err(corrupt),
         };
         // Only canonical encodings are valid: anything else is corruption.
@@ -461,7 +483,7 @@ impl Capability {
             Self::PageTable { object, .. } | Self::Pml4 { object, .. } | Self::AsidPool { object, .. } => {
                 Some((object, 1 << 12))
             }
-            Self::AsidControl => None,
+            Self::AsidControl | Self::IoPortControl | Self::IoPort { .. } => None,
         }
     }
 
@@ -512,6 +534,9 @@ pub(crate) mod tests {
             (address(5), 1u8..25, any::<u64>()).prop_map(|(object, radix, r)| {
                 Capability::Zombie { object, radix, remaining: r % ((1 << radix) + 1) }
             }),
+            Just(Capability::IoPortControl),
+            (any::<u16>(), any::<u16>())
+                .prop_map(|(a, b)| Capability::IoPort { first: a.min(b), last: a.max(b) }),
         ]
     }
 
@@ -547,6 +572,7 @@ pub(crate) mod tests {
                 .encode(),
             Err(Unencodable)
         );
+        assert_eq!(Capability::IoPort { first: 0x71, last: 0x70 }.encode(), Err(Unencodable));
         assert!(Capability::decode([31, 0]).is_err());
         assert!(Capability::decode([tag::NULL, 1]).is_err());
     }

@@ -121,13 +121,14 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     }
 
     /// Releases what a deleted capability holds: a mapping, an ASID, a
-    /// pool (see `vspace`), or the threads queued on an endpoint or
-    /// notification (see `ipc`). `last` says whether it was the last
+    /// pool (see `vspace`), the threads queued on an endpoint or
+    /// notification (see `ipc`), or a range of I/O ports (see `ioport`). `last` says whether it was the last
     /// capability to its object.
     fn finalise(&mut self, cap: &Capability, last: bool) {
         self.finalise_vspace(cap, last);
         if last {
             self.finalise_ipc_object(cap);
+            self.finalise_ioport(cap);
         }
     }
 

@@ -22,6 +22,10 @@ pub trait PhysicalMemory {
     fn flush_translation(&mut self, asid: u16, address: u64) {
         let _ = (asid, address);
     }
+    /// Reads `width` bytes (1, 2 or 4) from I/O port `port`.
+    fn port_in(&mut self, port: u16, width: u8) -> u32;
+    /// Writes the low `width` bytes (1, 2 or 4) of `value` to I/O port `port`.
+    fn port_out(&mut self, port: u16, width: u8, value: u32);
 }
 
 /// Physical memory through the kernel's direct map.
@@ -58,6 +62,29 @@ impl PhysicalMemory for DirectMapMemory {
         // SAFETY: as for `read`; the range lies inside one object or Untyped.
         unsafe { core::ptr::write_bytes(self.map.to_virtual(address).as_mut_ptr::<u8>(), 0, bytes as usize) }
     }
+
+    fn port_in(&mut self, port: u16, width: u8) -> u32 {
+        // SAFETY: the port lies in a range an I/O-port capability grants
+        // (decode checked it), never one the kernel keeps for itself.
+        unsafe {
+            match width {
+                1 => u32::from(x86::io::inb(port)),
+                2 => u32::from(x86::io::inw(port)),
+                _ => x86::io::inl(port),
+            }
+        }
+    }
+
+    fn port_out(&mut self, port: u16, width: u8, value: u32) {
+        // SAFETY: as for `port_in`.
+        unsafe {
+            match width {
+                1 => x86::io::outb(port, value as u8),
+                2 => x86::io::outw(port, value as u16),
+                _ => x86::io::outl(port, value),
+            }
+        }
+    }
 }
 
 /// Host-side physical memory: a vector of words standing in for
@@ -69,13 +96,21 @@ pub struct Arena {
     words: alloc::vec::Vec<u64>,
     /// Translation flushes requested, as (ASID, address), for tests.
     pub flushes: alloc::vec::Vec<(u16, u64)>,
+    /// A simulated I/O-port space (a byte per port, little-endian across
+    /// wider accesses), for tests.
+    pub ports: alloc::collections::BTreeMap<u16, u8>,
 }
 
 #[cfg(not(strata_baremetal))]
 impl Arena {
     /// `bytes` bytes of zeroed memory at physical `base`.
     pub fn new(base: u64, bytes: u64) -> Self {
-        Self { base, words: alloc::vec![0; (bytes / 8) as usize], flushes: alloc::vec::Vec::new() }
+        Self {
+            base,
+            words: alloc::vec![0; (bytes / 8) as usize],
+            flushes: alloc::vec::Vec::new(),
+            ports: alloc::collections::BTreeMap::new(),
+        }
     }
 
     fn index(&self, address: PhysAddr) -> usize {
@@ -103,5 +138,18 @@ impl PhysicalMemory for Arena {
 
     fn flush_translation(&mut self, asid: u16, address: u64) {
         self.flushes.push((asid, address));
+    }
+
+    fn port_in(&mut self, port: u16, width: u8) -> u32 {
+        (0..width).rev().fold(0, |value, byte| {
+            let at = port.wrapping_add(u16::from(byte));
+            value << 8 | u32::from(self.ports.get(&at).copied().unwrap_or(0))
+        })
+    }
+
+    fn port_out(&mut self, port: u16, width: u8, value: u32) {
+        for byte in 0..width {
+            self.ports.insert(port.wrapping_add(u16::from(byte)), (value >> (8 * byte)) as u8);
+        }
     }
 }

@@ -19,6 +19,7 @@ pub mod cap;
 pub mod cnode;
 pub mod cspace;
 pub mod delete;
+pub mod ioport;
 pub mod ipc;
 pub mod memory;
 pub mod tcb;
@@ -109,6 +110,8 @@ pub struct ObjectSpace<M: PhysicalMemory> {
     pub kernel_pml4: Option<PhysAddr>,
     /// The run queues.
     pub scheduler: tcb::Scheduler,
+    /// One bit per I/O port: whether an issued capability holds it.
+    pub io_ports_issued: [u64; ioport::ISSUED_WORDS],
 }
 
 impl<M: PhysicalMemory> ObjectSpace<M> {
@@ -119,6 +122,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             asid_table: [None; vspace::ASID_POOLS],
             kernel_pml4: None,
             scheduler: tcb::Scheduler::new(),
+            io_ports_issued: [0; ioport::ISSUED_WORDS],
         }
     }
 
@@ -192,7 +196,11 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             ) => x == y && lx == ly,
             (Capability::Pml4 { object: x, .. }, Capability::Pml4 { object: y, .. })
             | (Capability::AsidPool { object: x, .. }, Capability::AsidPool { object: y, .. }) => x == y,
-            (Capability::AsidControl, Capability::AsidControl) => true,
+            (Capability::AsidControl, Capability::AsidControl)
+            | (Capability::IoPortControl, Capability::IoPortControl | Capability::IoPort { .. }) => true,
+            (Capability::IoPort { first: a, last: b }, Capability::IoPort { first: c, last: d }) => {
+                a == c && b == d
+            }
             _ => false,
         }
     }
@@ -200,7 +208,14 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// Whether `a` and `b` name the same object (Untyped capabilities are
     /// never the same object as anything: each is its region's only capability).
     pub fn same_object_as(a: &Capability, b: &Capability) -> bool {
-        !matches!(a, Capability::Untyped { .. }) && Self::same_region_as(a, b)
+        // The control capability is the parent of every I/O-port
+        // capability, not the same object as any.
+        let control_and_range = matches!(
+            (a, b),
+            (Capability::IoPortControl, Capability::IoPort { .. })
+                | (Capability::IoPort { .. }, Capability::IoPortControl)
+        );
+        !matches!(a, Capability::Untyped { .. }) && !control_and_range && Self::same_region_as(a, b)
     }
 
     /// seL4's `isMDBParentOf`: whether the capability in `b` is a child of

@@ -12,6 +12,7 @@
 #![no_std]
 #![deny(unsafe_code)]
 
+pub mod io;
 pub mod root;
 pub mod sys;
 

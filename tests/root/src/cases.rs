@@ -24,7 +24,6 @@ const WORKER_STACK: u64 = 0x60_1000;
 /// The page the pager case leaves unmapped until a thread faults on it.
 const PAGER_ADDRESS: u64 = 0x70_0000;
 
-static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
 static FLAG: AtomicU64 = AtomicU64::new(0);
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 static SERVER_ENDPOINT: AtomicU64 = AtomicU64::new(0);
@@ -37,8 +36,9 @@ unsafe extern "C" {
     static __data_start: u8;
 }
 
+/// A free root-CNode slot, from the same allocator the SDK's toolkit uses.
 fn fresh_slot() -> CPtr {
-    NEXT_SLOT.fetch_add(1, Ordering::Relaxed)
+    strata_rt::root::fresh_slot()
 }
 
 struct Detail {
@@ -88,7 +88,6 @@ impl Suite {
 }
 
 fn main() -> ! {
-    NEXT_SLOT.store(strata_rt::boot_info().first_free_slot, Ordering::Relaxed);
     println!("KTEST suite user");
     let mut suite = Suite { passed: 0, failed: 0 };
     suite.case("user.boot_info", boot_info);
@@ -103,6 +102,7 @@ fn main() -> ! {
     suite.case("user.ipc_cross_space", ipc_cross_space);
     suite.case("user.notification", notification);
     suite.case("user.fault_handler", fault_handler);
+    suite.case("user.io_ports", io_ports);
     println!("KTEST done passed={} failed={}", suite.passed, suite.failed);
     debug::shutdown(if suite.failed == 0 { ExitCode::Success } else { ExitCode::KernelFailure })
 }
@@ -509,4 +509,43 @@ fn fault_handler() -> Outcome {
         return Err(detail!("the client read {value:#x} after the fault was handled"));
     }
     Ok(detail!("page_fault_at={address:#x} handled_and_resumed=1"))
+}
+
+/// CMOS NVRAM through an I/O-port capability for the RTC's index and data
+/// ports (0x70, 0x71): a byte written to NVRAM register 0x40 reads back,
+/// twice with different values. Then the refusals: the kernel's console
+/// port, a range already issued, a port outside the capability, a copy of
+/// the control capability.
+fn io_ports() -> Outcome {
+    use strata_rt::io::{IoPorts, issue};
+    let cmos = issue(0x70, 0x71).map_err(|e| detail!("issue 0x70..=0x71: {e}"))?;
+    let nvram = |value: u8| -> Result<u8, InvocationError> {
+        cmos.write_u8(0x70, 0x40)?;
+        cmos.write_u8(0x71, value)?;
+        cmos.write_u8(0x70, 0x40)?;
+        cmos.read_u8(0x71)
+    };
+    for value in [0x5a, 0xa5] {
+        let read = nvram(value).map_err(|e| detail!("CMOS access: {e}"))?;
+        if read != value {
+            return Err(detail!("CMOS register 0x40: wrote {value:#x}, read {read:#x}"));
+        }
+    }
+    let refused = |what: &str, result: Result<IoPorts, InvocationError>, expected: InvocationError| {
+        expect_error(what, result.map(|_| [0; 4]), expected)
+    };
+    refused("issue COM1", issue(0x3f8, 0x3ff), InvocationError::InvalidArgument { index: 0 })?;
+    refused("issue 0x71 again", issue(0x71, 0x72), InvocationError::RevokeFirst)?;
+    expect_error(
+        "read 0x72",
+        cmos.read_u8(0x72).map(|_| [0; 4]),
+        InvocationError::RangeError { min: 0x70, max: 0x71 },
+    )?;
+    let copy = fresh_slot();
+    expect_error(
+        "copy the control capability",
+        cnode_op(Label::CNodeCopy, &[copy, DEPTH, slot::IO_PORT_CONTROL, DEPTH, Rights::all().bits()]),
+        InvocationError::IllegalOperation,
+    )?;
+    Ok(detail!("CMOS 0x40 round trip 0x5a, 0xa5; refusals as expected"))
 }
