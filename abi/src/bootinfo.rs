@@ -27,6 +27,8 @@ pub mod slot {
     pub const BOOT_INFO: u64 = 7;
     /// Authority over the I/O ports the kernel does not keep for itself.
     pub const IO_PORT_CONTROL: u64 = 8;
+    /// Authority over the device interrupt lines.
+    pub const IRQ_CONTROL: u64 = 9;
     /// First slot of the variable part (image frames, then Untypeds).
     pub const FIRST_VARIABLE: u64 = 16;
 }

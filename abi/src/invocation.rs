@@ -53,6 +53,16 @@ pub enum Label {
     IoPortIn = 81,
     /// I/O port: write 1, 2 or 4 bytes.
     IoPortOut = 82,
+    /// IRQ control: a handler capability for an ISA IRQ.
+    IrqControlGetIsa = 88,
+    /// IRQ control: a handler capability for an I/O APIC line.
+    IrqControlGetLine = 89,
+    /// IRQ handler: unmask the line after servicing the device.
+    IrqHandlerAck = 90,
+    /// IRQ handler: bind a notification to the line.
+    IrqHandlerSetNotification = 91,
+    /// IRQ handler: unbind the notification.
+    IrqHandlerClear = 92,
 }
 
 impl TryFrom<u64> for Label {
@@ -84,6 +94,11 @@ impl TryFrom<u64> for Label {
             80 => Self::IoPortControlIssue,
             81 => Self::IoPortIn,
             82 => Self::IoPortOut,
+            88 => Self::IrqControlGetIsa,
+            89 => Self::IrqControlGetLine,
+            90 => Self::IrqHandlerAck,
+            91 => Self::IrqHandlerSetNotification,
+            92 => Self::IrqHandlerClear,
             other => return Err(other),
         })
     }

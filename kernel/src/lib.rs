@@ -20,6 +20,7 @@ pub mod boot;
 pub mod cmdline;
 pub mod console;
 pub mod frame;
+pub mod interrupts;
 pub mod object;
 pub mod rootserver;
 pub mod run;

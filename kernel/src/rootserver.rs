@@ -98,6 +98,7 @@ pub fn create<M: PhysicalMemory>(
     space.insert_root(at(slot::CNODE), root);
     space.insert_root(at(slot::ASID_CONTROL), Capability::AsidControl);
     space.insert_root(at(slot::IO_PORT_CONTROL), Capability::IoPortControl);
+    space.insert_root(at(slot::IRQ_CONTROL), Capability::IrqControl);
     // The task's own objects come from a boot Untyped kept in the last slot
     // while building; it is handed over with the other Untypeds.
     let scratch = (1u64 << ROOT_CNODE_RADIX) - 1;

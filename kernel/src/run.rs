@@ -83,6 +83,7 @@ pub fn start(kernel: &Kernel) {
     // read-write, and the object layer gets addresses only from it.
     let memory = unsafe { DirectMapMemory::new(kernel.direct_map) };
     let mut space = ObjectSpace::new(memory);
+    space.irqs = crate::interrupts::discover(kernel);
     // SAFETY: reading CR3 has no side effects.
     space.kernel_pml4 = Some(PhysAddr(unsafe { x86::controlregs::cr3() } & 0x000f_ffff_ffff_f000));
     let task =
@@ -125,7 +126,10 @@ impl Runtime {
         let next = keep.or_else(|| self.space.choose_thread());
         self.current = next;
         let Some(tcb) = next else {
-            if cfg!(feature = "selftest") {
+            // A test image that idles with no interrupt bound to a
+            // notification has deadlocked: nothing can ever wake it.
+            let can_wake = self.space.irqs.state.iter().any(|line| line.notification.is_some());
+            if cfg!(feature = "selftest") && !can_wake {
                 log::error!("no runnable thread is left");
                 exit::exit(ExitCode::KernelFailure);
             }
@@ -227,6 +231,20 @@ pub fn user_exception(frame: &mut InterruptFrame) {
     let mut context = frame.context();
     runtime.schedule(true, &mut context);
     frame.set_context(&context);
+}
+
+/// Interrupt line `line` fired: it is masked and its notification
+/// signalled. A thread this wakes runs at once if the kernel was idle, and
+/// otherwise when the interrupted thread is next preempted or blocks.
+pub fn device_interrupt(frame: &mut InterruptFrame, line: u8) {
+    let Some(mut guard) = RUNTIME.try_lock() else { return };
+    let Some(runtime) = guard.as_mut() else { return };
+    runtime.space.irq_fired(line);
+    if !frame.from_user() && runtime.current.is_none() {
+        let mut context = frame.context();
+        runtime.schedule(false, &mut context);
+        frame.set_context(&context);
+    }
 }
 
 /// A timer tick: the interrupted thread goes to the back of its queue; if

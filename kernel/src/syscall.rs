@@ -244,6 +244,11 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 self.perform_vspace(invocation);
                 Ok(reply)
             }
+            Capability::IrqControl | Capability::IrqHandler { .. } => {
+                let invocation = self.decode_irq(slot, label, words, &extra)?;
+                self.perform_irq(invocation);
+                Ok(Some(heapless::Vec::new()))
+            }
             Capability::IoPortControl | Capability::IoPort { .. } => {
                 let invocation = self.decode_ioport(slot, label, words, &extra)?;
                 let value = self.perform_ioport(invocation);

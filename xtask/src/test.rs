@@ -44,7 +44,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 21] = [
+const BOOT_CASES: [&str; 22] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -67,6 +67,7 @@ const BOOT_CASES: [&str; 21] = [
     "user.notification",
     "user.fault_handler",
     "user.io_ports",
+    "user.irq_notification",
 ];
 
 /// Runs the selected tests.

@@ -21,6 +21,8 @@
 //! | AsidPool (11) | first ASID 5-16 | object |
 //! | IoPortControl (12) | — | — |
 //! | IoPort (13) | first port 5-20, last port 21-36 | — |
+//! | IrqControl (14) | — | — |
+//! | IrqHandler (15) | line 5-12 | — |
 //!
 //! Physical addresses are limited to 48 bits (256 TiB).
 
@@ -81,6 +83,7 @@ const PML4_OBJECT: Field = Field { shift: 18, width: 36 };
 const POOL_FIRST_ASID: Field = Field { shift: 5, width: 12 };
 const PORT_FIRST: Field = Field { shift: 5, width: 16 };
 const PORT_LAST: Field = Field { shift: 21, width: 16 };
+const IRQ_LINE: Field = Field { shift: 5, width: 8 };
 
 /// Highest physical address bit a capability can name.
 pub const PHYSICAL_ADDRESS_BITS: u32 = 48;
@@ -100,6 +103,8 @@ mod tag {
     pub const ASID_POOL: u64 = 11;
     pub const IO_PORT_CONTROL: u64 = 12;
     pub const IO_PORT: u64 = 13;
+    pub const IRQ_CONTROL: u64 = 14;
+    pub const IRQ_HANDLER: u64 = 15;
 }
 
 /// The size of a frame.
@@ -276,6 +281,13 @@ pub enum Capability {
         /// Last port (not below `first`).
         last: u16,
     },
+    /// The authority to get IRQ handler capabilities.
+    IrqControl,
+    /// One I/O APIC line.
+    IrqHandler {
+        /// The line.
+        line: u8,
+    },
 }
 
 /// Whether a mapping record fits its fields: a 12-bit non-zero ASID and a
@@ -395,6 +407,8 @@ impl Capability {
                 check(first <= last)?;
                 [TAG.put(tag::IO_PORT) | PORT_FIRST.put(u64::from(first)) | PORT_LAST.put(u64::from(last)), 0]
             }
+            Self::IrqControl => [TAG.put(tag::IRQ_CONTROL), 0],
+            Self::IrqHandler { line } => [TAG.put(tag::IRQ_HANDLER) | IRQ_LINE.put(u64::from(line)), 0],
         })
     }
 
@@ -455,6 +469,8 @@ impl Capability {
             }
             tag::IO_PORT_CONTROL => Self::IoPortControl,
             tag::IO_PORT => Self::IoPort { first: PORT_FIRST.get(w0) as u16, last: PORT_LAST.get(w0) as u16 },
+            tag::IRQ_CONTROL => Self::IrqControl,
+            tag::IRQ_HANDLER => Self::IrqHandler { line: IRQ_LINE.get(w0) as u8 },
             _ => return Err(corrupt),
         };
         // Only canonical encodings are valid: anything else is corruption.
@@ -483,7 +499,11 @@ impl Capability {
             Self::PageTable { object, .. } | Self::Pml4 { object, .. } | Self::AsidPool { object, .. } => {
                 Some((object, 1 << 12))
             }
-            Self::AsidControl | Self::IoPortControl | Self::IoPort { .. } => None,
+            Self::AsidControl
+            | Self::IoPortControl
+            | Self::IoPort { .. }
+            | Self::IrqControl
+            | Self::IrqHandler { .. } => None,
         }
     }
 
@@ -535,6 +555,8 @@ pub(crate) mod tests {
                 Capability::Zombie { object, radix, remaining: r % ((1 << radix) + 1) }
             }),
             Just(Capability::IoPortControl),
+            Just(Capability::IrqControl),
+            any::<u8>().prop_map(|line| Capability::IrqHandler { line }),
             (any::<u16>(), any::<u16>())
                 .prop_map(|(a, b)| Capability::IoPort { first: a.min(b), last: a.max(b) }),
         ]

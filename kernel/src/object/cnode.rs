@@ -105,10 +105,11 @@ pub(crate) fn derive(
         Capability::Tcb { .. }
         | Capability::AsidControl
         | Capability::AsidPool { .. }
-        | Capability::IoPort { .. } => Ok(source),
+        | Capability::IoPort { .. }
+        | Capability::IrqHandler { .. } => Ok(source),
         // There is one control capability, so issued ranges stay children
         // of a single slot and revoking it takes them all back.
-        Capability::IoPortControl => Err(InvocationError::IllegalOperation),
+        Capability::IoPortControl | Capability::IrqControl => Err(InvocationError::IllegalOperation),
         // A copy of a frame starts unmapped: each capability maps it once.
         Capability::Frame { object, size, rights: old, device, .. } => {
             Ok(Capability::Frame { object, size, rights: old & rights, device, mapping: None })

@@ -129,6 +129,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         if last {
             self.finalise_ipc_object(cap);
             self.finalise_ioport(cap);
+            self.finalise_irq(cap);
         }
     }
 

@@ -54,7 +54,7 @@ pub const FAULT_WORDS: usize = 5;
 const FAULT_AT: u64 = 0x148;
 
 const NOTIFICATION_BOUND: u64 = 0;
-const NOTIFICATION_WORD: u64 = 8;
+pub(super) const NOTIFICATION_WORD: u64 = 8;
 const NOTIFICATION_QUEUE: u64 = 16;
 
 fn ipc_offset(field: usize) -> u64 {

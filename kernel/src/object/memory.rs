@@ -26,6 +26,11 @@ pub trait PhysicalMemory {
     fn port_in(&mut self, port: u16, width: u8) -> u32;
     /// Writes the low `width` bytes (1, 2 or 4) of `value` to I/O port `port`.
     fn port_out(&mut self, port: u16, width: u8, value: u32);
+    /// Routes interrupt line `line` to its vector with the given trigger
+    /// mode and polarity, masked.
+    fn irq_configure(&mut self, line: u8, level: bool, active_low: bool);
+    /// Masks or unmasks interrupt line `line`.
+    fn irq_mask(&mut self, line: u8, masked: bool);
 }
 
 /// Physical memory through the kernel's direct map.
@@ -85,6 +90,18 @@ impl PhysicalMemory for DirectMapMemory {
             }
         }
     }
+
+    fn irq_configure(&mut self, line: u8, level: bool, active_low: bool) {
+        if let Some(apic) = crate::arch::x86_64::ioapic::get() {
+            apic.configure(line, level, active_low);
+        }
+    }
+
+    fn irq_mask(&mut self, line: u8, masked: bool) {
+        if let Some(apic) = crate::arch::x86_64::ioapic::get() {
+            apic.set_masked(line, masked);
+        }
+    }
 }
 
 /// Host-side physical memory: a vector of words standing in for
@@ -99,6 +116,8 @@ pub struct Arena {
     /// A simulated I/O-port space (a byte per port, little-endian across
     /// wider accesses), for tests.
     pub ports: alloc::collections::BTreeMap<u16, u8>,
+    /// Simulated interrupt lines: (level, active low, masked) by line.
+    pub irq_lines: alloc::collections::BTreeMap<u8, (bool, bool, bool)>,
 }
 
 #[cfg(not(strata_baremetal))]
@@ -110,6 +129,7 @@ impl Arena {
             words: alloc::vec![0; (bytes / 8) as usize],
             flushes: alloc::vec::Vec::new(),
             ports: alloc::collections::BTreeMap::new(),
+            irq_lines: alloc::collections::BTreeMap::new(),
         }
     }
 
@@ -150,6 +170,16 @@ impl PhysicalMemory for Arena {
     fn port_out(&mut self, port: u16, width: u8, value: u32) {
         for byte in 0..width {
             self.ports.insert(port.wrapping_add(u16::from(byte)), (value >> (8 * byte)) as u8);
+        }
+    }
+
+    fn irq_configure(&mut self, line: u8, level: bool, active_low: bool) {
+        self.irq_lines.insert(line, (level, active_low, true));
+    }
+
+    fn irq_mask(&mut self, line: u8, masked: bool) {
+        if let Some(state) = self.irq_lines.get_mut(&line) {
+            state.2 = masked;
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod cspace;
 pub mod delete;
 pub mod ioport;
 pub mod ipc;
+pub mod irq;
 pub mod memory;
 pub mod tcb;
 pub mod untyped;
@@ -112,6 +113,8 @@ pub struct ObjectSpace<M: PhysicalMemory> {
     pub scheduler: tcb::Scheduler,
     /// One bit per I/O port: whether an issued capability holds it.
     pub io_ports_issued: [u64; ioport::ISSUED_WORDS],
+    /// Interrupt routing and the state of each device interrupt line.
+    pub irqs: irq::IrqTable,
 }
 
 impl<M: PhysicalMemory> ObjectSpace<M> {
@@ -123,6 +126,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             kernel_pml4: None,
             scheduler: tcb::Scheduler::new(),
             io_ports_issued: [0; ioport::ISSUED_WORDS],
+            irqs: irq::IrqTable::new(),
         }
     }
 
@@ -197,7 +201,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             (Capability::Pml4 { object: x, .. }, Capability::Pml4 { object: y, .. })
             | (Capability::AsidPool { object: x, .. }, Capability::AsidPool { object: y, .. }) => x == y,
             (Capability::AsidControl, Capability::AsidControl)
-            | (Capability::IoPortControl, Capability::IoPortControl | Capability::IoPort { .. }) => true,
+            | (Capability::IoPortControl, Capability::IoPortControl | Capability::IoPort { .. })
+            | (Capability::IrqControl, Capability::IrqControl | Capability::IrqHandler { .. }) => true,
+            (Capability::IrqHandler { line: a }, Capability::IrqHandler { line: b }) => a == b,
             (Capability::IoPort { first: a, last: b }, Capability::IoPort { first: c, last: d }) => {
                 a == c && b == d
             }
@@ -208,12 +214,14 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// Whether `a` and `b` name the same object (Untyped capabilities are
     /// never the same object as anything: each is its region's only capability).
     pub fn same_object_as(a: &Capability, b: &Capability) -> bool {
-        // The control capability is the parent of every I/O-port
-        // capability, not the same object as any.
+        // A control capability is the parent of every I/O-port or IRQ
+        // handler capability, not the same object as any.
         let control_and_range = matches!(
             (a, b),
             (Capability::IoPortControl, Capability::IoPort { .. })
                 | (Capability::IoPort { .. }, Capability::IoPortControl)
+                | (Capability::IrqControl, Capability::IrqHandler { .. })
+                | (Capability::IrqHandler { .. }, Capability::IrqControl)
         );
         !matches!(a, Capability::Untyped { .. }) && !control_and_range && Self::same_region_as(a, b)
     }

@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 pub mod io;
+pub mod irq;
 pub mod root;
 pub mod sys;
 

@@ -23,7 +23,7 @@ use x86::segmentation::{BuildDescriptor, DescriptorBuilder, GateDescriptorBuilde
 use super::gdt::{KERNEL_CODE, ist};
 use super::lapic::{LocalApic, SPURIOUS_VECTOR, TIMER_VECTOR};
 use super::serial::Uart16550;
-use super::{exit, pic};
+use super::{exit, ioapic, pic};
 
 core::arch::global_asm!(
     r#"
@@ -277,6 +277,15 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
                 lapic.timer_interrupt();
             }
             crate::run::preempt(frame);
+        }
+        v if (u64::from(ioapic::VECTOR_BASE)..u64::from(ioapic::VECTOR_BASE + ioapic::MAX_LINES))
+            .contains(&v) =>
+        {
+            // Masked by `device_interrupt` before the EOI lets it in again.
+            crate::run::device_interrupt(frame, (v - u64::from(ioapic::VECTOR_BASE)) as u8);
+            if let Some(lapic) = LAPIC.get() {
+                lapic.end_of_interrupt();
+            }
         }
         // Spurious interrupts are not acknowledged (SDM §11.9).
         v if v == u64::from(SPURIOUS_VECTOR) => {}

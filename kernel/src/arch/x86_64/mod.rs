@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod exit;
 pub mod gdt;
 pub mod idt;
+pub mod ioapic;
 pub mod lapic;
 #[cfg(strata_baremetal)]
 pub mod mem;
