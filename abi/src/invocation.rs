@@ -47,6 +47,8 @@ pub enum Label {
     TcbBindNotification = 69,
     /// TCB: undo the binding.
     TcbUnbindNotification = 70,
+    /// TCB: read the registers `TcbWriteRegisters` writes.
+    TcbReadRegisters = 71,
     /// I/O-port control: make an I/O-port capability for a range of ports.
     IoPortControlIssue = 80,
     /// I/O port: read 1, 2 or 4 bytes.
@@ -91,6 +93,7 @@ impl TryFrom<u64> for Label {
             68 => Self::TcbSuspend,
             69 => Self::TcbBindNotification,
             70 => Self::TcbUnbindNotification,
+            71 => Self::TcbReadRegisters,
             80 => Self::IoPortControlIssue,
             81 => Self::IoPortIn,
             82 => Self::IoPortOut,

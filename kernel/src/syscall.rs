@@ -93,7 +93,15 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 }
                 _ => {
                     match self.call(tcb, &context) {
-                        Ok(Some(words)) => set_reply(&mut context, 0, &words),
+                        Ok(Some(words)) if words.len() <= 4 => set_reply(&mut context, 0, &words),
+                        Ok(Some(words)) => {
+                            // Long replies go through the message registers
+                            // and the IPC buffer, as a received message does.
+                            self.set_context(tcb, &context);
+                            let info = MessageInfo::new(0, 0, words.len() as u8);
+                            self.deliver(tcb, context.rdi, info, &words);
+                            context = self.context(tcb);
+                        }
                         Ok(None) => context.rip = context.rip.wrapping_sub(SYSCALL_LENGTH),
                         Err(error) => reply_error(&mut context, error),
                     }
@@ -187,7 +195,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         &mut self,
         tcb: PhysAddr,
         context: &UserContext,
-    ) -> Result<Option<heapless::Vec<u64, 4>>, InvocationError> {
+    ) -> Result<Option<heapless::Vec<u64, 18>>, InvocationError> {
         let info = MessageInfo::decode(context.rsi);
         let root = self.cap(Self::tcb_slot(tcb, 0));
         let (slot, cap) = self
@@ -256,6 +264,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             }
             Capability::Tcb { .. } => {
                 let invocation = self.decode_tcb(cap, label, words, &extra)?;
+                if let crate::object::tcb::TcbInvocation::ReadRegisters { tcb } = invocation {
+                    return Ok(heapless::Vec::from_slice(&self.context(tcb).to_writable()).ok());
+                }
                 self.perform_tcb(invocation);
                 Ok(Some(heapless::Vec::new()))
             }
@@ -387,6 +398,52 @@ mod tests {
         let mut put =
             UserContext { rax: Syscall::DebugPutChar as u64, rdi: b'x' as u64, ..UserContext::default() };
         assert_eq!(syscall(&mut space, tcb, &mut put), Outcome::PutChar(b'x'));
+    }
+
+    #[test]
+    fn read_registers_returns_what_write_registers_set_through_the_ipc_buffer() {
+        let (mut space, tcb) = root_task();
+        let first_untyped = space.memory.read({
+            let Capability::Frame { object, .. } =
+                space.cap(Slot::in_cnode(PhysAddr(0x10_0000), slot::BOOT_INFO))
+            else {
+                panic!()
+            };
+            object.offset(48)
+        });
+        set_extra(&mut space, tcb, &[slot::CNODE]);
+        let mut context = call(
+            Label::UntypedRetype,
+            first_untyped,
+            &[ObjectType::Tcb as u64, 0, slot::CNODE, 64, 100, 1],
+            1,
+        );
+        let _ = syscall(&mut space, tcb, &mut context);
+        assert_eq!(label(&context), 0);
+        // Registers 0..18 take the values 0x100 + n, except rip, rsp and rflags.
+        let mut registers: Vec<u64> = (0..18).map(|n| 0x100 + n).collect();
+        registers[15] = 0x40_1000;
+        registers[16] = 0x7000_0000_0000;
+        registers[17] = 0x202 | 1; // IF and CF
+        let (buffer, _) = space.ipc_buffer(tcb).expect("buffer");
+        for (i, &word) in registers.iter().enumerate().skip(8) {
+            space.memory.write(buffer.offset(8 * (1 + i as u64)), word);
+        }
+        let mut write = call(Label::TcbWriteRegisters, 100, &registers[..6], 0);
+        write.rsi = MessageInfo::new(Label::TcbWriteRegisters as u64, 0, 18).encode().expect("fits");
+        (write.r14, write.r15) = (registers[6], registers[7]);
+        let _ = syscall(&mut space, tcb, &mut write);
+        assert_eq!(label(&write), 0);
+        for i in 8..18 {
+            space.memory.write(buffer.offset(8 * (1 + i)), 0);
+        }
+        let mut read = call(Label::TcbReadRegisters, 100, &[], 0);
+        let _ = syscall(&mut space, tcb, &mut read);
+        let info = MessageInfo::decode(read.rsi);
+        assert_eq!((info.label, info.length), (0, 18));
+        let mut got = vec![read.rdx, read.r8, read.r9, read.r10, read.r12, read.r13, read.r14, read.r15];
+        got.extend((8..18).map(|i| space.memory.read(buffer.offset(8 * (1 + i)))));
+        assert_eq!(got, registers);
     }
 
     #[test]

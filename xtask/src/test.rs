@@ -44,7 +44,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 22] = [
+const BOOT_CASES: [&str; 40] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -68,6 +68,24 @@ const BOOT_CASES: [&str; 22] = [
     "user.fault_handler",
     "user.io_ports",
     "user.irq_notification",
+    "user.tcb_read_registers",
+    "user.untyped_errors",
+    "user.untyped_revoke_resets",
+    "user.revoke_large_tree",
+    "user.delete_blocked_thread",
+    "user.priority_order",
+    "user.priority_errors",
+    "user.configure_errors",
+    "user.suspend_resume",
+    "user.bound_notification",
+    "user.nb_send_drops",
+    "user.fpu_across_ipc",
+    "user.syscall_fault",
+    "user.frame_large",
+    "user.paging_errors",
+    "user.rights_errors",
+    "user.io_port_widths",
+    "user.irq_errors",
 ];
 
 /// Runs the selected tests.

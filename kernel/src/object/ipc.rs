@@ -133,7 +133,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// Puts a message into the receiver: `words` into its message registers
     /// and IPC buffer, `badge` into RDI, `info` into RSI.
-    fn deliver(&mut self, receiver: PhysAddr, badge: u64, info: MessageInfo, words: &[u64]) {
+    pub(crate) fn deliver(&mut self, receiver: PhysAddr, badge: u64, info: MessageInfo, words: &[u64]) {
         let mut context = self.context(receiver);
         let has_buffer = self.ipc_buffer(receiver).is_some();
         // Without an IPC buffer only the register words arrive.

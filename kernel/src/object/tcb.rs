@@ -160,6 +160,18 @@ impl UserContext {
         ]
     }
 
+    /// The registers `TcbReadRegisters` gives, in the order
+    /// `TcbWriteRegisters` takes them: rax..r15, rip, rsp, rflags.
+    pub fn to_writable(&self) -> [u64; WRITABLE_REGISTERS] {
+        let all = self.words();
+        let mut w = [0u64; WRITABLE_REGISTERS];
+        w[..15].copy_from_slice(&all[..15]);
+        w[15] = all[15]; // rip
+        w[16] = all[18]; // rsp
+        w[17] = all[17]; // rflags
+        w
+    }
+
     /// A context from the registers `TcbWriteRegisters` takes: rax..r15,
     /// rip, rsp, rflags.
     fn from_writable(w: [u64; WRITABLE_REGISTERS]) -> Self {
@@ -286,6 +298,11 @@ pub enum TcbInvocation {
     },
     /// Undo a binding.
     Unbind {
+        /// The TCB.
+        tcb: PhysAddr,
+    },
+    /// Reply with the thread's registers.
+    ReadRegisters {
         /// The TCB.
         tcb: PhysAddr,
     },
@@ -546,6 +563,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 Ok(TcbInvocation::Bind { tcb, notification: object })
             }
             Label::TcbUnbindNotification => Ok(TcbInvocation::Unbind { tcb }),
+            Label::TcbReadRegisters => Ok(TcbInvocation::ReadRegisters { tcb }),
             _ => Err(InvocationError::IllegalOperation),
         }
     }
@@ -589,6 +607,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             TcbInvocation::Suspend { tcb } => self.suspend(tcb),
             TcbInvocation::Bind { tcb, notification } => self.bind_notification(tcb, notification),
             TcbInvocation::Unbind { tcb } => self.unbind_notification(tcb),
+            // Nothing changes; the caller replies with the registers.
+            TcbInvocation::ReadRegisters { .. } => {}
         }
     }
 }

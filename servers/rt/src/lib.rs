@@ -33,6 +33,20 @@ pub type CPtr = u64;
 /// extra capabilities `extra` (at most 3). Returns the reply's first four
 /// words, or the decoded error.
 pub fn call(cap: CPtr, label: Label, words: &[u64], extra: &[CPtr]) -> Result<[u64; 4], InvocationError> {
+    let mut reply = [0; 4];
+    call_long(cap, label, words, extra, &mut reply).map(|_| reply)
+}
+
+/// As [`call`], for replies longer than four words: the reply's words go
+/// into `reply` (as many as fit; those past the eighth come from the IPC
+/// buffer) and its length is returned.
+pub fn call_long(
+    cap: CPtr,
+    label: Label,
+    words: &[u64],
+    extra: &[CPtr],
+    reply: &mut [u64],
+) -> Result<usize, InvocationError> {
     let length = words.len().min(strata_abi::message::MAX_LENGTH as usize);
     let caps = extra.len().min(3);
     sys::set_extra_caps(&extra[..caps]);
@@ -43,11 +57,22 @@ pub fn call(cap: CPtr, label: Label, words: &[u64], extra: &[CPtr]) -> Result<[u
     let info = MessageInfo::new(label as u64, caps as u8, length as u8).encode().unwrap_or(0);
     let mut message = [0u64; 8];
     message[..length.min(registers)].copy_from_slice(&words[..length.min(registers)]);
-    let (reply_info, reply) = sys::syscall(Syscall::Call, cap, info, message);
-    match MessageInfo::decode(reply_info).label {
-        0 => Ok(reply),
-        code => Err(InvocationError::decode(code, reply).unwrap_or(InvocationError::IllegalOperation)),
+    let (reply_info, received) = sys::syscall(Syscall::Call, cap, info, message);
+    let reply_info = MessageInfo::decode(reply_info);
+    if reply_info.label != 0 {
+        let words = [received[0], received[1], received[2], received[3]];
+        return Err(
+            InvocationError::decode(reply_info.label, words).unwrap_or(InvocationError::IllegalOperation)
+        );
     }
+    let length = usize::from(reply_info.length);
+    let in_registers = length.min(registers).min(reply.len());
+    reply[..in_registers].copy_from_slice(&received[..in_registers]);
+    if length > registers && reply.len() > registers {
+        let end = length.min(reply.len());
+        sys::message_words(registers, &mut reply[registers..end]);
+    }
+    Ok(length)
 }
 
 /// A received message: the badge of the capability it came through, its
@@ -75,7 +100,7 @@ fn ipc(number: Syscall, cap: CPtr, label: u64, words: &[u64]) -> Message {
     let info = MessageInfo::new(label, 0, length as u8).encode().unwrap_or(0);
     let (badge, info, words) = sys::syscall_with_badge(number, cap, info, message);
     let info = MessageInfo::decode(info);
-    Message { badge, label: info.label, length: info.length, words }
+    Message { badge, label: info.label, length: info.length, words: [words[0], words[1], words[2], words[3]] }
 }
 
 /// IPC: sends on the endpoint `cap`, waiting for a receiver.

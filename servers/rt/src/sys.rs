@@ -19,15 +19,15 @@ static IPC_BUFFER: AtomicU64 = AtomicU64::new(0);
 
 /// Makes a system call: `number` in RAX, `rdi`, `rsi` (message info) and
 /// message words 0–7 in RDX, R8, R9, R10, R12, R13, R14, R15. Returns RSI
-/// and message words 0–3 of the reply.
-pub fn syscall(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, [u64; 4]) {
+/// and message words 0–7 of the reply.
+pub fn syscall(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, [u64; 8]) {
     let (_, info, words) = syscall_with_badge(number, rdi, rsi, words);
     (info, words)
 }
 
 /// As [`syscall`], also returning RDI (the badge of a received message).
-pub fn syscall_with_badge(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, u64, [u64; 4]) {
-    let (badge, info, w0, w1, w2, w3);
+pub fn syscall_with_badge(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, u64, [u64; 8]) {
+    let (badge, info, w0, w1, w2, w3, w4, w5, w6, w7);
     // SAFETY: the `syscall` instruction enters the kernel, which returns with
     // only RAX, RCX, R11 and the reply registers changed, as declared here.
     // It touches no memory the compiler knows about except the IPC buffer,
@@ -42,16 +42,16 @@ pub fn syscall_with_badge(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) 
             inlateout("r8") words[1] => w1,
             inlateout("r9") words[2] => w2,
             inlateout("r10") words[3] => w3,
-            inlateout("r12") words[4] => _,
-            inlateout("r13") words[5] => _,
-            inlateout("r14") words[6] => _,
-            inlateout("r15") words[7] => _,
+            inlateout("r12") words[4] => w4,
+            inlateout("r13") words[5] => w5,
+            inlateout("r14") words[6] => w6,
+            inlateout("r15") words[7] => w7,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack),
         );
     }
-    (badge, info, [w0, w1, w2, w3])
+    (badge, info, [w0, w1, w2, w3, w4, w5, w6, w7])
 }
 
 /// The time-stamp counter (under QEMU `-icount shift=0`: instructions executed).
@@ -78,6 +78,18 @@ pub fn set_message_words(first: usize, words: &[u64]) {
         // SAFETY: the kernel maps the IPC buffer read-write at the address the
         // boot info gives; `index` is inside the message array.
         unsafe { (&raw mut (*buffer).message[index]).write_volatile(word) };
+    }
+}
+
+/// Reads message words `first..` of the last received message or reply
+/// from the IPC buffer into `out`.
+pub fn message_words(first: usize, out: &mut [u64]) {
+    let buffer = ipc_buffer();
+    for (i, word) in out.iter_mut().enumerate() {
+        let Some(index) = Some(first + i).filter(|&n| n < 120) else { break };
+        // SAFETY: as for `set_message_words`; the kernel wrote the words
+        // before returning from the system call.
+        *word = unsafe { (&raw const (*buffer).message[index]).read_volatile() };
     }
 }
 

@@ -104,6 +104,7 @@ fn main() -> ! {
     suite.case("user.fault_handler", fault_handler);
     suite.case("user.io_ports", io_ports);
     suite.case("user.irq_notification", irq_notification);
+    more::run(&mut suite);
     println!("KTEST done passed={} failed={}", suite.passed, suite.failed);
     debug::shutdown(if suite.failed == 0 { ExitCode::Success } else { ExitCode::KernelFailure })
 }
@@ -285,6 +286,16 @@ fn spawn(entry: extern "C" fn() -> !) -> Result<CPtr, Detail> {
 /// its own stack page (mapped there at the next free `WORKER_STACK` page)
 /// and the fault endpoint `fault_endpoint` (0: none).
 fn spawn_in(entry: extern "C" fn() -> !, vspace: CPtr, fault_endpoint: CPtr) -> Result<CPtr, Detail> {
+    spawn_at(entry, vspace, fault_endpoint, 255)
+}
+
+/// As [`spawn_in`], at `priority` (which is also its maximum controlled priority).
+fn spawn_at(
+    entry: extern "C" fn() -> !,
+    vspace: CPtr,
+    fault_endpoint: CPtr,
+    priority: u64,
+) -> Result<CPtr, Detail> {
     static STACKS: AtomicU64 = AtomicU64::new(0);
     let stack_page = WORKER_STACK + 0x1000 * STACKS.fetch_add(1, Ordering::Relaxed);
     let stack = make(ObjectType::Frame4K, 0)?;
@@ -292,7 +303,7 @@ fn spawn_in(entry: extern "C" fn() -> !, vspace: CPtr, fault_endpoint: CPtr) -> 
     check("map stack", call(stack, Label::FrameMap, &[stack_page, rw, 0], &[vspace]))?;
     let tcb = make(ObjectType::Tcb, 0)?;
     check("configure", call(tcb, Label::TcbConfigure, &[0, fault_endpoint], &[slot::CNODE, vspace]))?;
-    check("priority", call(tcb, Label::TcbSetPriority, &[255, 255], &[slot::TCB]))?;
+    check("priority", call(tcb, Label::TcbSetPriority, &[priority, priority], &[slot::TCB]))?;
     let mut registers = [0u64; 18];
     registers[15] = entry as usize as u64; // rip
     registers[16] = stack_page + 4096 - 8; // rsp, as just after a call
@@ -589,3 +600,5 @@ fn irq_notification() -> Outcome {
     handler.clear().map_err(|e| detail!("clear: {e}"))?;
     Ok(detail!("PIT interrupt woke the task twice with badge 0b1000"))
 }
+
+mod more;
