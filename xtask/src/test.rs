@@ -44,7 +44,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 40] = [
+const BOOT_CASES: [&str; 54] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -86,6 +86,20 @@ const BOOT_CASES: [&str; 40] = [
     "user.rights_errors",
     "user.io_port_widths",
     "user.irq_errors",
+    "user.exception_divide",
+    "user.exception_breakpoint",
+    "user.exception_privileged",
+    "user.int_gate_refused",
+    "user.ipc_without_right_faults",
+    "user.deleted_endpoint_restarts_waiter",
+    "user.unmap_seen_by_thread",
+    "user.frame_remap_rights",
+    "user.asid_errors",
+    "user.guarded_lookup",
+    "user.server_many_clients",
+    "user.round_robin",
+    "user.delete_running_thread",
+    "user.fpu_across_preemption",
 ];
 
 /// Runs the selected tests.

@@ -18,10 +18,8 @@ pub trait PhysicalMemory {
     fn zero(&mut self, address: PhysAddr, bytes: u64);
     /// Drops cached translations of `address` in address space `asid` (all
     /// of the address space for `u64::MAX`) after a mapping was removed or
-    /// changed. Memory without a TLB does nothing.
-    fn flush_translation(&mut self, asid: u16, address: u64) {
-        let _ = (asid, address);
-    }
+    /// changed.
+    fn flush_translation(&mut self, asid: u16, address: u64);
     /// Reads `width` bytes (1, 2 or 4) from I/O port `port`.
     fn port_in(&mut self, port: u16, width: u8) -> u32;
     /// Writes the low `width` bytes (1, 2 or 4) of `value` to I/O port `port`.
@@ -66,6 +64,21 @@ impl PhysicalMemory for DirectMapMemory {
     fn zero(&mut self, address: PhysAddr, bytes: u64) {
         // SAFETY: as for `read`; the range lies inside one object or Untyped.
         unsafe { core::ptr::write_bytes(self.map.to_virtual(address).as_mut_ptr::<u8>(), 0, bytes as usize) }
+    }
+
+    fn flush_translation(&mut self, _asid: u16, address: u64) {
+        // Without PCIDs every CR3 load drops the user translations, so only
+        // the current address space can hold stale ones: INVLPG for one page
+        // (of any size; Intel SDM vol. 3A §4.10.4.1), a CR3 reload for all.
+        // SAFETY: invalidating translations has no effect beyond making
+        // the next access walk the page tables again.
+        unsafe {
+            if address == u64::MAX {
+                x86::controlregs::cr3_write(x86::controlregs::cr3());
+            } else {
+                x86::tlb::flush(address as usize);
+            }
+        }
     }
 
     fn port_in(&mut self, port: u16, width: u8) -> u32 {

@@ -360,7 +360,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let entry = PageTableEntry::from_raw(self.memory.read(at));
         if entry.is_present() && entry.address() == object.get() {
             self.memory.write(at, 0);
-            self.memory.flush_translation(mapping.asid, mapping.address);
+            // A frame is one TLB entry; a table may back many.
+            let span = if matches!(cap, Capability::Frame { .. }) { mapping.address } else { u64::MAX };
+            self.memory.flush_translation(mapping.asid, span);
         }
     }
 

@@ -105,6 +105,7 @@ fn main() -> ! {
     suite.case("user.io_ports", io_ports);
     suite.case("user.irq_notification", irq_notification);
     more::run(&mut suite);
+    faults::run(&mut suite);
     println!("KTEST done passed={} failed={}", suite.passed, suite.failed);
     debug::shutdown(if suite.failed == 0 { ExitCode::Success } else { ExitCode::KernelFailure })
 }
@@ -601,4 +602,5 @@ fn irq_notification() -> Outcome {
     Ok(detail!("PIT interrupt woke the task twice with badge 0b1000"))
 }
 
+mod faults;
 mod more;

@@ -168,7 +168,11 @@ pub fn load() {
                 stubs + 16 * u64::from(vector),
             )
             .present()
-            .dpl(Ring::Ring0)
+            // INT3 may be executed by user code (a debugger's breakpoint):
+            // it arrives as #BP, the thread's fault. Every other gate is
+            // closed to INT n from ring 3, which raises #GP instead
+            // (Intel SDM vol. 3A §6.12.1.1).
+            .dpl(if vector == 3 { Ring::Ring3 } else { Ring::Ring0 })
             .ist(ist_for(vector))
             .finish()
         })
