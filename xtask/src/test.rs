@@ -44,7 +44,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 54] = [
+const BOOT_CASES: [&str; 60] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -86,6 +86,12 @@ const BOOT_CASES: [&str; 54] = [
     "user.rights_errors",
     "user.io_port_widths",
     "user.irq_errors",
+    "user.cnode_refusals",
+    "user.retype_alignment",
+    "user.delete_cnode_with_contents",
+    "user.yield_keeps_priority",
+    "user.signal_before_wait",
+    "user.revoke_untyped_with_thread",
     "user.exception_divide",
     "user.exception_breakpoint",
     "user.exception_privileged",

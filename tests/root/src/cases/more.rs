@@ -2,7 +2,8 @@
 //! interaction: registers, retype limits, large revokes, priorities,
 //! blocked-thread deletion, bound notifications, FPU state across IPC,
 //! system-call faults, large frames, paging errors, rights, port widths
-//! and interrupt-line errors.
+//! interrupt-line errors, CNode refusals, retype alignment, deleting a
+//! CNode with contents and revoking an Untyped under a running thread.
 
 use super::*;
 
@@ -37,6 +38,12 @@ pub(super) fn run(suite: &mut Suite) {
     suite.case("user.rights_errors", rights_errors);
     suite.case("user.io_port_widths", io_port_widths);
     suite.case("user.irq_errors", irq_errors);
+    suite.case("user.cnode_refusals", cnode_refusals);
+    suite.case("user.retype_alignment", retype_alignment);
+    suite.case("user.delete_cnode_with_contents", delete_cnode_with_contents);
+    suite.case("user.yield_keeps_priority", yield_keeps_priority);
+    suite.case("user.signal_before_wait", signal_before_wait);
+    suite.case("user.revoke_untyped_with_thread", revoke_untyped_with_thread);
 }
 
 fn missing() -> InvocationError {
@@ -628,4 +635,181 @@ fn irq_errors() -> Outcome {
     let again = strata_rt::irq::line(10, true, true).map_err(|e| detail!("line 10 after delete: {e}"))?;
     check("delete", cnode_op(Label::CNodeDelete, &[again.0, DEPTH]))?;
     Ok(detail!("range flag truncation busy type; freed on delete"))
+}
+
+/// CNode refusals: copying an Untyped, copying from an empty slot, into
+/// an occupied slot, and mutating an endpoint with data.
+fn cnode_refusals() -> Outcome {
+    let untyped = strata_rt::boot_info().untyped_slots.start;
+    expect_error(
+        "copy an Untyped",
+        cnode_op(Label::CNodeCopy, &[fresh_slot(), DEPTH, untyped, DEPTH, 15]),
+        InvocationError::IllegalOperation,
+    )?;
+    expect_error(
+        "copy from empty",
+        cnode_op(Label::CNodeCopy, &[fresh_slot(), DEPTH, 4000, DEPTH, 15]),
+        missing(),
+    )?;
+    let endpoint = make(ObjectType::Endpoint, 0)?;
+    expect_error(
+        "copy into occupied",
+        cnode_op(Label::CNodeCopy, &[slot::TCB, DEPTH, endpoint, DEPTH, 15]),
+        InvocationError::DeleteFirst,
+    )?;
+    expect_error(
+        "mutate an endpoint with data",
+        cnode_op(Label::CNodeMutate, &[fresh_slot(), DEPTH, endpoint, DEPTH, 5]),
+        InvocationError::IllegalOperation,
+    )?;
+    check(
+        "mutate with no data is a move",
+        cnode_op(Label::CNodeMutate, &[fresh_slot(), DEPTH, endpoint, DEPTH, 0]),
+    )?;
+    expect_error(
+        "the source is empty after",
+        cnode_op(Label::CNodeCopy, &[fresh_slot(), DEPTH, endpoint, DEPTH, 15]),
+        missing(),
+    )?;
+    Ok(detail!("untyped empty occupied mutate"))
+}
+
+/// Objects are aligned to their size: a frame retyped after an endpoint
+/// starts at the next 4 KiB boundary of the Untyped.
+fn retype_alignment() -> Outcome {
+    let untyped = make(ObjectType::Untyped, 14)?;
+    let retype = |kind: ObjectType| -> Result<CPtr, Detail> {
+        let at = fresh_slot();
+        check(
+            "retype",
+            call(untyped, Label::UntypedRetype, &retype_words(kind as u64, 0, at, 1), &[slot::CNODE]),
+        )?;
+        Ok(at)
+    };
+    let first = retype(ObjectType::Frame4K)?;
+    let base = check("address", call(first, Label::FrameGetAddress, &[], &[]))?[0];
+    retype(ObjectType::Endpoint)?;
+    let second = retype(ObjectType::Frame4K)?;
+    let next = check("address", call(second, Label::FrameGetAddress, &[], &[]))?[0];
+    if base % (1 << 14) != 0 || next != base + 0x2000 {
+        return Err(detail!("frames at {base:#x} and {next:#x}, expected the second at base + 0x2000"));
+    }
+    Ok(detail!("endpoint at base+0x1000 pushes the next frame to base+0x2000"))
+}
+
+/// Deleting a CNode deletes what is in it: an endpoint retyped straight
+/// into it goes too, so its Untyped has no children left and resets.
+fn delete_cnode_with_contents() -> Outcome {
+    let untyped = make(ObjectType::Untyped, 16)?;
+    let cnode = fresh_slot();
+    check(
+        "CNode",
+        call(
+            untyped,
+            Label::UntypedRetype,
+            &retype_words(ObjectType::CNode as u64, 4, cnode, 1),
+            &[slot::CNODE],
+        ),
+    )?;
+    // An endpoint into slot 3 of the new CNode, which only that CNode holds.
+    let words = [ObjectType::Endpoint as u64, 0, cnode, DEPTH, 3, 1];
+    check("endpoint into the CNode", call(untyped, Label::UntypedRetype, &words, &[slot::CNODE]))?;
+    let frame = fresh_slot();
+    let frame_words = retype_words(ObjectType::Frame4K as u64, 0, frame, 1);
+    check("frame", call(untyped, Label::UntypedRetype, &frame_words, &[slot::CNODE]))?;
+    let before = check("address", call(frame, Label::FrameGetAddress, &[], &[]))?[0];
+    check("delete the frame", cnode_op(Label::CNodeDelete, &[frame, DEPTH]))?;
+    check("delete the CNode", cnode_op(Label::CNodeDelete, &[cnode, DEPTH]))?;
+    // Nothing from the Untyped is left, so the next object starts at its base.
+    check("frame again", call(untyped, Label::UntypedRetype, &frame_words, &[slot::CNODE]))?;
+    let after = check("address", call(frame, Label::FrameGetAddress, &[], &[]))?[0];
+    if after >= before || after % (1 << 16) != 0 {
+        return Err(detail!("frame at {after:#x} after the delete, {before:#x} before"));
+    }
+    Ok(detail!("untyped reset to {after:#x} once the CNode and its endpoint went"))
+}
+
+extern "C" fn counting_below() -> ! {
+    loop {
+        SPINS.fetch_add(1, Ordering::SeqCst);
+        signal(NOTIFY.load(Ordering::SeqCst));
+        yield_now();
+    }
+}
+
+/// A yield never runs a lower-priority thread; blocking does.
+fn yield_keeps_priority() -> Outcome {
+    SPINS.store(0, Ordering::SeqCst);
+    let notification = make(ObjectType::Notification, 0)?;
+    NOTIFY.store(notification, Ordering::SeqCst);
+    let worker = spawn_at(counting_below, slot::VSPACE, 0, 100)?;
+    for _ in 0..5 {
+        yield_now();
+    }
+    let after_yields = SPINS.load(Ordering::SeqCst);
+    recv(notification); // blocks: the worker runs and signals
+    let after_blocking = SPINS.load(Ordering::SeqCst);
+    check("suspend", call(worker, Label::TcbSuspend, &[], &[]))?;
+    if after_yields != 0 || after_blocking == 0 {
+        return Err(detail!("worker ran {after_yields} times during yields, {after_blocking} after"));
+    }
+    Ok(detail!("0 runs while the root (255) yielded; ran once it blocked"))
+}
+
+/// A signal with nobody waiting is kept: the next wait returns at once
+/// with the badge.
+fn signal_before_wait() -> Outcome {
+    let notification = make(ObjectType::Notification, 0)?;
+    signal(badged(notification, 0x5)?);
+    signal(badged(notification, 0x40)?);
+    let message = recv(notification);
+    if message.badge != 0x45 || poll(notification) != 0 {
+        return Err(detail!("waited and got {:#x}", message.badge));
+    }
+    Ok(detail!("badge=0x45 without blocking"))
+}
+
+extern "C" fn untyped_spinner() -> ! {
+    loop {
+        SPINS.fetch_add(1, Ordering::SeqCst);
+        yield_now();
+    }
+}
+
+/// Revoking an Untyped destroys a running thread made from it (and its
+/// stack frame): the thread never runs again.
+fn revoke_untyped_with_thread() -> Outcome {
+    SPINS.store(0, Ordering::SeqCst);
+    let untyped = make(ObjectType::Untyped, 16)?;
+    let tcb = fresh_slot();
+    check(
+        "TCB from the Untyped",
+        call(untyped, Label::UntypedRetype, &retype_words(ObjectType::Tcb as u64, 0, tcb, 1), &[slot::CNODE]),
+    )?;
+    check("configure", call(tcb, Label::TcbConfigure, &[0], &[slot::CNODE, slot::VSPACE]))?;
+    check("priority", call(tcb, Label::TcbSetPriority, &[255, 255], &[slot::TCB]))?;
+    let stack = make(ObjectType::Frame4K, 0)?;
+    let rw = (Rights::READ | Rights::WRITE).bits();
+    let stack_page = 0x78_a000;
+    check("map stack", call(stack, Label::FrameMap, &[stack_page, rw, 0], &[slot::VSPACE]))?;
+    let mut registers = [0u64; 18];
+    registers[15] = untyped_spinner as *const () as u64;
+    registers[16] = stack_page + 4096 - 8;
+    registers[17] = 0x202;
+    check("registers", call(tcb, Label::TcbWriteRegisters, &registers, &[]))?;
+    check("resume", call(tcb, Label::TcbResume, &[], &[]))?;
+    yield_now();
+    let running = SPINS.load(Ordering::SeqCst);
+    check("revoke the Untyped", cnode_op(Label::CNodeRevoke, &[untyped, DEPTH]))?;
+    let at_revoke = SPINS.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        yield_now();
+    }
+    let later = SPINS.load(Ordering::SeqCst);
+    expect_error("the TCB capability is gone", call(tcb, Label::TcbSuspend, &[], &[]), missing())?;
+    check("unmap stack", call(stack, Label::FrameUnmap, &[], &[]))?;
+    if running == 0 || later != at_revoke {
+        return Err(detail!("counts: running {running}, at revoke {at_revoke}, later {later}"));
+    }
+    Ok(detail!("thread ran {running} times, none after the revoke"))
 }
