@@ -84,6 +84,10 @@ pub fn start(kernel: &Kernel) {
     let memory = unsafe { DirectMapMemory::new(kernel.direct_map) };
     let mut space = ObjectSpace::new(memory);
     space.irqs = crate::interrupts::discover(kernel);
+    if crate::arch::x86_64::cpu::enable_pcid() {
+        space.memory.use_pcids();
+        log::info!("PCIDs on: each ASID keeps its TLB entries across address-space switches");
+    }
     // SAFETY: reading CR3 has no side effects.
     space.kernel_pml4 = Some(PhysAddr(unsafe { x86::controlregs::cr3() } & 0x000f_ffff_ffff_f000));
     let task =
@@ -138,14 +142,14 @@ impl Runtime {
         };
         *out = self.space.context(tcb).sanitised();
         user::set_fpu_area(self.direct_map.to_virtual(tcb.offset(layout::FPU)).get());
-        if let Capability::Pml4 { object, .. } =
+        if let Capability::Pml4 { object, asid: Some(asid) } =
             self.space.cap(ObjectSpace::<DirectMapMemory>::tcb_slot(tcb, 1))
         {
             // SAFETY: the PML4 is a live address-space object whose upper half
             // is the kernel's (copied at retype), so the kernel keeps running.
             unsafe {
                 if x86::controlregs::cr3() & 0x000f_ffff_ffff_f000 != object.get() {
-                    x86::controlregs::cr3_write(object.get());
+                    x86::controlregs::cr3_write(self.space.memory.cr3_for(object, asid));
                     CR3_WRITES.fetch_add(1, Ordering::Relaxed);
                 }
             }

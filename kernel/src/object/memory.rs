@@ -35,6 +35,13 @@ pub trait PhysicalMemory {
 #[derive(Debug, Clone, Copy)]
 pub struct DirectMapMemory {
     map: crate::addr::DirectMap,
+    /// Whether CR4.PCIDE is on: each ASID is then the PCID of its address
+    /// space, and the TLB keeps entries of several address spaces.
+    pcid: bool,
+    /// With PCIDs: ASIDs whose TLB entries may be stale (a mapping was
+    /// removed while another address space was current). The next switch
+    /// to one loads CR3 without the no-flush bit.
+    stale: [u64; 64],
 }
 
 impl DirectMapMemory {
@@ -44,7 +51,26 @@ impl DirectMapMemory {
     /// `map` must map all physical memory the object layer will be given
     /// addresses of (every Untyped region), read-write.
     pub const unsafe fn new(map: crate::addr::DirectMap) -> Self {
-        Self { map }
+        Self { map, pcid: false, stale: [0; 64] }
+    }
+
+    /// Records that CR4.PCIDE is on (see [`crate::arch::x86_64::cpu::enable_pcid`]).
+    pub fn use_pcids(&mut self) {
+        self.pcid = true;
+    }
+
+    /// The CR3 value that switches to the address space `pml4` with `asid`:
+    /// with PCIDs, the ASID is the PCID, and the TLB entries of that PCID
+    /// are kept unless they may be stale.
+    pub fn cr3_for(&mut self, pml4: PhysAddr, asid: u16) -> u64 {
+        if !self.pcid {
+            return pml4.get();
+        }
+        let (word, bit) = (usize::from(asid / 64) % 64, 1u64 << (asid % 64));
+        let stale = self.stale[word] & bit != 0;
+        self.stale[word] &= !bit;
+        const NO_FLUSH: u64 = 1 << 63;
+        pml4.get() | u64::from(asid & 0xfff) | if stale { 0 } else { NO_FLUSH }
     }
 }
 
@@ -66,15 +92,26 @@ impl PhysicalMemory for DirectMapMemory {
         unsafe { core::ptr::write_bytes(self.map.to_virtual(address).as_mut_ptr::<u8>(), 0, bytes as usize) }
     }
 
-    fn flush_translation(&mut self, _asid: u16, address: u64) {
+    fn flush_translation(&mut self, asid: u16, address: u64) {
+        use x86::controlregs::{cr3, cr3_write};
         // Without PCIDs every CR3 load drops the user translations, so only
-        // the current address space can hold stale ones: INVLPG for one page
-        // (of any size; Intel SDM vol. 3A §4.10.4.1), a CR3 reload for all.
+        // the current address space can hold stale ones. With PCIDs, an
+        // address space that is not current is marked, and flushed when it
+        // is next switched to (`cr3_for`). For the current one: INVLPG for
+        // one page (of any size; Intel SDM vol. 3A §4.10.4.1), a CR3 load
+        // without the no-flush bit for all of it.
+        // SAFETY: reading CR3 has no side effects.
+        let current = unsafe { cr3() };
+        if self.pcid && current & 0xfff != u64::from(asid) {
+            self.stale[usize::from(asid / 64) % 64] |= 1 << (asid % 64);
+            return;
+        }
         // SAFETY: invalidating translations has no effect beyond making
-        // the next access walk the page tables again.
+        // the next access walk the page tables again; CR3 is reloaded with
+        // its own value (bit 63 clear: flush this PCID).
         unsafe {
             if address == u64::MAX {
-                x86::controlregs::cr3_write(x86::controlregs::cr3());
+                cr3_write(current & !(1 << 63));
             } else {
                 x86::tlb::flush(address as usize);
             }

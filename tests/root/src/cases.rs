@@ -110,6 +110,22 @@ fn main() -> ! {
     debug::shutdown(if suite.failed == 0 { ExitCode::Success } else { ExitCode::KernelFailure })
 }
 
+/// Most yields a case waits through for another thread to get somewhere.
+const MAX_YIELDS: u32 = 1000;
+
+/// Yields until `done` holds (another thread at the same priority has got
+/// somewhere), at most `MAX_YIELDS` times. The timer can preempt that
+/// thread at any instruction, so one yield is never enough to rely on.
+fn yield_until(done: impl Fn() -> bool) -> bool {
+    for _ in 0..MAX_YIELDS {
+        if done() {
+            return true;
+        }
+        yield_now();
+    }
+    done()
+}
+
 fn check(what: &str, result: Result<[u64; 4], InvocationError>) -> Result<[u64; 4], Detail> {
     result.map_err(|e| detail!("{what}: {e}"))
 }
@@ -334,24 +350,30 @@ extern "C" fn yielding_worker() -> ! {
 
 fn thread_switch() -> Outcome {
     let worker = spawn(yielding_worker)?;
-    let seen: u64;
-    // SAFETY: sets xmm6, yields (the worker runs and sets its own xmm6),
-    // and reads xmm6 back, all declared.
-    unsafe {
-        core::arch::asm!(
-            "movq xmm6, {a}",
-            "syscall",
-            "movq {seen}, xmm6",
-            a = in(reg) 0xaaaa_aaaa_aaaa_aaaau64,
-            seen = lateout(reg) seen,
-            inlateout("rax") strata_abi::syscall::Syscall::Yield as u64 => _,
-            out("xmm6") _, lateout("rcx") _, lateout("r11") _,
-        );
-    }
-    if FLAG.load(Ordering::SeqCst) != 1 {
-        return Err(detail!("the worker did not run when the root yielded"));
+    let mut seen = 0xaaaa_aaaa_aaaa_aaaau64;
+    let mut yields = 0;
+    // The timer may preempt the worker before it sets the flag, so yield
+    // until it has (round robin runs it on every yield).
+    while FLAG.load(Ordering::SeqCst) != 1 && yields < MAX_YIELDS && seen == 0xaaaa_aaaa_aaaa_aaaa {
+        yields += 1;
+        // SAFETY: sets xmm6, yields (the worker runs and sets its own
+        // xmm6), and reads xmm6 back, all declared.
+        unsafe {
+            core::arch::asm!(
+                "movq xmm6, {a}",
+                "syscall",
+                "movq {seen}, xmm6",
+                a = in(reg) 0xaaaa_aaaa_aaaa_aaaau64,
+                seen = lateout(reg) seen,
+                inlateout("rax") strata_abi::syscall::Syscall::Yield as u64 => _,
+                out("xmm6") _, lateout("rcx") _, lateout("r11") _,
+            );
+        }
     }
     check("suspend worker", call(worker, Label::TcbSuspend, &[], &[]))?;
+    if FLAG.load(Ordering::SeqCst) != 1 {
+        return Err(detail!("the worker did not run in {yields} yields"));
+    }
     if seen != 0xaaaa_aaaa_aaaa_aaaa {
         return Err(detail!("xmm6 is {seen:#x} after a switch: another thread's SSE state leaked in"));
     }
@@ -480,9 +502,9 @@ fn notification() -> Outcome {
     }
     WAIT_NOTIFICATION.store(notification, Ordering::SeqCst);
     let thread = spawn(waiter)?;
-    yield_now(); // the waiter blocks on the notification
+    yield_now(); // the waiter blocks on the notification (or soon will)
     signal(high);
-    yield_now(); // the waiter wakes and records the badge
+    yield_until(|| WOKEN_WITH.load(Ordering::SeqCst) != 0);
     let woken = WOKEN_WITH.load(Ordering::SeqCst);
     check("suspend waiter", call(thread, Label::TcbSuspend, &[], &[]))?;
     if woken != 0b10 {
@@ -515,7 +537,7 @@ fn fault_handler() -> Outcome {
     // SAFETY: the page was just mapped read-write.
     unsafe { (PAGER_ADDRESS as *mut u64).write_volatile(0x00c0_ffee) };
     reply(0, &[]); // the client retries its load
-    yield_now();
+    yield_until(|| PAGED_VALUE.load(Ordering::SeqCst) != 0);
     let value = PAGED_VALUE.load(Ordering::SeqCst);
     check("suspend client", call(client, Label::TcbSuspend, &[], &[]))?;
     if value != 0x00c0_ffee {

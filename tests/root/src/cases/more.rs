@@ -193,9 +193,8 @@ fn delete_blocked_thread() -> Outcome {
     yield_now(); // it blocks on the endpoint
     check("delete the blocked thread", cnode_op(Label::CNodeDelete, &[first, DEPTH]))?;
     let second = spawn(endpoint_receiver)?;
-    yield_now();
-    strata_rt::send(endpoint, 0, &[0x1234]);
-    yield_now();
+    strata_rt::send(endpoint, 0, &[0x1234]); // waits for the second receiver
+    yield_until(|| RECEIVED.load(Ordering::SeqCst) != 0);
     let received = RECEIVED.load(Ordering::SeqCst);
     check("suspend", call(second, Label::TcbSuspend, &[], &[]))?;
     if received != 0x1234 {
@@ -321,7 +320,7 @@ extern "C" fn counting_worker() -> ! {
 fn suspend_resume() -> Outcome {
     SPINS.store(0, Ordering::SeqCst);
     let worker = spawn(counting_worker)?;
-    yield_now();
+    yield_until(|| SPINS.load(Ordering::SeqCst) != 0);
     let running = SPINS.load(Ordering::SeqCst);
     check("suspend", call(worker, Label::TcbSuspend, &[], &[]))?;
     let stopped = SPINS.load(Ordering::SeqCst);
@@ -330,7 +329,7 @@ fn suspend_resume() -> Outcome {
     }
     let still = SPINS.load(Ordering::SeqCst);
     check("resume", call(worker, Label::TcbResume, &[], &[]))?;
-    yield_now();
+    yield_until(|| SPINS.load(Ordering::SeqCst) > still);
     let resumed = SPINS.load(Ordering::SeqCst);
     check("suspend again", call(worker, Label::TcbSuspend, &[], &[]))?;
     if running == 0 || still != stopped || resumed <= still {
@@ -357,7 +356,7 @@ fn bound_notification() -> Outcome {
     )?;
     yield_now(); // the worker blocks on the endpoint
     signal(badged(notification, 0x30)?);
-    yield_now();
+    yield_until(|| RECEIVED.load(Ordering::SeqCst) != 0);
     let got = RECEIVED.load(Ordering::SeqCst);
     check("unbind", call(worker, Label::TcbUnbindNotification, &[], &[]))?;
     check("suspend", call(worker, Label::TcbSuspend, &[], &[]))?;
@@ -389,13 +388,12 @@ fn nb_send_drops() -> Outcome {
     let worker = spawn(endpoint_receiver)?;
     yield_now();
     let after_drop = RECEIVED.load(Ordering::SeqCst);
-    let _ = strata_rt::sys::syscall(
-        strata_abi::syscall::Syscall::NbSend,
-        endpoint,
-        1,
-        [0xbeef, 0, 0, 0, 0, 0, 0, 0],
-    );
-    yield_now();
+    // Until the receiver is waiting these are dropped too; once it is, one arrives.
+    yield_until(|| {
+        let words = [0xbeef, 0, 0, 0, 0, 0, 0, 0];
+        let _ = strata_rt::sys::syscall(strata_abi::syscall::Syscall::NbSend, endpoint, 1, words);
+        RECEIVED.load(Ordering::SeqCst) != 0
+    });
     let delivered = RECEIVED.load(Ordering::SeqCst);
     check("suspend", call(worker, Label::TcbSuspend, &[], &[]))?;
     if after_drop != 0 || delivered != 0xbeef {
@@ -798,7 +796,7 @@ fn revoke_untyped_with_thread() -> Outcome {
     registers[17] = 0x202;
     check("registers", call(tcb, Label::TcbWriteRegisters, &registers, &[]))?;
     check("resume", call(tcb, Label::TcbResume, &[], &[]))?;
-    yield_now();
+    yield_until(|| SPINS.load(Ordering::SeqCst) != 0);
     let running = SPINS.load(Ordering::SeqCst);
     check("revoke the Untyped", cnode_op(Label::CNodeRevoke, &[untyped, DEPTH]))?;
     let at_revoke = SPINS.load(Ordering::SeqCst);
