@@ -38,10 +38,47 @@ pub struct DirectMapMemory {
     /// Whether CR4.PCIDE is on: each ASID is then the PCID of its address
     /// space, and the TLB keeps entries of several address spaces.
     pcid: bool,
-    /// With PCIDs: ASIDs whose TLB entries may be stale (a mapping was
-    /// removed while another address space was current). The next switch
-    /// to one loads CR3 without the no-flush bit.
-    stale: [u64; 64],
+    /// With PCIDs: which ASIDs' TLB entries may be stale.
+    stale: StaleAsids,
+}
+
+/// ASIDs whose TLB entries may be stale because a mapping was removed
+/// while another address space was current (only with PCIDs: without
+/// them every CR3 load flushes). The next switch to such an ASID loads
+/// CR3 without the no-flush bit, which flushes that PCID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleAsids([u64; 64]);
+
+/// CR3 bit 63 with CR4.PCIDE: keep the new PCID's TLB entries (SDM vol. 3A §4.10.4.1).
+pub const CR3_NO_FLUSH: u64 = 1 << 63;
+
+impl StaleAsids {
+    /// None stale.
+    pub const fn new() -> Self {
+        Self([0; 64])
+    }
+
+    /// Marks `asid` (its 12 bits) stale.
+    pub fn mark(&mut self, asid: u16) {
+        let asid = asid & 0xfff;
+        self.0[usize::from(asid / 64)] |= 1 << (asid % 64);
+    }
+
+    /// The CR3 value that switches to `pml4` with PCID `asid`, flushing
+    /// that PCID if it was stale (and clearing the mark).
+    pub fn cr3_for(&mut self, pml4: PhysAddr, asid: u16) -> u64 {
+        let asid = asid & 0xfff;
+        let (word, bit) = (usize::from(asid / 64), 1u64 << (asid % 64));
+        let stale = self.0[word] & bit != 0;
+        self.0[word] &= !bit;
+        pml4.get() | u64::from(asid) | if stale { 0 } else { CR3_NO_FLUSH }
+    }
+}
+
+impl Default for StaleAsids {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl DirectMapMemory {
@@ -51,7 +88,7 @@ impl DirectMapMemory {
     /// `map` must map all physical memory the object layer will be given
     /// addresses of (every Untyped region), read-write.
     pub const unsafe fn new(map: crate::addr::DirectMap) -> Self {
-        Self { map, pcid: false, stale: [0; 64] }
+        Self { map, pcid: false, stale: StaleAsids::new() }
     }
 
     /// Records that CR4.PCIDE is on (see [`crate::arch::x86_64::cpu::enable_pcid`]).
@@ -63,14 +100,7 @@ impl DirectMapMemory {
     /// with PCIDs, the ASID is the PCID, and the TLB entries of that PCID
     /// are kept unless they may be stale.
     pub fn cr3_for(&mut self, pml4: PhysAddr, asid: u16) -> u64 {
-        if !self.pcid {
-            return pml4.get();
-        }
-        let (word, bit) = (usize::from(asid / 64) % 64, 1u64 << (asid % 64));
-        let stale = self.stale[word] & bit != 0;
-        self.stale[word] &= !bit;
-        const NO_FLUSH: u64 = 1 << 63;
-        pml4.get() | u64::from(asid & 0xfff) | if stale { 0 } else { NO_FLUSH }
+        if self.pcid { self.stale.cr3_for(pml4, asid) } else { pml4.get() }
     }
 }
 
@@ -103,7 +133,7 @@ impl PhysicalMemory for DirectMapMemory {
         // SAFETY: reading CR3 has no side effects.
         let current = unsafe { cr3() };
         if self.pcid && current & 0xfff != u64::from(asid) {
-            self.stale[usize::from(asid / 64) % 64] |= 1 << (asid % 64);
+            self.stale.mark(asid);
             return;
         }
         // SAFETY: invalidating translations has no effect beyond making
@@ -111,7 +141,7 @@ impl PhysicalMemory for DirectMapMemory {
         // its own value (bit 63 clear: flush this PCID).
         unsafe {
             if address == u64::MAX {
-                cr3_write(current & !(1 << 63));
+                cr3_write(current & !CR3_NO_FLUSH);
             } else {
                 x86::tlb::flush(address as usize);
             }
@@ -231,5 +261,24 @@ impl PhysicalMemory for Arena {
         if let Some(state) = self.irq_lines.get_mut(&line) {
             state.2 = masked;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CR3_NO_FLUSH, StaleAsids};
+    use crate::addr::PhysAddr;
+
+    #[test]
+    fn a_stale_asid_is_flushed_once_at_its_next_switch() {
+        let mut stale = StaleAsids::new();
+        let pml4 = PhysAddr(0x12_3000);
+        assert_eq!(stale.cr3_for(pml4, 7), 0x12_3007 | CR3_NO_FLUSH, "clean: entries kept");
+        stale.mark(7);
+        stale.mark(4095);
+        assert_eq!(stale.cr3_for(pml4, 7), 0x12_3007, "stale: this switch flushes");
+        assert_eq!(stale.cr3_for(pml4, 7), 0x12_3007 | CR3_NO_FLUSH, "the mark is cleared");
+        assert_eq!(stale.cr3_for(pml4, 8), 0x12_3008 | CR3_NO_FLUSH, "other ASIDs unaffected");
+        assert_eq!(stale.cr3_for(pml4, 4095), 0x12_3fff, "the last ASID");
     }
 }
