@@ -44,7 +44,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 60] = [
+const BOOT_CASES: [&str; 61] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -92,6 +92,7 @@ const BOOT_CASES: [&str; 60] = [
     "user.yield_keeps_priority",
     "user.signal_before_wait",
     "user.revoke_untyped_with_thread",
+    "user.cap_transfer",
     "user.exception_divide",
     "user.exception_breakpoint",
     "user.exception_privileged",

@@ -90,6 +90,20 @@ pub struct Message {
 }
 
 fn ipc(number: Syscall, cap: CPtr, label: u64, words: &[u64]) -> Message {
+    ipc_with_caps(number, cap, label, words, &[])
+}
+
+/// IPC: calls through the endpoint `cap`, sending the capabilities `caps`
+/// too (at most 3; they are transferred only if `cap` has the GRANT
+/// right and the receiver named a slot with [`sys::set_receive_slot`]),
+/// and waits for the reply.
+pub fn ipc_call_with_caps(cap: CPtr, label: u64, words: &[u64], caps: &[CPtr]) -> Message {
+    ipc_with_caps(Syscall::Call, cap, label, words, caps)
+}
+
+fn ipc_with_caps(number: Syscall, cap: CPtr, label: u64, words: &[u64], caps: &[CPtr]) -> Message {
+    let caps = &caps[..caps.len().min(3)];
+    sys::set_extra_caps(caps);
     let length = words.len().min(strata_abi::message::MAX_LENGTH as usize);
     let registers = strata_abi::message::REGISTER_WORDS;
     if length > registers {
@@ -97,7 +111,7 @@ fn ipc(number: Syscall, cap: CPtr, label: u64, words: &[u64]) -> Message {
     }
     let mut message = [0u64; 8];
     message[..length.min(registers)].copy_from_slice(&words[..length.min(registers)]);
-    let info = MessageInfo::new(label, 0, length as u8).encode().unwrap_or(0);
+    let info = MessageInfo::new(label, caps.len() as u8, length as u8).encode().unwrap_or(0);
     let (badge, info, words) = sys::syscall_with_badge(number, cap, info, message);
     let info = MessageInfo::decode(info);
     Message { badge, label: info.label, length: info.length, words: [words[0], words[1], words[2], words[3]] }

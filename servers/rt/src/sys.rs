@@ -93,6 +93,20 @@ pub fn message_words(first: usize, out: &mut [u64]) {
     }
 }
 
+/// Names the empty slot a received capability goes into: slot `index` at
+/// `depth` in the CNode `cnode` (a capability pointer in this thread's
+/// CSpace). It stays set for every later receive.
+pub fn set_receive_slot(cnode: u64, index: u64, depth: u64) {
+    let buffer = ipc_buffer();
+    // SAFETY: the kernel maps the IPC buffer read-write at the address the
+    // boot info gives, for this thread's whole life.
+    unsafe {
+        (&raw mut (*buffer).receive_cnode).write_volatile(cnode);
+        (&raw mut (*buffer).receive_index).write_volatile(index);
+        (&raw mut (*buffer).receive_depth).write_volatile(depth);
+    }
+}
+
 /// Puts the capability pointers of an invocation's extra capabilities in
 /// the IPC buffer.
 pub fn set_extra_caps(caps: &[u64]) {

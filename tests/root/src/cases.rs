@@ -313,13 +313,32 @@ fn spawn_at(
     fault_endpoint: CPtr,
     priority: u64,
 ) -> Result<CPtr, Detail> {
+    spawn_with_buffer(entry, vspace, fault_endpoint, priority, None)
+}
+
+/// As [`spawn_at`], with an IPC buffer: `buffer` is a frame mapped
+/// read-write in `vspace` at the SDK's IPC-buffer address.
+fn spawn_with_buffer(
+    entry: extern "C" fn() -> !,
+    vspace: CPtr,
+    fault_endpoint: CPtr,
+    priority: u64,
+    buffer: Option<CPtr>,
+) -> Result<CPtr, Detail> {
     static STACKS: AtomicU64 = AtomicU64::new(0);
     let stack_page = WORKER_STACK + 0x1000 * STACKS.fetch_add(1, Ordering::Relaxed);
     let stack = make(ObjectType::Frame4K, 0)?;
     let rw = (Rights::READ | Rights::WRITE).bits();
     check("map stack", call(stack, Label::FrameMap, &[stack_page, rw, 0], &[vspace]))?;
     let tcb = make(ObjectType::Tcb, 0)?;
-    check("configure", call(tcb, Label::TcbConfigure, &[0, fault_endpoint], &[slot::CNODE, vspace]))?;
+    let configured = match buffer {
+        Some(frame) => {
+            let address = strata_rt::sys::ipc_buffer_address();
+            call(tcb, Label::TcbConfigure, &[address, fault_endpoint], &[slot::CNODE, vspace, frame])
+        }
+        None => call(tcb, Label::TcbConfigure, &[0, fault_endpoint], &[slot::CNODE, vspace]),
+    };
+    check("configure", configured)?;
     check("priority", call(tcb, Label::TcbSetPriority, &[priority, priority], &[slot::TCB]))?;
     let mut registers = [0u64; 18];
     registers[15] = entry as usize as u64; // rip
@@ -445,8 +464,23 @@ fn ipc_same_space() -> Outcome {
 }
 
 fn ipc_cross_space() -> Outcome {
-    // A second address space with this program's image mapped as here
-    // (text read-execute, data read-write), and a server thread in it.
+    let pml4 = second_space()?;
+    let endpoint = make(ObjectType::Endpoint, 0)?;
+    SERVER_ENDPOINT.store(endpoint, Ordering::SeqCst);
+    let server = spawn_in(echo_server, pml4, 0)?;
+    let client = badged(endpoint, 0x77)?;
+    let reply = ipc_call(client, 1, &[500]);
+    if reply.label != 2 || reply.words[0] != 1000 || reply.words[1] != 0x77 {
+        return Err(detail!("reply label {} words {:?}", reply.label, reply.words));
+    }
+    check("suspend server", call(server, Label::TcbSuspend, &[], &[]))?;
+    Ok(detail!("server_in_second_address_space=1 badge=0x77"))
+}
+
+/// A second address space with this program's image mapped as here (text
+/// read-execute, data read-write, so statics are shared) and the scratch
+/// page table for thread stacks.
+fn second_space() -> Result<CPtr, Detail> {
     let pml4 = make(ObjectType::Pml4, 0)?;
     check("assign ASID", call(slot::ASID_POOL, Label::AsidPoolAssign, &[], &[pml4]))?;
     let pdpt = make(ObjectType::Pdpt, 0)?;
@@ -471,16 +505,7 @@ fn ipc_cross_space() -> Outcome {
         };
         check("map image", call(copy, Label::FrameMap, &[address, rights, attributes], &[pml4]))?;
     }
-    let endpoint = make(ObjectType::Endpoint, 0)?;
-    SERVER_ENDPOINT.store(endpoint, Ordering::SeqCst);
-    let server = spawn_in(echo_server, pml4, 0)?;
-    let client = badged(endpoint, 0x77)?;
-    let reply = ipc_call(client, 1, &[500]);
-    if reply.label != 2 || reply.words[0] != 1000 || reply.words[1] != 0x77 {
-        return Err(detail!("reply label {} words {:?}", reply.label, reply.words));
-    }
-    check("suspend server", call(server, Label::TcbSuspend, &[], &[]))?;
-    Ok(detail!("server_in_second_address_space=1 badge=0x77"))
+    Ok(pml4)
 }
 
 extern "C" fn waiter() -> ! {

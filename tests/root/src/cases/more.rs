@@ -44,6 +44,7 @@ pub(super) fn run(suite: &mut Suite) {
     suite.case("user.yield_keeps_priority", yield_keeps_priority);
     suite.case("user.signal_before_wait", signal_before_wait);
     suite.case("user.revoke_untyped_with_thread", revoke_untyped_with_thread);
+    suite.case("user.cap_transfer", cap_transfer);
 }
 
 fn missing() -> InvocationError {
@@ -810,4 +811,71 @@ fn revoke_untyped_with_thread() -> Outcome {
         return Err(detail!("counts: running {running}, at revoke {at_revoke}, later {later}"));
     }
     Ok(detail!("thread ran {running} times, none after the revoke"))
+}
+
+static TRANSFER_ENDPOINT: AtomicU64 = AtomicU64::new(0);
+static RECEIVE_SLOT: AtomicU64 = AtomicU64::new(0);
+
+/// Names its receive slot once, then echoes each request's label.
+extern "C" fn transfer_server() -> ! {
+    let endpoint = TRANSFER_ENDPOINT.load(Ordering::SeqCst);
+    strata_rt::sys::set_receive_slot(slot::CNODE, RECEIVE_SLOT.load(Ordering::SeqCst), DEPTH);
+    let mut message = recv(endpoint);
+    loop {
+        message = reply_recv(endpoint, message.label, &[]);
+    }
+}
+
+/// Capability transfer: a server in its own address space, with its own
+/// IPC buffer naming a receive slot, gets a badged notification sent
+/// through an endpoint with GRANT (and the copy signals the original's
+/// word with the badge); through an endpoint without GRANT the call still
+/// completes but nothing arrives.
+fn cap_transfer() -> Outcome {
+    let pml4 = second_space()?;
+    let address = strata_rt::sys::ipc_buffer_address();
+    for kind in [ObjectType::Pdpt, ObjectType::PageDirectory, ObjectType::PageTable] {
+        let table = make(kind, 0)?;
+        check("buffer table", call(table, Label::PageTableMap, &[address], &[pml4]))?;
+    }
+    let buffer = make(ObjectType::Frame4K, 0)?;
+    let rw = (Rights::READ | Rights::WRITE).bits();
+    check("map buffer", call(buffer, Label::FrameMap, &[address, rw, 0], &[pml4]))?;
+    let endpoint = make(ObjectType::Endpoint, 0)?;
+    TRANSFER_ENDPOINT.store(endpoint, Ordering::SeqCst);
+    let receive = fresh_slot();
+    RECEIVE_SLOT.store(receive, Ordering::SeqCst);
+    let server = spawn_with_buffer(transfer_server, pml4, 0, 255, Some(buffer))?;
+    let notification = make(ObjectType::Notification, 0)?;
+    let sent = badged(notification, 0x8)?;
+
+    let reply = strata_rt::ipc_call_with_caps(endpoint, 3, &[], &[sent]);
+    let copy = fresh_slot();
+    let arrived = cnode_op(Label::CNodeCopy, &[copy, DEPTH, receive, DEPTH, Rights::all().bits()]);
+    if arrived.is_ok() {
+        signal(copy);
+    }
+    let word = poll(notification);
+
+    let moved = cnode_op(Label::CNodeMove, &[fresh_slot(), DEPTH, receive, DEPTH]);
+    let no_grant = fresh_slot();
+    let rights = Rights::READ | Rights::WRITE | Rights::GRANT_REPLY;
+    check(
+        "mint without GRANT",
+        cnode_op(Label::CNodeMint, &[no_grant, DEPTH, endpoint, DEPTH, rights.bits(), 0]),
+    )?;
+    let second = strata_rt::ipc_call_with_caps(no_grant, 4, &[], &[sent]);
+    let nothing = cnode_op(Label::CNodeCopy, &[fresh_slot(), DEPTH, receive, DEPTH, Rights::all().bits()]);
+    check("suspend", call(server, Label::TcbSuspend, &[], &[]))?;
+
+    check("the capability arrived with GRANT", arrived)?;
+    check("move it out", moved)?;
+    if reply.label != 3 || word != 0x8 {
+        return Err(detail!("reply label {}, the received copy signalled {word:#x}", reply.label));
+    }
+    if second.label != 4 {
+        return Err(detail!("the call without GRANT got label {}", second.label));
+    }
+    expect_error("without GRANT nothing arrives", nothing, missing())?;
+    Ok(detail!("granted copy signals 0x8; without GRANT the slot stays empty"))
 }
