@@ -22,6 +22,7 @@ use crate::object::memory::DirectMapMemory;
 use crate::object::tcb::{ThreadState, UserContext, layout};
 use crate::object::{Capability, ObjectSpace};
 use crate::syscall::Outcome;
+use strata_abi::syscall::Syscall;
 
 /// Kernel state after boot.
 pub struct Runtime {
@@ -128,7 +129,7 @@ impl Runtime {
         }
         let keep = self.current.filter(|&t| !rotate && self.space.thread_state(t) == ThreadState::Runnable);
         let next = keep.or_else(|| self.space.choose_thread());
-        self.current = next;
+        let previous = core::mem::replace(&mut self.current, next);
         let Some(tcb) = next else {
             // A test image that idles with no interrupt bound to a
             // notification has deadlocked: nothing can ever wake it.
@@ -141,6 +142,11 @@ impl Runtime {
             return;
         };
         *out = self.space.context(tcb).sanitised();
+        if previous == Some(tcb) {
+            // Its FPU area and address space are in place already: a
+            // thread's address space cannot change while it can run.
+            return;
+        }
         user::set_fpu_area(self.direct_map.to_virtual(tcb.offset(layout::FPU)).get());
         if let Capability::Pml4 { object, asid: Some(asid) } =
             self.space.cap(ObjectSpace::<DirectMapMemory>::tcb_slot(tcb, 1))
@@ -175,8 +181,9 @@ extern "C" fn syscall_handler(context: &mut UserContext) {
         fail(format_args!("system call with no current thread"));
     };
     runtime.space.set_context(tcb, context);
-    let outcome = runtime.space.handle_syscall(tcb);
-    let saved = runtime.space.context(tcb);
+    // Yield needs nothing decoded: straight to the scheduler.
+    let outcome =
+        if context.rax == Syscall::Yield as u64 { Outcome::Yield } else { runtime.space.handle_syscall(tcb) };
     let rotate = match outcome {
         Outcome::Continue => false,
         Outcome::Yield => true,
@@ -200,6 +207,7 @@ extern "C" fn syscall_handler(context: &mut UserContext) {
             false
         }
         Outcome::Shutdown(_) | Outcome::Counters | Outcome::Fault => {
+            let saved = runtime.space.context(tcb);
             runtime.fault(tcb, format_args!("unknown system call {} at {:#x}", saved.rax, saved.rip));
             true
         }
