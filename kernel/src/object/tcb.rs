@@ -428,6 +428,16 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.scheduler.heads[usize::from(priority)]
     }
 
+    /// Whether `tcb` is the only runnable thread at the highest runnable
+    /// priority: then a yield would choose it again, and is a no-op.
+    pub fn runs_alone(&self, tcb: PhysAddr) -> bool {
+        let (priority, _) = self.priority(tcb);
+        let p = usize::from(priority);
+        self.scheduler.heads[p] == Some(tcb)
+            && self.scheduler.tails[p] == Some(tcb)
+            && self.scheduler.highest() == Some(priority)
+    }
+
     /// Moves a runnable thread to the tail of its queue (it yielded or its
     /// time slice ended): round robin within a priority.
     pub fn rotate(&mut self, tcb: PhysAddr) {

@@ -27,7 +27,8 @@ fn set_priority(space: &mut ObjectSpace<Arena>, tcb: PhysAddr, priority: u8) {
 }
 
 proptest! {
-    /// Enqueue, dequeue and choose against a model of 256 FIFO queues.
+    /// Enqueue, dequeue, rotate, choose and the yield shortcut's test
+    /// against a model of 256 FIFO queues.
     #[test]
     fn run_queues_match_a_model(ops in prop::collection::vec((0u8..4, 0usize..12, 0u8..4), 1..200)) {
         let mut space = boot_with_pool();
@@ -66,6 +67,10 @@ proptest! {
             }
             let highest = model.iter().rposition(|q| !q.is_empty()).map(|p| p as u8);
             prop_assert_eq!(space.scheduler.highest(), highest);
+            // A yield is a no-op exactly when the thread is alone at the top.
+            let top = model.iter().rev().find(|q| !q.is_empty());
+            let alone = top.is_some_and(|q| q.len() == 1 && q[0] == tcb);
+            prop_assert_eq!(space.runs_alone(tcb), alone);
             for &t in &tcbs {
                 let queued = model.iter().any(|q| q.contains(&t));
                 prop_assert_eq!(space.thread_state(t) == ThreadState::Runnable, queued);
