@@ -226,13 +226,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     .first()
                     .map(|&s| self.cap(s))
                     .ok_or(InvocationError::InvalidCapability { index: 1 })?;
-                let depth = u8::try_from(word(3)?)
-                    .ok()
-                    .filter(|d| (1..=64).contains(d))
-                    .ok_or(InvocationError::RangeError { min: 1, max: 64 })?;
-                let destination = self
-                    .lookup_slot(root, word(2)?, depth)
-                    .map_err(|failure| InvocationError::FailedLookup { source: false, failure })?;
+                let destination = self.lookup_destination(root, word(2)?, word(3)?)?;
                 let retype =
                     self.decode_retype(slot, word(0)?, word(1)?, self.cap(destination), word(4)?, word(5)?)?;
                 self.perform_retype(&retype);
@@ -303,6 +297,16 @@ mod tests {
         (space, task.tcb)
     }
 
+    /// The slot of the root task's first Untyped, from its boot-info page.
+    fn first_untyped_slot(space: &ObjectSpace<Arena>) -> u64 {
+        let Capability::Frame { object, .. } =
+            space.cap(Slot::in_cnode(PhysAddr(0x10_0000), slot::BOOT_INFO))
+        else {
+            panic!("no boot-info frame")
+        };
+        space.memory.read(object.offset(48))
+    }
+
     fn call(label: Label, cptr: u64, words: &[u64], extra: u8) -> UserContext {
         let mut context = UserContext {
             rax: Syscall::Call as u64,
@@ -340,14 +344,7 @@ mod tests {
     #[test]
     fn calls_reach_objects_and_replies_carry_results_or_errors() {
         let (mut space, tcb) = root_task();
-        let first_untyped = space.memory.read({
-            let Capability::Frame { object, .. } =
-                space.cap(Slot::in_cnode(PhysAddr(0x10_0000), slot::BOOT_INFO))
-            else {
-                panic!()
-            };
-            object.offset(48)
-        });
+        let first_untyped = first_untyped_slot(&space);
         // Retype an endpoint from the first Untyped into slot 100.
         set_extra(&mut space, tcb, &[slot::CNODE]);
         let mut context = call(
@@ -403,14 +400,7 @@ mod tests {
     #[test]
     fn read_registers_returns_what_write_registers_set_through_the_ipc_buffer() {
         let (mut space, tcb) = root_task();
-        let first_untyped = space.memory.read({
-            let Capability::Frame { object, .. } =
-                space.cap(Slot::in_cnode(PhysAddr(0x10_0000), slot::BOOT_INFO))
-            else {
-                panic!()
-            };
-            object.offset(48)
-        });
+        let first_untyped = first_untyped_slot(&space);
         set_extra(&mut space, tcb, &[slot::CNODE]);
         let mut context = call(
             Label::UntypedRetype,
@@ -449,14 +439,7 @@ mod tests {
     #[test]
     fn a_preempted_revoke_restarts_the_call() {
         let (mut space, tcb) = root_task();
-        let untyped_slot = space.memory.read({
-            let Capability::Frame { object, .. } =
-                space.cap(Slot::in_cnode(PhysAddr(0x10_0000), slot::BOOT_INFO))
-            else {
-                panic!()
-            };
-            object.offset(48)
-        }) + 1;
+        let untyped_slot = first_untyped_slot(&space) + 1;
         // Many children: more than one budget's worth of work.
         set_extra(&mut space, tcb, &[slot::CNODE]);
         for n in 0..3u64 {

@@ -2,7 +2,7 @@
 //! of CNodes, each of which consumes a guard and then `radix` index bits
 //! (seL4's `resolveAddressBits`).
 
-use strata_abi::error::LookupFailure;
+use strata_abi::error::{InvocationError, LookupFailure};
 
 use super::{Capability, ObjectSpace, PhysicalMemory, Slot};
 
@@ -69,6 +69,24 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 }
             }
         }
+    }
+
+    /// The slot an invocation names for its result: `index` at `depth`
+    /// (a message word, so checked to be 1–64) in `root`. Errors are the
+    /// invocation's: `RangeError` for the depth, `FailedLookup` (of the
+    /// destination) for the walk.
+    pub fn lookup_destination(
+        &self,
+        root: Capability,
+        index: u64,
+        depth: u64,
+    ) -> Result<Slot, InvocationError> {
+        let depth = u8::try_from(depth)
+            .ok()
+            .filter(|d| (1..=64).contains(d))
+            .ok_or(InvocationError::RangeError { min: 1, max: 64 })?;
+        self.lookup_slot(root, index, depth)
+            .map_err(|failure| InvocationError::FailedLookup { source: false, failure })
     }
 
     /// The slot at exactly `depth` bits of `address` (CNode operations).

@@ -117,13 +117,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     .first()
                     .map(|&s| self.cap(s))
                     .ok_or(InvocationError::InvalidCapability { index: 1 })?;
-                let depth = u8::try_from(word(3, 4)?)
-                    .ok()
-                    .filter(|d| (1..=64).contains(d))
-                    .ok_or(InvocationError::RangeError { min: 1, max: 64 })?;
-                let destination = self
-                    .lookup_slot(root, word(2, 4)?, depth)
-                    .map_err(|failure| InvocationError::FailedLookup { source: false, failure })?;
+                let destination = self.lookup_destination(root, word(2, 4)?, word(3, 4)?)?;
                 if !self.cap(destination).is_null() {
                     return Err(InvocationError::DeleteFirst);
                 }

@@ -123,13 +123,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let destination = |index: usize, needed: u8| {
             let root =
                 extra.first().map(|&s| self.cap(s)).ok_or(InvocationError::InvalidCapability { index: 1 })?;
-            let depth = u8::try_from(word(index + 1, needed)?)
-                .ok()
-                .filter(|d| (1..=64).contains(d))
-                .ok_or(InvocationError::RangeError { min: 1, max: 64 })?;
-            let destination = self
-                .lookup_slot(root, word(index, needed)?, depth)
-                .map_err(|failure| InvocationError::FailedLookup { source: false, failure })?;
+            let destination =
+                self.lookup_destination(root, word(index, needed)?, word(index + 1, needed)?)?;
             if self.cap(destination).is_null() { Ok(destination) } else { Err(InvocationError::DeleteFirst) }
         };
         let free_line = |line: u8| {

@@ -249,13 +249,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     return Err(InvocationError::RevokeFirst);
                 }
                 let root = extra_cap(1).ok_or(InvocationError::InvalidCapability { index: 2 })?;
-                let depth = u8::try_from(word(1, 2)?)
-                    .ok()
-                    .filter(|d| (1..=64).contains(d))
-                    .ok_or(InvocationError::RangeError { min: 1, max: 64 })?;
-                let destination = self
-                    .lookup_slot(root, word(0, 2)?, depth)
-                    .map_err(|failure| InvocationError::FailedLookup { source: false, failure })?;
+                let destination = self.lookup_destination(root, word(0, 2)?, word(1, 2)?)?;
                 if !self.cap(destination).is_null() {
                     return Err(InvocationError::DeleteFirst);
                 }

@@ -349,21 +349,36 @@ fn spawn_with_buffer(
     Ok(tcb)
 }
 
+/// Makes system call `number` (RDI = `rdi`, message info 0) with xmm6 set
+/// to `xmm6` going in, and returns xmm6 as it comes back: the kernel must
+/// have kept this thread's SSE state whatever ran in between.
+fn syscall_keeping_xmm6(number: strata_abi::syscall::Syscall, rdi: u64, xmm6: u64) -> u64 {
+    let seen: u64;
+    // SAFETY: sets xmm6, makes the system call and reads xmm6 back,
+    // declaring every register the kernel may change on return.
+    unsafe {
+        core::arch::asm!(
+            "movq xmm6, {value}",
+            "syscall",
+            "movq {seen}, xmm6",
+            value = in(reg) xmm6,
+            seen = lateout(reg) seen,
+            inlateout("rax") number as u64 => _,
+            inlateout("rdi") rdi => _,
+            inlateout("rsi") 0u64 => _,
+            out("rdx") _, out("r8") _, out("r9") _, out("r10") _,
+            out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+            out("xmm6") _, lateout("rcx") _, lateout("r11") _,
+        );
+    }
+    seen
+}
+
 extern "C" fn yielding_worker() -> ! {
     FLAG.store(1, Ordering::SeqCst);
     loop {
-        // Clobber xmm6 with another pattern, then yield, in one block so
-        // the pattern is what the kernel sees at the switch.
-        // SAFETY: sets a caller-saved register and makes a system call, declaring both.
-        unsafe {
-            core::arch::asm!(
-                "movq xmm6, {b}",
-                "syscall",
-                b = in(reg) 0xbbbb_bbbb_bbbb_bbbbu64,
-                inlateout("rax") strata_abi::syscall::Syscall::Yield as u64 => _,
-                out("xmm6") _, lateout("rcx") _, lateout("r11") _,
-            );
-        }
+        // Another pattern in xmm6 at every switch.
+        syscall_keeping_xmm6(strata_abi::syscall::Syscall::Yield, 0, 0xbbbb_bbbb_bbbb_bbbb);
     }
 }
 
@@ -375,19 +390,7 @@ fn thread_switch() -> Outcome {
     // until it has (round robin runs it on every yield).
     while FLAG.load(Ordering::SeqCst) != 1 && yields < MAX_YIELDS && seen == 0xaaaa_aaaa_aaaa_aaaa {
         yields += 1;
-        // SAFETY: sets xmm6, yields (the worker runs and sets its own
-        // xmm6), and reads xmm6 back, all declared.
-        unsafe {
-            core::arch::asm!(
-                "movq xmm6, {a}",
-                "syscall",
-                "movq {seen}, xmm6",
-                a = in(reg) 0xaaaa_aaaa_aaaa_aaaau64,
-                seen = lateout(reg) seen,
-                inlateout("rax") strata_abi::syscall::Syscall::Yield as u64 => _,
-                out("xmm6") _, lateout("rcx") _, lateout("r11") _,
-            );
-        }
+        seen = syscall_keeping_xmm6(strata_abi::syscall::Syscall::Yield, 0, 0xaaaa_aaaa_aaaa_aaaa);
     }
     check("suspend worker", call(worker, Label::TcbSuspend, &[], &[]))?;
     if FLAG.load(Ordering::SeqCst) != 1 {

@@ -408,21 +408,7 @@ extern "C" fn sse_server() -> ! {
     let endpoint = ENDPOINT.load(Ordering::SeqCst);
     recv(endpoint);
     loop {
-        // SAFETY: sets xmm6 and makes a ReplyRecv, declaring every register
-        // the kernel may change.
-        unsafe {
-            core::arch::asm!(
-                "movq xmm6, {b}",
-                "syscall",
-                b = in(reg) 0xbbbb_bbbb_bbbb_bbbbu64,
-                inlateout("rax") strata_abi::syscall::Syscall::ReplyRecv as u64 => _,
-                inlateout("rdi") endpoint => _,
-                inlateout("rsi") 0u64 => _,
-                out("rdx") _, out("r8") _, out("r9") _, out("r10") _,
-                out("r12") _, out("r13") _, out("r14") _, out("r15") _,
-                out("xmm6") _, lateout("rcx") _, lateout("r11") _,
-            );
-        }
+        syscall_keeping_xmm6(strata_abi::syscall::Syscall::ReplyRecv, endpoint, 0xbbbb_bbbb_bbbb_bbbb);
     }
 }
 
@@ -433,23 +419,7 @@ fn fpu_across_ipc() -> Outcome {
     let server = spawn(sse_server)?;
     let mut seen = [0u64; 3];
     for value in seen.iter_mut() {
-        // SAFETY: sets xmm6, calls the server, reads xmm6, declaring every
-        // register the kernel may change.
-        unsafe {
-            core::arch::asm!(
-                "movq xmm6, {a}",
-                "syscall",
-                "movq {seen}, xmm6",
-                a = in(reg) 0xaaaa_aaaa_aaaa_aaaau64,
-                seen = lateout(reg) *value,
-                inlateout("rax") strata_abi::syscall::Syscall::Call as u64 => _,
-                inlateout("rdi") endpoint => _,
-                inlateout("rsi") 0u64 => _,
-                out("rdx") _, out("r8") _, out("r9") _, out("r10") _,
-                out("r12") _, out("r13") _, out("r14") _, out("r15") _,
-                out("xmm6") _, lateout("rcx") _, lateout("r11") _,
-            );
-        }
+        *value = syscall_keeping_xmm6(strata_abi::syscall::Syscall::Call, endpoint, 0xaaaa_aaaa_aaaa_aaaa);
     }
     check("suspend", call(server, Label::TcbSuspend, &[], &[]))?;
     if seen.iter().any(|&v| v != 0xaaaa_aaaa_aaaa_aaaa) {
