@@ -258,11 +258,13 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             }
             Capability::Tcb { .. } => {
                 let invocation = self.decode_tcb(cap, label, words, &extra)?;
-                if let crate::object::tcb::TcbInvocation::ReadRegisters { tcb } = invocation {
-                    return Ok(heapless::Vec::from_slice(&self.context(tcb).to_writable()).ok());
-                }
-                self.perform_tcb(invocation);
-                Ok(Some(heapless::Vec::new()))
+                let reply = self.perform_tcb(invocation);
+                // The reply buffer holds exactly the 18 registers.
+                Ok(Some(
+                    reply.map_or_else(heapless::Vec::new, |r| {
+                        heapless::Vec::from_slice(&r).unwrap_or_default()
+                    }),
+                ))
             }
             // Calls on endpoints are IPC, which arrives with endpoints; a
             // PML4 and a zombie have no invocations.
@@ -307,6 +309,22 @@ mod tests {
         space.memory.read(object.offset(48))
     }
 
+    /// Retypes one `kind` from the first Untyped into root slot `index`
+    /// through the system-call layer; returns the reply registers.
+    fn retype_into(
+        space: &mut ObjectSpace<Arena>,
+        tcb: PhysAddr,
+        kind: ObjectType,
+        index: u64,
+    ) -> UserContext {
+        let untyped = first_untyped_slot(space);
+        set_extra(space, tcb, &[slot::CNODE]);
+        let mut context =
+            call(Label::UntypedRetype, untyped, &[kind as u64, 0, slot::CNODE, 64, index, 1], 1);
+        assert_eq!(syscall(space, tcb, &mut context), Outcome::Continue);
+        context
+    }
+
     fn call(label: Label, cptr: u64, words: &[u64], extra: u8) -> UserContext {
         let mut context = UserContext {
             rax: Syscall::Call as u64,
@@ -344,16 +362,8 @@ mod tests {
     #[test]
     fn calls_reach_objects_and_replies_carry_results_or_errors() {
         let (mut space, tcb) = root_task();
-        let first_untyped = first_untyped_slot(&space);
         // Retype an endpoint from the first Untyped into slot 100.
-        set_extra(&mut space, tcb, &[slot::CNODE]);
-        let mut context = call(
-            Label::UntypedRetype,
-            first_untyped,
-            &[ObjectType::Endpoint as u64, 0, slot::CNODE, 64, 100, 1],
-            1,
-        );
-        assert_eq!(syscall(&mut space, tcb, &mut context), Outcome::Continue);
+        let context = retype_into(&mut space, tcb, ObjectType::Endpoint, 100);
         assert_eq!(
             label(&context),
             0,
@@ -362,13 +372,7 @@ mod tests {
         );
         assert!(matches!(space.cap(Slot::in_cnode(PhysAddr(0x10_0000), 100)), Capability::Endpoint { .. }));
         // The same again: the slot is taken, and the error comes back decoded.
-        let mut context = call(
-            Label::UntypedRetype,
-            first_untyped,
-            &[ObjectType::Endpoint as u64, 0, slot::CNODE, 64, 100, 1],
-            1,
-        );
-        let _ = syscall(&mut space, tcb, &mut context);
+        let context = retype_into(&mut space, tcb, ObjectType::Endpoint, 100);
         assert_eq!(
             InvocationError::decode(label(&context), [context.rdx, context.r8, context.r9, context.r10]),
             Some(InvocationError::DeleteFirst)
@@ -400,15 +404,7 @@ mod tests {
     #[test]
     fn read_registers_returns_what_write_registers_set_through_the_ipc_buffer() {
         let (mut space, tcb) = root_task();
-        let first_untyped = first_untyped_slot(&space);
-        set_extra(&mut space, tcb, &[slot::CNODE]);
-        let mut context = call(
-            Label::UntypedRetype,
-            first_untyped,
-            &[ObjectType::Tcb as u64, 0, slot::CNODE, 64, 100, 1],
-            1,
-        );
-        let _ = syscall(&mut space, tcb, &mut context);
+        let context = retype_into(&mut space, tcb, ObjectType::Tcb, 100);
         assert_eq!(label(&context), 0);
         // Registers 0..18 take the values 0x100 + n, except rip, rsp and rflags.
         let mut registers: Vec<u64> = (0..18).map(|n| 0x100 + n).collect();

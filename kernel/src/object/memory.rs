@@ -151,24 +151,12 @@ impl PhysicalMemory for DirectMapMemory {
     fn port_in(&mut self, port: u16, width: u8) -> u32 {
         // SAFETY: the port lies in a range an I/O-port capability grants
         // (decode checked it), never one the kernel keeps for itself.
-        unsafe {
-            match width {
-                1 => u32::from(x86::io::inb(port)),
-                2 => u32::from(x86::io::inw(port)),
-                _ => x86::io::inl(port),
-            }
-        }
+        unsafe { crate::arch::x86_64::port::read(port, width) }
     }
 
     fn port_out(&mut self, port: u16, width: u8, value: u32) {
         // SAFETY: as for `port_in`.
-        unsafe {
-            match width {
-                1 => x86::io::outb(port, value as u8),
-                2 => x86::io::outw(port, value as u16),
-                _ => x86::io::outl(port, value),
-            }
-        }
+        unsafe { crate::arch::x86_64::port::write(port, width, value) }
     }
 
     fn irq_configure(&mut self, line: u8, level: bool, active_low: bool) {

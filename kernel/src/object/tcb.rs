@@ -106,6 +106,8 @@ pub struct UserContext {
 
 /// Words in a [`UserContext`].
 pub const CONTEXT_WORDS: usize = 20;
+/// Its general registers, RAX to R15, before the IRET-frame tail.
+pub const GENERAL_REGISTERS: usize = 15;
 /// Registers `TcbWriteRegisters` sets: all but the segment selectors.
 pub const WRITABLE_REGISTERS: usize = 18;
 /// The user code segment selector (GDT entry 4, RPL 3).
@@ -135,7 +137,7 @@ impl UserContext {
         self
     }
 
-    fn words(&self) -> [u64; CONTEXT_WORDS] {
+    pub(crate) fn words(&self) -> [u64; CONTEXT_WORDS] {
         [
             self.rax,
             self.rbx,
@@ -165,7 +167,7 @@ impl UserContext {
     pub fn to_writable(&self) -> [u64; WRITABLE_REGISTERS] {
         let all = self.words();
         let mut w = [0u64; WRITABLE_REGISTERS];
-        w[..15].copy_from_slice(&all[..15]);
+        w[..GENERAL_REGISTERS].copy_from_slice(&all[..GENERAL_REGISTERS]);
         w[15] = all[15]; // rip
         w[16] = all[18]; // rsp
         w[17] = all[17]; // rflags
@@ -176,14 +178,14 @@ impl UserContext {
     /// rip, rsp, rflags.
     fn from_writable(w: [u64; WRITABLE_REGISTERS]) -> Self {
         let mut all = [0u64; CONTEXT_WORDS];
-        all[..15].copy_from_slice(&w[..15]);
+        all[..GENERAL_REGISTERS].copy_from_slice(&w[..GENERAL_REGISTERS]);
         all[15] = w[15]; // rip
         all[17] = w[17]; // rflags
         all[18] = w[16]; // rsp
         Self::from_words(all)
     }
 
-    fn from_words(w: [u64; CONTEXT_WORDS]) -> Self {
+    pub(crate) fn from_words(w: [u64; CONTEXT_WORDS]) -> Self {
         Self {
             rax: w[0],
             rbx: w[1],
@@ -578,8 +580,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         }
     }
 
-    /// Performs a decoded TCB invocation.
-    pub fn perform_tcb(&mut self, invocation: TcbInvocation) {
+    /// Performs a decoded TCB invocation. Returns the reply's words: the
+    /// registers for `ReadRegisters`, none otherwise.
+    pub fn perform_tcb(&mut self, invocation: TcbInvocation) -> Option<[u64; WRITABLE_REGISTERS]> {
         match invocation {
             TcbInvocation::Configure {
                 tcb,
@@ -617,8 +620,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             TcbInvocation::Suspend { tcb } => self.suspend(tcb),
             TcbInvocation::Bind { tcb, notification } => self.bind_notification(tcb, notification),
             TcbInvocation::Unbind { tcb } => self.unbind_notification(tcb),
-            // Nothing changes; the caller replies with the registers.
-            TcbInvocation::ReadRegisters { .. } => {}
+            TcbInvocation::ReadRegisters { tcb } => return Some(self.context(tcb).to_writable()),
         }
+        None
     }
 }

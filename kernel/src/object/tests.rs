@@ -389,11 +389,17 @@ fn run(space: &mut ObjectSpace<Arena>, op: &Op) -> Result<(), InvocationError> {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
+/// Proptest settings for the operation-sequence tests: 300 cases unless
+/// `PROPTEST_CASES` says otherwise (for soaking).
+pub(super) fn sequence_config() -> ProptestConfig {
+    ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(300),
         ..ProptestConfig::default()
-    })]
+    }
+}
+
+proptest! {
+    #![proptest_config(sequence_config())]
 
     #[test]
     fn random_operation_sequences_keep_every_invariant(ops in prop::collection::vec(any_op(), 1..60)) {

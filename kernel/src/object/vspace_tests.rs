@@ -93,6 +93,12 @@ const FRAME2: u64 = 13;
 const ADDRESS: u64 = 0x0000_1234_5678_9000;
 
 fn mapped_space() -> ObjectSpace<Arena> {
+    space_with_tables_at(ADDRESS)
+}
+
+/// A PML4 with an ASID and a PDPT, page directory and page table installed
+/// for `address`, and two unmapped frames.
+fn space_with_tables_at(address: u64) -> ObjectSpace<Arena> {
     let mut space = boot_with_pool();
     retype(&mut space, ObjectType::Pml4, 0, PML4, 1);
     retype(&mut space, ObjectType::Pdpt, 0, PDPT, 1);
@@ -101,7 +107,7 @@ fn mapped_space() -> ObjectSpace<Arena> {
     retype(&mut space, ObjectType::Frame4K, 0, FRAME, 2);
     invoke(&mut space, POOL, Label::AsidPoolAssign, &[], &[PML4]).expect("assign");
     for table in [PDPT, PD, PT] {
-        invoke(&mut space, table, Label::PageTableMap, &[ADDRESS], &[PML4]).expect("map table");
+        invoke(&mut space, table, Label::PageTableMap, &[address], &[PML4]).expect("map table");
     }
     space
 }
@@ -384,17 +390,7 @@ fn any_vm_op() -> impl Strategy<Value = VmOp> {
 /// unmapped frames: random operations then build on it, tear it down and
 /// rebuild (a chain of six dependent steps is too rare to arise by chance).
 fn prepared_space() -> ObjectSpace<Arena> {
-    let mut space = boot_with_pool();
-    retype(&mut space, ObjectType::Pml4, 0, PML4, 1);
-    retype(&mut space, ObjectType::Pdpt, 0, PDPT, 1);
-    retype(&mut space, ObjectType::PageDirectory, 0, PD, 1);
-    retype(&mut space, ObjectType::PageTable, 0, PT, 1);
-    retype(&mut space, ObjectType::Frame4K, 0, FRAME, 2);
-    invoke(&mut space, POOL, Label::AsidPoolAssign, &[], &[PML4]).expect("assign");
-    for table in [PDPT, PD, PT] {
-        invoke(&mut space, table, Label::PageTableMap, &[0], &[PML4]).expect("map table");
-    }
-    space
+    space_with_tables_at(0)
 }
 
 /// Sixteen addresses whose tables overlap at every level.
@@ -517,10 +513,7 @@ fn run_vm(space: &mut ObjectSpace<Arena>, op: &VmOp) -> Result<(), InvocationErr
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(300),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(super::tests::sequence_config())]
 
     #[test]
     fn every_present_mapping_has_an_owning_capability(ops in prop::collection::vec(any_vm_op(), 1..120)) {

@@ -11,6 +11,7 @@ use strata_abi::error::{InvocationError, LookupFailure};
 use strata_abi::exit::ExitCode;
 use strata_abi::invocation::Label;
 use strata_abi::object::{ObjectType, Rights};
+use strata_rt::root::ThreadSpec;
 use strata_rt::{CPtr, call, debug, ipc_call, poll, println, recv, reply, reply_recv, signal, yield_now};
 
 strata_rt::entry!(main);
@@ -143,14 +144,7 @@ fn expect_error(
 
 /// Retypes one object from the first Untyped into a fresh slot.
 fn make(kind: ObjectType, size: u64) -> Result<CPtr, Detail> {
-    let info = strata_rt::boot_info();
-    let at = fresh_slot();
-    let untyped = info.untyped_slots.start;
-    check(
-        "retype",
-        call(untyped, Label::UntypedRetype, &[kind as u64, size, slot::CNODE, DEPTH, at, 1], &[slot::CNODE]),
-    )?;
-    Ok(at)
+    strata_rt::root::retype(kind, size).map_err(|e| detail!("retype {kind:?}: {e}"))
 }
 
 fn cnode_op(label: Label, words: &[u64]) -> Result<[u64; 4], InvocationError> {
@@ -313,40 +307,19 @@ fn spawn_at(
     fault_endpoint: CPtr,
     priority: u64,
 ) -> Result<CPtr, Detail> {
-    spawn_with_buffer(entry, vspace, fault_endpoint, priority, None)
+    let stack_page = next_stack_page();
+    spawn_thread(ThreadSpec { entry, vspace, stack_page, ipc_buffer: 0, fault_endpoint, priority })
 }
 
-/// As [`spawn_at`], with an IPC buffer: `buffer` is a frame mapped
-/// read-write in `vspace` at the SDK's IPC-buffer address.
-fn spawn_with_buffer(
-    entry: extern "C" fn() -> !,
-    vspace: CPtr,
-    fault_endpoint: CPtr,
-    priority: u64,
-    buffer: Option<CPtr>,
-) -> Result<CPtr, Detail> {
+/// The next free page for a thread's stack, upwards from `WORKER_STACK`.
+fn next_stack_page() -> u64 {
     static STACKS: AtomicU64 = AtomicU64::new(0);
-    let stack_page = WORKER_STACK + 0x1000 * STACKS.fetch_add(1, Ordering::Relaxed);
-    let stack = make(ObjectType::Frame4K, 0)?;
-    let rw = (Rights::READ | Rights::WRITE).bits();
-    check("map stack", call(stack, Label::FrameMap, &[stack_page, rw, 0], &[vspace]))?;
-    let tcb = make(ObjectType::Tcb, 0)?;
-    let configured = match buffer {
-        Some(frame) => {
-            let address = strata_rt::sys::ipc_buffer_address();
-            call(tcb, Label::TcbConfigure, &[address, fault_endpoint], &[slot::CNODE, vspace, frame])
-        }
-        None => call(tcb, Label::TcbConfigure, &[0, fault_endpoint], &[slot::CNODE, vspace]),
-    };
-    check("configure", configured)?;
-    check("priority", call(tcb, Label::TcbSetPriority, &[priority, priority], &[slot::TCB]))?;
-    let mut registers = [0u64; 18];
-    registers[15] = entry as usize as u64; // rip
-    registers[16] = stack_page + 4096 - 8; // rsp, as just after a call
-    registers[17] = 0x202; // rflags
-    check("write registers", call(tcb, Label::TcbWriteRegisters, &registers, &[]))?;
-    check("resume", call(tcb, Label::TcbResume, &[], &[]))?;
-    Ok(tcb)
+    WORKER_STACK + 0x1000 * STACKS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Starts a thread through the SDK's toolkit.
+fn spawn_thread(spec: ThreadSpec) -> Result<CPtr, Detail> {
+    strata_rt::root::spawn(spec).map_err(|e| detail!("spawn: {e}"))
 }
 
 /// Makes system call `number` (RDI = `rdi`, message info 0) with xmm6 set
@@ -446,9 +419,7 @@ extern "C" fn echo_server() -> ! {
 }
 
 fn badged(endpoint: CPtr, badge: u64) -> Result<CPtr, Detail> {
-    let copy = fresh_slot();
-    check("mint", cnode_op(Label::CNodeMint, &[copy, DEPTH, endpoint, DEPTH, Rights::all().bits(), badge]))?;
-    Ok(copy)
+    strata_rt::root::mint(endpoint, Rights::all(), badge).map_err(|e| detail!("mint badge {badge:#x}: {e}"))
 }
 
 fn ipc_same_space() -> Outcome {
@@ -484,30 +455,10 @@ fn ipc_cross_space() -> Outcome {
 /// read-execute, data read-write, so statics are shared) and the scratch
 /// page table for thread stacks.
 fn second_space() -> Result<CPtr, Detail> {
-    let pml4 = make(ObjectType::Pml4, 0)?;
-    check("assign ASID", call(slot::ASID_POOL, Label::AsidPoolAssign, &[], &[pml4]))?;
-    let pdpt = make(ObjectType::Pdpt, 0)?;
-    let directory = make(ObjectType::PageDirectory, 0)?;
-    let image_table = make(ObjectType::PageTable, 0)?;
-    let stack_table = make(ObjectType::PageTable, 0)?;
-    for (table, address) in
-        [(pdpt, 0x40_0000), (directory, 0x40_0000), (image_table, 0x40_0000), (stack_table, SCRATCH_PAGE)]
-    {
-        check("map table", call(table, Label::PageTableMap, &[address], &[pml4]))?;
-    }
-    let info = strata_rt::boot_info();
-    let data_start = (&raw const __data_start) as u64;
-    for (n, frame) in (info.image_frames.start..info.image_frames.end).enumerate() {
-        let address = 0x40_0000 + 0x1000 * n as u64;
-        let copy = fresh_slot();
-        check("copy frame", cnode_op(Label::CNodeCopy, &[copy, DEPTH, frame, DEPTH, Rights::all().bits()]))?;
-        let (rights, attributes) = if address >= data_start {
-            ((Rights::READ | Rights::WRITE).bits(), 0)
-        } else {
-            (Rights::READ.bits(), strata_abi::object::VmAttributes::EXECUTABLE.bits())
-        };
-        check("map image", call(copy, Label::FrameMap, &[address, rights, attributes], &[pml4]))?;
-    }
+    use strata_rt::root::{address_space, share_image, tables_for};
+    let pml4 = address_space().map_err(|e| detail!("address space: {e}"))?;
+    share_image(pml4, (&raw const __data_start) as u64).map_err(|e| detail!("share image: {e}"))?;
+    tables_for(pml4, SCRATCH_PAGE).map_err(|e| detail!("stack tables: {e}"))?;
     Ok(pml4)
 }
 

@@ -24,6 +24,7 @@ use super::gdt::{KERNEL_CODE, ist};
 use super::lapic::{LocalApic, SPURIOUS_VECTOR, TIMER_VECTOR};
 use super::serial::Uart16550;
 use super::{exit, ioapic, pic};
+use crate::object::tcb::{CONTEXT_WORDS, GENERAL_REGISTERS, UserContext};
 
 core::arch::global_asm!(
     r#"
@@ -45,21 +46,9 @@ interrupt_stubs:
     .endr
 
 interrupt_common:
-    pushq %r15
-    pushq %r14
-    pushq %r13
-    pushq %r12
-    pushq %r11
-    pushq %r10
-    pushq %r9
-    pushq %r8
-    pushq %rbp
-    pushq %rdi
-    pushq %rsi
-    pushq %rdx
-    pushq %rcx
-    pushq %rbx
-    pushq %rax
+    "#,
+    push_general_registers!(),
+    r#"
     /* From user mode: kernel GS, and the thread's FPU state saved before
        any compiled code can touch it. */
     testb $3, 144(%rsp)
@@ -80,21 +69,9 @@ interrupt_common:
     fxrstor64 (%rax)
     swapgs
 2:
-    popq %rax
-    popq %rbx
-    popq %rcx
-    popq %rdx
-    popq %rsi
-    popq %rdi
-    popq %rbp
-    popq %r8
-    popq %r9
-    popq %r10
-    popq %r11
-    popq %r12
-    popq %r13
-    popq %r14
-    popq %r15
+    "#,
+    pop_general_registers!(),
+    r#"
     addq $16, %rsp
     iretq
 "#,
@@ -106,35 +83,20 @@ unsafe extern "C" {
     static interrupt_stubs: [u8; 256 * 16];
 }
 
-/// The saved state of an interrupted context, as the stubs lay it out.
+/// The saved state of an interrupted context, as the stubs lay it out:
+/// the general registers (in [`UserContext`] order), the vector and error
+/// code, then the CPU's IRET frame.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
-#[allow(missing_docs)] // Register names.
 pub struct InterruptFrame {
-    pub rax: u64,
-    pub rbx: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    pub rbp: u64,
-    pub r8: u64,
-    pub r9: u64,
-    pub r10: u64,
-    pub r11: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
+    /// RAX to R15, as the first 15 words of a [`UserContext`].
+    pub general: [u64; GENERAL_REGISTERS],
     /// The vector the stub pushed.
     pub vector: u64,
     /// The CPU's error code, or 0.
     pub error_code: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
+    /// RIP, CS, RFLAGS, RSP, SS, as the CPU pushed them.
+    pub iret: [u64; 5],
 }
 
 /// The IDT. Written once during boot, before interrupts are enabled.
@@ -221,43 +183,33 @@ pub fn exception_name(vector: u64) -> (&'static str, &'static str) {
 
 impl InterruptFrame {
     /// The interrupted context, as a thread's saved registers.
-    pub fn context(&self) -> crate::object::tcb::UserContext {
-        crate::object::tcb::UserContext {
-            rax: self.rax,
-            rbx: self.rbx,
-            rcx: self.rcx,
-            rdx: self.rdx,
-            rsi: self.rsi,
-            rdi: self.rdi,
-            rbp: self.rbp,
-            r8: self.r8,
-            r9: self.r9,
-            r10: self.r10,
-            r11: self.r11,
-            r12: self.r12,
-            r13: self.r13,
-            r14: self.r14,
-            r15: self.r15,
-            rip: self.rip,
-            cs: self.cs,
-            rflags: self.rflags,
-            rsp: self.rsp,
-            ss: self.ss,
-        }
+    pub fn context(&self) -> UserContext {
+        let mut words = [0; CONTEXT_WORDS];
+        words[..GENERAL_REGISTERS].copy_from_slice(&self.general);
+        words[GENERAL_REGISTERS..].copy_from_slice(&self.iret);
+        UserContext::from_words(words)
     }
 
     /// Makes the interrupt return to `context` instead.
-    pub fn set_context(&mut self, c: &crate::object::tcb::UserContext) {
-        (self.rax, self.rbx, self.rcx, self.rdx, self.rsi, self.rdi, self.rbp) =
-            (c.rax, c.rbx, c.rcx, c.rdx, c.rsi, c.rdi, c.rbp);
-        (self.r8, self.r9, self.r10, self.r11, self.r12, self.r13, self.r14, self.r15) =
-            (c.r8, c.r9, c.r10, c.r11, c.r12, c.r13, c.r14, c.r15);
-        (self.rip, self.cs, self.rflags, self.rsp, self.ss) = (c.rip, c.cs, c.rflags, c.rsp, c.ss);
+    pub fn set_context(&mut self, context: &UserContext) {
+        let words = context.words();
+        self.general.copy_from_slice(&words[..GENERAL_REGISTERS]);
+        self.iret.copy_from_slice(&words[GENERAL_REGISTERS..]);
+    }
+
+    /// The interrupted instruction pointer.
+    pub fn rip(&self) -> u64 {
+        self.iret[0]
+    }
+
+    /// The interrupted stack pointer.
+    pub fn rsp(&self) -> u64 {
+        self.iret[3]
     }
 
     /// Whether the interrupted code ran in user mode.
     pub fn from_user(&self) -> bool {
-        self.cs & 3 == 3
+        self.iret[1] & 3 == 3
     }
 }
 
@@ -273,7 +225,7 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
         3 => {
             BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
             LAST_BREAKPOINT_FRAME.store(frame as *const InterruptFrame as u64, Ordering::Relaxed);
-            log::debug!("breakpoint at {:#x}", frame.rip.wrapping_sub(1));
+            log::debug!("breakpoint at {:#x}", frame.rip().wrapping_sub(1));
         }
         0..=31 => fatal_exception(frame),
         v if v == u64::from(TIMER_VECTOR) => {
@@ -335,7 +287,7 @@ fn fatal_exception(frame: &InterruptFrame) -> ! {
     }
     // SAFETY: reading control registers has no side effects.
     let (cr2, cr3) = unsafe { (x86::controlregs::cr2() as u64, x86::controlregs::cr3()) };
-    let f = frame;
+    let f = frame.context();
     let _ = writeln!(
         out,
         "\n  RIP={:#018x} CS={:#06x} RFLAGS={:#010x} RSP={:#018x} SS={:#06x}\n  CR2={cr2:#018x} CR3={cr3:#018x}\n  RAX={:#018x} RBX={:#018x} RCX={:#018x} RDX={:#018x}\n  RSI={:#018x} RDI={:#018x} RBP={:#018x} R8 ={:#018x}\n  R9 ={:#018x} R10={:#018x} R11={:#018x} R12={:#018x}\n  R13={:#018x} R14={:#018x} R15={:#018x}",

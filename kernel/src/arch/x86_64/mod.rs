@@ -4,6 +4,22 @@
 //! `exit`, `paging`, and `mem` for bare-metal builds), so there is one
 //! definition of each for both privileged binaries.
 
+/// AT&T assembly that pushes RAX..R15 so that they lie in memory in
+/// `UserContext` order (RAX lowest), for the `syscall` and interrupt entry
+/// stubs.
+macro_rules! push_general_registers {
+    () => {
+        "pushq %r15\n pushq %r14\n pushq %r13\n pushq %r12\n pushq %r11\n pushq %r10\n pushq %r9\n pushq %r8\n pushq %rbp\n pushq %rdi\n pushq %rsi\n pushq %rdx\n pushq %rcx\n pushq %rbx\n pushq %rax\n"
+    };
+}
+
+/// The inverse of `push_general_registers!`, for the return paths.
+macro_rules! pop_general_registers {
+    () => {
+        "popq %rax\n popq %rbx\n popq %rcx\n popq %rdx\n popq %rsi\n popq %rdi\n popq %rbp\n popq %r8\n popq %r9\n popq %r10\n popq %r11\n popq %r12\n popq %r13\n popq %r14\n popq %r15\n"
+    };
+}
+
 pub mod cpu;
 pub mod exit;
 pub mod gdt;

@@ -72,21 +72,9 @@ syscall_entry:
     pushq %r11                  /* rflags (saved by syscall) */
     pushq $0x23                 /* cs: user code */
     pushq %rcx                  /* rip (saved by syscall) */
-    pushq %r15
-    pushq %r14
-    pushq %r13
-    pushq %r12
-    pushq %r11
-    pushq %r10
-    pushq %r9
-    pushq %r8
-    pushq %rbp
-    pushq %rdi
-    pushq %rsi
-    pushq %rdx
-    pushq %rcx
-    pushq %rbx
-    pushq %rax
+    "#,
+    push_general_registers!(),
+    r#"
     movq %gs:16, %rax
     fxsave64 (%rax)
     movq %rsp, %rdi             /* 20 words: the stack stays 16-byte aligned */
@@ -102,21 +90,9 @@ return_to_context:
     fxrstor64 (%rax)
     swapgs
 1:
-    popq %rax
-    popq %rbx
-    popq %rcx
-    popq %rdx
-    popq %rsi
-    popq %rdi
-    popq %rbp
-    popq %r8
-    popq %r9
-    popq %r10
-    popq %r11
-    popq %r12
-    popq %r13
-    popq %r14
-    popq %r15
+    "#,
+    pop_general_registers!(),
+    r#"
     iretq
 
     .global idle_loop

@@ -803,19 +803,21 @@ extern "C" fn transfer_server() -> ! {
 /// completes but nothing arrives.
 fn cap_transfer() -> Outcome {
     let pml4 = second_space()?;
-    let address = strata_rt::sys::ipc_buffer_address();
-    for kind in [ObjectType::Pdpt, ObjectType::PageDirectory, ObjectType::PageTable] {
-        let table = make(kind, 0)?;
-        check("buffer table", call(table, Label::PageTableMap, &[address], &[pml4]))?;
-    }
-    let buffer = make(ObjectType::Frame4K, 0)?;
-    let rw = (Rights::READ | Rights::WRITE).bits();
-    check("map buffer", call(buffer, Label::FrameMap, &[address, rw, 0], &[pml4]))?;
+    // Its own IPC buffer, at the address the SDK uses, in its own space.
+    let ipc_buffer = strata_rt::sys::ipc_buffer_address();
+    strata_rt::root::tables_for(pml4, ipc_buffer).map_err(|e| detail!("buffer tables: {e}"))?;
     let endpoint = make(ObjectType::Endpoint, 0)?;
     TRANSFER_ENDPOINT.store(endpoint, Ordering::SeqCst);
     let receive = fresh_slot();
     RECEIVE_SLOT.store(receive, Ordering::SeqCst);
-    let server = spawn_with_buffer(transfer_server, pml4, 0, 255, Some(buffer))?;
+    let server = spawn_thread(ThreadSpec {
+        entry: transfer_server,
+        vspace: pml4,
+        stack_page: next_stack_page(),
+        ipc_buffer,
+        fault_endpoint: 0,
+        priority: 255,
+    })?;
     let notification = make(ObjectType::Notification, 0)?;
     let sent = badged(notification, 0x8)?;
 
