@@ -18,9 +18,9 @@ use crate::arch::x86_64::idt::InterruptFrame;
 use crate::arch::x86_64::serial::Uart16550;
 use crate::arch::x86_64::{exit, user};
 use crate::boot::{FRAMES, Kernel};
+use crate::object::ObjectSpace;
 use crate::object::memory::DirectMapMemory;
 use crate::object::tcb::{ThreadState, UserContext, layout};
-use crate::object::{Capability, ObjectSpace};
 use crate::syscall::Outcome;
 use strata_abi::syscall::Syscall;
 
@@ -39,17 +39,20 @@ static CR3_WRITES: AtomicU64 = AtomicU64::new(0);
 static FPU_SAVES: AtomicU64 = AtomicU64::new(0);
 /// User FPU-state restores (FXRSTOR on return to user mode) since boot.
 static FPU_RESTORES: AtomicU64 = AtomicU64::new(0);
+/// System calls the IPC fastpath completed since boot.
+static FASTPATH_CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// Counts the FPU save and restore the entry and exit stubs do around a
 /// kernel entry from user mode that returns to `to` (restored only if it
 /// is a user context). Only test builds, which can read the counters,
 /// pay for these locked adds on the system-call path.
-fn count_crossing(to: &UserContext) {
+fn count_crossing(to: *const UserContext) {
     if !cfg!(feature = "selftest") {
         return;
     }
     FPU_SAVES.fetch_add(1, Ordering::Relaxed);
-    if to.cs & 3 == 3 {
+    // SAFETY: `to` is a TCB's saved context or the idle context, both valid.
+    if unsafe { (&raw const (*to).cs).read() } & 3 == 3 {
         FPU_RESTORES.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -109,12 +112,11 @@ pub fn start(kernel: &Kernel) {
     // SAFETY: interrupts are off and the GDT has the documented layout.
     unsafe { user::init() };
     let mut runtime = Runtime { space, current: None, direct_map: kernel.direct_map };
-    let mut context = user::idle_context();
-    runtime.schedule(false, &mut context);
+    let context = runtime.schedule(false);
     *RUNTIME.lock() = Some(runtime);
-    // SAFETY: `schedule` set up the FPU area and address space of the
-    // context it chose, which is sanitised or the idle context.
-    unsafe { user::enter(&context) }
+    // SAFETY: `schedule` set up the FPU area, context area and address
+    // space of the context it chose.
+    unsafe { user::enter(context) }
 }
 
 fn fail(reason: core::fmt::Arguments<'_>) -> ! {
@@ -124,10 +126,10 @@ fn fail(reason: core::fmt::Arguments<'_>) -> ! {
 }
 
 impl Runtime {
-    /// Chooses what runs next and writes its context into `out`: the
-    /// current thread if it can go on and `rotate` is false, else the next
-    /// runnable thread, else the idle loop.
-    fn schedule(&mut self, rotate: bool, out: &mut UserContext) {
+    /// Chooses what runs next and returns its context: the current thread
+    /// if it can go on and `rotate` is false, else the next runnable
+    /// thread, else the idle loop.
+    fn schedule(&mut self, rotate: bool) -> *const UserContext {
         if let (true, Some(current)) = (rotate, self.current) {
             self.space.rotate(current);
         }
@@ -142,19 +144,37 @@ impl Runtime {
                 log::error!("no runnable thread is left");
                 exit::exit(ExitCode::KernelFailure);
             }
-            *out = user::idle_context();
-            return;
+            return user::idle_context();
         };
-        *out = self.space.context(tcb).sanitised();
-        if previous == Some(tcb) {
-            // Its FPU area and address space are in place already: a
-            // thread's address space cannot change while it can run.
-            return;
+        if previous != Some(tcb) {
+            self.switch_to(tcb);
         }
-        user::set_fpu_area(self.direct_map.to_virtual(tcb.offset(layout::FPU)).get());
-        if let Capability::Pml4 { object, asid: Some(asid) } =
-            self.space.cap(ObjectSpace::<DirectMapMemory>::tcb_slot(tcb, 1))
-        {
+        self.saved_context(tcb)
+    }
+
+    /// Schedules, and makes the interrupt `frame` return to what runs next.
+    /// Returns that context.
+    fn resume_into(&mut self, frame: &mut InterruptFrame, rotate: bool) -> *const UserContext {
+        let next = self.schedule(rotate);
+        // SAFETY: `next` is a TCB's saved context or the idle context.
+        frame.set_context(&unsafe { next.read() });
+        next
+    }
+
+    /// The thread's saved context in its TCB, through the direct map.
+    fn saved_context(&self, tcb: PhysAddr) -> *mut UserContext {
+        self.direct_map.to_virtual(tcb.offset(layout::CONTEXT)).as_mut_ptr()
+    }
+
+    /// Makes `tcb`'s FPU area, context area and address space current
+    /// (it was not the current thread).
+    fn switch_to(&mut self, tcb: PhysAddr) {
+        user::switch_thread(
+            self.saved_context(tcb),
+            self.direct_map.to_virtual(tcb.offset(layout::FPU)).get(),
+        );
+        let vspace = self.space.slot_words(ObjectSpace::<DirectMapMemory>::tcb_slot(tcb, 1));
+        if let Some((object, asid)) = crate::object::cap::raw::pml4(vspace) {
             // SAFETY: the PML4 is a live address-space object whose upper half
             // is the kernel's (copied at retype), so the kernel keeps running.
             unsafe {
@@ -176,9 +196,10 @@ impl Runtime {
     }
 }
 
-/// Entered from `syscall_entry` with the calling thread's registers.
+/// Entered from `syscall_entry` with the calling thread's registers saved
+/// in its TCB (`context` points at them); returns the context to run.
 #[unsafe(no_mangle)]
-extern "C" fn syscall_handler(context: &mut UserContext) {
+extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
     let mut guard = RUNTIME.lock();
     let Some(runtime) = guard.as_mut() else {
         fail(format_args!("system call before the runtime started"));
@@ -186,17 +207,27 @@ extern "C" fn syscall_handler(context: &mut UserContext) {
     let Some(tcb) = runtime.current else {
         fail(format_args!("system call with no current thread"));
     };
-    if context.rax == Syscall::Yield as u64 && runtime.space.runs_alone(tcb) {
-        // Nothing else could run: the thread goes on, with the registers it
-        // came in with (made safe as every return to user mode is).
-        *context = context.sanitised();
-        count_crossing(context);
-        return;
+    if let Some(next) = runtime.space.fastpath(tcb) {
+        // Call or ReplyRecv done: the other thread runs next (a different one).
+        if cfg!(feature = "selftest") {
+            FASTPATH_CALLS.fetch_add(1, Ordering::Relaxed);
+        }
+        runtime.current = Some(next);
+        runtime.switch_to(next);
+        let next = runtime.saved_context(next);
+        count_crossing(next);
+        return next;
     }
-    runtime.space.set_context(tcb, context);
+    // SAFETY: `context` is the current thread's saved context in its TCB.
+    let number = unsafe { (&raw const (*context).rax).read() };
+    if number == Syscall::Yield as u64 && runtime.space.runs_alone(tcb) {
+        // Nothing else could run: the thread goes on.
+        count_crossing(context);
+        return context;
+    }
     // Yield needs nothing decoded: straight to the scheduler.
     let outcome =
-        if context.rax == Syscall::Yield as u64 { Outcome::Yield } else { runtime.space.handle_syscall(tcb) };
+        if number == Syscall::Yield as u64 { Outcome::Yield } else { runtime.space.handle_syscall(tcb) };
     let rotate = match outcome {
         Outcome::Continue => false,
         Outcome::Yield => true,
@@ -216,6 +247,7 @@ extern "C" fn syscall_handler(context: &mut UserContext) {
             reply.rdx = CR3_WRITES.load(Ordering::Relaxed);
             reply.r8 = FPU_SAVES.load(Ordering::Relaxed);
             reply.r9 = FPU_RESTORES.load(Ordering::Relaxed);
+            reply.r10 = FASTPATH_CALLS.load(Ordering::Relaxed);
             runtime.space.set_context(tcb, &reply);
             false
         }
@@ -225,8 +257,9 @@ extern "C" fn syscall_handler(context: &mut UserContext) {
             true
         }
     };
-    runtime.schedule(rotate, context);
-    count_crossing(context);
+    let next = runtime.schedule(rotate);
+    count_crossing(next);
+    next
 }
 
 /// An exception in user mode: the current thread's fault.
@@ -241,9 +274,7 @@ pub fn user_exception(frame: &mut InterruptFrame) {
     let words = [frame.vector, frame.error_code, frame.rip(), cr2, frame.rsp()];
     if runtime.space.send_fault(tcb, crate::object::ipc::FAULT_EXCEPTION, words) {
         // The fault handler has it; the thread waits for the reply.
-        let mut context = frame.context();
-        runtime.schedule(false, &mut context);
-        frame.set_context(&context);
+        runtime.resume_into(frame, false);
         return;
     }
     runtime.fault(
@@ -254,9 +285,7 @@ pub fn user_exception(frame: &mut InterruptFrame) {
             frame.error_code
         ),
     );
-    let mut context = frame.context();
-    runtime.schedule(true, &mut context);
-    frame.set_context(&context);
+    runtime.resume_into(frame, true);
 }
 
 /// Interrupt line `line` fired: it is masked and its notification
@@ -267,9 +296,7 @@ pub fn device_interrupt(frame: &mut InterruptFrame, line: u8) {
     let Some(runtime) = guard.as_mut() else { return };
     runtime.space.irq_fired(line);
     if !frame.from_user() && runtime.current.is_none() {
-        let mut context = frame.context();
-        runtime.schedule(false, &mut context);
-        frame.set_context(&context);
+        runtime.resume_into(frame, false);
     }
 }
 
@@ -281,14 +308,10 @@ pub fn preempt(frame: &mut InterruptFrame) {
     if frame.from_user() {
         let Some(tcb) = runtime.current else { return };
         runtime.space.set_context(tcb, &frame.context());
-        let mut context = frame.context();
-        runtime.schedule(true, &mut context);
-        frame.set_context(&context);
-        count_crossing(&context);
+        let next = runtime.resume_into(frame, true);
+        count_crossing(next);
     } else if runtime.current.is_none() {
         // Interrupted the idle loop.
-        let mut context = frame.context();
-        runtime.schedule(false, &mut context);
-        frame.set_context(&context);
+        runtime.resume_into(frame, false);
     }
 }

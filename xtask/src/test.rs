@@ -44,7 +44,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 61] = [
+const BOOT_CASES: [&str; 62] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -64,6 +64,7 @@ const BOOT_CASES: [&str; 61] = [
     "user.fault_suspends",
     "user.ipc_same_space",
     "user.ipc_cross_space",
+    "user.ipc_fastpath",
     "user.notification",
     "user.fault_handler",
     "user.io_ports",

@@ -299,6 +299,43 @@ fn mapping_ok(mapping: Mapping, align: u64) -> bool {
         && mapping.address.is_multiple_of(align)
 }
 
+/// Direct reads of the few fields the IPC fastpath needs from slot
+/// words, instead of a whole decode. Each agrees with
+/// [`Capability::decode_fields`] (tested below).
+pub mod raw {
+    use super::{CNODE_GUARD_SIZE, CNODE_OBJECT, CNODE_RADIX, PML4_ASID, PML4_ASSIGNED, PML4_OBJECT};
+    use super::{RIGHTS, SMALL_OBJECT, TAG, tag};
+    use crate::addr::PhysAddr;
+    use strata_abi::object::Rights;
+
+    /// A CNode's object, radix, guard size and guard.
+    #[inline]
+    pub fn cnode([w0, w1]: [u64; 2]) -> Option<(PhysAddr, u32, u32, u64)> {
+        (TAG.get(w0) == tag::CNODE).then(|| {
+            (
+                PhysAddr(CNODE_OBJECT.get(w0) << 5),
+                CNODE_RADIX.get(w0) as u32,
+                CNODE_GUARD_SIZE.get(w0) as u32,
+                w1,
+            )
+        })
+    }
+
+    /// An endpoint's object, badge and rights.
+    #[inline]
+    pub fn endpoint([w0, w1]: [u64; 2]) -> Option<(PhysAddr, u64, Rights)> {
+        (TAG.get(w0) == tag::ENDPOINT)
+            .then(|| (PhysAddr(SMALL_OBJECT.get(w0) << 4), w1, Rights::from_bits_retain(RIGHTS.get(w0))))
+    }
+
+    /// An address space's PML4 and ASID, if it has one.
+    #[inline]
+    pub fn pml4([w0, _]: [u64; 2]) -> Option<(PhysAddr, u16)> {
+        (TAG.get(w0) == tag::PML4 && PML4_ASSIGNED.get(w0) == 1)
+            .then(|| (PhysAddr(PML4_OBJECT.get(w0) << 12), PML4_ASID.get(w0) as u16))
+    }
+}
+
 /// A capability word pair that no valid capability encodes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CorruptCapability(pub [u64; 2]);
@@ -412,8 +449,18 @@ impl Capability {
         })
     }
 
-    /// Reads the two words of a slot.
+    /// Reads the two words of a slot, which must be the canonical
+    /// encoding of a capability.
     pub fn decode(words: [u64; 2]) -> Result<Self, CorruptCapability> {
+        let cap = Self::decode_fields(words)?;
+        // Only canonical encodings are valid: anything else is corruption.
+        if cap.encode() == Ok(words) { Ok(cap) } else { Err(CorruptCapability(words)) }
+    }
+
+    /// Reads the two words of a slot field by field, without checking that
+    /// they are the canonical encoding (bits no field uses are ignored).
+    /// For slots only the kernel writes: see `ObjectSpace::cap`.
+    pub fn decode_fields(words: [u64; 2]) -> Result<Self, CorruptCapability> {
         let [w0, w1] = words;
         let corrupt = CorruptCapability(words);
         let cap = match TAG.get(w0) {
@@ -473,8 +520,7 @@ impl Capability {
             tag::IRQ_HANDLER => Self::IrqHandler { line: IRQ_LINE.get(w0) as u8 },
             _ => return Err(corrupt),
         };
-        // Only canonical encodings are valid: anything else is corruption.
-        if cap.encode() == Ok(words) { Ok(cap) } else { Err(corrupt) }
+        Ok(cap)
     }
 
     /// Whether the slot is empty.
@@ -567,6 +613,28 @@ pub(crate) mod tests {
         fn encoding_round_trips(cap in any_capability()) {
             let words = cap.encode().expect("generated capabilities are encodable");
             prop_assert_eq!(Capability::decode(words), Ok(cap));
+        }
+
+        #[test]
+        fn raw_field_reads_agree_with_decoding(cap in any_capability()) {
+            let words = cap.encode().expect("generated capabilities are encodable");
+            let cnode = match cap {
+                Capability::CNode { object, radix, guard_size, guard } => {
+                    Some((object, u32::from(radix), u32::from(guard_size), guard))
+                }
+                _ => None,
+            };
+            let endpoint = match cap {
+                Capability::Endpoint { object, badge, rights } => Some((object, badge, rights)),
+                _ => None,
+            };
+            let pml4 = match cap {
+                Capability::Pml4 { object, asid: Some(asid) } => Some((object, asid)),
+                _ => None,
+            };
+            prop_assert_eq!(raw::cnode(words), cnode);
+            prop_assert_eq!(raw::endpoint(words), endpoint);
+            prop_assert_eq!(raw::pml4(words), pml4);
         }
 
         #[test]

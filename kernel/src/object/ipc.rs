@@ -62,23 +62,23 @@ fn ipc_offset(field: usize) -> u64 {
 }
 
 impl<M: PhysicalMemory> ObjectSpace<M> {
-    fn field(&self, tcb: PhysAddr, offset: u64) -> u64 {
+    pub(super) fn field(&self, tcb: PhysAddr, offset: u64) -> u64 {
         self.memory.read(tcb.offset(offset))
     }
 
-    fn set_field(&mut self, tcb: PhysAddr, offset: u64, value: u64) {
+    pub(super) fn set_field(&mut self, tcb: PhysAddr, offset: u64, value: u64) {
         self.memory.write(tcb.offset(offset), value);
     }
 
     /// The first thread in the queue whose head and tail words are at `queue`.
-    fn queue_head(&self, queue: PhysAddr) -> Option<PhysAddr> {
+    pub(super) fn queue_head(&self, queue: PhysAddr) -> Option<PhysAddr> {
         match self.memory.read(queue) {
             0 => None,
             head => Some(PhysAddr(head)),
         }
     }
 
-    fn queue_append(&mut self, queue: PhysAddr, tcb: PhysAddr) {
+    pub(super) fn queue_append(&mut self, queue: PhysAddr, tcb: PhysAddr) {
         let tail = self.memory.read(queue.offset(8));
         self.set_field(tcb, layout::QUEUE_NEXT, 0);
         self.set_field(tcb, layout::QUEUE_PREV, tail);
@@ -90,7 +90,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.memory.write(queue.offset(8), tcb.get());
     }
 
-    fn queue_remove(&mut self, queue: PhysAddr, tcb: PhysAddr) {
+    pub(super) fn queue_remove(&mut self, queue: PhysAddr, tcb: PhysAddr) {
         let next = self.field(tcb, layout::QUEUE_NEXT);
         let prev = self.field(tcb, layout::QUEUE_PREV);
         if prev == 0 {
@@ -108,14 +108,14 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     }
 
     /// Takes the thread out of the run queue and blocks it on `object`.
-    fn block(&mut self, tcb: PhysAddr, state: ThreadState, object: u64) {
+    pub(super) fn block(&mut self, tcb: PhysAddr, state: ThreadState, object: u64) {
         self.dequeue(tcb);
         self.set_thread_state(tcb, state);
         self.set_field(tcb, layout::BLOCKED_ON, object);
     }
 
     /// Makes a blocked thread runnable.
-    fn wake(&mut self, tcb: PhysAddr) {
+    pub(super) fn wake(&mut self, tcb: PhysAddr) {
         self.set_field(tcb, layout::BLOCKED_ON, 0);
         self.set_thread_state(tcb, ThreadState::Inactive);
         self.enqueue(tcb);
@@ -215,7 +215,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// After a call is delivered: the receiver owes the caller a reply, or
     /// (without grant or grant-reply) the caller is left inactive.
-    fn link_reply(&mut self, caller: PhysAddr, receiver: PhysAddr, send_flags: u64) {
+    pub(super) fn link_reply(&mut self, caller: PhysAddr, receiver: PhysAddr, send_flags: u64) {
         if send_flags & (flags::GRANT | flags::GRANT_REPLY) == 0 && send_flags & flags::FAULT == 0 {
             self.dequeue(caller);
             self.set_thread_state(caller, ThreadState::Inactive);

@@ -18,7 +18,7 @@ use crate::syscall::Outcome;
 /// Slots: CNode 17 (the threads' CSpace, radix 6), PML4 18, tables 20-22,
 /// endpoint 30, notification 31; threads from 40 with IPC buffer frames
 /// from 50 mapped at 0x10000 + 0x1000 * n.
-fn world(threads: u64) -> (ObjectSpace<Arena>, Vec<PhysAddr>) {
+pub(super) fn world(threads: u64) -> (ObjectSpace<Arena>, Vec<PhysAddr>) {
     let mut space = boot_with_pool();
     retype(&mut space, ObjectType::Pml4, 0, 18, 1);
     retype(&mut space, ObjectType::Pdpt, 0, 20, 1);
@@ -55,11 +55,11 @@ fn world(threads: u64) -> (ObjectSpace<Arena>, Vec<PhysAddr>) {
 
 /// The root CNode (radix 6, no guard) resolves pointers with their low 6
 /// bits first at depth 64 only if shifted: a pointer to slot `n` is `n << 58`.
-fn cptr(n: u64) -> u64 {
+pub(super) fn cptr(n: u64) -> u64 {
     n << 58
 }
 
-fn syscall(
+pub(super) fn syscall(
     space: &mut ObjectSpace<Arena>,
     tcb: PhysAddr,
     number: Syscall,
@@ -78,7 +78,7 @@ fn syscall(
     space.handle_syscall(tcb)
 }
 
-fn received(space: &ObjectSpace<Arena>, tcb: PhysAddr) -> (u64, MessageInfo, [u64; 4]) {
+pub(super) fn received(space: &ObjectSpace<Arena>, tcb: PhysAddr) -> (u64, MessageInfo, [u64; 4]) {
     let c: UserContext = space.context(tcb);
     (c.rdi, MessageInfo::decode(c.rsi), [c.rdx, c.r8, c.r9, c.r10])
 }
@@ -87,7 +87,7 @@ fn state(space: &ObjectSpace<Arena>, tcb: PhysAddr) -> ThreadState {
     space.thread_state(tcb)
 }
 
-fn mint(space: &mut ObjectSpace<Arena>, dest: u64, source: u64, rights: Rights, badge: u64) {
+pub(super) fn mint(space: &mut ObjectSpace<Arena>, dest: u64, source: u64, rights: Rights, badge: u64) {
     let invocation = space
         .decode_cnode(
             root_cap(),

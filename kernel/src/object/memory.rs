@@ -175,7 +175,7 @@ impl PhysicalMemory for DirectMapMemory {
 /// Host-side physical memory: a vector of words standing in for
 /// `[base, base + size)`. Out-of-range access is a kernel bug and panics.
 #[cfg(not(strata_baremetal))]
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Arena {
     base: u64,
     words: alloc::vec::Vec<u64>,

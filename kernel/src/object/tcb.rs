@@ -243,7 +243,7 @@ impl ThreadState {
 }
 
 /// The run queues.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scheduler {
     heads: [Option<PhysAddr>; 256],
     tails: [Option<PhysAddr>; 256],
@@ -265,8 +265,37 @@ impl Scheduler {
 
     /// The highest priority with a runnable thread.
     pub fn highest(&self) -> Option<u8> {
+        Self::highest_in(&self.nonempty)
+    }
+
+    /// The highest priority with a runnable thread other than `tcb`, which
+    /// is runnable at `priority` (so in that queue).
+    pub fn highest_without(&self, tcb: PhysAddr, priority: u8) -> Option<u8> {
+        let highest = self.highest();
+        let p = usize::from(priority);
+        if highest != Some(priority) || self.heads[p] != Some(tcb) || self.tails[p] != Some(tcb) {
+            return highest;
+        }
+        self.highest_below(priority)
+    }
+
+    /// The highest priority below `priority` with a runnable thread.
+    fn highest_below(&self, priority: u8) -> Option<u8> {
+        let p = usize::from(priority);
+        let mut word = p / 64;
+        let mut bits = self.nonempty[word] & ((1 << (p % 64)) - 1);
+        loop {
+            if bits != 0 {
+                return Some((word * 64 + 63 - bits.leading_zeros() as usize) as u8);
+            }
+            word = word.checked_sub(1)?;
+            bits = self.nonempty[word];
+        }
+    }
+
+    fn highest_in(nonempty: &[u64; 4]) -> Option<u8> {
         (0..4).rev().find_map(|word| {
-            let bits = self.nonempty[word];
+            let bits = nonempty[word];
             (bits != 0).then(|| (word * 64 + 63 - bits.leading_zeros() as usize) as u8)
         })
     }

@@ -27,8 +27,8 @@ fn set_priority(space: &mut ObjectSpace<Arena>, tcb: PhysAddr, priority: u8) {
 }
 
 proptest! {
-    /// Enqueue, dequeue, rotate, choose and the yield shortcut's test
-    /// against a model of 256 FIFO queues.
+    /// Enqueue, dequeue, rotate, choose, the yield shortcut's test and the
+    /// fastpath's highest-other-priority against a model of 256 FIFO queues.
     #[test]
     fn run_queues_match_a_model(ops in prop::collection::vec((0u8..4, 0usize..12, 0u8..4), 1..200)) {
         let mut space = boot_with_pool();
@@ -71,6 +71,11 @@ proptest! {
             let top = model.iter().rev().find(|q| !q.is_empty());
             let alone = top.is_some_and(|q| q.len() == 1 && q[0] == tcb);
             prop_assert_eq!(space.runs_alone(tcb), alone);
+            // The fastpath's question: the highest priority of the others.
+            if space.thread_state(tcb) == ThreadState::Runnable {
+                let others = model.iter().rposition(|q| q.iter().any(|&t| t != tcb)).map(|p| p as u8);
+                prop_assert_eq!(space.scheduler.highest_without(tcb, priority as u8), others);
+            }
             for &t in &tcbs {
                 let queued = model.iter().any(|q| q.contains(&t));
                 prop_assert_eq!(space.thread_state(t) == ThreadState::Runnable, queued);

@@ -26,6 +26,7 @@ pub fn syscall(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, [u
 }
 
 /// As [`syscall`], also returning RDI (the badge of a received message).
+#[inline(always)]
 pub fn syscall_with_badge(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, u64, [u64; 8]) {
     let (badge, info, w0, w1, w2, w3, w4, w5, w6, w7);
     // SAFETY: the `syscall` instruction enters the kernel, which returns with
@@ -109,6 +110,7 @@ pub fn set_receive_slot(cnode: u64, index: u64, depth: u64) {
 
 /// Puts the capability pointers of an invocation's extra capabilities in
 /// the IPC buffer.
+#[inline]
 pub fn set_extra_caps(caps: &[u64]) {
     if caps.is_empty() {
         return;

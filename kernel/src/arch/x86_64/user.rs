@@ -6,12 +6,18 @@
 //! In kernel mode GS holds this CPU's [`PerCpu`]; in user mode it holds the
 //! user's value. Each crossing swaps the two with `swapgs`. `syscall`
 //! arrives with interrupts off (FMASK clears IF) on the user stack. The
-//! stub switches to the kernel stack, saves the user registers there as a
-//! [`UserContext`] (whose tail is an IRET frame), saves the user FPU state
-//! into the current thread's FXSAVE area, and calls `syscall_handler`.
-//! That function rewrites the context with whatever is to run next, and
-//! `return_to_user` restores it with `iretq`. `sysretq` is not used: with a
-//! non-canonical RCX it would fault in ring 0.
+//! stub pushes the user registers straight into the current thread's TCB
+//! as a [`UserContext`] (whose tail is an IRET frame), saves the user FPU
+//! state into the thread's FXSAVE area, switches to the kernel stack and
+//! calls `syscall_handler` with the context. That function returns the
+//! context to run next (a TCB's, or the idle loop's), and
+//! `return_to_context` restores it with `iretq`. No context is copied on
+//! the way in or out. `sysretq` is not used: with a non-canonical RCX it
+//! would fault in ring 0.
+//!
+//! A context in a TCB is always safe to return to: the registers a thread
+//! saved on entry are what the hardware gave, and every other write of a
+//! context (`TcbWriteRegisters`, thread creation) is sanitised first.
 //!
 //! When nothing is runnable, the context returned to is the idle loop: a
 //! kernel-mode context on its own stack that halts with interrupts on. So
@@ -32,6 +38,9 @@ pub struct PerCpu {
     pub user_stack: u64,
     /// The current thread's FXSAVE area (direct-map address).
     pub fpu_area: u64,
+    /// The end of the current thread's saved context (direct-map address):
+    /// `syscall` entry pushes the registers below it.
+    pub context_end: u64,
 }
 
 const STACK_SIZE: usize = 64 * 1024;
@@ -46,6 +55,8 @@ struct BootCpu {
     per_cpu: UnsafeCell<PerCpu>,
     /// FXSAVE area used while no thread runs (16-byte aligned).
     idle_fpu: UnsafeCell<[u128; 32]>,
+    /// The idle loop's context.
+    idle_context: UnsafeCell<UserContext>,
 }
 
 // SAFETY: used by the boot CPU only; the stacks are used by the CPU, and
@@ -55,8 +66,30 @@ unsafe impl Sync for BootCpu {}
 static BOOT_CPU: BootCpu = BootCpu {
     kernel_stack: UnsafeCell::new(Stack([0; STACK_SIZE])),
     idle_stack: UnsafeCell::new(Stack([0; STACK_SIZE])),
-    per_cpu: UnsafeCell::new(PerCpu { kernel_stack_top: 0, user_stack: 0, fpu_area: 0 }),
+    per_cpu: UnsafeCell::new(PerCpu { kernel_stack_top: 0, user_stack: 0, fpu_area: 0, context_end: 0 }),
     idle_fpu: UnsafeCell::new([0; 32]),
+    idle_context: UnsafeCell::new(UserContext {
+        rax: 0,
+        rbx: 0,
+        rcx: 0,
+        rdx: 0,
+        rsi: 0,
+        rdi: 0,
+        rbp: 0,
+        r8: 0,
+        r9: 0,
+        r10: 0,
+        r11: 0,
+        r12: 0,
+        r13: 0,
+        r14: 0,
+        r15: 0,
+        rip: 0,
+        cs: 0,
+        rflags: 0,
+        rsp: 0,
+        ss: 0,
+    }),
 };
 
 core::arch::global_asm!(
@@ -66,7 +99,7 @@ core::arch::global_asm!(
 syscall_entry:
     swapgs
     movq %rsp, %gs:8
-    movq %gs:0, %rsp
+    movq %gs:24, %rsp           /* the end of the current thread's context */
     pushq $0x1b                 /* ss: user data */
     pushq %gs:8                 /* rsp */
     pushq %r11                  /* rflags (saved by syscall) */
@@ -77,9 +110,11 @@ syscall_entry:
     r#"
     movq %gs:16, %rax
     fxsave64 (%rax)
-    movq %rsp, %rdi             /* 20 words: the stack stays 16-byte aligned */
+    movq %rsp, %rdi             /* the saved context */
+    movq %gs:0, %rsp
     cld
     call syscall_handler
+    movq %rax, %rsp             /* the context to run */
 
     /* RSP points at the context to run: general registers, then an IRET frame. */
     .global return_to_context
@@ -129,6 +164,14 @@ pub unsafe fn init() {
         let block = &mut *per_cpu();
         block.kernel_stack_top = stack_top;
         block.fpu_area = BOOT_CPU.idle_fpu.get() as u64;
+        *BOOT_CPU.idle_context.get() = UserContext {
+            rip: idle_loop as *const () as u64,
+            cs: u64::from(KERNEL_CODE.bits()),
+            rflags: 0x202,
+            rsp: BOOT_CPU.idle_stack.get() as u64 + STACK_SIZE as u64,
+            ss: u64::from(KERNEL_DATA.bits()),
+            ..UserContext::default()
+        };
     }
     // SAFETY: the MSRs below exist on every x86-64 CPU; the values make
     // `syscall` enter `syscall_entry` with the kernel selectors and with
@@ -145,40 +188,34 @@ pub unsafe fn init() {
     }
 }
 
-/// Makes `area` (a thread's FXSAVE area, direct-map address) the one the
-/// entry and exit paths save to and restore from.
-pub fn set_fpu_area(area: u64) {
+/// Makes `context` (a thread's saved context in its TCB) and `fpu_area`
+/// (its FXSAVE area), both direct-map addresses, the ones the entry and
+/// exit paths save to and restore from.
+pub fn switch_thread(context: *mut UserContext, fpu_area: u64) {
     // SAFETY: interrupts are off in the kernel; nothing else writes the block now.
-    unsafe { (*per_cpu()).fpu_area = area };
+    unsafe {
+        (*per_cpu()).fpu_area = fpu_area;
+        (*per_cpu()).context_end = context.wrapping_add(1) as u64;
+    }
 }
 
 /// The context that runs when no thread can: the idle loop, in kernel
-/// mode, on the idle stack, with interrupts on.
-pub fn idle_context() -> UserContext {
-    UserContext {
-        rip: idle_loop as *const () as u64,
-        cs: u64::from(KERNEL_CODE.bits()),
-        rflags: 0x202,
-        rsp: BOOT_CPU.idle_stack.get() as u64 + STACK_SIZE as u64,
-        ss: u64::from(KERNEL_DATA.bits()),
-        ..UserContext::default()
-    }
+/// mode, on the idle stack, with interrupts on. Set up by [`init`].
+pub fn idle_context() -> *const UserContext {
+    BOOT_CPU.idle_context.get()
 }
 
 /// Switches to `context` for good: the first entry into user mode, or
 /// into the idle loop.
 ///
 /// # Safety
-/// [`init`] has run; `context` is a user context made safe by
-/// `UserContext::sanitised` or the idle context; the FPU area and CR3 are
-/// those of the thread it belongs to.
-pub unsafe fn enter(context: &UserContext) -> ! {
-    let top = BOOT_CPU.kernel_stack.get() as u64 + STACK_SIZE as u64;
-    let frame = (top - core::mem::size_of::<UserContext>() as u64) as *mut UserContext;
-    // SAFETY: the frame lies inside the kernel stack, which nothing else is
-    // using now (this call never returns); `return_to_context` pops it.
+/// [`init`] has run; `context` is a TCB's saved context or the idle
+/// context; the FPU area, saved-context area and CR3 are those of the
+/// thread it belongs to.
+pub unsafe fn enter(context: *const UserContext) -> ! {
+    // SAFETY: `return_to_context` pops the context and leaves with `iretq`;
+    // the kernel stack is unused from here on (this call never returns).
     unsafe {
-        frame.write(*context);
-        core::arch::asm!("mov rsp, {frame}", "jmp {target}", frame = in(reg) frame, target = sym return_to_context, options(noreturn));
+        core::arch::asm!("mov rsp, {frame}", "jmp {target}", frame = in(reg) context, target = sym return_to_context, options(noreturn));
     }
 }
