@@ -64,6 +64,33 @@ impl LoadPlan {
     pub fn image_size(&self) -> u64 {
         self.virtual_end - self.virtual_base
     }
+
+    /// The bytes of the page at `page` (page-aligned, inside the image)
+    /// as loaded from `file`, the file this plan was made from: segment
+    /// file bytes, zero elsewhere.
+    pub fn page_bytes(&self, file: &[u8], page: u64) -> [u8; 4096] {
+        let mut bytes = [0u8; 4096];
+        for segment in self.segments() {
+            let file_end = segment.virtual_address + segment.file_size;
+            let (from, to) = (segment.virtual_address.max(page), file_end.min(page + 4096));
+            if from >= to {
+                continue;
+            }
+            let offset = (segment.file_offset + (from - segment.virtual_address)) as usize;
+            if let Some(source) = file.get(offset..offset + (to - from) as usize) {
+                bytes[(from - page) as usize..(to - page) as usize].copy_from_slice(source);
+            }
+        }
+        bytes
+    }
+
+    /// The segment the page at `page` belongs to (segments never share a
+    /// page), which gives its permissions; `None` for a gap between them.
+    pub fn segment_at(&self, page: u64) -> Option<&Segment> {
+        self.segments()
+            .iter()
+            .find(|s| s.virtual_address / 4096 * 4096 <= page && page < s.virtual_address + s.memory_size)
+    }
 }
 
 /// Why an ELF file was refused. The `Display` form is the message.

@@ -22,6 +22,7 @@ pub mod bootinfo;
 pub mod elf;
 pub mod error;
 pub mod exit;
+pub mod fault;
 pub mod invocation;
 pub mod ktest;
 pub mod message;

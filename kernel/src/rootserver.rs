@@ -9,12 +9,16 @@
 //! The root task receives, in fixed slots (`abi::bootinfo::slot`): its
 //! CNode, address space, TCB, ASID control, the first ASID pool, its IPC
 //! buffer frame and the boot-info frame. Then come its image frames and
-//! the Untypeds covering all other free memory. The boot-info page, mapped
-//! read-only at [`BOOT_INFO_ADDRESS`] (its address is in RDI at entry),
-//! lists them.
+//! the Untypeds covering all other free memory, then the frames of the
+//! boot modules. Each module is copied into its own frames and mapped
+//! read-only from [`MODULES_ADDRESS`] on, with a guard page after each.
+//! The boot-info page, mapped read-only at [`BOOT_INFO_ADDRESS`] (its
+//! address is in RDI at entry), lists them.
 
-use strata_abi::bootinfo::{self, BootInfo, ROOT_CNODE_RADIX, SlotRange, UntypedDescriptor, slot};
-use strata_abi::elf::{self, ElfError, LoadPlan};
+use strata_abi::bootinfo::{
+    self, BootInfo, ModuleDescriptor, ROOT_CNODE_RADIX, SlotRange, UntypedDescriptor, slot,
+};
+use strata_abi::elf::{self, ElfError};
 use strata_abi::error::InvocationError;
 use strata_abi::invocation::Label;
 use strata_abi::object::{ObjectType, Rights, USER_TOP, VmAttributes};
@@ -24,16 +28,31 @@ use crate::addr::PhysAddr;
 use crate::object::tcb::UserContext;
 use crate::object::{Capability, ObjectSpace, PhysicalMemory, Slot};
 
+pub use strata_abi::bootinfo::layout::{
+    BOOT_INFO_ADDRESS, IPC_BUFFER_ADDRESS, MODULES_ADDRESS, STACK_PAGES, STACK_TOP,
+};
 /// Where the root task's image may lie.
-pub const IMAGE_RANGE: core::ops::Range<u64> = 0x40_0000..0x1000_0000_0000;
-/// The root task's IPC buffer.
-pub const IPC_BUFFER_ADDRESS: u64 = 0x7000_0000_1000;
-/// The boot-info page.
-pub const BOOT_INFO_ADDRESS: u64 = 0x7000_0000_2000;
-/// Top of the root task's stack.
-pub const STACK_TOP: u64 = 0x7000_0001_4000;
-/// Pages of stack.
-pub const STACK_PAGES: u64 = 16;
+pub const IMAGE_RANGE: core::ops::Range<u64> =
+    strata_abi::bootinfo::layout::IMAGE_START..strata_abi::bootinfo::layout::IMAGE_END;
+
+/// A boot module handed to the root task.
+#[derive(Debug, Clone, Copy)]
+pub struct Module<'a> {
+    /// Its name in the boot archive.
+    pub name: &'a str,
+    /// Its bytes.
+    pub bytes: &'a [u8],
+}
+
+/// Boot memory the root task's own objects need with these modules: its
+/// image, stack, buffers and paging structures (within 2 MiB for any
+/// image the kernel accepts today), plus a frame per module page and a
+/// page table per 2 MiB of modules. As a power of two, in bits.
+pub fn boot_memory_bits(image: &[u8], modules: &[Module<'_>]) -> u8 {
+    let pages: u64 = modules.iter().map(|m| (m.bytes.len() as u64).div_ceil(4096) + 1).sum();
+    let bytes = (2 << 20) + image.len() as u64 + pages * 4096 + pages.div_ceil(512) * 4096;
+    bytes.next_power_of_two().trailing_zeros() as u8
+}
 
 /// Why the root task could not be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +61,12 @@ pub enum RootTaskError {
     Elf(ElfError),
     /// Building it failed (the boot Untyped is too small, or too many objects).
     Build(InvocationError),
-    /// More image frames than fit the root CNode.
+    /// More image and module frames than fit the root CNode.
     TooLarge,
+    /// More boot modules than the boot-info page describes.
+    TooManyModules,
+    /// A module name longer than `bootinfo::MODULE_NAME_LEN` bytes.
+    ModuleName,
 }
 
 impl core::fmt::Display for RootTaskError {
@@ -51,7 +74,13 @@ impl core::fmt::Display for RootTaskError {
         match self {
             Self::Elf(e) => write!(f, "root task: {e}"),
             Self::Build(e) => write!(f, "root task: building it failed: {e}"),
-            Self::TooLarge => write!(f, "root task: image too large for its CNode"),
+            Self::TooLarge => write!(f, "root task: image and modules too large for its CNode"),
+            Self::TooManyModules => {
+                write!(f, "more than {} boot modules besides the root task", bootinfo::MAX_MODULES)
+            }
+            Self::ModuleName => {
+                write!(f, "a boot module name is longer than {} bytes", bootinfo::MODULE_NAME_LEN)
+            }
         }
     }
 }
@@ -82,11 +111,18 @@ pub struct RootTask {
 pub fn create<M: PhysicalMemory>(
     space: &mut ObjectSpace<M>,
     image: &[u8],
+    modules: &[Module<'_>],
     cnode: PhysAddr,
     boot_memory: (PhysAddr, u8),
     free: &mut dyn Iterator<Item = (u64, u64)>,
 ) -> Result<RootTask, RootTaskError> {
     let plan = elf::plan(image, IMAGE_RANGE).map_err(RootTaskError::Elf)?;
+    if modules.len() > bootinfo::MAX_MODULES {
+        return Err(RootTaskError::TooManyModules);
+    }
+    if modules.iter().any(|m| m.name.len() > bootinfo::MODULE_NAME_LEN) {
+        return Err(RootTaskError::ModuleName);
+    }
     let root = Capability::CNode {
         object: cnode,
         radix: ROOT_CNODE_RADIX,
@@ -139,14 +175,8 @@ pub fn create<M: PhysicalMemory>(
     let rw = (Rights::READ | Rights::WRITE).bits();
     for page in (plan.virtual_base..plan.virtual_end).step_by(4096) {
         let frame = builder.retype(ObjectType::Frame4K, 0)?;
-        builder.fill_frame(frame, &plan, image, page);
-        // The page's permissions are those of the segment it belongs to
-        // (segments never share a page).
-        let segment = plan
-            .segments()
-            .iter()
-            .find(|s| s.virtual_address / 4096 * 4096 <= page && page < s.virtual_address + s.memory_size);
-        let (rights, attributes) = match segment {
+        builder.write_frame(frame, &plan.page_bytes(image, page));
+        let (rights, attributes) = match plan.segment_at(page) {
             Some(s) if s.executable => (Rights::READ.bits(), VmAttributes::EXECUTABLE.bits()),
             Some(s) if s.writable => (rw, 0),
             _ => (Rights::READ.bits(), 0),
@@ -191,8 +221,11 @@ pub fn create<M: PhysicalMemory>(
         image_frames,
         untyped_slots: SlotRange::default(),
         untyped_count: 0,
-        reserved: [0; 7],
+        reserved: [0; 5],
         untypeds: [UntypedDescriptor::default(); bootinfo::MAX_UNTYPEDS],
+        module_count: 0,
+        cnode_radix: u64::from(ROOT_CNODE_RADIX),
+        modules: [ModuleDescriptor::default(); bootinfo::MAX_MODULES],
     };
     let first_untyped = builder.next_slot;
     let scratch_slot = at(scratch);
@@ -210,6 +243,35 @@ pub fn create<M: PhysicalMemory>(
         }
     }
     info.untyped_slots = SlotRange { start: first_untyped, end: builder.next_slot };
+
+    // The modules: copied into frames from what is left of the boot
+    // Untyped (now in the first Untyped slot), mapped read-only.
+    builder.untyped = at(first_untyped);
+    let mut address = MODULES_ADDRESS;
+    for (descriptor, module) in info.modules.iter_mut().zip(modules) {
+        // Tables first, so that the module's frame slots are consecutive.
+        for offset in (0..module.bytes.len()).step_by(4096) {
+            builder.ensure_tables(address + offset as u64)?;
+        }
+        let first = builder.next_slot;
+        for offset in (0..module.bytes.len()).step_by(4096) {
+            let mut page = [0u8; 4096];
+            let chunk = &module.bytes[offset..module.bytes.len().min(offset + 4096)];
+            page[..chunk.len()].copy_from_slice(chunk);
+            let frame = builder.retype(ObjectType::Frame4K, 0)?;
+            builder.write_frame(frame, &page);
+            builder.map_frame(frame, address + offset as u64, Rights::READ.bits(), 0)?;
+            if builder.next_slot >= scratch {
+                return Err(RootTaskError::TooLarge);
+            }
+        }
+        descriptor.name[..module.name.len()].copy_from_slice(module.name.as_bytes());
+        descriptor.address = address;
+        descriptor.size = module.bytes.len() as u64;
+        descriptor.frames = SlotRange { start: first, end: builder.next_slot };
+        address += (module.bytes.len() as u64).div_ceil(4096) * 4096 + 4096;
+        info.module_count += 1;
+    }
     info.first_free_slot = builder.next_slot;
     let Capability::Frame { object: info_frame, .. } = builder.space.cap(at(slot::BOOT_INFO)) else {
         return Err(RootTaskError::Build(InvocationError::IllegalOperation));
@@ -250,7 +312,7 @@ struct Builder<'s, M: PhysicalMemory> {
     untyped: Slot,
     next_slot: u64,
     /// Paging structures made so far, as (object type, address >> coverage bits).
-    tables: heapless::Vec<(u64, u64), 64>,
+    tables: heapless::Vec<(u64, u64), 256>,
 }
 
 impl<M: PhysicalMemory> Builder<'_, M> {
@@ -321,20 +383,9 @@ impl<M: PhysicalMemory> Builder<'_, M> {
         Ok(())
     }
 
-    /// Copies the image bytes that belong on page `page` into `frame`.
-    fn fill_frame(&mut self, frame: Slot, plan: &LoadPlan, image: &[u8], page: u64) {
+    /// Writes `bytes` into `frame`.
+    fn write_frame(&mut self, frame: Slot, bytes: &[u8; 4096]) {
         let Capability::Frame { object, .. } = self.space.cap(frame) else { return };
-        let mut bytes = [0u8; 4096];
-        for segment in plan.segments() {
-            let file_end = segment.virtual_address + segment.file_size;
-            let (from, to) = (segment.virtual_address.max(page), file_end.min(page + 4096));
-            if from >= to {
-                continue;
-            }
-            let offset = segment.file_offset + (from - segment.virtual_address);
-            let source = &image[offset as usize..(offset + (to - from)) as usize];
-            bytes[(from - page) as usize..(to - page) as usize].copy_from_slice(source);
-        }
         for (i, chunk) in bytes.chunks_exact(8).enumerate() {
             let mut word = [0u8; 8];
             word.copy_from_slice(chunk);
@@ -404,8 +455,9 @@ mod tests {
     fn the_root_task_gets_its_image_stack_buffers_and_untypeds() {
         let mut space = ObjectSpace::new(Arena::new(0, 16 << 20));
         let mut free = [(0x40_0000u64, 0x40_0000u64), (0x90_0000, 0x30_5000)].into_iter();
-        let task = create(&mut space, &image(), PhysAddr(0x10_0000), (PhysAddr(0x20_0000), 21), &mut free)
-            .expect("created");
+        let task =
+            create(&mut space, &image(), &[], PhysAddr(0x10_0000), (PhysAddr(0x20_0000), 21), &mut free)
+                .expect("created");
         assert_eq!(task.entry, 0x40_0010);
         let cnode = PhysAddr(0x10_0000);
         let cap = |n: u64| space.cap(Slot::in_cnode(cnode, n));
@@ -473,6 +525,7 @@ mod tests {
         let result = create(
             &mut space,
             &kernel_like,
+            &[],
             PhysAddr(0x10_0000),
             (PhysAddr(0x20_0000), 21),
             &mut core::iter::empty(),
@@ -482,11 +535,81 @@ mod tests {
         let result = create(
             &mut space,
             &image(),
+            &[],
             PhysAddr(0x10_0000),
             (PhysAddr(0x20_0000), 14),
             &mut core::iter::empty(),
         );
         assert!(matches!(result, Err(RootTaskError::Build(InvocationError::NotEnoughMemory { .. }))));
+    }
+
+    #[test]
+    fn boot_modules_are_copied_mapped_read_only_and_described() {
+        use strata_abi::bootinfo::ModuleDescriptor;
+        use zerocopy::FromBytes;
+        let mut space = ObjectSpace::new(Arena::new(0, 16 << 20));
+        let big: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
+        let modules = [Module { name: "hello", bytes: &big }, Module { name: "tiny", bytes: b"abc" }];
+        let bits = boot_memory_bits(&image(), &modules);
+        assert_eq!(bits, 22, "2 MiB plus the image and modules rounds up to 4 MiB");
+        let mut free = core::iter::empty();
+        create(&mut space, &image(), &modules, PhysAddr(0x10_0000), (PhysAddr(0x40_0000), bits), &mut free)
+            .expect("created");
+        let cnode = PhysAddr(0x10_0000);
+        let Capability::Pml4 { object: pml4, .. } = space.cap(Slot::in_cnode(cnode, slot::VSPACE)) else {
+            panic!("no address space")
+        };
+        let (info, _) = translate(&space, pml4, BOOT_INFO_ADDRESS).expect("boot info mapped");
+        let page: Vec<u8> =
+            (0..512).flat_map(|i| space.memory.read(PhysAddr(info + 8 * i)).to_le_bytes()).collect();
+        let info = BootInfo::read_from_bytes(&page[..core::mem::size_of::<BootInfo>()]).expect("boot info");
+        let described: Vec<ModuleDescriptor> = info.modules().to_vec();
+        assert_eq!(described.len(), 2);
+        assert_eq!(
+            (described[0].name(), described[0].size, described[0].address),
+            (Some("hello"), 9000, MODULES_ADDRESS)
+        );
+        assert_eq!(described[0].frames.end - described[0].frames.start, 3);
+        // The second module starts after the first one's pages and a guard page.
+        assert_eq!((described[1].name(), described[1].address), (Some("tiny"), MODULES_ADDRESS + 4 * 4096));
+        assert!(translate(&space, pml4, MODULES_ADDRESS + 3 * 4096).is_none(), "guard page");
+        // Every byte is there, read-only and not executable; the page tail is zero.
+        for (offset, &byte) in big.iter().enumerate().step_by(997) {
+            let (physical, flags) = translate(&space, pml4, MODULES_ADDRESS + offset as u64).expect("mapped");
+            let word = space.memory.read(PhysAddr(physical & !7));
+            assert_eq!(word.to_le_bytes()[(physical & 7) as usize], byte, "byte {offset}");
+            assert!(!flags.contains(crate::arch::x86_64::paging::PteFlags::WRITABLE));
+            assert!(flags.contains(crate::arch::x86_64::paging::PteFlags::NO_EXECUTE));
+        }
+        // The word after the last byte (9000 is a multiple of 8).
+        let (tail, _) = translate(&space, pml4, MODULES_ADDRESS + 9000).expect("last page");
+        assert_eq!(space.memory.read(PhysAddr(tail)), 0);
+        assert_eq!(info.first_free_slot, described[1].frames.end);
+    }
+
+    #[test]
+    fn too_many_modules_or_a_long_name_is_refused() {
+        let mut space = ObjectSpace::new(Arena::new(0, 16 << 20));
+        let nine = [Module { name: "m", bytes: b"x" }; bootinfo::MAX_MODULES + 1];
+        let result = create(
+            &mut space,
+            &image(),
+            &nine,
+            PhysAddr(0x10_0000),
+            (PhysAddr(0x40_0000), 22),
+            &mut core::iter::empty(),
+        );
+        assert!(matches!(result, Err(RootTaskError::TooManyModules)));
+        let long = [Module { name: "a-module-name-of-thirty-two-byte", bytes: b"x" }];
+        let result = create(
+            &mut space,
+            &image(),
+            &long,
+            PhysAddr(0x10_0000),
+            (PhysAddr(0x40_0000), 22),
+            &mut core::iter::empty(),
+        );
+        assert!(matches!(result, Err(RootTaskError::ModuleName)));
     }
 
     #[test]

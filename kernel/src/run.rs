@@ -21,6 +21,7 @@ use crate::boot::{FRAMES, Kernel};
 use crate::object::ObjectSpace;
 use crate::object::memory::DirectMapMemory;
 use crate::object::tcb::{ThreadState, UserContext, layout};
+use crate::rootserver::Module;
 use crate::syscall::Outcome;
 use strata_abi::syscall::Syscall;
 
@@ -66,22 +67,37 @@ pub fn has_root_task(kernel: &Kernel) -> bool {
 }
 
 fn root_module(kernel: &Kernel) -> Option<&'static [u8]> {
-    let modules = kernel.responses.modules?;
-    let module = modules.modules().iter().find(|m| m.path().to_bytes() == ROOT_MODULE.as_bytes())?;
-    // SAFETY: the bootloader maps each module at `addr` for `size` bytes in
-    // the direct map, in memory reported as kernel-and-modules, which
-    // nothing else uses.
-    Some(unsafe { core::slice::from_raw_parts(module.addr(), module.size() as usize) })
+    modules(kernel).find(|m| m.name == ROOT_MODULE).map(|m| m.bytes)
+}
+
+/// The boot modules (a module whose name is not UTF-8 is listed as `?`).
+fn modules(kernel: &Kernel) -> impl Iterator<Item = Module<'static>> {
+    let modules = kernel.responses.modules.map_or(&[][..], |r| r.modules());
+    modules.iter().map(|module| Module {
+        name: core::str::from_utf8(module.path().to_bytes()).unwrap_or("?"),
+        // SAFETY: the bootloader maps each module at `addr` for `size` bytes
+        // in the direct map, in memory reported as kernel-and-modules, which
+        // nothing else uses.
+        bytes: unsafe { core::slice::from_raw_parts(module.addr(), module.size() as usize) },
+    })
 }
 
 /// Creates the root task from the `root` module and runs it. Returns only
 /// if there is no root module.
 pub fn start(kernel: &Kernel) {
     let Some(image) = root_module(kernel) else { return };
+    // Every other module goes to the root task.
+    let mut others = heapless::Vec::<Module<'static>, { strata_abi::bootinfo::MAX_MODULES + 1 }>::new();
+    for module in modules(kernel).filter(|m| m.name != ROOT_MODULE) {
+        if others.push(module).is_err() {
+            fail(format_args!("{}", crate::rootserver::RootTaskError::TooManyModules));
+        }
+    }
     let mut frames = FRAMES.lock();
     let cnode_bits = u32::from(strata_abi::bootinfo::ROOT_CNODE_RADIX) + 5;
     let cnode = frames.allocate(1 << (cnode_bits - 12), 1 << cnode_bits);
-    let boot = frames.allocate(512, 2 << 20);
+    let boot_bits = crate::rootserver::boot_memory_bits(image, &others);
+    let boot = frames.allocate(1 << (boot_bits - 12), 1 << boot_bits);
     let (Ok(cnode), Ok(boot)) = (cnode, boot) else {
         fail(format_args!("not enough memory for the root task's CNode and objects"));
     };
@@ -98,11 +114,17 @@ pub fn start(kernel: &Kernel) {
     }
     // SAFETY: reading CR3 has no side effects.
     space.kernel_pml4 = Some(PhysAddr(unsafe { x86::controlregs::cr3() } & 0x000f_ffff_ffff_f000));
-    let task =
-        match crate::rootserver::create(&mut space, image, cnode, (boot, 21), &mut free.iter().copied()) {
-            Ok(task) => task,
-            Err(error) => fail(format_args!("{error}")),
-        };
+    let task = match crate::rootserver::create(
+        &mut space,
+        image,
+        &others,
+        cnode,
+        (boot, boot_bits),
+        &mut free.iter().copied(),
+    ) {
+        Ok(task) => task,
+        Err(error) => fail(format_args!("{error}")),
+    };
     log::info!(
         "root task: entry {:#x}, {} Untypeds ({} KiB), starting it",
         task.entry,
@@ -235,7 +257,7 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
             crate::console::print_byte(byte);
             false
         }
-        Outcome::Shutdown(code) if cfg!(feature = "selftest") => {
+        Outcome::Shutdown(code) if cfg!(feature = "debug-exit") => {
             let code = match code {
                 0x10 => ExitCode::Success,
                 _ => ExitCode::KernelFailure,

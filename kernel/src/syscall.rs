@@ -293,9 +293,15 @@ mod tests {
         let mut space = ObjectSpace::new(Arena::new(0, 16 << 20));
         let image = elf(0x40_0000, &[(1, 5, 0x1000, 0x40_0000, 0x10, 0x10)], 0x2000);
         let mut free = [(0x40_0000u64, 0x40_0000u64)].into_iter();
-        let task =
-            rootserver::create(&mut space, &image, PhysAddr(0x10_0000), (PhysAddr(0x20_0000), 21), &mut free)
-                .expect("root task");
+        let task = rootserver::create(
+            &mut space,
+            &image,
+            &[],
+            PhysAddr(0x10_0000),
+            (PhysAddr(0x20_0000), 21),
+            &mut free,
+        )
+        .expect("root task");
         (space, task.tcb)
     }
 

@@ -15,8 +15,12 @@ pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Which kernel an image carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
-    /// The kernel as shipped.
+    /// The kernel as shipped, the root task (`servers/root`) and the
+    /// `hello` child process.
     Production,
+    /// The self-test kernel, the root task ending the run when its children
+    /// are done, and child processes that work and that crash.
+    System,
     /// The kernel with its self tests (feature `selftest`) and the test root task.
     SelfTest,
     /// The self-test kernel with the benchmark root task.
@@ -31,6 +35,8 @@ pub struct BareMetal {
     pub kernel: PathBuf,
     /// The root task ELF, if the image has one.
     pub root_task: Option<PathBuf>,
+    /// Further programs, as (module name, ELF): the root task's children.
+    pub programs: Vec<(&'static str, PathBuf)>,
 }
 
 /// Linker scripts.
@@ -58,6 +64,10 @@ fn bare_command(
         vec!["-C", "relocation-model=static", "-C", "force-frame-pointers=yes", "--cfg", "strata_baremetal"];
     if kernel_code_model {
         flags.extend(["-C", "code-model=kernel"]);
+    } else {
+        // User programs travel as boot modules and are copied page by page:
+        // without their line tables they are a third of the size.
+        flags.extend(["-C", "strip=debuginfo"]);
     }
     // Link arguments (used only when a binary is linked): no C runtime, no
     // libc, a static image laid out by the crate's own linker script.
@@ -114,8 +124,22 @@ pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
     let started =
         step::begin(format!("building the bare-metal loader and {flavor:?} kernel ({TARGET}, no_std)"));
     let loader = bare("strata-loader", &[], "loader", false, LOADER_SCRIPT)?;
+    let user = |package: &str, features: &[&str]| bare(package, features, "user", false, USER_SCRIPT);
+    let mut programs = Vec::new();
     let (kernel, root_task) = match flavor {
-        Flavor::Production => (bare("strata-kernel", &[], "kernel", true, KERNEL_SCRIPT)?, None),
+        Flavor::Production => {
+            programs.push(("hello", user("strata-hello", &[])?));
+            (bare("strata-kernel", &[], "kernel", true, KERNEL_SCRIPT)?, Some(user("strata-root", &[])?))
+        }
+        Flavor::System => {
+            programs.push(("hello", user("strata-hello", &[])?));
+            programs.push(("crasher", user("strata-tests-crasher", &[])?));
+            (
+                bare("strata-kernel", &["debug-exit"], "kernel-system", true, KERNEL_SCRIPT)?,
+                // Its own target directory: the feature changes the binary.
+                Some(bare("strata-root", &["exit-when-done"], "user-system", false, USER_SCRIPT)?),
+            )
+        }
         Flavor::SelfTest => (
             bare("strata-kernel", &["selftest"], "kernel-selftest", true, KERNEL_SCRIPT)?,
             Some(bare("strata-tests-root", &[], "user", false, USER_SCRIPT)?),
@@ -126,7 +150,7 @@ pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
         ),
     };
     step::end(started, "bare-metal binaries built");
-    Ok(BareMetal { loader, kernel, root_task })
+    Ok(BareMetal { loader, kernel, root_task, programs })
 }
 
 /// Formatting and clippy, on the host crates and on the bare-metal code
@@ -147,6 +171,9 @@ pub fn lint() -> Result {
         bare_command("clippy", "strata-kernel", &["selftest"], "clippy-kernel", true, KERNEL_SCRIPT),
         bare_command("clippy", "strata-tests-root", &[], "clippy-user", false, USER_SCRIPT),
         bare_command("clippy", "strata-tests-bench", &[], "clippy-user", false, USER_SCRIPT),
+        bare_command("clippy", "strata-root", &["exit-when-done"], "clippy-user", false, USER_SCRIPT),
+        bare_command("clippy", "strata-hello", &[], "clippy-user", false, USER_SCRIPT),
+        bare_command("clippy", "strata-tests-crasher", &[], "clippy-user", false, USER_SCRIPT),
     ] {
         command.args(["--", "-D", "warnings"]);
         step::run(&mut command)?;

@@ -26,7 +26,14 @@ pub enum Kind {
     },
     /// `target/image-bench/`: the self-test kernel and the benchmark root task.
     Bench,
+    /// `target/image-system/`: the self-test kernel, the root task and its
+    /// child processes (one of which crashes), and a module that is not an
+    /// executable.
+    System,
 }
+
+/// The module of the system image that is not an executable.
+pub const JUNK_MODULE: &str = "junk";
 
 /// A built image.
 pub struct Image {
@@ -60,6 +67,7 @@ pub fn build(kind: Kind) -> Result<Image> {
         Kind::Production => (Flavor::Production, root().join("target/image"), DEFAULT_CMDLINE.to_owned()),
         Kind::SelfTest { cmdline } => (Flavor::SelfTest, root().join("target/image-test"), cmdline.clone()),
         Kind::Bench => (Flavor::Bench, root().join("target/image-bench"), "log=warn".to_owned()),
+        Kind::System => (Flavor::System, root().join("target/image-system"), "log=info".to_owned()),
     };
     let binaries = build::bare_metal(flavor)?;
     let started = step::begin(format!("packing the boot image in {}", dir.display()));
@@ -75,7 +83,16 @@ pub fn build(kind: Kind) -> Result<Image> {
         let image = fs::read(root_task).map_err(|e| fail!("reading {}: {e}", root_task.display()))?;
         archive.add(EntryKind::Module, "root", "", &image).map_err(|e| fail!("boot archive: {e}"))?;
     }
-    if flavor != Flavor::Production {
+    for (name, program) in &binaries.programs {
+        let image = fs::read(program).map_err(|e| fail!("reading {}: {e}", program.display()))?;
+        archive.add(EntryKind::Module, name, "", &image).map_err(|e| fail!("boot archive: {e}"))?;
+    }
+    if flavor == Flavor::System {
+        archive
+            .add(EntryKind::Module, JUNK_MODULE, "", b"this module is text, not an executable\n")
+            .map_err(|e| fail!("boot archive: {e}"))?;
+    }
+    if matches!(flavor, Flavor::SelfTest | Flavor::Bench) {
         let pattern: Vec<u8> = (0..PATTERN_LEN).map(pattern_byte).collect();
         archive
             .add(EntryKind::Module, PATTERN_MODULE, "", &pattern)

@@ -327,6 +327,12 @@ fn emulator_suites(filter: Option<&str>, totals: &mut Totals) -> Result {
         meta_suite("fault-qemu", &runs, totals)?;
         step::end(started, "suite done");
     }
+    if selected("system-qemu") || selected("system-bochs") {
+        let system = image::build(Kind::System)?;
+        for suite in ["system-qemu", "system-bochs"].into_iter().filter(|s| selected(s)) {
+            run_system_suite(suite, &system, totals)?;
+        }
+    }
     if selected("loader-qemu") {
         let started =
             step::begin("suite loader-qemu: malformed boot images must be refused with a clear message");
@@ -391,6 +397,68 @@ fn run_boot_suite(suite: &BootSuite, token: &str, totals: &mut Totals) -> Result
         require_line(&mut verdict, &log, "Shutdown port: shutdown requested");
     }
     print_verdict(suite.name, &verdict, &outcome, totals);
+    step::end(started, "suite done");
+    Ok(())
+}
+
+/// What the system image must print: the root task reports its modules,
+/// starts the children, carries their log lines, ends the one that exits,
+/// restarts the one that crashes once, and finishes.
+const SYSTEM_LINES: [&str; 14] = [
+    "3 boot module(s)",
+    "[root] INFO  started hello: entry 0x",
+    "[root] INFO  started crasher: entry 0x",
+    "[root] ERROR junk: not started: not a loadable executable: not an ELF file",
+    "[hello] INFO  hello from a child process: 256 CNode slots, 1024 KiB of my own memory",
+    "[hello] INFO  heap: sum of the first 100 squares is 338350",
+    "[hello] INFO  IPC inside the child: 21 doubled is 42",
+    "[root] INFO  hello exited with status 0",
+    "[crasher] INFO  about to crash on purpose",
+    "deliberate crash",
+    "[root] WARN  crasher faulted: invalid system call",
+    "[root] INFO  restarted crasher (1 of 1), in the same memory",
+    "[root] WARN  crasher is not restarted again (1 of 1 restarts used)",
+    "[root] INFO  all children have finished",
+];
+
+/// Boots the system image (the root task and its children) and checks its log.
+fn run_system_suite(name: &str, image: &Image, totals: &mut Totals) -> Result {
+    let bochs = name.ends_with("bochs");
+    let machine = if bochs { "Bochs, GRUB ISO" } else { "QEMU TCG, -kernel via PVH" };
+    let started = step::begin(format!(
+        "suite {name}: the root task starts, serves and supervises child processes ({machine})"
+    ));
+    let (outcome, bochs_log) = if bochs {
+        let dir = root().join("target/emu").join(name);
+        let (command, serial) = emulator::bochs_command(&image.iso, &dir, BOCHS_MEMORY_MIB)?;
+        let outcome = emulator::run(command, Some(&serial), BOCHS_TIMEOUT)?;
+        (outcome, Some(fs::read_to_string(dir.join("bochs.log")).unwrap_or_default()))
+    } else {
+        let boot = QemuBoot::Direct {
+            elf: image.elf.clone(),
+            initrd: image.initrd.clone(),
+            append: "log=info".into(),
+        };
+        (emulator::run(qemu_command(&boot, QEMU_MEMORY_MIB, &[]), None, QEMU_TIMEOUT)?, None)
+    };
+    let mut verdict = Verdict::default();
+    for line in SYSTEM_LINES {
+        require_line(&mut verdict, &outcome.serial, line);
+    }
+    verdict.run_failure = match (&outcome.exit, bochs_log) {
+        _ if strata_abi::ktest::FATAL_MARKERS.iter().any(|m| outcome.serial.contains(m)) => {
+            Some("the kernel reported a fatal error".to_owned())
+        }
+        (judge::Exit::TimedOut(after), _) => Some(format!("timed out after {} s", after.as_secs())),
+        (_, Some(log)) if !log.contains("Shutdown port: shutdown requested") => {
+            Some("Bochs did not shut down through the exit port".to_owned())
+        }
+        (judge::Exit::Status(status), None) if *status != ExitCode::Success.qemu_status() => {
+            Some(format!("exit status {status}, expected the success exit"))
+        }
+        _ => None,
+    };
+    print_verdict(name, &verdict, &outcome, totals);
     step::end(started, "suite done");
     Ok(())
 }

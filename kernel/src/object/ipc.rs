@@ -46,11 +46,11 @@ pub mod flags {
 }
 
 /// Label of a fault message: a user-mode exception.
-pub const FAULT_EXCEPTION: u64 = 1;
+pub const FAULT_EXCEPTION: u64 = strata_abi::fault::EXCEPTION;
 /// Label of a fault message: an unknown system call or an invalid capability.
-pub const FAULT_SYSCALL: u64 = 2;
+pub const FAULT_SYSCALL: u64 = strata_abi::fault::SYSCALL;
 /// Words of a fault message, kept in the TCB while the fault is queued.
-pub const FAULT_WORDS: usize = 5;
+pub const FAULT_WORDS: usize = strata_abi::fault::WORDS;
 const FAULT_AT: u64 = 0x148;
 
 const NOTIFICATION_BOUND: u64 = 0;

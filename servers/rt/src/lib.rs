@@ -1,20 +1,37 @@
 //! strata-rt: the SDK user programs and personality servers are written
 //! against.
 //!
-//! It provides system-call wrappers, invocations on capabilities with typed
-//! errors, the boot-info page, and console output through the debug system
-//! call. For bare-metal builds it also provides the program entry point,
-//! the `mem*` functions the precompiled `core` needs, and panic-to-fault.
+//! It provides:
 //!
-//! All `unsafe` is in [`sys`], the system-call layer. Everything else is
-//! safe Rust, and programs built on this crate need no `unsafe` of their own.
+//! - system-call wrappers and IPC ([`call`], [`ipc_call`], [`recv`], ...);
+//! - typed capabilities with the invocations as methods ([`cap`]);
+//! - a slot allocator for the task's CNode ([`slots`]) and object creation
+//!   from Untyped memory ([`root`], [`cap::Cap::retype`]);
+//! - child processes from ELF images ([`process`]) and the protocol
+//!   between a child and its parent ([`parent`]);
+//! - a server loop ([`server`]), a global allocator ([`heap`]) and a `log`
+//!   backend ([`logger`]);
+//! - I/O ports and interrupts ([`io`], [`irq`]);
+//! - for bare-metal builds, the program entry point, the `mem*` functions
+//!   the precompiled `core` needs, and panic-to-fault.
+//!
+//! All `unsafe` is in [`sys`], the system-call layer, and [`heap`]. The
+//! rest is safe Rust, and programs built on this crate need no `unsafe` of
+//! their own.
 
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
+pub mod cap;
+pub mod heap;
 pub mod io;
 pub mod irq;
+pub mod logger;
+pub mod parent;
+pub mod process;
 pub mod root;
+pub mod server;
+pub mod slots;
 pub mod sys;
 
 use core::fmt;
@@ -76,7 +93,8 @@ pub fn call_long(
 }
 
 /// A received message: the badge of the capability it came through, its
-/// label and length, and its first four words.
+/// label and length, and the words that came in registers (the first
+/// eight; [`sys::message_words`] reads the rest from the IPC buffer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Message {
     /// Badge (for a notification: the signalled bits).
@@ -85,8 +103,8 @@ pub struct Message {
     pub label: u64,
     /// Number of words.
     pub length: u8,
-    /// Words 0–3.
-    pub words: [u64; 4],
+    /// Words 0–7.
+    pub words: [u64; 8],
 }
 
 #[inline]
@@ -118,7 +136,7 @@ fn ipc_with_caps(number: Syscall, cap: CPtr, label: u64, words: &[u64], caps: &[
     let info = MessageInfo::new(label, caps.len() as u8, length as u8).encode().unwrap_or(0);
     let (badge, info, words) = sys::syscall_with_badge(number, cap, info, message);
     let info = MessageInfo::decode(info);
-    Message { badge, label: info.label, length: info.length, words: [words[0], words[1], words[2], words[3]] }
+    Message { badge, label: info.label, length: info.length, words }
 }
 
 /// IPC: sends on the endpoint `cap`, waiting for a receiver.
@@ -185,6 +203,12 @@ pub mod debug {
         for byte in text.bytes() {
             let _ = sys::syscall(Syscall::DebugPutChar, u64::from(byte), 0, [0; 8]);
         }
+    }
+
+    /// Writes `line` and a newline to the kernel console.
+    pub fn print_line(line: &str) {
+        print(line);
+        print("\n");
     }
 
     /// A `core::fmt::Write` for the kernel console.

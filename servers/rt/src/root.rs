@@ -15,14 +15,14 @@ use crate::{CPtr, boot_info, call};
 /// Depth at which a root-CNode slot number resolves.
 pub const DEPTH: u64 = 64;
 
-static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
 static NEXT_UNTYPED: AtomicU64 = AtomicU64::new(0);
 
-/// A free slot of the root CNode (slots are never reused).
+/// A free slot of the task's CNode (see [`crate::slots`]).
+///
+/// # Panics
+/// If the CNode is full: the task panics, which its parent sees as a fault.
 pub fn fresh_slot() -> CPtr {
-    let first_free = boot_info().first_free_slot;
-    let _ = NEXT_SLOT.compare_exchange(0, first_free, Ordering::Relaxed, Ordering::Relaxed);
-    NEXT_SLOT.fetch_add(1, Ordering::Relaxed)
+    crate::slots::allocate().unwrap_or_else(|| panic!("no free slot left in this task's CNode"))
 }
 
 /// Makes one object of `kind` (with `size`: bits or radix where it
@@ -41,9 +41,13 @@ pub fn retype(kind: ObjectType, size: u64) -> Result<CPtr, InvocationError> {
                 NEXT_UNTYPED.store(n + 1, Ordering::Relaxed);
                 last = error;
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                crate::slots::free(destination);
+                return Err(error);
+            }
         }
     }
+    crate::slots::free(destination);
     Err(last)
 }
 
@@ -52,7 +56,8 @@ pub fn retype(kind: ObjectType, size: u64) -> Result<CPtr, InvocationError> {
 pub fn mint(source: CPtr, rights: Rights, badge: u64) -> Result<CPtr, InvocationError> {
     let destination = fresh_slot();
     let words = [destination, DEPTH, source, DEPTH, rights.bits(), badge];
-    call(slot::CNODE, Label::CNodeMint, &words, &[slot::CNODE])?;
+    call(slot::CNODE, Label::CNodeMint, &words, &[slot::CNODE])
+        .inspect_err(|_| crate::slots::free(destination))?;
     Ok(destination)
 }
 

@@ -8,7 +8,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use strata_abi::bootinfo::{BootInfo, IpcBuffer};
+use strata_abi::bootinfo::{BootInfo, IpcBuffer, ModuleDescriptor, slot};
+use strata_abi::error::InvocationError;
 use strata_abi::syscall::Syscall;
 
 /// The boot-info address the kernel passed at entry (RDI), or 0.
@@ -123,6 +124,40 @@ pub fn set_extra_caps(caps: &[u64]) {
     }
 }
 
+/// Where [`fill_frame`] maps the frame it fills, in this task's address
+/// space. The SDK reserves this page; programs must not map anything there.
+pub const SCRATCH_ADDRESS: u64 = 0x5000_0000_0000;
+
+static SCRATCH: spin::Mutex<bool> = spin::Mutex::new(false);
+
+/// Writes `bytes` into the (unmapped) 4 KiB frame `frame`: maps it
+/// read-write at [`SCRATCH_ADDRESS`], copies, and unmaps it again.
+pub fn fill_frame(frame: u64, bytes: &[u8; 4096]) -> Result<(), InvocationError> {
+    use strata_abi::object::Rights;
+    let mut tables_ready = SCRATCH.lock();
+    if !*tables_ready {
+        crate::root::tables_for(slot::VSPACE, SCRATCH_ADDRESS)?;
+        *tables_ready = true;
+    }
+    crate::root::map_frame(frame, slot::VSPACE, SCRATCH_ADDRESS, Rights::READ | Rights::WRITE, 0)?;
+    // SAFETY: the frame was just mapped read-write at the scratch page,
+    // which nothing else uses (the SDK reserves it, and the lock held here
+    // serialises its users); the page is 4 KiB.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), SCRATCH_ADDRESS as *mut u8, 4096) };
+    crate::call(frame, strata_abi::invocation::Label::FrameUnmap, &[], &[]).map(drop)
+}
+
+/// The name and bytes of boot module `index` of this task (as listed in
+/// its boot-info page), or `None` past the last one.
+pub fn module(index: usize) -> Option<(&'static ModuleDescriptor, &'static [u8])> {
+    let descriptor = boot_info().modules().get(index)?;
+    // SAFETY: the kernel maps each module it lists read-only at `address`
+    // for `size` bytes, for the task's whole life.
+    let bytes =
+        unsafe { core::slice::from_raw_parts(descriptor.address as *const u8, descriptor.size as usize) };
+    Some((descriptor, bytes))
+}
+
 /// The boot-info page.
 pub fn boot_info() -> &'static BootInfo {
     let address = BOOT_INFO.load(Ordering::Relaxed) as *const BootInfo;
@@ -167,7 +202,10 @@ mod bare {
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         use core::fmt::Write;
-        let _ = writeln!(crate::debug::Console, "user panic: {info}");
+        // To the console, or (a child process) to the parent's log.
+        let mut line = heapless::String::<512>::new();
+        let _ = write!(line, "panic: {info}");
+        crate::logger::write_line(crate::logger::output(), &line);
         // Panic becomes a fault: an invalid system call, which the kernel
         // reports to the thread's fault handler.
         loop {
@@ -263,6 +301,9 @@ mod bare {
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
+        // The one symbol the SDK's entry point calls; programs that deny
+        // `unsafe_code` still get it.
+        #[allow(unsafe_code)]
         #[unsafe(export_name = "strata_main")]
         fn __strata_main() -> ! {
             $main()

@@ -151,35 +151,7 @@ pub fn set_lapic(lapic: LocalApic) {
     LAPIC.call_once(|| lapic);
 }
 
-/// Mnemonic and description of each architectural exception vector.
-pub fn exception_name(vector: u64) -> (&'static str, &'static str) {
-    match vector {
-        0 => ("#DE", "divide error"),
-        1 => ("#DB", "debug"),
-        2 => ("NMI", "non-maskable interrupt"),
-        3 => ("#BP", "breakpoint"),
-        4 => ("#OF", "overflow"),
-        5 => ("#BR", "bound range exceeded"),
-        6 => ("#UD", "invalid opcode"),
-        7 => ("#NM", "device not available"),
-        8 => ("#DF", "double fault"),
-        10 => ("#TS", "invalid TSS"),
-        11 => ("#NP", "segment not present"),
-        12 => ("#SS", "stack-segment fault"),
-        13 => ("#GP", "general protection"),
-        14 => ("#PF", "page fault"),
-        16 => ("#MF", "x87 floating-point error"),
-        17 => ("#AC", "alignment check"),
-        18 => ("#MC", "machine check"),
-        19 => ("#XM", "SIMD floating-point exception"),
-        20 => ("#VE", "virtualization exception"),
-        21 => ("#CP", "control protection"),
-        28 => ("#HV", "hypervisor injection"),
-        29 => ("#VC", "VMM communication"),
-        30 => ("#SX", "security exception"),
-        _ => ("#??", "reserved exception"),
-    }
-}
+pub use strata_abi::fault::exception_name;
 
 impl InterruptFrame {
     /// The interrupted context, as a thread's saved registers.

@@ -43,7 +43,7 @@ fn fault_of(entry: extern "C" fn() -> !) -> Result<(u64, [u64; 4]), Detail> {
     let thread = spawn_in(entry, slot::VSPACE, endpoint)?;
     let fault = recv(endpoint);
     check("delete the faulting thread", cnode_op(Label::CNodeDelete, &[thread, DEPTH]))?;
-    Ok((fault.label, fault.words))
+    Ok((fault.label, [fault.words[0], fault.words[1], fault.words[2], fault.words[3]]))
 }
 
 fn exception(entry: extern "C" fn() -> !, vector: u64, error_code: u64, name: &str) -> Outcome {
@@ -177,7 +177,7 @@ fn unmap_seen_by_thread() -> Outcome {
     check("unmap", call(frame, Label::FrameUnmap, &[], &[]))?;
     let fault = recv(handler);
     check("delete the thread", cnode_op(Label::CNodeDelete, &[thread, DEPTH]))?;
-    let [vector, error_code, _, address] = fault.words;
+    let [vector, error_code, _, address, ..] = fault.words;
     if before != 0x600d || fault.label != 1 || vector != 14 || address != UNMAP_PAGE || error_code & 1 != 0 {
         return Err(detail!("read {before:#x}; fault label {} words {:x?}", fault.label, fault.words));
     }

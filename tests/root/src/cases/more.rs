@@ -442,7 +442,7 @@ fn syscall_fault() -> Outcome {
     let thread = spawn_in(bad_syscall, slot::VSPACE, endpoint)?;
     let fault = recv(endpoint);
     check("delete the faulting thread", cnode_op(Label::CNodeDelete, &[thread, DEPTH]))?;
-    let [number, rdi, rip, _] = fault.words;
+    let [number, rdi, rip, _, ..] = fault.words;
     let entry = bad_syscall as *const () as u64;
     if fault.label != 2 || number != 77 || rdi != 0x5e || !(entry..entry + 64).contains(&rip) {
         return Err(detail!("fault label {} words {:x?}", fault.label, fault.words));
