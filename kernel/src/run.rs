@@ -135,6 +135,7 @@ pub fn start(kernel: &Kernel) {
     unsafe { user::init() };
     let mut runtime = Runtime { space, current: None, direct_map: kernel.direct_map };
     let context = runtime.schedule(false);
+    runtime.leave();
     *RUNTIME.lock() = Some(runtime);
     // SAFETY: `schedule` set up the FPU area, context area and address
     // space of the context it chose.
@@ -174,10 +175,17 @@ impl Runtime {
         self.saved_context(tcb)
     }
 
+    /// Before any return to user mode: records for the entry stub whether
+    /// a `Yield` by the thread about to run would be a no-op.
+    fn leave(&self) {
+        user::set_yield_alone(self.current.is_some_and(|t| self.space.runs_alone(t)));
+    }
+
     /// Schedules, and makes the interrupt `frame` return to what runs next.
     /// Returns that context.
     fn resume_into(&mut self, frame: &mut InterruptFrame, rotate: bool) -> *const UserContext {
         let next = self.schedule(rotate);
+        self.leave();
         // SAFETY: `next` is a TCB's saved context or the idle context.
         frame.set_context(&unsafe { next.read() });
         next
@@ -236,6 +244,8 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
         }
         runtime.current = Some(next);
         runtime.switch_to(next);
+        // It outranks every other runnable thread: it is alone at the top.
+        user::set_yield_alone(true);
         let next = runtime.saved_context(next);
         count_crossing(next);
         return next;
@@ -244,6 +254,7 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
     let number = unsafe { (&raw const (*context).rax).read() };
     if number == Syscall::Yield as u64 && runtime.space.runs_alone(tcb) {
         // Nothing else could run: the thread goes on.
+        user::set_yield_alone(true);
         count_crossing(context);
         return context;
     }
@@ -280,6 +291,7 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
         }
     };
     let next = runtime.schedule(rotate);
+    runtime.leave();
     count_crossing(next);
     next
 }
@@ -319,6 +331,9 @@ pub fn device_interrupt(frame: &mut InterruptFrame, line: u8) {
     runtime.space.irq_fired(line);
     if !frame.from_user() && runtime.current.is_none() {
         runtime.resume_into(frame, false);
+    } else {
+        // A thread it woke may now share the current one's priority.
+        runtime.leave();
     }
 }
 

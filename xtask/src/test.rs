@@ -44,7 +44,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 62] = [
+const BOOT_CASES: [&str; 63] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -108,6 +108,7 @@ const BOOT_CASES: [&str; 62] = [
     "user.round_robin",
     "user.delete_running_thread",
     "user.fpu_across_preemption",
+    "user.syscall_at_top_of_user_space",
 ];
 
 /// Runs the selected tests.

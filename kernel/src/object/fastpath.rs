@@ -90,7 +90,6 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             register::RSI,
             MessageInfo { label: info.label, length, ..Default::default() }.encode().unwrap_or(0),
         );
-        self.wake(receiver);
         let mut send_flags = flags::CALL;
         if rights.contains(Rights::GRANT) {
             send_flags |= flags::GRANT;
@@ -98,7 +97,14 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         if rights.contains(Rights::GRANT_REPLY) {
             send_flags |= flags::GRANT_REPLY;
         }
-        self.link_reply(caller, receiver, send_flags);
+        if self.hand_over(caller, receiver) {
+            self.set_thread_state(caller, ThreadState::BlockedOnReply);
+            self.set_field(caller, layout::REPLIER, receiver.get());
+            self.set_field(receiver, layout::REPLY_TO, caller.get());
+        } else {
+            self.wake(receiver);
+            self.link_reply(caller, receiver, send_flags);
+        }
         Some(receiver)
     }
 
@@ -144,10 +150,34 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             register::RSI,
             MessageInfo { label: info.label, length, ..Default::default() }.encode().unwrap_or(0),
         );
-        self.wake(caller);
-        self.block(server, ThreadState::BlockedOnReceive, endpoint.get());
+        if self.hand_over(server, caller) {
+            self.set_thread_state(server, ThreadState::BlockedOnReceive);
+            self.set_field(server, layout::BLOCKED_ON, endpoint.get());
+        } else {
+            self.wake(caller);
+            self.block(server, ThreadState::BlockedOnReceive, endpoint.get());
+        }
         self.queue_append(endpoint, server);
         Some(caller)
+    }
+
+    /// The common case of the run-queue update: `from` (running, so
+    /// queued) blocks and `to` (blocked, so in no run queue) becomes
+    /// runnable at the same priority, where `from` was alone. `to` then
+    /// simply takes `from`'s place, which is what dequeuing one and
+    /// enqueuing the other leaves. Returns whether that applied (`to` is
+    /// then runnable, `from` out of its queue with its state still to set).
+    #[inline(always)]
+    fn hand_over(&mut self, from: PhysAddr, to: PhysAddr) -> bool {
+        let (priority, _) = self.priority(from);
+        if self.priority(to).0 != priority || !self.scheduler.replace_alone(from, to, priority) {
+            return false;
+        }
+        // Both threads' queue links are clear: `from` was alone, and `to`
+        // left its endpoint queue (or was waiting for a reply, in none).
+        self.set_field(to, layout::BLOCKED_ON, 0);
+        self.set_thread_state(to, ThreadState::Runnable);
+        true
     }
 
     /// The endpoint capability the thread's RDI names: object, badge, rights.
@@ -164,7 +194,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     fn would_run_next(&self, next: PhysAddr, current: PhysAddr) -> bool {
         let (next_priority, _) = self.priority(next);
         let (current_priority, _) = self.priority(current);
-        self.scheduler.highest_without(current, current_priority).is_none_or(|other| next_priority > other)
+        self.scheduler.would_choose(next_priority, current, current_priority)
     }
 
     /// The length of a `length`-word message as the receiver gets it, or

@@ -268,15 +268,35 @@ impl Scheduler {
         Self::highest_in(&self.nonempty)
     }
 
-    /// The highest priority with a runnable thread other than `tcb`, which
-    /// is runnable at `priority` (so in that queue).
-    pub fn highest_without(&self, tcb: PhysAddr, priority: u8) -> Option<u8> {
-        let highest = self.highest();
-        let p = usize::from(priority);
-        if highest != Some(priority) || self.heads[p] != Some(tcb) || self.tails[p] != Some(tcb) {
-            return highest;
+    /// Whether a thread made runnable at `next` would be chosen once
+    /// `current` (runnable at `priority`, so in that queue) stops being
+    /// runnable: whether `next` is above every other runnable thread.
+    pub fn would_choose(&self, next: u8, current: PhysAddr, priority: u8) -> bool {
+        let Some(highest) = self.highest() else { return true };
+        if next > highest {
+            return true;
         }
-        self.highest_below(priority)
+        let p = usize::from(priority);
+        if priority != highest || self.heads[p] != Some(current) || self.tails[p] != Some(current) {
+            // Another thread is runnable at `highest`, which `next` does not exceed.
+            return false;
+        }
+        // `current` is alone at the top: the others are below it.
+        next == highest || self.highest_below(highest).is_none_or(|other| next > other)
+    }
+
+    /// If `out` is the only thread queued at `priority`, puts `into` in its
+    /// place (the queue links of both must be clear) and returns `true`:
+    /// what dequeuing `out` and enqueuing `into` at `priority` would do,
+    /// with the bitmap untouched. Otherwise changes nothing.
+    pub fn replace_alone(&mut self, out: PhysAddr, into: PhysAddr, priority: u8) -> bool {
+        let p = usize::from(priority);
+        if self.heads[p] != Some(out) || self.tails[p] != Some(out) {
+            return false;
+        }
+        self.heads[p] = Some(into);
+        self.tails[p] = Some(into);
+        true
     }
 
     /// The highest priority below `priority` with a runnable thread.

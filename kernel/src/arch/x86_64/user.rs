@@ -41,6 +41,10 @@ pub struct PerCpu {
     /// The end of the current thread's saved context (direct-map address):
     /// `syscall` entry pushes the registers below it.
     pub context_end: u64,
+    /// Non-zero while the current thread is the only runnable thread at
+    /// the highest runnable priority: a `Yield` then returns at once from
+    /// the entry stub. Rewritten on every return to user mode.
+    pub yield_alone: u64,
 }
 
 const STACK_SIZE: usize = 64 * 1024;
@@ -66,7 +70,13 @@ unsafe impl Sync for BootCpu {}
 static BOOT_CPU: BootCpu = BootCpu {
     kernel_stack: UnsafeCell::new(Stack([0; STACK_SIZE])),
     idle_stack: UnsafeCell::new(Stack([0; STACK_SIZE])),
-    per_cpu: UnsafeCell::new(PerCpu { kernel_stack_top: 0, user_stack: 0, fpu_area: 0, context_end: 0 }),
+    per_cpu: UnsafeCell::new(PerCpu {
+        kernel_stack_top: 0,
+        user_stack: 0,
+        fpu_area: 0,
+        context_end: 0,
+        yield_alone: 0,
+    }),
     idle_fpu: UnsafeCell::new([0; 32]),
     idle_context: UnsafeCell::new(UserContext {
         rax: 0,
@@ -98,6 +108,18 @@ core::arch::global_asm!(
     .global syscall_entry
 syscall_entry:
     swapgs
+    /* A `syscall` in the last two bytes of the lower half returns to
+       0x8000_0000_0000, which is not canonical: `iretq` would fault in
+       ring 0. The thread returns to 0 instead and faults in user mode. */
+    btq $47, %rcx
+    jnc 1f
+    xorl %ecx, %ecx
+1:
+    cmpq ${yield_number}, %rax  /* Yield with nothing else to run? */
+    jne 2f
+    cmpq $0, %gs:32
+    jne yield_alone
+2:
     movq %rsp, %gs:8
     movq %gs:24, %rsp           /* the end of the current thread's context */
     pushq $0x1b                 /* ss: user data */
@@ -130,12 +152,26 @@ return_to_context:
     r#"
     iretq
 
+    /* A Yield that would choose the same thread again: straight back, with
+       every register as it came (RCX and R11 are the syscall's). */
+yield_alone:
+    movq %rsp, %gs:8
+    movq %gs:0, %rsp
+    pushq $0x1b
+    pushq %gs:8
+    pushq %r11
+    pushq $0x23
+    pushq %rcx
+    swapgs
+    iretq
+
     .global idle_loop
 idle_loop:
     sti
     hlt
     jmp idle_loop
 "#,
+    yield_number = const strata_abi::syscall::Syscall::Yield as u64,
     options(att_syntax)
 );
 
@@ -197,6 +233,13 @@ pub fn switch_thread(context: *mut UserContext, fpu_area: u64) {
         (*per_cpu()).fpu_area = fpu_area;
         (*per_cpu()).context_end = context.wrapping_add(1) as u64;
     }
+}
+
+/// Records whether the thread about to run in user mode is alone at the
+/// highest runnable priority (see [`PerCpu::yield_alone`]).
+pub fn set_yield_alone(alone: bool) {
+    // SAFETY: interrupts are off in the kernel; nothing else writes the block now.
+    unsafe { (*per_cpu()).yield_alone = u64::from(alone) };
 }
 
 /// The context that runs when no thread can: the idle loop, in kernel

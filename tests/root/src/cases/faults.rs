@@ -34,6 +34,53 @@ pub(super) fn run(suite: &mut Suite) {
     suite.case("user.round_robin", round_robin);
     suite.case("user.delete_running_thread", delete_running_thread);
     suite.case("user.fpu_across_preemption", fpu_across_preemption);
+    suite.case("user.syscall_at_top_of_user_space", syscall_at_top_of_user_space);
+}
+
+/// The last page of the lower half.
+const TOP_PAGE: u64 = 0x7fff_ffff_f000;
+/// Where the code on it starts: `mov eax, imm32` (5 bytes) then `syscall`
+/// in the page's last two bytes.
+const TOP_CODE: u64 = TOP_PAGE + 0xff9;
+
+extern "C" fn jump_to_top() -> ! {
+    // SAFETY: jumps to the code the case placed at the top of user space.
+    unsafe { core::arch::asm!("jmp {target}", target = in(reg) TOP_CODE, options(noreturn)) }
+}
+
+/// A `syscall` in the last two bytes of the lower half would return to
+/// 0x8000_0000_0000, which is not canonical: `iretq` (or `sysretq`) would
+/// fault in ring 0. The kernel must return the thread to 0 instead, where
+/// it takes a page fault of its own. Tried with a `Yield` (the entry
+/// stub's shortcut when nothing else could run) and with a call the
+/// general path handles.
+fn syscall_at_top_of_user_space() -> Outcome {
+    let frame = make(ObjectType::Frame4K, 0)?;
+    strata_rt::root::tables_for(slot::VSPACE, TOP_PAGE).map_err(|e| detail!("tables: {e}"))?;
+    let rw = (Rights::READ | Rights::WRITE).bits();
+    let executable = strata_abi::object::VmAttributes::EXECUTABLE.bits();
+    for number in
+        [strata_abi::syscall::Syscall::Yield as u64, strata_abi::syscall::Syscall::DebugCounters as u64]
+    {
+        check("map writable", call(frame, Label::FrameMap, &[TOP_PAGE, rw, 0], &[slot::VSPACE]))?;
+        let [a, b, c, d] = (number as u32).to_le_bytes();
+        for (i, byte) in [0xb8, a, b, c, d, 0x0f, 0x05].into_iter().enumerate() {
+            // SAFETY: the page was just mapped read-write here.
+            unsafe { ((TOP_CODE + i as u64) as *mut u8).write_volatile(byte) };
+        }
+        // Remapped read-execute (never writable and executable at once).
+        check(
+            "map executable",
+            call(frame, Label::FrameMap, &[TOP_PAGE, Rights::READ.bits(), executable], &[slot::VSPACE]),
+        )?;
+        let (label, [vector, _, rip, address]) = fault_of(jump_to_top)?;
+        if label != 1 || vector != 14 || rip != 0 || address != 0 {
+            return Err(detail!(
+                "system call {number}: fault label {label} vector {vector} rip {rip:#x} address {address:#x}"
+            ));
+        }
+    }
+    Ok(detail!("returned_to=0 then #PF for Yield and DebugCounters"))
 }
 
 /// Runs `entry` in a thread whose faults come to a fresh endpoint, takes
