@@ -13,6 +13,7 @@ mod image;
 mod run;
 mod setup;
 mod step;
+mod tcb;
 mod test;
 
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ enum Command {
     Lint,
     /// Measure kernel paths in QEMU instruction counts; writes target/bench/bench.json.
     Bench,
+    /// Count the privileged code (kernel and linked crates) and the kernel's sections; writes
+    /// target/tcb.json and fails over the line budget.
+    Tcb,
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Image => image::build(image::Kind::Production).map(|image| image.describe()),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Tcb => tcb::run(),
         Command::Lint => build::lint(),
         Command::Bench => bench::run(),
     };
