@@ -20,7 +20,7 @@ use crate::arch::x86_64::{exit, user};
 use crate::boot::{FRAMES, Kernel};
 use crate::object::ObjectSpace;
 use crate::object::memory::DirectMapMemory;
-use crate::object::tcb::{ThreadState, UserContext, layout};
+use crate::object::tcb::{UserContext, layout};
 use crate::rootserver::Module;
 use crate::syscall::Outcome;
 use strata_abi::syscall::Syscall;
@@ -153,11 +153,7 @@ impl Runtime {
     /// if it can go on and `rotate` is false, else the next runnable
     /// thread, else the idle loop.
     fn schedule(&mut self, rotate: bool) -> *const UserContext {
-        if let (true, Some(current)) = (rotate, self.current) {
-            self.space.rotate(current);
-        }
-        let keep = self.current.filter(|&t| !rotate && self.space.thread_state(t) == ThreadState::Runnable);
-        let next = keep.or_else(|| self.space.choose_thread());
+        let next = self.space.next_thread(self.current, rotate);
         let previous = core::mem::replace(&mut self.current, next);
         let Some(tcb) = next else {
             // A test image that idles with no interrupt bound to a
@@ -329,11 +325,18 @@ pub fn device_interrupt(frame: &mut InterruptFrame, line: u8) {
     let Some(mut guard) = RUNTIME.try_lock() else { return };
     let Some(runtime) = guard.as_mut() else { return };
     runtime.space.irq_fired(line);
-    if !frame.from_user() && runtime.current.is_none() {
-        runtime.resume_into(frame, false);
-    } else {
+    match runtime.current {
+        // The thread it woke outranks the interrupted one: it runs now.
+        Some(tcb) if frame.from_user() && runtime.space.choose_thread() != Some(tcb) => {
+            runtime.space.set_context(tcb, &frame.context());
+            let next = runtime.resume_into(frame, false);
+            count_crossing(next);
+        }
+        None if !frame.from_user() => {
+            runtime.resume_into(frame, false);
+        }
         // A thread it woke may now share the current one's priority.
-        runtime.leave();
+        _ => runtime.leave(),
     }
 }
 

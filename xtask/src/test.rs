@@ -44,7 +44,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 63] = [
+const BOOT_CASES: [&str; 64] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -75,6 +75,7 @@ const BOOT_CASES: [&str; 63] = [
     "user.revoke_large_tree",
     "user.delete_blocked_thread",
     "user.priority_order",
+    "user.wake_preempts_lower_priority",
     "user.priority_errors",
     "user.configure_errors",
     "user.suspend_resume",

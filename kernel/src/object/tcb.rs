@@ -479,6 +479,20 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.scheduler.heads[usize::from(priority)]
     }
 
+    /// The thread to run after a kernel entry by `current` (if any). With
+    /// `rotate` (a yield, or the end of a time slice) `current` first goes
+    /// to the back of its queue. Then the head of the highest non-empty
+    /// queue runs. A running thread is the head of its own queue, so it
+    /// goes on unless a thread of higher priority has become runnable,
+    /// which then runs at once (and `current` resumes first among its
+    /// equals later).
+    pub fn next_thread(&mut self, current: Option<PhysAddr>, rotate: bool) -> Option<PhysAddr> {
+        if let (true, Some(current)) = (rotate, current) {
+            self.rotate(current);
+        }
+        self.choose_thread()
+    }
+
     /// Whether `tcb` is the only runnable thread at the highest runnable
     /// priority: then a yield would choose it again, and is a no-op.
     pub fn runs_alone(&self, tcb: PhysAddr) -> bool {

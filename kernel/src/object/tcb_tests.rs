@@ -224,3 +224,25 @@ fn written_registers_are_sanitised() {
         Err(InvocationError::TruncatedMessage { needed: 18 })
     );
 }
+
+/// A running thread goes on until it yields, unless a thread of higher
+/// priority becomes runnable: that one runs at once, and the interrupted
+/// thread is first among its equals afterwards.
+#[test]
+fn a_woken_thread_of_higher_priority_runs_at_once() {
+    let mut space = boot_with_pool();
+    retype(&mut space, ObjectType::Tcb, 0, 16, 3);
+    let [low, peer, high] = [16, 17, 18].map(|i| tcb_object(&space, i));
+    for (tcb, priority) in [(low, 100), (peer, 100), (high, 200)] {
+        set_priority(&mut space, tcb, priority);
+    }
+    space.enqueue(low);
+    space.enqueue(peer);
+    assert_eq!(space.next_thread(None, false), Some(low));
+    assert_eq!(space.next_thread(Some(low), false), Some(low), "no reason to switch");
+    space.enqueue(high);
+    assert_eq!(space.next_thread(Some(low), false), Some(high), "woken higher priority runs");
+    space.dequeue(high);
+    assert_eq!(space.next_thread(Some(high), false), Some(low), "the interrupted thread resumes first");
+    assert_eq!(space.next_thread(Some(low), true), Some(peer), "a yield lets its equal run");
+}

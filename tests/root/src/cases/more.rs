@@ -26,6 +26,7 @@ pub(super) fn run(suite: &mut Suite) {
     suite.case("user.revoke_large_tree", revoke_large_tree);
     suite.case("user.delete_blocked_thread", delete_blocked_thread);
     suite.case("user.priority_order", priority_order);
+    suite.case("user.wake_preempts_lower_priority", wake_preempts_lower_priority);
     suite.case("user.priority_errors", priority_errors);
     suite.case("user.configure_errors", configure_errors);
     suite.case("user.suspend_resume", suspend_resume);
@@ -241,6 +242,53 @@ fn priority_order() -> Outcome {
         return Err(detail!("ran in order {order:#x}, expected 0x0201 (200 then 100)"));
     }
     Ok(detail!("order=200,100"))
+}
+
+static WAKE: AtomicU64 = AtomicU64::new(0);
+static WOKEN_DONE: AtomicU64 = AtomicU64::new(0);
+static STEP: AtomicU64 = AtomicU64::new(0);
+static OBSERVED: AtomicU64 = AtomicU64::new(0);
+
+/// Priority 200: waits, then records how far the low thread got.
+extern "C" fn woken_high() -> ! {
+    let _ = recv(WAKE.load(Ordering::SeqCst));
+    OBSERVED.store(STEP.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
+    signal(WOKEN_DONE.load(Ordering::SeqCst));
+    loop {
+        let _ = recv(WAKE.load(Ordering::SeqCst));
+    }
+}
+
+/// Priority 50: wakes the high thread, then takes a step.
+extern "C" fn waking_low() -> ! {
+    signal(WAKE.load(Ordering::SeqCst));
+    STEP.store(1, Ordering::SeqCst);
+    loop {
+        yield_now();
+    }
+}
+
+/// A signal from a low-priority thread to a waiting high-priority one
+/// switches to it at once: the low thread has not taken its next step
+/// when the high one runs.
+fn wake_preempts_lower_priority() -> Outcome {
+    STEP.store(0, Ordering::SeqCst);
+    OBSERVED.store(0, Ordering::SeqCst);
+    let wake = make(ObjectType::Notification, 0)?;
+    WAKE.store(badged(wake, 1)?, Ordering::SeqCst);
+    let done = make(ObjectType::Notification, 0)?;
+    WOKEN_DONE.store(badged(done, 1)?, Ordering::SeqCst);
+    let high = spawn_at(woken_high, slot::VSPACE, 0, 200)?;
+    let low = spawn_at(waking_low, slot::VSPACE, 0, 50)?;
+    recv(done); // the root (255) blocks until the high thread reports
+    for thread in [low, high] {
+        check("suspend", call(thread, Label::TcbSuspend, &[], &[]))?;
+    }
+    match OBSERVED.load(Ordering::SeqCst) {
+        1 => Ok(detail!("high_ran_before_low_continued=1")),
+        2 => Err(detail!("the low thread went on after waking the high one")),
+        other => Err(detail!("observed {other}")),
+    }
 }
 
 /// Priorities are limited by the authority's maximum controlled priority.
