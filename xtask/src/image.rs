@@ -23,6 +23,8 @@ pub enum Kind {
     SelfTest {
         /// Kernel command line for the ISO.
         cmdline: String,
+        /// Seed of the test root task's system-call fuzzer (module `fuzz-seed`).
+        fuzz_seed: u64,
     },
     /// `target/image-bench/`: the self-test kernel and the benchmark root task.
     Bench,
@@ -31,6 +33,9 @@ pub enum Kind {
     /// executable.
     System,
 }
+
+/// The module of the self-test image holding the system-call fuzzer's seed.
+pub const FUZZ_SEED_MODULE: &str = "fuzz-seed";
 
 /// The module of the system image that is not an executable.
 pub const JUNK_MODULE: &str = "junk";
@@ -65,7 +70,9 @@ pub const DEFAULT_CMDLINE: &str = "log=info";
 pub fn build(kind: Kind) -> Result<Image> {
     let (flavor, dir, cmdline) = match &kind {
         Kind::Production => (Flavor::Production, root().join("target/image"), DEFAULT_CMDLINE.to_owned()),
-        Kind::SelfTest { cmdline } => (Flavor::SelfTest, root().join("target/image-test"), cmdline.clone()),
+        Kind::SelfTest { cmdline, .. } => {
+            (Flavor::SelfTest, root().join("target/image-test"), cmdline.clone())
+        }
         Kind::Bench => (Flavor::Bench, root().join("target/image-bench"), "log=warn".to_owned()),
         Kind::System => (Flavor::System, root().join("target/image-system"), "log=info".to_owned()),
     };
@@ -86,6 +93,11 @@ pub fn build(kind: Kind) -> Result<Image> {
     for (name, program) in &binaries.programs {
         let image = fs::read(program).map_err(|e| fail!("reading {}: {e}", program.display()))?;
         archive.add(EntryKind::Module, name, "", &image).map_err(|e| fail!("boot archive: {e}"))?;
+    }
+    if let Kind::SelfTest { fuzz_seed, .. } = &kind {
+        archive
+            .add(EntryKind::Module, FUZZ_SEED_MODULE, "", format!("{fuzz_seed:x}\n").as_bytes())
+            .map_err(|e| fail!("boot archive: {e}"))?;
     }
     if flavor == Flavor::System {
         archive

@@ -30,6 +30,14 @@ pub struct TestArgs {
     /// Run only the emulator suites whose name contains this text.
     #[arg(long)]
     suite: Option<String>,
+    /// Seed of the in-emulator system-call fuzzer (hexadecimal; default: a
+    /// fresh one each run, printed in its case's line).
+    #[arg(long, value_parser = parse_seed)]
+    fuzz_seed: Option<u64>,
+}
+
+fn parse_seed(text: &str) -> std::result::Result<u64, String> {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16).map_err(|e| format!("not a hexadecimal seed: {e}"))
 }
 
 /// Counts across the whole run.
@@ -44,7 +52,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 64] = [
+const BOOT_CASES: [&str; 65] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -110,6 +118,7 @@ const BOOT_CASES: [&str; 64] = [
     "user.delete_running_thread",
     "user.fpu_across_preemption",
     "user.syscall_at_top_of_user_space",
+    "user.syscall_fuzz",
 ];
 
 /// Runs the selected tests.
@@ -120,7 +129,7 @@ pub fn run(args: &TestArgs) -> Result {
     }
     if !args.host_only {
         setup::ensure()?;
-        emulator_suites(args.suite.as_deref(), &mut totals)?;
+        emulator_suites(args.suite.as_deref(), args.fuzz_seed, &mut totals)?;
     }
     println!("\ntotal: {} passed, {} failed", totals.passed, totals.failed);
     if totals.failed == 0 { Ok(()) } else { Err(fail!("{} test(s) failed", totals.failed)) }
@@ -257,11 +266,15 @@ fn judge_must_fail(run: &MustFail, outcome: &Outcome) -> std::result::Result<(),
     }
 }
 
-fn emulator_suites(filter: Option<&str>, totals: &mut Totals) -> Result {
+fn emulator_suites(filter: Option<&str>, fuzz_seed: Option<u64>, totals: &mut Totals) -> Result {
     let selected = |name: &str| filter.is_none_or(|f| name.contains(f));
     let token = fresh_token();
     let cmdline = format!("log=info ktest.token={token}");
-    let image = image::build(Kind::SelfTest { cmdline: cmdline.clone() })?;
+    let fuzz_seed = fuzz_seed.unwrap_or_else(|| u64::from_str_radix(&fresh_token(), 16).unwrap_or(1));
+    println!(
+        "    system-call fuzzer seed {fuzz_seed:#x} (cargo xtask test --fuzz-seed {fuzz_seed:#x} repeats it)"
+    );
+    let image = image::build(Kind::SelfTest { cmdline: cmdline.clone(), fuzz_seed })?;
 
     let suites = [
         BootSuite {

@@ -108,6 +108,8 @@ fn main() -> ! {
     suite.case("user.irq_notification", irq_notification);
     more::run(&mut suite);
     faults::run(&mut suite);
+    // Last: whatever the fuzzer leaves behind cannot disturb another case.
+    suite.case("user.syscall_fuzz", fuzz::syscall_fuzz);
     println!("KTEST done passed={} failed={}", suite.passed, suite.failed);
     debug::shutdown(if suite.failed == 0 { ExitCode::Success } else { ExitCode::KernelFailure })
 }
@@ -643,4 +645,5 @@ fn irq_notification() -> Outcome {
 }
 
 mod faults;
+mod fuzz;
 mod more;
