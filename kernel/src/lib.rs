@@ -9,7 +9,7 @@
 //! What it must never do: panic, hang or corrupt memory because of anything
 //! user space or a guest does.
 
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "fuzzing")), no_std)]
 
 #[cfg(not(strata_baremetal))]
 extern crate alloc;

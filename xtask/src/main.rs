@@ -9,6 +9,7 @@
 
 mod bench;
 mod build;
+mod fuzz;
 mod image;
 mod run;
 mod setup;
@@ -45,6 +46,8 @@ enum Command {
     Lint,
     /// Measure kernel paths in QEMU instruction counts; writes target/bench/bench.json.
     Bench,
+    /// Fuzz the capability ABI, the decoders and the parsers (cargo-fuzz, nightly).
+    Fuzz(fuzz::FuzzArgs),
     /// Count the privileged code (kernel and linked crates) and the kernel's sections; writes
     /// target/tcb.json and fails over the line budget.
     Tcb,
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Tcb => tcb::run(),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Lint => build::lint(),
         Command::Bench => bench::run(),
     };

@@ -34,6 +34,9 @@ pub struct TestArgs {
     /// fresh one each run, printed in its case's line).
     #[arg(long, value_parser = parse_seed)]
     fuzz_seed: Option<u64>,
+    /// Seconds each cargo-fuzz target runs (suite `fuzz`; 0 skips them).
+    #[arg(long, default_value_t = 30)]
+    fuzz_time: u64,
 }
 
 fn parse_seed(text: &str) -> std::result::Result<u64, String> {
@@ -126,6 +129,13 @@ pub fn run(args: &TestArgs) -> Result {
     let mut totals = Totals::default();
     if !args.emulator_only {
         host_tests(&mut totals)?;
+    }
+    let fuzz_selected = args.suite.as_deref().is_none_or(|s| "fuzz".contains(s) || s.contains("fuzz"));
+    if !args.emulator_only && !args.host_only && fuzz_selected && args.fuzz_time > 0 {
+        let (passed, failed) = crate::fuzz::run_targets(None, args.fuzz_time)?;
+        println!("fuzz: {passed} passed, {failed} failed");
+        totals.passed += passed;
+        totals.failed += failed;
     }
     if !args.host_only {
         setup::ensure()?;

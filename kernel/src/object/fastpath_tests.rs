@@ -9,11 +9,10 @@ use strata_abi::message::MessageInfo;
 use strata_abi::object::Rights;
 use strata_abi::syscall::Syscall;
 
-use super::ipc_tests::{cptr, mint, received, syscall, world};
 use super::memory::Arena;
+use super::model::{check_invariants, slot};
+use super::model::{cptr, mint, received, syscall, world};
 use super::tcb::{ThreadState, UserContext, layout};
-use super::tests::check_invariants;
-use super::vspace_tests::slot;
 use super::*;
 
 /// Sets up a thread's registers (and IPC buffer words past the registers)

@@ -186,7 +186,7 @@ mod tests {
 
     use super::super::delete::Budget;
     use super::super::memory::Arena;
-    use super::super::tests::{ROOT_CNODE, ROOT_RADIX, boot, check_invariants, finish, root_cap};
+    use super::super::model::{ROOT_CNODE, ROOT_RADIX, boot, check_invariants, finish, root_cap};
     use super::super::{Capability, ObjectSpace, Slot};
     use super::{ISSUED_WORDS, IoPortInvocation};
 

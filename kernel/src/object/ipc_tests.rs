@@ -9,94 +9,13 @@ use strata_abi::object::{ObjectType, Rights};
 use strata_abi::syscall::Syscall;
 
 use super::memory::Arena;
-use super::tcb::{ThreadState, UserContext};
-use super::tests::{check_invariants, finish, root_cap};
-use super::vspace_tests::{POOL, boot_with_pool, invoke, retype, slot};
+use super::model::{check_invariants, cptr, finish, mint, received, retype, slot, syscall, world};
+use super::tcb::ThreadState;
 use super::*;
 use crate::syscall::Outcome;
 
-/// Slots: CNode 17 (the threads' CSpace, radix 6), PML4 18, tables 20-22,
-/// endpoint 30, notification 31; threads from 40 with IPC buffer frames
-/// from 50 mapped at 0x10000 + 0x1000 * n.
-pub(super) fn world(threads: u64) -> (ObjectSpace<Arena>, Vec<PhysAddr>) {
-    let mut space = boot_with_pool();
-    retype(&mut space, ObjectType::Pml4, 0, 18, 1);
-    retype(&mut space, ObjectType::Pdpt, 0, 20, 1);
-    retype(&mut space, ObjectType::PageDirectory, 0, 21, 1);
-    retype(&mut space, ObjectType::PageTable, 0, 22, 1);
-    retype(&mut space, ObjectType::Endpoint, 0, 30, 1);
-    retype(&mut space, ObjectType::Notification, 0, 31, 1);
-    invoke(&mut space, POOL, Label::AsidPoolAssign, &[], &[18]).expect("assign");
-    for table in [20, 21, 22] {
-        invoke(&mut space, table, Label::PageTableMap, &[0x10000], &[18]).expect("map table");
-    }
-    let rw = (Rights::READ | Rights::WRITE).bits();
-    let mut tcbs = Vec::new();
-    for n in 0..threads {
-        retype(&mut space, ObjectType::Tcb, 0, 40 + n, 1);
-        retype(&mut space, ObjectType::Frame4K, 0, 50 + n, 1);
-        let address = 0x10000 + 0x1000 * n;
-        invoke(&mut space, 50 + n, Label::FrameMap, &[address, rw, 0], &[18]).expect("map buffer");
-        // The threads share the root CNode as their CSpace: slot numbers
-        // below are capability pointers for them too (guard-free radix 6, depth 64 -> use the low bits).
-        let tcb_cap = space.cap(slot(40 + n));
-        let configure = space
-            .decode_tcb(tcb_cap, Label::TcbConfigure, &[address, 0], &[slot(0), slot(18), slot(50 + n)])
-            .expect("configure");
-        space.perform_tcb(configure);
-        let Capability::Tcb { object } = tcb_cap else { unreachable!() };
-        space.memory.write(object.offset(super::tcb::layout::PRIORITY), 100 | 255 << 8);
-        let resume = space.decode_tcb(tcb_cap, Label::TcbResume, &[], &[]).expect("resume");
-        space.perform_tcb(resume);
-        tcbs.push(object);
-    }
-    (space, tcbs)
-}
-
-/// The root CNode (radix 6, no guard) resolves pointers with their low 6
-/// bits first at depth 64 only if shifted: a pointer to slot `n` is `n << 58`.
-pub(super) fn cptr(n: u64) -> u64 {
-    n << 58
-}
-
-pub(super) fn syscall(
-    space: &mut ObjectSpace<Arena>,
-    tcb: PhysAddr,
-    number: Syscall,
-    target: u64,
-    info: MessageInfo,
-    words: &[u64],
-) -> Outcome {
-    let mut context = space.context(tcb);
-    context.rax = number as u64;
-    context.rdi = target;
-    context.rsi = info.encode().expect("fits");
-    let w = |n: usize| words.get(n).copied().unwrap_or(0);
-    (context.rdx, context.r8, context.r9, context.r10) = (w(0), w(1), w(2), w(3));
-    context.rip = 0x40_1002;
-    space.set_context(tcb, &context);
-    space.handle_syscall(tcb)
-}
-
-pub(super) fn received(space: &ObjectSpace<Arena>, tcb: PhysAddr) -> (u64, MessageInfo, [u64; 4]) {
-    let c: UserContext = space.context(tcb);
-    (c.rdi, MessageInfo::decode(c.rsi), [c.rdx, c.r8, c.r9, c.r10])
-}
-
 fn state(space: &ObjectSpace<Arena>, tcb: PhysAddr) -> ThreadState {
     space.thread_state(tcb)
-}
-
-pub(super) fn mint(space: &mut ObjectSpace<Arena>, dest: u64, source: u64, rights: Rights, badge: u64) {
-    let invocation = space
-        .decode_cnode(
-            root_cap(),
-            Label::CNodeMint,
-            &[dest, 6, source, 6, rights.bits(), badge],
-            Some(root_cap()),
-        )
-        .expect("mint");
-    let _ = space.perform_cnode(invocation, &mut super::delete::Budget(1));
 }
 
 #[test]

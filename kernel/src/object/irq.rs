@@ -244,8 +244,7 @@ mod tests {
     use super::super::delete::Budget;
     use super::super::ipc::NOTIFICATION_WORD;
     use super::super::memory::Arena;
-    use super::super::tests::{ROOT_CNODE, ROOT_RADIX, boot, check_invariants, finish, root_cap};
-    use super::super::vspace_tests::retype;
+    use super::super::model::{ROOT_CNODE, ROOT_RADIX, boot, check_invariants, finish, retype, root_cap};
     use super::super::{Capability, ObjectSpace, PhysicalMemory, Slot};
     use super::{IrqTable, IsaRoute, LineState};
 

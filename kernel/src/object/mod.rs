@@ -20,10 +20,14 @@ pub mod cnode;
 pub mod cspace;
 pub mod delete;
 pub mod fastpath;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod ioport;
 pub mod ipc;
 pub mod irq;
 pub mod memory;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod model;
 pub mod tcb;
 pub mod untyped;
 pub mod vspace;

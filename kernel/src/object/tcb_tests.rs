@@ -10,9 +10,8 @@ use strata_abi::invocation::Label;
 use strata_abi::object::{ObjectType, Rights};
 
 use super::memory::Arena;
+use super::model::{POOL, UNTYPED, boot_with_pool, check_invariants, finish, invoke, retype, root_cap, slot};
 use super::tcb::{ThreadState, UserContext, layout};
-use super::tests::{check_invariants, finish, root_cap};
-use super::vspace_tests::{POOL, UNTYPED, boot_with_pool, invoke, retype, slot};
 use super::*;
 
 fn tcb_object(space: &ObjectSpace<Arena>, index: u64) -> PhysAddr {

@@ -4,189 +4,17 @@
 //! budgets. After every step the invariants of the derivation tree and of
 //! memory are checked against an independent reconstruction.
 
-use std::collections::{HashMap, HashSet};
-
 use proptest::prelude::*;
 use strata_abi::error::{InvocationError, LookupFailure};
 use strata_abi::invocation::Label;
-use strata_abi::object::{ObjectType, Rights, SLOT_SIZE_BITS};
+use strata_abi::object::{ObjectType, Rights};
 
 use super::delete::{Budget, Progress};
 use super::memory::Arena;
+use super::model::{
+    ROOT_CNODE, ROOT_RADIX, RevokeCheck, UNTYPED_BASE, UNTYPED_BITS, boot, check_invariants, finish, root_cap,
+};
 use super::*;
-
-pub(super) const ROOT_RADIX: u8 = 6;
-pub(super) const ROOT_CNODE: PhysAddr = PhysAddr(0x1_0000);
-pub(super) const UNTYPED_BASE: PhysAddr = PhysAddr(0x10_0000);
-pub(super) const UNTYPED_BITS: u8 = 20;
-
-pub(super) fn root_cap() -> Capability {
-    Capability::CNode { object: ROOT_CNODE, radix: ROOT_RADIX, guard_size: 0, guard: 0 }
-}
-
-/// A booted object space: root CNode (cap to itself in slot 0), a 1 MiB
-/// Untyped in slot 1.
-pub(super) fn boot() -> ObjectSpace<Arena> {
-    let mut space = ObjectSpace::new(Arena::new(0, 4 << 20));
-    space.insert_root(Slot::in_cnode(ROOT_CNODE, 0), root_cap());
-    space.insert_root(
-        Slot::in_cnode(ROOT_CNODE, 1),
-        Capability::Untyped { base: UNTYPED_BASE, size_bits: UNTYPED_BITS, free_index: 0, device: false },
-    );
-    space
-}
-
-/// Runs an operation to completion with a small budget per call, as the
-/// kernel does across preemptions.
-pub(super) fn finish(
-    space: &mut ObjectSpace<Arena>,
-    budget: u32,
-    mut op: impl FnMut(&mut ObjectSpace<Arena>, &mut Budget) -> Progress,
-) {
-    for _ in 0..200_000 {
-        if op(space, &mut Budget(budget)) == Progress::Done {
-            return;
-        }
-    }
-    panic!("operation did not finish in 200000 preemptions");
-}
-
-/// Every derivation-list entry, in list order (lists one after another),
-/// and every CNode they name, starting from the root. List heads are found
-/// by following back links, since a list can start in a CNode that only the
-/// list itself still reaches (its last capability was stored inside it).
-pub(super) fn scan(space: &ObjectSpace<Arena>) -> (HashSet<(PhysAddr, u8)>, Vec<Slot>) {
-    let mut cnodes = HashSet::from([(ROOT_CNODE, ROOT_RADIX)]);
-    loop {
-        let mut heads = std::collections::BTreeSet::new();
-        for &(object, radix) in &cnodes {
-            for i in 0..1u64 << radix {
-                let mut slot = Slot::in_cnode(object, i);
-                if space.cap(slot).is_null() {
-                    continue;
-                }
-                for _ in 0..100_000 {
-                    match space.mdb(slot).prev {
-                        Some(prev) => slot = prev,
-                        None => break,
-                    }
-                }
-                assert!(space.mdb(slot).prev.is_none(), "back links from {slot:?} loop");
-                heads.insert(slot);
-            }
-        }
-        let mut entries = Vec::new();
-        let mut seen = HashSet::new();
-        for head in heads {
-            let mut previous = None;
-            let mut current = Some(head);
-            while let Some(slot) = current {
-                assert!(seen.insert(slot), "slot {slot:?} appears twice in the derivation lists");
-                assert_eq!(space.mdb(slot).prev, previous, "broken back link at {slot:?}");
-                assert!(!space.cap(slot).is_null(), "empty slot {slot:?} in a derivation list");
-                entries.push(slot);
-                previous = Some(slot);
-                current = space.mdb(slot).next;
-            }
-        }
-        let before = cnodes.len();
-        for &slot in &entries {
-            if let Capability::CNode { object, radix, .. } | Capability::Zombie { object, radix, .. } =
-                space.cap(slot)
-            {
-                cnodes.insert((object, radix));
-            }
-        }
-        if cnodes.len() == before {
-            return (cnodes, entries);
-        }
-    }
-}
-
-/// The parent of each entry, reconstructed from list order and
-/// `is_parent_of` (descendants of an entry are the run right after it).
-fn parents(space: &ObjectSpace<Arena>, entries: &[Slot]) -> HashMap<Slot, Option<Slot>> {
-    let mut parents = HashMap::new();
-    let mut stack: Vec<Slot> = Vec::new();
-    for &slot in entries {
-        if space.mdb(slot).prev.is_none() {
-            stack.clear();
-        }
-        while let Some(&top) = stack.last() {
-            if space.is_parent_of(top, slot) {
-                break;
-            }
-            stack.pop();
-        }
-        parents.insert(slot, stack.last().copied());
-        stack.push(slot);
-    }
-    parents
-}
-
-pub(super) fn check_invariants(space: &ObjectSpace<Arena>) {
-    let (cnodes, entries) = scan(space);
-    let listed: HashSet<Slot> = entries.iter().copied().collect();
-    // Every occupied slot of a live CNode is in a list; every empty slot has no links.
-    for &(object, radix) in &cnodes {
-        for i in 0..1u64 << radix {
-            let slot = Slot::in_cnode(object, i);
-            if space.cap(slot).is_null() {
-                assert_eq!(space.mdb(slot), MdbNode::default(), "empty slot {slot:?} has links");
-            } else {
-                assert!(listed.contains(&slot), "occupied slot {slot:?} is in no derivation list");
-            }
-        }
-    }
-    let parents = parents(space, &entries);
-    let mut objects: HashMap<(u8, PhysAddr), (PhysAddr, u64)> = HashMap::new();
-    for &slot in &entries {
-        let cap = space.cap(slot);
-        if let Capability::Untyped { size_bits, free_index, .. } = cap {
-            assert!(free_index <= 1 << size_bits, "free index past the end of {cap:?}");
-        }
-        // Rights never grow from parent to child; badges are inherited.
-        if let Some(Some(parent)) = parents.get(&slot) {
-            let parent_cap = space.cap(*parent);
-            if std::mem::discriminant(&parent_cap) == std::mem::discriminant(&cap) {
-                assert!(
-                    parent_cap.rights().contains(cap.rights()),
-                    "{cap:?} has more rights than its parent {parent_cap:?}"
-                );
-                if let (Some(pb), Some(cb)) = (parent_cap.badge(), cap.badge()) {
-                    assert!(pb == 0 || pb == cb, "badge changed from {pb} to {cb}");
-                }
-            }
-            // An object lies inside the Untyped it came from, below its free index.
-            if let Capability::Untyped { base, free_index, .. } = parent_cap {
-                let (object, size) = cap.region().expect("objects have regions");
-                assert!(
-                    base <= object && object.get() + size <= base.get() + free_index,
-                    "{cap:?} outside its Untyped {parent_cap:?}"
-                );
-            }
-        }
-        if let (false, Some((object, size))) = (matches!(cap, Capability::Untyped { .. }), cap.region()) {
-            // Kinds whose capabilities may name the same memory as the same object.
-            let kind = match cap {
-                Capability::Zombie { .. } | Capability::CNode { .. } => 4, // a dying CNode is still the CNode
-                Capability::Endpoint { .. } => 2,
-                Capability::Notification { .. } => 3,
-                Capability::Frame { .. } => 6,
-                Capability::PageTable { .. } | Capability::Pml4 { .. } => 7,
-                Capability::AsidPool { .. } => 8,
-                _ => 5,
-            };
-            objects.insert((kind, object), (object, size));
-        }
-    }
-    // No two distinct live objects overlap.
-    let mut regions: Vec<(u64, u64)> = objects.values().map(|(o, s)| (o.get(), o.get() + s)).collect();
-    regions.sort();
-    for pair in regions.windows(2) {
-        assert!(pair[0].1 <= pair[1].0, "live objects overlap: {:x?} and {:x?}", pair[0], pair[1]);
-    }
-}
 
 /// A choice among however many candidates there are when it is used (the
 /// same fixed-point mapping as `proptest::sample::Index`, but constructible,
@@ -241,24 +69,6 @@ fn addresses(space: &ObjectSpace<Arena>) -> Vec<(u64, u64)> {
         }
     }
     out
-}
-
-/// Slots inside CNodes that were live before and are now gone, or are
-/// being destroyed (held by a zombie).
-fn destroyed_regions(space: &ObjectSpace<Arena>, before: &HashSet<(PhysAddr, u8)>) -> Vec<(u64, u64)> {
-    let (after, entries) = scan(space);
-    let dying: HashSet<(PhysAddr, u8)> = entries
-        .iter()
-        .filter_map(|&slot| match space.cap(slot) {
-            Capability::Zombie { object, radix, .. } => Some((object, radix)),
-            _ => None,
-        })
-        .collect();
-    before
-        .iter()
-        .filter(|cnode| !after.contains(cnode) || dying.contains(cnode))
-        .map(|(o, r)| (o.get(), o.get() + (1u64 << (u32::from(*r) + SLOT_SIZE_BITS))))
-        .collect()
 }
 
 fn run(space: &mut ObjectSpace<Arena>, op: &Op) -> Result<(), InvocationError> {
@@ -349,41 +159,9 @@ fn run(space: &mut ObjectSpace<Arena>, op: &Op) -> Result<(), InvocationError> {
             let target = space
                 .lookup_slot(root, i, d as u8)
                 .map_err(|failure| InvocationError::FailedLookup { source: false, failure })?;
-            // What must go: the run after the slot that the tree calls its descendants.
-            let (cnodes_before, entries) = scan(space);
-            let parents = parents(space, &entries);
-            let is_descendant = |mut s: Slot| loop {
-                match parents.get(&s).copied().flatten() {
-                    Some(p) if p == target => return true,
-                    Some(p) => s = p,
-                    None => return false,
-                }
-            };
-            let descendants: HashSet<Slot> = entries.iter().copied().filter(|&s| is_descendant(s)).collect();
-            let snapshot: Vec<(Slot, Capability)> = entries.iter().map(|&s| (s, space.cap(s))).collect();
+            let check = RevokeCheck::before(space, target);
             cnode_op(space, Label::CNodeRevoke, &[i, d], u32::from(*budget))?;
-            assert!(!space.has_children(target), "revoke left children");
-            // The revoked capability may itself have been destroyed (it lived
-            // in a CNode the revoke destroyed): the revoke then ends there.
-            let revoker_destroyed = space.cap(target).is_null();
-            let destroyed = destroyed_regions(space, &cnodes_before);
-            let inside_destroyed = |s: Slot| destroyed.iter().any(|&(a, b)| (a..b).contains(&s.0.get()));
-            for (slot, cap) in snapshot {
-                if descendants.contains(&slot) {
-                    let now = space.cap(slot);
-                    // With the revoker gone the revoke ends early: the rest
-                    // stay (consistent, checked by the invariants). Breaking a
-                    // zombie cycle swaps slot contents, so a descendant's slot
-                    // may now hold another CNode's zombie.
-                    let acceptable = now.is_null()
-                        || inside_destroyed(slot)
-                        || revoker_destroyed
-                        || matches!(now, Capability::Zombie { .. });
-                    assert!(acceptable, "descendant {slot:?} ({cap:?}, now {now:?}) survived revoke");
-                } else if !inside_destroyed(slot) && slot != target {
-                    assert_eq!(space.cap(slot), cap, "revoke touched {slot:?}, which is not a descendant");
-                }
-            }
+            check.after(space);
             Ok(())
         }
     }

@@ -14,55 +14,13 @@ use strata_abi::object::{ObjectType, Rights, USER_TOP, VmAttributes};
 use super::cap::{FrameSize, Mapping, TableLevel};
 use super::delete::Budget;
 use super::memory::Arena;
-use super::tests::{ROOT_CNODE, boot, check_invariants, finish, root_cap, scan};
+use super::model::{
+    ASID_CONTROL, POOL, UNTYPED, boot_with_pool, check_invariants, finish, invoke, retype, root_cap, scan,
+    slot,
+};
 use super::vspace::VSpaceInvocation;
 use super::*;
 use crate::arch::x86_64::paging::{Level, PageTableEntry, PteFlags};
-
-pub(super) fn slot(index: u64) -> Slot {
-    Slot::in_cnode(ROOT_CNODE, index)
-}
-
-pub(super) const UNTYPED: u64 = 1;
-const ASID_CONTROL: u64 = 2;
-pub(super) const POOL: u64 = 4;
-
-/// Boot plus an ASID control capability and one ASID pool.
-pub(super) fn boot_with_pool() -> ObjectSpace<Arena> {
-    let mut space = boot();
-    space.insert_root(slot(ASID_CONTROL), Capability::AsidControl);
-    // The pool comes from memory of its own, so that revoking the test
-    // Untyped (which holds all the address spaces) leaves it in place.
-    space.insert_root(
-        slot(3),
-        Capability::Untyped { base: PhysAddr(0x20_0000), size_bits: 12, free_index: 0, device: false },
-    );
-    let make = space
-        .decode_vspace(slot(ASID_CONTROL), Label::AsidControlMakePool, &[POOL, 6], &[slot(3), slot(0)])
-        .expect("pool");
-    space.perform_vspace(make);
-    space
-}
-
-pub(super) fn retype(space: &mut ObjectSpace<Arena>, kind: ObjectType, size: u64, first: u64, count: u64) {
-    let retype = space
-        .decode_retype(slot(UNTYPED), kind as u64, size, root_cap(), first, count)
-        .unwrap_or_else(|e| panic!("retype {kind:?}: {e:?}"));
-    space.perform_retype(&retype);
-}
-
-pub(super) fn invoke(
-    space: &mut ObjectSpace<Arena>,
-    target: u64,
-    label: Label,
-    words: &[u64],
-    extra: &[u64],
-) -> Result<(), InvocationError> {
-    let extra: Vec<Slot> = extra.iter().map(|&i| slot(i)).collect();
-    let invocation = space.decode_vspace(slot(target), label, words, &extra)?;
-    space.perform_vspace(invocation);
-    Ok(())
-}
 
 /// Where `address` leads in the address space rooted at `pml4`.
 fn translate(space: &ObjectSpace<Arena>, pml4: PhysAddr, address: u64) -> Option<(u64, PteFlags)> {
