@@ -58,7 +58,9 @@ pub fn count_code(text: &str) -> (usize, Vec<String>) {
             }
             continue;
         }
-        if line == "#[cfg(test)]" {
+        // Test-only items: `#[cfg(test)]`, and the object layer's fuzzing
+        // support (compiled for the host fuzz targets, never into the kernel).
+        if line == "#[cfg(test)]" || line == "#[cfg(any(test, feature = \"fuzzing\"))]" {
             test_item_pending = true;
             continue;
         }
@@ -323,6 +325,12 @@ fn after() {}
         // use, fn real, let, '{', }, fn after
         assert_eq!(code, 6);
         assert_eq!(test_modules, ["more_tests"]);
+    }
+
+    #[test]
+    fn fuzzing_support_is_test_code() {
+        let source = "#[cfg(any(test, feature = \"fuzzing\"))]\npub mod model;\npub mod real;\n";
+        assert_eq!(count_code(source), (1, vec!["model".to_owned()]));
     }
 
     #[test]
