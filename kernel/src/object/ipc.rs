@@ -53,9 +53,9 @@ pub const FAULT_SYSCALL: u64 = strata_abi::fault::SYSCALL;
 pub const FAULT_WORDS: usize = strata_abi::fault::WORDS;
 const FAULT_AT: u64 = 0x148;
 
-const NOTIFICATION_BOUND: u64 = 0;
+pub(super) const NOTIFICATION_BOUND: u64 = 0;
 pub(super) const NOTIFICATION_WORD: u64 = 8;
-const NOTIFICATION_QUEUE: u64 = 16;
+pub(super) const NOTIFICATION_QUEUE: u64 = 16;
 
 fn ipc_offset(field: usize) -> u64 {
     field as u64

@@ -136,6 +136,7 @@ pub fn parents(space: &ObjectSpace<Arena>, entries: &[Slot]) -> HashMap<Slot, Op
 
 pub fn check_invariants(space: &ObjectSpace<Arena>) {
     let (cnodes, entries) = scan(space);
+    check_references(space, &entries);
     let listed: HashSet<Slot> = entries.iter().copied().collect();
     // Every occupied slot of a live CNode is in a list; every empty slot has no links.
     for &(object, radix) in &cnodes {
@@ -393,6 +394,96 @@ impl RevokeCheck {
             } else if !inside_destroyed(slot) && slot != target {
                 assert_eq!(space.cap(slot), cap, "revoke touched {slot:?}, which is not a descendant");
             }
+        }
+    }
+}
+
+/// Nothing refers to a deleted object: every thread in a run queue or an
+/// IPC queue, every object a thread is blocked on, replies to or is bound
+/// to, every thread a notification is bound to, and every notification an
+/// interrupt line signals is live (some capability names it).
+pub fn check_references(space: &ObjectSpace<Arena>, entries: &[Slot]) {
+    use super::ipc::{NOTIFICATION_BOUND, NOTIFICATION_QUEUE};
+    use super::tcb::{ThreadState, layout};
+    let mut tcbs = HashSet::new();
+    let mut endpoints = HashSet::new();
+    let mut notifications = HashSet::new();
+    for &slot in entries {
+        match space.cap(slot) {
+            Capability::Tcb { object } => {
+                tcbs.insert(object);
+            }
+            Capability::Endpoint { object, .. } => {
+                endpoints.insert(object);
+            }
+            Capability::Notification { object, .. } => {
+                notifications.insert(object);
+            }
+            _ => {}
+        }
+    }
+    let word = |address: PhysAddr| space.memory.read(address);
+    let live_tcb = |address: u64, what: &str| {
+        assert!(tcbs.contains(&PhysAddr(address)), "{what} names {address:#x}, which is not a live thread");
+    };
+    // Walks a queue of threads linked through their queue links.
+    let walk = |head: Option<PhysAddr>, what: &str| {
+        let mut next = head;
+        for _ in 0..10_000 {
+            let Some(tcb) = next else { return };
+            live_tcb(tcb.get(), what);
+            next = match word(tcb.offset(layout::QUEUE_NEXT)) {
+                0 => None,
+                n => Some(PhysAddr(n)),
+            };
+        }
+        panic!("{what} does not end");
+    };
+    for head in space.scheduler.heads() {
+        walk(Some(head), "a run queue");
+    }
+    for &endpoint in &endpoints {
+        walk(Some(PhysAddr(word(endpoint))).filter(|a| a.get() != 0), "an endpoint queue");
+    }
+    for &notification in &notifications {
+        let queue = notification.offset(NOTIFICATION_QUEUE);
+        walk(Some(PhysAddr(word(queue))).filter(|a| a.get() != 0), "a notification queue");
+        match word(notification.offset(NOTIFICATION_BOUND)) {
+            0 => {}
+            bound => live_tcb(bound, "a notification's bound thread"),
+        }
+    }
+    for &tcb in &tcbs {
+        let state = space.thread_state(tcb);
+        let blocked_on = word(tcb.offset(layout::BLOCKED_ON));
+        match state {
+            ThreadState::BlockedOnSend | ThreadState::BlockedOnReceive => assert!(
+                endpoints.contains(&PhysAddr(blocked_on)),
+                "a thread blocked on {blocked_on:#x}, which is not a live endpoint"
+            ),
+            ThreadState::BlockedOnNotification => assert!(
+                notifications.contains(&PhysAddr(blocked_on)),
+                "a thread waits on {blocked_on:#x}, which is not a live notification"
+            ),
+            _ => {}
+        }
+        for (field, what) in [(layout::REPLY_TO, "a reply-to link"), (layout::REPLIER, "a replier link")] {
+            match word(tcb.offset(field)) {
+                0 => {}
+                other => live_tcb(other, what),
+            }
+        }
+        match word(tcb.offset(layout::BOUND_NOTIFICATION)) {
+            0 => {}
+            n => assert!(
+                notifications.contains(&PhysAddr(n)),
+                "a thread is bound to {n:#x}, not a live notification"
+            ),
+        }
+    }
+    for line in &space.irqs.state {
+        if let Some((notification, _)) = line.notification {
+            assert!(notifications.contains(&notification), "an IRQ line signals a deleted notification");
         }
     }
 }

@@ -263,6 +263,12 @@ impl Scheduler {
         Self { heads: [None; 256], tails: [None; 256], nonempty: [0; 4] }
     }
 
+    /// The heads of the non-empty run queues (tests and fuzzing).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn heads(&self) -> impl Iterator<Item = PhysAddr> + '_ {
+        self.heads.iter().flatten().copied()
+    }
+
     /// The highest priority with a runnable thread.
     pub fn highest(&self) -> Option<u8> {
         Self::highest_in(&self.nonempty)
