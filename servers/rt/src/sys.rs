@@ -29,6 +29,13 @@ pub fn syscall(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, [u
 /// As [`syscall`], also returning RDI (the badge of a received message).
 #[inline(always)]
 pub fn syscall_with_badge(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, u64, [u64; 8]) {
+    raw_syscall(number as u64, rdi, rsi, words)
+}
+
+/// As [`syscall_with_badge`], with any number in RAX: for testing how the
+/// kernel takes numbers it does not know (it faults the thread).
+#[inline(always)]
+pub fn raw_syscall(number: u64, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, u64, [u64; 8]) {
     let (badge, info, w0, w1, w2, w3, w4, w5, w6, w7);
     // SAFETY: the `syscall` instruction enters the kernel, which returns with
     // only RAX, RCX, R11 and the reply registers changed, as declared here.
@@ -37,7 +44,7 @@ pub fn syscall_with_badge(number: Syscall, rdi: u64, rsi: u64, words: [u64; 8]) 
     unsafe {
         core::arch::asm!(
             "syscall",
-            inlateout("rax") number as u64 => _,
+            inlateout("rax") number => _,
             inlateout("rdi") rdi => badge,
             inlateout("rsi") rsi => info,
             inlateout("rdx") words[0] => w0,

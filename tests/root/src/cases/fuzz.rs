@@ -158,31 +158,8 @@ fn word(rng: &mut Rng) -> u64 {
 }
 
 /// Makes a system call; returns the reply's message info (RSI).
-fn raw_syscall(number: u64, rdi: u64, rsi: u64, w: [u64; 8]) -> u64 {
-    let info;
-    // SAFETY: a system call with arbitrary arguments: the kernel must cope.
-    // It returns with only RAX, RCX, R11 and the message registers changed,
-    // all declared clobbered.
-    unsafe {
-        core::arch::asm!(
-            "syscall",
-            inlateout("rax") number => _,
-            inlateout("rdi") rdi => _,
-            inlateout("rsi") rsi => info,
-            inlateout("rdx") w[0] => _,
-            inlateout("r8") w[1] => _,
-            inlateout("r9") w[2] => _,
-            inlateout("r10") w[3] => _,
-            inlateout("r12") w[4] => _,
-            inlateout("r13") w[5] => _,
-            inlateout("r14") w[6] => _,
-            inlateout("r15") w[7] => _,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    info
+fn raw_syscall(number: u64, rdi: u64, rsi: u64, words: [u64; 8]) -> u64 {
+    strata_rt::sys::raw_syscall(number, rdi, rsi, words).1
 }
 
 /// Call number `index` of the run seeded with `seed`.
