@@ -80,6 +80,16 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     #[inline(always)]
     pub fn lookup_words(&self, root: [u64; 2], address: u64) -> Option<(Slot, [u64; 2])> {
         let (mut object, mut radix, mut guard_size, mut guard) = super::cap::raw::cnode(root)?;
+        if radix + guard_size == 64 && radix != 0 {
+            // One level takes the whole address (the layout the kernel gives
+            // the root task and the SDK its children): the guard is the
+            // address's top bits, the index the rest.
+            if address >> radix != guard {
+                return None;
+            }
+            let slot = Slot::in_cnode(object, address & ((1 << radix) - 1));
+            return Some((slot, self.slot_words(slot)));
+        }
         let mut bits_left = 64u32;
         loop {
             let level_bits = radix + guard_size;
@@ -227,6 +237,33 @@ mod tests {
         ) {
             let (space, caps) = space_with(&shapes, &links);
             prop_assert_eq!(space.resolve(caps[0], address, depth), naive(&space, caps[0], address, depth));
+        }
+
+        #[test]
+        fn the_one_level_fastpath_lookup_agrees_with_the_general_one(
+            radix in 1u8..13,
+            guard in 0u64..4,
+            slot_index in 0u64..4096,
+            noise in any::<u64>(),
+            exact in any::<bool>(),
+        ) {
+            let mut space = ObjectSpace::new(Arena::new(0, 1 << 20));
+            let object = PhysAddr(0x1_0000);
+            let guard_size = 64 - radix;
+            let root = Capability::CNode { object, radix, guard_size, guard };
+            let index = slot_index % (1 << radix);
+            space.insert_root(Slot::in_cnode(object, index), Capability::Endpoint { object: PhysAddr(0x8_0000), badge: 7, rights: Rights::all() });
+            let address = if exact { guard << radix | index } else { noise };
+            let words = root.encode().expect("encodable");
+            match (space.lookup_cap(root, address), space.lookup_words(words, address)) {
+                (Ok((slot, cap)), Some((fast_slot, found))) => {
+                    prop_assert_eq!(slot, fast_slot);
+                    prop_assert_eq!(Capability::decode(found), Ok(cap));
+                }
+                (Ok(found), None) => prop_assert!(false, "the fastpath lookup missed {:?}", found),
+                (Err(_), Some((_, found))) => prop_assert_eq!(found, [0, 0]),
+                (Err(_), None) => {}
+            }
         }
 
         #[test]

@@ -132,10 +132,16 @@ syscall_entry:
     r#"
     movq %gs:16, %rax
     fxsave64 (%rax)
-    movq %rsp, %rdi             /* the saved context */
+    movq %rsp, %rbx             /* the saved context (RBX is saved in it) */
+    movq %rsp, %rdi
     movq %gs:0, %rsp
     cld
+    call ipc_fastpath           /* Call or ReplyRecv in the common case? */
+    testq %rax, %rax
+    jnz 3f
+    movq %rbx, %rdi
     call syscall_handler
+3:
     movq %rax, %rsp             /* the context to run */
 
     /* RSP points at the context to run: general registers, then an IRET frame. */
