@@ -158,6 +158,7 @@ pub fn start(responses: BootResponses) -> Kernel {
         }
     }
     let rsdp = read_rsdp(&responses, direct_map);
+    log::info!("virtualization: {}", crate::arch::x86_64::virt::detect());
     Kernel { responses, cmdline, direct_map, lapic, calibration, usable_bytes, usable_regions, rsdp }
 }
 

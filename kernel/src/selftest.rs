@@ -92,12 +92,36 @@ pub fn run(kernel: &Kernel) {
     suite.case("boot.acpi", || acpi(kernel));
     suite.case("boot.breakpoint", breakpoint);
     suite.case("boot.timer", || timer(kernel));
+    suite.case("boot.virtualization", virtualization);
     print_line(format_args!("KTEST done passed={} failed={}", suite.passed, suite.failed));
     if suite.failed != 0 {
         exit::exit(ExitCode::KernelFailure);
     }
     if !crate::run::has_root_task(kernel) {
         exit::exit(ExitCode::Success);
+    }
+}
+
+/// The VCPU backend the CPU allows, with the figures the harness checks
+/// against the machine (QEMU: SVM with nested paging; Bochs: VMX with EPT).
+fn virtualization() -> Result<Detail, Detail> {
+    use crate::arch::x86_64::virt::{Backend, detect};
+    match detect() {
+        Backend::Svm(s) => Ok(detail!(
+            "backend=svm revision={} asids={} nested_paging={} nrip_save={}",
+            s.revision,
+            s.asids,
+            u8::from(s.nested_paging),
+            u8::from(s.nrip_save)
+        )),
+        Backend::Vmx(v) => Ok(detail!(
+            "backend=vmx revision={:#x} ept={} vpid={} unrestricted_guest={}",
+            v.revision,
+            u8::from(v.ept),
+            u8::from(v.vpid),
+            u8::from(v.unrestricted_guest)
+        )),
+        Backend::None(why) => Err(detail!("no virtualization: {why}")),
     }
 }
 

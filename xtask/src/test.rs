@@ -55,7 +55,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 65] = [
+const BOOT_CASES: [&str; 66] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -64,6 +64,7 @@ const BOOT_CASES: [&str; 65] = [
     "boot.acpi",
     "boot.breakpoint",
     "boot.timer",
+    "boot.virtualization",
     // The test root task, from user mode.
     "user.boot_info",
     "user.retype",
@@ -194,6 +195,20 @@ fn count_before(text: &str, label: &str) -> usize {
 fn fresh_token() -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{:x}", (nanos as u64) ^ (u64::from(std::process::id()) << 32))
+}
+
+/// The virtualization each emulator offers (TOOLCHAIN.md): QEMU TCG has SVM
+/// with nested paging, Bochs's Skylake-X has VMX with EPT.
+fn virtualization_checks(bochs: bool) -> [DetailCheck; 2] {
+    let (backend, feature) = if bochs { ("vmx", "ept") } else { ("svm", "nested_paging") };
+    [
+        DetailCheck::field("boot.virtualization", "backend", move |value| {
+            if value == backend { Ok(()) } else { Err(format!("expected {backend} on this machine")) }
+        }),
+        DetailCheck::field("boot.virtualization", feature, |value| {
+            if value == "1" { Ok(()) } else { Err("expected it present on this machine".into()) }
+        }),
+    ]
 }
 
 fn boot_expectation(token: &str, memory_mib: u32, success_status: Option<i32>) -> Expectation {
@@ -398,7 +413,9 @@ fn run_boot_suite(suite: &BootSuite, token: &str, totals: &mut Totals) -> Result
         Machine::Qemu(boot) => {
             let outcome = emulator::run(qemu_command(boot, memory, &[]), None, QEMU_TIMEOUT)?;
             let success = Some(ExitCode::Success.qemu_status());
-            (outcome, boot_expectation(token, memory, success), None)
+            let mut expectation = boot_expectation(token, memory, success);
+            expectation.checks.extend(virtualization_checks(false));
+            (outcome, expectation, None)
         }
         Machine::Bochs { iso } => {
             let dir = root().join("target/emu").join(suite.name);
@@ -407,7 +424,9 @@ fn run_boot_suite(suite: &BootSuite, token: &str, totals: &mut Totals) -> Result
             // Bochs exits with status 1 whether it shut down or crashed: the
             // serial log decides, and its own log shows how it stopped.
             let log = fs::read_to_string(dir.join("bochs.log")).unwrap_or_default();
-            (outcome, boot_expectation(token, memory, None), Some(log))
+            let mut expectation = boot_expectation(token, memory, None);
+            expectation.checks.extend(virtualization_checks(true));
+            (outcome, expectation, Some(log))
         }
     };
     let mut verdict = judge::judge(&expectation, &outcome);

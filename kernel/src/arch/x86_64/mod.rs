@@ -34,3 +34,4 @@ pub mod pit;
 pub mod port;
 pub mod serial;
 pub mod user;
+pub mod virt;

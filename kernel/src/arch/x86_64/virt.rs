@@ -1,0 +1,222 @@
+//! Which hardware virtualization this CPU offers, found at boot from CPUID
+//! and the capability MSRs: the VCPU backend is chosen from this.
+//!
+//! - AMD SVM: CPUID 8000_0001h ECX bit 2; disabled by firmware when
+//!   `VM_CR.SVMDIS` (MSR C001_0114h bit 4) is set; CPUID 8000_000Ah gives
+//!   the revision (EAX), the number of ASIDs (EBX) and the features (EDX:
+//!   bit 0 nested paging, bit 3 NRIP save). AMD APM vol. 2 §15.4, §15.30.
+//! - Intel VMX: CPUID 1 ECX bit 5; disabled by firmware when
+//!   `IA32_FEATURE_CONTROL` (MSR 3Ah) is locked (bit 0) without VMXON
+//!   outside SMX (bit 2). `IA32_VMX_BASIC` (480h) bits 30:0 are the VMCS
+//!   revision. Secondary controls exist if bit 63 of
+//!   `IA32_VMX_PROCBASED_CTLS` (482h) may be 1, and then
+//!   `IA32_VMX_PROCBASED_CTLS2` (48Bh) bits 33, 37 and 39 say whether EPT,
+//!   VPID and unrestricted guest may be enabled. Intel SDM vol. 3C §23.6,
+//!   §23.7, appendix A.3.
+
+use core::fmt;
+
+/// SVM as this CPU has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Svm {
+    /// SVM revision (CPUID 8000_000Ah EAX[7:0]).
+    pub revision: u8,
+    /// Number of ASIDs.
+    pub asids: u32,
+    /// Nested paging.
+    pub nested_paging: bool,
+    /// The next RIP is saved on #VMEXIT (without it, instruction lengths
+    /// must be computed).
+    pub nrip_save: bool,
+}
+
+/// VMX as this CPU has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vmx {
+    /// VMCS revision identifier.
+    pub revision: u32,
+    /// Extended page tables.
+    pub ept: bool,
+    /// Virtual-processor identifiers.
+    pub vpid: bool,
+    /// Unrestricted guest (real mode and unpaged protected mode in VMX non-root operation).
+    pub unrestricted_guest: bool,
+}
+
+/// The virtualization backend this CPU allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// AMD SVM.
+    Svm(Svm),
+    /// Intel VMX.
+    Vmx(Vmx),
+    /// None, and why.
+    None(&'static str),
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let yes_no = |b: bool| if b { "" } else { "no " };
+        match self {
+            Self::Svm(s) => write!(
+                f,
+                "AMD SVM revision {}, {} ASIDs, {}nested paging, {}NRIP save",
+                s.revision,
+                s.asids,
+                yes_no(s.nested_paging),
+                yes_no(s.nrip_save)
+            ),
+            Self::Vmx(v) => write!(
+                f,
+                "Intel VMX, VMCS revision {:#x}, {}EPT, {}VPID, {}unrestricted guest",
+                v.revision,
+                yes_no(v.ept),
+                yes_no(v.vpid),
+                yes_no(v.unrestricted_guest)
+            ),
+            Self::None(why) => write!(f, "none: {why}"),
+        }
+    }
+}
+
+/// What the decision needs from the CPU. `read_msr` is only called for
+/// MSRs the CPUID values say exist.
+pub struct Probe<C, M> {
+    /// CPUID leaf → (EAX, EBX, ECX, EDX).
+    pub cpuid: C,
+    /// RDMSR.
+    pub read_msr: M,
+}
+
+const VM_CR: u32 = 0xc001_0114;
+const FEATURE_CONTROL: u32 = 0x3a;
+const VMX_BASIC: u32 = 0x480;
+const VMX_PROCBASED_CTLS: u32 = 0x482;
+const VMX_PROCBASED_CTLS2: u32 = 0x48b;
+
+/// Decides the backend from what `probe` reads.
+pub fn decide<C, M>(probe: Probe<C, M>) -> Backend
+where
+    C: Fn(u32) -> (u32, u32, u32, u32),
+    M: Fn(u32) -> u64,
+{
+    let (max_extended, ..) = (probe.cpuid)(0x8000_0000);
+    let svm = max_extended >= 0x8000_000a && (probe.cpuid)(0x8000_0001).2 & (1 << 2) != 0;
+    if svm {
+        if (probe.read_msr)(VM_CR) & (1 << 4) != 0 {
+            return Backend::None("SVM is disabled by the firmware (VM_CR.SVMDIS)");
+        }
+        let (eax, ebx, _, edx) = (probe.cpuid)(0x8000_000a);
+        return Backend::Svm(Svm {
+            revision: eax as u8,
+            asids: ebx,
+            nested_paging: edx & 1 != 0,
+            nrip_save: edx & (1 << 3) != 0,
+        });
+    }
+    if (probe.cpuid)(1).2 & (1 << 5) != 0 {
+        let control = (probe.read_msr)(FEATURE_CONTROL);
+        if control & 1 != 0 && control & (1 << 2) == 0 {
+            return Backend::None("VMX is disabled by the firmware (IA32_FEATURE_CONTROL)");
+        }
+        let basic = (probe.read_msr)(VMX_BASIC);
+        let secondary = (probe.read_msr)(VMX_PROCBASED_CTLS) & (1 << 63) != 0;
+        let allowed = if secondary { (probe.read_msr)(VMX_PROCBASED_CTLS2) >> 32 } else { 0 };
+        return Backend::Vmx(Vmx {
+            revision: basic as u32 & 0x7fff_ffff,
+            ept: allowed & (1 << 1) != 0,
+            vpid: allowed & (1 << 5) != 0,
+            unrestricted_guest: allowed & (1 << 7) != 0,
+        });
+    }
+    Backend::None("the CPU has neither SVM nor VMX")
+}
+
+/// The backend of the CPU this runs on.
+#[cfg(strata_baremetal)]
+pub fn detect() -> Backend {
+    decide(Probe {
+        cpuid: |leaf| {
+            // SAFETY: CPUID has no preconditions on x86-64.
+            let r = unsafe { core::arch::x86_64::__cpuid(leaf) };
+            (r.eax, r.ebx, r.ecx, r.edx)
+        },
+        // SAFETY: `decide` reads only MSRs whose CPUID feature bit is set.
+        read_msr: |msr| unsafe { x86::msr::rdmsr(msr) },
+    })
+}
+
+/// Host builds (tests, tools) do not run on the machine the kernel drives.
+#[cfg(not(strata_baremetal))]
+pub fn detect() -> Backend {
+    Backend::None("detected only when running on the machine")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn backend(cpuid: &[(u32, (u32, u32, u32, u32))], msrs: &[(u32, u64)]) -> Backend {
+        let cpuid: HashMap<u32, (u32, u32, u32, u32)> = cpuid.iter().copied().collect();
+        let msrs: HashMap<u32, u64> = msrs.iter().copied().collect();
+        decide(Probe {
+            cpuid: |leaf| cpuid.get(&leaf).copied().unwrap_or_default(),
+            read_msr: |msr| *msrs.get(&msr).unwrap_or_else(|| panic!("read MSR {msr:#x}, which it must not")),
+        })
+    }
+
+    #[test]
+    fn svm_as_qemu_tcg_reports_it() {
+        // QEMU 7.2 TCG -cpu max: SVM revision 1, 16 ASIDs, nested paging, no NRIP save.
+        let found = backend(
+            &[
+                (0x8000_0000, (0x8000_0021, 0, 0, 0)),
+                (0x8000_0001, (0, 0, 1 << 2, 0)),
+                (0x8000_000a, (1, 16, 0, 1)),
+            ],
+            &[(VM_CR, 0)],
+        );
+        assert_eq!(
+            found,
+            Backend::Svm(Svm { revision: 1, asids: 16, nested_paging: true, nrip_save: false })
+        );
+        assert_eq!(found.to_string(), "AMD SVM revision 1, 16 ASIDs, nested paging, no NRIP save");
+    }
+
+    #[test]
+    fn vmx_with_its_secondary_controls() {
+        let found = backend(
+            &[(0x8000_0000, (0x8000_0008, 0, 0, 0)), (1, (0, 0, 1 << 5, 0))],
+            &[
+                (FEATURE_CONTROL, 0b101),
+                (VMX_BASIC, 0x00da_0400_0000_0004),
+                (VMX_PROCBASED_CTLS, 1 << 63),
+                (VMX_PROCBASED_CTLS2, (1 << 33 | 1 << 37 | 1 << 39) | 0xff),
+            ],
+        );
+        assert_eq!(found, Backend::Vmx(Vmx { revision: 4, ept: true, vpid: true, unrestricted_guest: true }));
+        // Without secondary controls there is no EPT, whatever CTLS2 would say.
+        let found = backend(
+            &[(1, (0, 0, 1 << 5, 0))],
+            &[(FEATURE_CONTROL, 0), (VMX_BASIC, 1), (VMX_PROCBASED_CTLS, 0)],
+        );
+        assert_eq!(
+            found,
+            Backend::Vmx(Vmx { revision: 1, ept: false, vpid: false, unrestricted_guest: false })
+        );
+    }
+
+    #[test]
+    fn firmware_can_disable_either_and_a_cpu_may_have_neither() {
+        let svm_off = backend(
+            &[(0x8000_0000, (0x8000_000a, 0, 0, 0)), (0x8000_0001, (0, 0, 1 << 2, 0))],
+            &[(VM_CR, 1 << 4)],
+        );
+        assert!(matches!(svm_off, Backend::None(why) if why.contains("SVMDIS")));
+        let vmx_off = backend(&[(1, (0, 0, 1 << 5, 0))], &[(FEATURE_CONTROL, 0b001)]);
+        assert!(matches!(vmx_off, Backend::None(why) if why.contains("FEATURE_CONTROL")));
+        // No MSR is read on a CPU without either.
+        assert!(matches!(backend(&[], &[]), Backend::None(_)));
+    }
+}
