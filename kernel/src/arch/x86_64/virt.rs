@@ -79,6 +79,9 @@ impl fmt::Display for Backend {
     }
 }
 
+/// EAX, EBX, ECX and EDX of a CPUID leaf.
+pub type CpuidRegisters = (u32, u32, u32, u32);
+
 /// What the decision needs from the CPU. `read_msr` is only called for
 /// MSRs the CPUID values say exist.
 pub struct Probe<C, M> {
@@ -97,7 +100,7 @@ const VMX_PROCBASED_CTLS2: u32 = 0x48b;
 /// Decides the backend from what `probe` reads.
 pub fn decide<C, M>(probe: Probe<C, M>) -> Backend
 where
-    C: Fn(u32) -> (u32, u32, u32, u32),
+    C: Fn(u32) -> CpuidRegisters,
     M: Fn(u32) -> u64,
 {
     let (max_extended, ..) = (probe.cpuid)(0x8000_0000);
@@ -157,8 +160,8 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn backend(cpuid: &[(u32, (u32, u32, u32, u32))], msrs: &[(u32, u64)]) -> Backend {
-        let cpuid: HashMap<u32, (u32, u32, u32, u32)> = cpuid.iter().copied().collect();
+    fn backend(cpuid: &[(u32, CpuidRegisters)], msrs: &[(u32, u64)]) -> Backend {
+        let cpuid: HashMap<u32, CpuidRegisters> = cpuid.iter().copied().collect();
         let msrs: HashMap<u32, u64> = msrs.iter().copied().collect();
         decide(Probe {
             cpuid: |leaf| cpuid.get(&leaf).copied().unwrap_or_default(),
