@@ -140,8 +140,7 @@ where
 pub fn detect() -> Backend {
     decide(Probe {
         cpuid: |leaf| {
-            // SAFETY: CPUID has no preconditions on x86-64.
-            let r = unsafe { core::arch::x86_64::__cpuid(leaf) };
+            let r = core::arch::x86_64::__cpuid(leaf);
             (r.eax, r.ebx, r.ecx, r.edx)
         },
         // SAFETY: `decide` reads only MSRs whose CPUID feature bit is set.
