@@ -158,8 +158,35 @@ pub fn start(responses: BootResponses) -> Kernel {
         }
     }
     let rsdp = read_rsdp(&responses, direct_map);
-    log::info!("virtualization: {}", crate::arch::x86_64::virt::detect());
+    start_virtualization(direct_map);
     Kernel { responses, cmdline, direct_map, lapic, calibration, usable_bytes, usable_regions, rsdp }
+}
+
+/// Finds the CPU's virtualization and turns it on (the VCPU backend needs
+/// it on every CPU), recording the outcome in `virt::STATE`.
+fn start_virtualization(direct_map: DirectMap) {
+    use crate::arch::x86_64::virt;
+    let backend = virt::detect();
+    let area = FRAMES.lock().allocate(1, 4096);
+    let enabled = match (area, &backend) {
+        (_, virt::Backend::None(why)) => Err(*why),
+        (Err(_), _) => Err("no frame for the host save area or VMXON region"),
+        (Ok(area), backend) => {
+            let virtual_area = direct_map.to_virtual(area).as_mut_ptr::<u32>();
+            // SAFETY: the frame was just allocated and is kept for good; it
+            // is zeroed here through the direct map; interrupts are off and
+            // this runs once, on the boot CPU.
+            unsafe {
+                core::ptr::write_bytes(virtual_area.cast::<u8>(), 0, 4096);
+                virt::enable(backend, virtual_area, area.get())
+            }
+        }
+    };
+    match enabled {
+        Ok(()) => log::info!("virtualization: {backend}; on"),
+        Err(why) => log::warn!("virtualization: {backend}; not on: {why}"),
+    }
+    virt::STATE.call_once(|| (backend, enabled));
 }
 
 /// Reads and checks the RSDP the bootloader pointed at.

@@ -105,17 +105,21 @@ pub fn run(kernel: &Kernel) {
 /// The VCPU backend the CPU allows, with the figures the harness checks
 /// against the machine (QEMU: SVM with nested paging; Bochs: VMX with EPT).
 fn virtualization() -> Result<Detail, Detail> {
-    use crate::arch::x86_64::virt::{Backend, detect};
-    match detect() {
+    use crate::arch::x86_64::virt::{Backend, STATE};
+    let Some((backend, enabled)) = STATE.get() else { return Err(detail!("virtualization not probed")) };
+    if let Err(why) = enabled {
+        return Err(detail!("{backend}, but not on: {why}"));
+    }
+    match *backend {
         Backend::Svm(s) => Ok(detail!(
-            "backend=svm revision={} asids={} nested_paging={} nrip_save={}",
+            "backend=svm revision={} asids={} nested_paging={} nrip_save={} on=1",
             s.revision,
             s.asids,
             u8::from(s.nested_paging),
             u8::from(s.nrip_save)
         )),
         Backend::Vmx(v) => Ok(detail!(
-            "backend=vmx revision={:#x} ept={} vpid={} unrestricted_guest={}",
+            "backend=vmx revision={:#x} ept={} vpid={} unrestricted_guest={} on=1",
             v.revision,
             u8::from(v.ept),
             u8::from(v.vpid),

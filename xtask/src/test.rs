@@ -199,7 +199,7 @@ fn fresh_token() -> String {
 
 /// The virtualization each emulator offers (TOOLCHAIN.md): QEMU TCG has SVM
 /// with nested paging, Bochs's Skylake-X has VMX with EPT.
-fn virtualization_checks(bochs: bool) -> [DetailCheck; 2] {
+fn virtualization_checks(bochs: bool) -> [DetailCheck; 3] {
     let (backend, feature) = if bochs { ("vmx", "ept") } else { ("svm", "nested_paging") };
     [
         DetailCheck::field("boot.virtualization", "backend", move |value| {
@@ -207,6 +207,9 @@ fn virtualization_checks(bochs: bool) -> [DetailCheck; 2] {
         }),
         DetailCheck::field("boot.virtualization", feature, |value| {
             if value == "1" { Ok(()) } else { Err("expected it present on this machine".into()) }
+        }),
+        DetailCheck::field("boot.virtualization", "on", |value| {
+            if value == "1" { Ok(()) } else { Err("SVM or VMX was not turned on".into()) }
         }),
     ]
 }

@@ -148,6 +148,82 @@ pub fn detect() -> Backend {
     })
 }
 
+/// The CPU's backend, and whether [`enable`] turned it on.
+pub static STATE: spin::Once<(Backend, Result<(), &'static str>)> = spin::Once::new();
+
+/// Turns `backend` on for this CPU, with `area` (a zeroed 4 KiB frame at
+/// physical `area_physical`, reached at `area`) as the SVM host save area
+/// or the VMXON region:
+/// - SVM: `EFER.SVME`, and `VM_HSAVE_PA` (APM vol. 2 §15.4, §15.30.4);
+/// - VMX: `IA32_FEATURE_CONTROL` locked with VMXON outside SMX if the
+///   firmware left it unlocked, CR0 and CR4 within their fixed bits with
+///   `CR4.VMXE`, the VMCS revision in the region, and `VMXON`
+///   (SDM vol. 3C §24.7, §24.8, §24.11.5).
+///
+/// # Safety
+/// Runs once per CPU with interrupts off; `area` is a frame no one else
+/// uses, for as long as the CPU runs.
+#[cfg(strata_baremetal)]
+pub unsafe fn enable(backend: &Backend, area: *mut u32, area_physical: u64) -> Result<(), &'static str> {
+    use x86::msr::{rdmsr, wrmsr};
+    const EFER: u32 = 0xc000_0080;
+    const VM_HSAVE_PA: u32 = 0xc001_0117;
+    const VMX_CR0_FIXED0: u32 = 0x486;
+    const VMX_CR0_FIXED1: u32 = 0x487;
+    const VMX_CR4_FIXED0: u32 = 0x488;
+    const VMX_CR4_FIXED1: u32 = 0x489;
+    match backend {
+        Backend::Svm(_) => {
+            // SAFETY: SVM exists (CPUID) and is not disabled (VM_CR), so
+            // EFER.SVME may be set; the save area is the caller's frame.
+            unsafe {
+                wrmsr(EFER, rdmsr(EFER) | 1 << 12);
+                wrmsr(VM_HSAVE_PA, area_physical);
+            }
+            Ok(())
+        }
+        Backend::Vmx(_) => {
+            // SAFETY: VMX exists (CPUID) and is not locked off (checked by
+            // `decide`); the MSRs read are defined when it exists; CR0 and
+            // CR4 stay within the values VMX operation allows, which the
+            // kernel already satisfies apart from NE and VMXE; the VMXON
+            // region is the caller's frame.
+            unsafe {
+                let control = rdmsr(FEATURE_CONTROL);
+                if control & 1 == 0 {
+                    wrmsr(FEATURE_CONTROL, control | 1 | 1 << 2);
+                }
+                let cr0 =
+                    (x86::controlregs::cr0().bits() as u64 | rdmsr(VMX_CR0_FIXED0)) & rdmsr(VMX_CR0_FIXED1);
+                x86::controlregs::cr0_write(x86::controlregs::Cr0::from_bits_truncate(cr0 as usize));
+                let cr4 = (x86::controlregs::cr4().bits() as u64 | 1 << 13 | rdmsr(VMX_CR4_FIXED0))
+                    & rdmsr(VMX_CR4_FIXED1);
+                x86::controlregs::cr4_write(x86::controlregs::Cr4::from_bits_truncate(cr4 as usize));
+                area.write_volatile(rdmsr(VMX_BASIC) as u32 & 0x7fff_ffff);
+                let failed: u8;
+                core::arch::asm!(
+                    "vmxon [{region}]",
+                    "setbe {failed}",
+                    region = in(reg) &area_physical,
+                    failed = out(reg_byte) failed,
+                    options(nostack),
+                );
+                if failed != 0 { Err("VMXON failed") } else { Ok(()) }
+            }
+        }
+        Backend::None(why) => Err(why),
+    }
+}
+
+/// Host builds (tests, tools) do not run on the machine the kernel drives.
+///
+/// # Safety
+/// None needed: it does nothing.
+#[cfg(not(strata_baremetal))]
+pub unsafe fn enable(_backend: &Backend, _area: *mut u32, _area_physical: u64) -> Result<(), &'static str> {
+    Err("enabled only when running on the machine")
+}
+
 /// Host builds (tests, tools) do not run on the machine the kernel drives.
 #[cfg(not(strata_baremetal))]
 pub fn detect() -> Backend {
