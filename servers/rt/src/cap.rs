@@ -58,26 +58,22 @@ pub trait Object {
     const TYPE: ObjectType;
 }
 
-impl Object for Endpoint {
-    const TYPE: ObjectType = ObjectType::Endpoint;
+macro_rules! objects {
+    ($($kind:ident => $object_type:ident),* $(,)?) => {
+        $(impl Object for $kind {
+            const TYPE: ObjectType = ObjectType::$object_type;
+        })*
+    };
 }
-impl Object for Notification {
-    const TYPE: ObjectType = ObjectType::Notification;
-}
-impl Object for Tcb {
-    const TYPE: ObjectType = ObjectType::Tcb;
-}
-impl Object for CNode {
-    const TYPE: ObjectType = ObjectType::CNode;
-}
-impl Object for Untyped {
-    const TYPE: ObjectType = ObjectType::Untyped;
-}
-impl Object for Frame {
-    const TYPE: ObjectType = ObjectType::Frame4K;
-}
-impl Object for Pml4 {
-    const TYPE: ObjectType = ObjectType::Pml4;
+
+objects! {
+    Endpoint => Endpoint,
+    Notification => Notification,
+    Tcb => Tcb,
+    CNode => CNode,
+    Untyped => Untyped,
+    Frame => Frame4K,
+    Pml4 => Pml4,
 }
 
 /// A capability to an object of kind `K` in this task's CSpace.
