@@ -264,13 +264,9 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
     };
     // SAFETY: `context` is the current thread's saved context in its TCB.
     let number = unsafe { (&raw const (*context).rax).read() };
-    if number == Syscall::Yield as u64 && runtime.space.runs_alone(tcb) {
-        // Nothing else could run: the thread goes on.
-        user::set_yield_alone(true);
-        count_crossing(context);
-        return context;
-    }
-    // Yield needs nothing decoded: straight to the scheduler.
+    // Yield needs nothing decoded: straight to the scheduler. (A yield that
+    // would choose the same thread again never gets here: the entry stub
+    // answers it from the per-CPU flag `leave` keeps.)
     let outcome =
         if number == Syscall::Yield as u64 { Outcome::Yield } else { runtime.space.handle_syscall(tcb) };
     let rotate = match outcome {

@@ -51,19 +51,12 @@ pub enum Outcome {
     Fault,
 }
 
-fn message_words(context: &UserContext) -> [u64; 8] {
-    [context.rdx, context.r8, context.r9, context.r10, context.r12, context.r13, context.r14, context.r15]
-}
-
 fn set_reply(context: &mut UserContext, label: u64, words: &[u64]) {
     let length = words.len().min(4);
     context.rsi = MessageInfo::new(label, 0, length as u8).encode().unwrap_or(0);
     let mut padded = [0u64; 4];
     padded[..length].copy_from_slice(&words[..length]);
-    context.rdx = padded[0];
-    context.r8 = padded[1];
-    context.r9 = padded[2];
-    context.r10 = padded[3];
+    context.set_message(&padded);
 }
 
 fn reply_error(context: &mut UserContext, error: InvocationError) {
@@ -158,7 +151,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         context: &UserContext,
         length: u8,
     ) -> heapless::Vec<u64, 120> {
-        let registers = message_words(context);
+        let registers = context.message();
         let buffer = self.ipc_buffer(tcb).map(|(frame, _)| frame);
         let offset = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, message) as u64;
         (0..usize::from(length))
@@ -339,9 +332,7 @@ mod tests {
             rip: 0x40_0002,
             ..UserContext::default()
         };
-        let w = |n: usize| words.get(n).copied().unwrap_or(0);
-        (context.rdx, context.r8, context.r9, context.r10, context.r12, context.r13) =
-            (w(0), w(1), w(2), w(3), w(4), w(5));
+        context.set_message(words);
         context
     }
 
@@ -433,7 +424,7 @@ mod tests {
         let _ = syscall(&mut space, tcb, &mut read);
         let info = MessageInfo::decode(read.rsi);
         assert_eq!((info.label, info.length), (0, 18));
-        let mut got = vec![read.rdx, read.r8, read.r9, read.r10, read.r12, read.r13, read.r14, read.r15];
+        let mut got = read.message().to_vec();
         got.extend((8..18).map(|i| space.memory.read(buffer.offset(8 * (1 + i)))));
         assert_eq!(got, registers);
     }

@@ -406,32 +406,40 @@ struct BootSuite {
     entry_line: &'static str,
 }
 
+impl Machine {
+    fn memory_mib(&self) -> u32 {
+        match self {
+            Self::Qemu(_) => QEMU_MEMORY_MIB,
+            Self::Bochs { .. } => BOCHS_MEMORY_MIB,
+        }
+    }
+
+    /// Boots it (the suite `name` names its working directory) and returns
+    /// how the run went, with Bochs's own log for a Bochs run: Bochs exits
+    /// with status 1 whether it shut down or crashed, so the serial log
+    /// decides, and its own log shows how it stopped.
+    fn boot(&self, name: &str) -> Result<(Outcome, Option<String>)> {
+        match self {
+            Self::Qemu(boot) => {
+                Ok((emulator::run(qemu_command(boot, self.memory_mib(), &[]), None, QEMU_TIMEOUT)?, None))
+            }
+            Self::Bochs { iso } => {
+                let dir = root().join("target/emu").join(name);
+                let (command, serial) = emulator::bochs_command(iso, &dir, self.memory_mib())?;
+                let outcome = emulator::run(command, Some(&serial), BOCHS_TIMEOUT)?;
+                Ok((outcome, Some(fs::read_to_string(dir.join("bochs.log")).unwrap_or_default())))
+            }
+        }
+    }
+}
+
 fn run_boot_suite(suite: &BootSuite, token: &str, totals: &mut Totals) -> Result {
-    let memory = match suite.machine {
-        Machine::Qemu(_) => QEMU_MEMORY_MIB,
-        Machine::Bochs { .. } => BOCHS_MEMORY_MIB,
-    };
+    let memory = suite.machine.memory_mib();
     let started = step::begin(format!("suite {}: {}, {memory} MiB", suite.name, suite.description));
-    let (outcome, expectation, bochs_log) = match &suite.machine {
-        Machine::Qemu(boot) => {
-            let outcome = emulator::run(qemu_command(boot, memory, &[]), None, QEMU_TIMEOUT)?;
-            let success = Some(ExitCode::Success.qemu_status());
-            let mut expectation = boot_expectation(token, memory, success);
-            expectation.checks.extend(virtualization_checks(false));
-            (outcome, expectation, None)
-        }
-        Machine::Bochs { iso } => {
-            let dir = root().join("target/emu").join(suite.name);
-            let (command, serial) = emulator::bochs_command(iso, &dir, memory)?;
-            let outcome = emulator::run(command, Some(&serial), BOCHS_TIMEOUT)?;
-            // Bochs exits with status 1 whether it shut down or crashed: the
-            // serial log decides, and its own log shows how it stopped.
-            let log = fs::read_to_string(dir.join("bochs.log")).unwrap_or_default();
-            let mut expectation = boot_expectation(token, memory, None);
-            expectation.checks.extend(virtualization_checks(true));
-            (outcome, expectation, Some(log))
-        }
-    };
+    let (outcome, bochs_log) = suite.machine.boot(suite.name)?;
+    let success = bochs_log.is_none().then(|| ExitCode::Success.qemu_status());
+    let mut expectation = boot_expectation(token, memory, success);
+    expectation.checks.extend(virtualization_checks(bochs_log.is_some()));
     let mut verdict = judge::judge(&expectation, &outcome);
     require_line(&mut verdict, &outcome.serial, suite.entry_line);
     require_line(&mut verdict, &outcome.serial, "booted by strata-loader");
@@ -470,24 +478,20 @@ const SYSTEM_LINES: [&str; 14] = [
 
 /// Boots the system image (the root task and its children) and checks its log.
 fn run_system_suite(name: &str, image: &Image, totals: &mut Totals) -> Result {
-    let bochs = name.ends_with("bochs");
-    let machine = if bochs { "Bochs, GRUB ISO" } else { "QEMU TCG, -kernel via PVH" };
-    let started = step::begin(format!(
-        "suite {name}: the root task starts, serves and supervises child processes ({machine})"
-    ));
-    let (outcome, bochs_log) = if bochs {
-        let dir = root().join("target/emu").join(name);
-        let (command, serial) = emulator::bochs_command(&image.iso, &dir, BOCHS_MEMORY_MIB)?;
-        let outcome = emulator::run(command, Some(&serial), BOCHS_TIMEOUT)?;
-        (outcome, Some(fs::read_to_string(dir.join("bochs.log")).unwrap_or_default()))
+    let (machine, description) = if name.ends_with("bochs") {
+        (Machine::Bochs { iso: image.iso.clone() }, "Bochs, GRUB ISO")
     } else {
         let boot = QemuBoot::Direct {
             elf: image.elf.clone(),
             initrd: image.initrd.clone(),
             append: "log=info".into(),
         };
-        (emulator::run(qemu_command(&boot, QEMU_MEMORY_MIB, &[]), None, QEMU_TIMEOUT)?, None)
+        (Machine::Qemu(boot), "QEMU TCG, -kernel via PVH")
     };
+    let started = step::begin(format!(
+        "suite {name}: the root task starts, serves and supervises child processes ({description})"
+    ));
+    let (outcome, bochs_log) = machine.boot(name)?;
     let mut verdict = Verdict::default();
     for line in SYSTEM_LINES {
         require_line(&mut verdict, &outcome.serial, line);

@@ -33,17 +33,17 @@ mod register {
     pub const RAX: u64 = CONTEXT;
     pub const RSI: u64 = CONTEXT + 8 * 4;
     pub const RDI: u64 = CONTEXT + 8 * 5;
-    /// The message registers: RDX, R8, R9, R10, R12, R13, R14, R15.
-    pub const MESSAGE: [u64; 8] = [
-        CONTEXT + 8 * 3,
-        CONTEXT + 8 * 7,
-        CONTEXT + 8 * 8,
-        CONTEXT + 8 * 9,
-        CONTEXT + 8 * 11,
-        CONTEXT + 8 * 12,
-        CONTEXT + 8 * 13,
-        CONTEXT + 8 * 14,
-    ];
+    use crate::object::tcb::MESSAGE_REGISTER_OFFSETS as OFFSETS;
+    /// The message registers, in message order.
+    pub const MESSAGE: [u64; 8] = {
+        let mut offsets = OFFSETS;
+        let mut i = 0;
+        while i < offsets.len() {
+            offsets[i] += CONTEXT;
+            i += 1;
+        }
+        offsets
+    };
 }
 
 const BUFFER_MESSAGE: u64 = core::mem::offset_of!(IpcBuffer, message) as u64;
@@ -90,20 +90,15 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             register::RSI,
             MessageInfo { label: info.label, length, ..Default::default() }.encode().unwrap_or(0),
         );
-        let mut send_flags = flags::CALL;
-        if rights.contains(Rights::GRANT) {
-            send_flags |= flags::GRANT;
-        }
-        if rights.contains(Rights::GRANT_REPLY) {
-            send_flags |= flags::GRANT_REPLY;
-        }
         if self.hand_over(caller, receiver) {
             self.set_thread_state(caller, ThreadState::BlockedOnReply);
             self.set_field(caller, layout::REPLIER, receiver.get());
             self.set_field(receiver, layout::REPLY_TO, caller.get());
         } else {
             self.wake(receiver);
-            self.link_reply(caller, receiver, send_flags);
+            // The call has grant or grant-reply (checked above), so
+            // `link_reply` makes the reply link; its flags need only say so.
+            self.link_reply(caller, receiver, flags::CALL | flags::GRANT_REPLY);
         }
         Some(receiver)
     }

@@ -23,18 +23,7 @@ fn prepare(space: &mut ObjectSpace<Arena>, tcb: PhysAddr, number: Syscall, targe
     context.rdi = target;
     context.rsi = info.encode().expect("fits");
     let base = 1000 * (tcb.get() >> 12);
-    let registers = [
-        &mut context.rdx,
-        &mut context.r8,
-        &mut context.r9,
-        &mut context.r10,
-        &mut context.r12,
-        &mut context.r13,
-    ];
-    for (i, register) in registers.into_iter().enumerate() {
-        *register = base + i as u64;
-    }
-    (context.r14, context.r15) = (base + 6, base + 7);
+    context.set_message(&core::array::from_fn::<u64, 8, _>(|i| base + i as u64));
     context.rip = 0x40_1002;
     space.set_context(tcb, &context);
     if let Some((frame, _)) = space.ipc_buffer(tcb) {

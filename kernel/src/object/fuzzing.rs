@@ -205,8 +205,7 @@ pub fn syscalls(data: &[u8]) -> Stats {
         let info = MessageInfo::new(label & ((1 << 52) - 1), extra_caps, length).encode().unwrap_or(0);
         let mut context: UserContext = space.context(tcb);
         (context.rax, context.rdi, context.rsi) = (number, target, info);
-        (context.rdx, context.r8, context.r9, context.r10) = (words[0], words[1], words[2], words[3]);
-        (context.r12, context.r13, context.r14, context.r15) = (words[4], words[5], words[6], words[7]);
+        context.set_message(&words[..8]);
         context.rip = 0x40_1002;
         space.set_context(tcb, &context);
 

@@ -138,19 +138,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let has_buffer = self.ipc_buffer(receiver).is_some();
         // Without an IPC buffer only the register words arrive.
         let length = if has_buffer { words.len() } else { words.len().min(REGISTER_WORDS) };
-        let registers = [
-            &mut context.rdx,
-            &mut context.r8,
-            &mut context.r9,
-            &mut context.r10,
-            &mut context.r12,
-            &mut context.r13,
-            &mut context.r14,
-            &mut context.r15,
-        ];
-        for (register, &word) in registers.into_iter().zip(words) {
-            *register = word;
-        }
+        context.set_message(words);
         let base = ipc_offset(core::mem::offset_of!(IpcBuffer, message));
         for (i, &word) in words.iter().enumerate().take(length).skip(REGISTER_WORDS) {
             self.set_ipc_buffer_word(receiver, base + 8 * i as u64, word);

@@ -302,7 +302,7 @@ pub fn syscall(
     context.rdi = target;
     context.rsi = info.encode().expect("fits");
     let w = |n: usize| words.get(n).copied().unwrap_or(0);
-    (context.rdx, context.r8, context.r9, context.r10) = (w(0), w(1), w(2), w(3));
+    context.set_message(&[w(0), w(1), w(2), w(3)]);
     context.rip = 0x40_1002;
     space.set_context(tcb, &context);
     space.handle_syscall(tcb)

@@ -122,7 +122,46 @@ const USER_FLAGS: u64 = 0b1100_1101_0101;
 const FLAG_IF: u64 = 1 << 9;
 const FLAG_RESERVED: u64 = 1 << 1;
 
+/// Where the message registers (RDX, R8, R9, R10, R12, R13, R14, R15, in
+/// message order) are in a [`UserContext`], in bytes.
+pub const MESSAGE_REGISTER_OFFSETS: [u64; 8] = {
+    use core::mem::offset_of;
+    [
+        offset_of!(UserContext, rdx) as u64,
+        offset_of!(UserContext, r8) as u64,
+        offset_of!(UserContext, r9) as u64,
+        offset_of!(UserContext, r10) as u64,
+        offset_of!(UserContext, r12) as u64,
+        offset_of!(UserContext, r13) as u64,
+        offset_of!(UserContext, r14) as u64,
+        offset_of!(UserContext, r15) as u64,
+    ]
+};
+
 impl UserContext {
+    /// The message registers, in message order.
+    pub fn message(&self) -> [u64; 8] {
+        [self.rdx, self.r8, self.r9, self.r10, self.r12, self.r13, self.r14, self.r15]
+    }
+
+    /// Sets the first `words.len()` message registers (at most eight) to
+    /// `words`; the others keep their values.
+    pub fn set_message(&mut self, words: &[u64]) {
+        let registers = [
+            &mut self.rdx,
+            &mut self.r8,
+            &mut self.r9,
+            &mut self.r10,
+            &mut self.r12,
+            &mut self.r13,
+            &mut self.r14,
+            &mut self.r15,
+        ];
+        for (register, &word) in registers.into_iter().zip(words) {
+            *register = word;
+        }
+    }
+
     /// The context with values only the thread itself could have set made
     /// safe to return to: a non-canonical or kernel-half instruction
     /// pointer becomes 0 (the thread faults in user mode instead of the

@@ -64,27 +64,17 @@ pub fn call_long(
     extra: &[CPtr],
     reply: &mut [u64],
 ) -> Result<usize, InvocationError> {
-    let length = words.len().min(strata_abi::message::MAX_LENGTH as usize);
-    let caps = extra.len().min(3);
-    sys::set_extra_caps(&extra[..caps]);
-    let registers = strata_abi::message::REGISTER_WORDS;
-    if length > registers {
-        sys::set_message_words(registers, &words[registers..length]);
-    }
-    let info = MessageInfo::new(label as u64, caps as u8, length as u8).encode().unwrap_or(0);
-    let mut message = [0u64; 8];
-    message[..length.min(registers)].copy_from_slice(&words[..length.min(registers)]);
-    let (reply_info, received) = sys::syscall(Syscall::Call, cap, info, message);
-    let reply_info = MessageInfo::decode(reply_info);
-    if reply_info.label != 0 {
-        let words = [received[0], received[1], received[2], received[3]];
+    let received = ipc_with_caps(Syscall::Call, cap, label as u64, words, extra);
+    if received.label != 0 {
+        let words = [received.words[0], received.words[1], received.words[2], received.words[3]];
         return Err(
-            InvocationError::decode(reply_info.label, words).unwrap_or(InvocationError::IllegalOperation)
+            InvocationError::decode(received.label, words).unwrap_or(InvocationError::IllegalOperation)
         );
     }
-    let length = usize::from(reply_info.length);
+    let registers = strata_abi::message::REGISTER_WORDS;
+    let length = usize::from(received.length);
     let in_registers = length.min(registers).min(reply.len());
-    reply[..in_registers].copy_from_slice(&received[..in_registers]);
+    reply[..in_registers].copy_from_slice(&received.words[..in_registers]);
     if length > registers && reply.len() > registers {
         let end = length.min(reply.len());
         sys::message_words(registers, &mut reply[registers..end]);

@@ -10,6 +10,7 @@ use strata_abi::error::InvocationError;
 use strata_abi::invocation::Label;
 use strata_abi::object::{ObjectType, Rights};
 
+use crate::cap::{Cap, Registers, Tcb, Untyped};
 use crate::{CPtr, boot_info, call};
 
 /// Depth at which a root-CNode slot number resolves.
@@ -29,25 +30,18 @@ pub fn fresh_slot() -> CPtr {
 /// applies) from the root task's Untypeds, trying each in turn.
 pub fn retype(kind: ObjectType, size: u64) -> Result<CPtr, InvocationError> {
     let info = boot_info();
-    let destination = fresh_slot();
     let mut last = InvocationError::NotEnoughMemory { available: 0 };
     for n in NEXT_UNTYPED.load(Ordering::Relaxed)..info.untyped_count {
-        let untyped = info.untyped_slots.start + n;
-        let words = [kind as u64, size, slot::CNODE, DEPTH, destination, 1];
-        match call(untyped, Label::UntypedRetype, &words, &[slot::CNODE]) {
-            Ok(_) => return Ok(destination),
+        let untyped: Cap<Untyped> = Cap::from_raw(info.untyped_slots.start + n);
+        match untyped.retype_type(kind, size) {
             Err(error @ InvocationError::NotEnoughMemory { .. }) => {
                 // This Untyped is used up for good: later calls skip it.
                 NEXT_UNTYPED.store(n + 1, Ordering::Relaxed);
                 last = error;
             }
-            Err(error) => {
-                crate::slots::free(destination);
-                return Err(error);
-            }
+            result => return result,
         }
     }
-    crate::slots::free(destination);
     Err(last)
 }
 
@@ -107,13 +101,17 @@ pub fn spawn(spec: ThreadSpec) -> Result<CPtr, InvocationError> {
     } else {
         call(tcb, Label::TcbConfigure, &[0, spec.fault_endpoint], &[slot::CNODE, spec.vspace])?;
     }
-    call(tcb, Label::TcbSetPriority, &[spec.priority, spec.priority], &[slot::TCB])?;
-    let mut registers = [0u64; 18];
-    registers[15] = spec.entry as usize as u64; // rip
-    registers[16] = spec.stack_page + 4096 - 8; // rsp, as just after a call
-    registers[17] = 0x202; // rflags
-    call(tcb, Label::TcbWriteRegisters, &registers, &[])?;
-    call(tcb, Label::TcbResume, &[], &[])?;
+    let thread: Cap<Tcb> = Cap::from_raw(tcb);
+    let priority =
+        u8::try_from(spec.priority).map_err(|_| InvocationError::RangeError { min: 0, max: 255 })?;
+    thread.set_priority(priority, priority, crate::cap::own::TCB)?;
+    thread.write_registers(&Registers {
+        rip: spec.entry as usize as u64,
+        rsp: spec.stack_page + 4096 - 8, // as just after a call
+        rflags: 0x202,
+        ..Registers::default()
+    })?;
+    thread.resume()?;
     Ok(tcb)
 }
 

@@ -63,13 +63,8 @@ interrupt_common:
     cld
     call interrupt_dispatch
     /* Returning to user mode (perhaps another thread): its FPU state, user GS. */
-    testb $3, 144(%rsp)
-    jz 2f
-    movq %gs:16, %rax
-    fxrstor64 (%rax)
-    swapgs
-2:
     "#,
+    restore_user_state!("144"),
     pop_general_registers!(),
     r#"
     addq $16, %rsp

@@ -13,6 +13,23 @@ macro_rules! push_general_registers {
     };
 }
 
+/// AT&T assembly that pushes the IRET frame of a `syscall` (user SS, the
+/// user RSP kept at `%gs:8`, RFLAGS from R11, user CS, RIP from RCX).
+macro_rules! push_syscall_frame {
+    () => {
+        "pushq $0x1b\n pushq %gs:8\n pushq %r11\n pushq $0x23\n pushq %rcx\n"
+    };
+}
+
+/// AT&T assembly for a return path: if the frame at `$cs` (an offset from
+/// RSP of the saved CS) returns to user mode, restores the user FPU state
+/// (from the area at `%gs:16`) and the user GS.
+macro_rules! restore_user_state {
+    ($cs:literal) => {
+        concat!("testb $3, ", $cs, "(%rsp)\n jz 9f\n movq %gs:16, %rax\n fxrstor64 (%rax)\n swapgs\n9:\n")
+    };
+}
+
 /// The inverse of `push_general_registers!`, for the return paths.
 macro_rules! pop_general_registers {
     () => {

@@ -122,12 +122,8 @@ syscall_entry:
 2:
     movq %rsp, %gs:8
     movq %gs:24, %rsp           /* the end of the current thread's context */
-    pushq $0x1b                 /* ss: user data */
-    pushq %gs:8                 /* rsp */
-    pushq %r11                  /* rflags (saved by syscall) */
-    pushq $0x23                 /* cs: user code */
-    pushq %rcx                  /* rip (saved by syscall) */
     "#,
+    push_syscall_frame!(),
     push_general_registers!(),
     r#"
     movq %gs:16, %rax
@@ -147,13 +143,8 @@ syscall_entry:
     /* RSP points at the context to run: general registers, then an IRET frame. */
     .global return_to_context
 return_to_context:
-    testb $3, 128(%rsp)         /* returning to user mode? */
-    jz 1f
-    movq %gs:16, %rax
-    fxrstor64 (%rax)
-    swapgs
-1:
     "#,
+    restore_user_state!("128"),
     pop_general_registers!(),
     r#"
     iretq
@@ -163,11 +154,9 @@ return_to_context:
 yield_alone:
     movq %rsp, %gs:8
     movq %gs:0, %rsp
-    pushq $0x1b
-    pushq %gs:8
-    pushq %r11
-    pushq $0x23
-    pushq %rcx
+    "#,
+    push_syscall_frame!(),
+    r#"
     swapgs
     iretq
 

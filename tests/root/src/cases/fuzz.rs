@@ -322,11 +322,13 @@ fn start_epoch(memory: Cap<Untyped>, space: CPtr, fault: CPtr) -> Result<Epoch, 
         "priority",
         call(thread, Label::TcbSetPriority, &[FUZZER_PRIORITY, FUZZER_PRIORITY], &[slot::TCB]),
     )?;
-    let mut registers = [0u64; 18];
-    registers[15] = fuzzer as *const () as usize as u64;
-    registers[16] = FUZZER_STACK + 4096 - 8;
-    registers[17] = 0x202;
-    check("registers", call(thread, Label::TcbWriteRegisters, &registers, &[]))?;
+    let registers = strata_rt::cap::Registers {
+        rip: fuzzer as *const () as usize as u64,
+        rsp: FUZZER_STACK + 4096 - 8,
+        rflags: 0x202,
+        ..Default::default()
+    };
+    check_step("registers", Cap::<strata_rt::cap::Tcb>::from_raw(thread).write_registers(&registers))?;
     check("resume", call(thread, Label::TcbResume, &[], &[]))?;
     epoch.thread = thread;
     Ok(epoch)
