@@ -56,6 +56,9 @@ pub mod layout {
     pub const STACK_PAGES: u64 = 16;
     /// Where the first boot module is mapped (root task).
     pub const MODULES_ADDRESS: u64 = 0x6000_0000_0000;
+    /// Where `strata-rt` maps guest RAM for a VMM: 1 GiB windows from here
+    /// (a PML4 slot of its own, clear of the modules and the stack).
+    pub const GUEST_RAM_ADDRESS: u64 = 0x6800_0000_0000;
 }
 
 /// Magic at the start of the boot-info page ("STRATABI").

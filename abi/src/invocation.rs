@@ -65,6 +65,14 @@ pub enum Label {
     IrqHandlerSetNotification = 91,
     /// IRQ handler: unbind the notification.
     IrqHandlerClear = 92,
+    /// VCPU: bind it to a thread, whose `VmEnter` then runs it.
+    VcpuSetTcb = 96,
+    /// VCPU: give it the GuestSpace its guest-physical addresses are in.
+    VcpuSetSpace = 97,
+    /// VCPU: read up to four pieces of guest state (`vcpu::Field` ids).
+    VcpuReadState = 98,
+    /// VCPU: write up to four pieces of guest state, as (field, value) pairs.
+    VcpuWriteState = 99,
 }
 
 impl TryFrom<u64> for Label {
@@ -102,6 +110,10 @@ impl TryFrom<u64> for Label {
             90 => Self::IrqHandlerAck,
             91 => Self::IrqHandlerSetNotification,
             92 => Self::IrqHandlerClear,
+            96 => Self::VcpuSetTcb,
+            97 => Self::VcpuSetSpace,
+            98 => Self::VcpuReadState,
+            99 => Self::VcpuWriteState,
             other => return Err(other),
         })
     }
@@ -113,7 +125,7 @@ mod tests {
 
     #[test]
     fn labels_round_trip() {
-        for n in 0..64u64 {
+        for n in 0..128u64 {
             if let Ok(label) = Label::try_from(n) {
                 assert_eq!(label as u64, n);
             }

@@ -28,3 +28,4 @@ pub mod ktest;
 pub mod message;
 pub mod object;
 pub mod syscall;
+pub mod vcpu;

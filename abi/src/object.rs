@@ -40,6 +40,13 @@ pub enum ObjectType {
     Pdpt = 9,
     /// The root of an address space (PML4); its upper half maps the kernel.
     Pml4 = 10,
+    /// A virtual CPU: the hardware's control block (VMCB or VMCS), the
+    /// guest's general registers and FPU state (8 KiB).
+    Vcpu = 11,
+    /// The root of a guest-physical address space (nested page tables on
+    /// SVM, EPT on VMX). Page tables and frames are mapped into it as into
+    /// a PML4.
+    GuestSpace = 12,
 }
 
 impl TryFrom<u64> for ObjectType {
@@ -58,6 +65,8 @@ impl TryFrom<u64> for ObjectType {
             8 => Self::PageDirectory,
             9 => Self::Pdpt,
             10 => Self::Pml4,
+            11 => Self::Vcpu,
+            12 => Self::GuestSpace,
             other => return Err(other),
         })
     }
@@ -86,13 +95,21 @@ impl ObjectType {
             Self::Endpoint => Ok(ENDPOINT_SIZE_BITS),
             Self::Notification => Ok(NOTIFICATION_SIZE_BITS),
             Self::Frame2M => Ok(21),
-            Self::Frame4K | Self::PageTable | Self::PageDirectory | Self::Pdpt | Self::Pml4 => Ok(12),
+            Self::Vcpu => Ok(VCPU_SIZE_BITS),
+            Self::Frame4K
+            | Self::PageTable
+            | Self::PageDirectory
+            | Self::Pdpt
+            | Self::Pml4
+            | Self::GuestSpace => Ok(12),
         }
     }
 }
 
 /// A TCB: registers, scheduling and IPC state, and the XSAVE area (4 KiB).
 pub const TCB_SIZE_BITS: u32 = 12;
+/// A VCPU: a page for the VMCB or VMCS, a page for the rest (8 KiB).
+pub const VCPU_SIZE_BITS: u32 = 13;
 /// An endpoint: queue head and tail and state (16 bytes).
 pub const ENDPOINT_SIZE_BITS: u32 = 4;
 /// A notification: word, queue and bound thread (32 bytes).

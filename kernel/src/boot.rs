@@ -182,11 +182,35 @@ fn start_virtualization(direct_map: DirectMap) {
             }
         }
     };
+    let enabled = enabled.and_then(|()| match backend {
+        virt::Backend::Svm(_) => svm_areas(direct_map),
+        _ => Ok(()),
+    });
     match enabled {
         Ok(()) => log::info!("virtualization: {backend}; on"),
         Err(why) => log::warn!("virtualization: {backend}; not on: {why}"),
     }
     virt::STATE.call_once(|| (backend, enabled));
+}
+
+/// Sets up the SVM host areas: a VMSAVE area for the host's own state,
+/// and I/O and MSR permission maps that send every access to the VMM.
+fn svm_areas(direct_map: DirectMap) -> Result<(), &'static str> {
+    use crate::arch::x86_64::svm;
+    // One 4 KiB host area, 12 KiB of I/O map, 8 KiB of MSR map.
+    let base = FRAMES.lock().allocate(6, 4096).map_err(|_| "no frames for the SVM permission maps")?;
+    let bytes = direct_map.to_virtual(base).as_mut_ptr::<u8>();
+    // SAFETY: the six frames were just allocated and are kept for good.
+    unsafe {
+        core::ptr::write_bytes(bytes, 0, 4096);
+        core::ptr::write_bytes(bytes.add(4096), 0xff, 5 * 4096);
+    }
+    svm::AREAS.call_once(|| svm::HostAreas {
+        host_state: base.get(),
+        io_permissions: base.get() + 4096,
+        msr_permissions: base.get() + 4 * 4096,
+    });
+    Ok(())
 }
 
 /// Reads and checks the RSDP the bootloader pointed at.

@@ -8,7 +8,7 @@
 //! not take it.
 
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use spin::Mutex;
 use strata_abi::exit::ExitCode;
@@ -42,6 +42,12 @@ static FPU_SAVES: AtomicU64 = AtomicU64::new(0);
 static FPU_RESTORES: AtomicU64 = AtomicU64::new(0);
 /// System calls the IPC fastpath completed since boot.
 static FASTPATH_CALLS: AtomicU64 = AtomicU64::new(0);
+/// Device interrupt lines that fired while the kernel held the runtime
+/// (a guest's run was just interrupted), one bit per line: they are
+/// signalled, and their vectors acknowledged, by the VM exit path.
+static DEFERRED_LINES: AtomicU64 = AtomicU64::new(0);
+/// Whether a timer tick arrived while the kernel held the runtime.
+static DEFERRED_TICK: AtomicBool = AtomicBool::new(false);
 
 /// Counts the FPU save and restore the entry and exit stubs do around a
 /// kernel entry from user mode that returns to `to` (restored only if it
@@ -108,6 +114,7 @@ pub fn start(kernel: &Kernel) {
     let memory = unsafe { DirectMapMemory::new(kernel.direct_map) };
     let mut space = ObjectSpace::new(memory);
     space.irqs = crate::interrupts::discover(kernel);
+    space.virt = virt_config();
     if crate::arch::x86_64::cpu::enable_pcid() {
         space.memory.use_pcids();
         log::info!("PCIDs on: each ASID keeps its TLB entries across address-space switches");
@@ -140,6 +147,21 @@ pub fn start(kernel: &Kernel) {
     // SAFETY: `schedule` set up the FPU area, context area and address
     // space of the context it chose.
     unsafe { user::enter(context) }
+}
+
+/// What the object layer needs to know about virtualization.
+fn virt_config() -> crate::object::vcpu::VirtConfig {
+    use crate::arch::x86_64::{svm, virt};
+    use crate::object::vcpu::{Backend, VirtConfig};
+    let mut config = VirtConfig::none();
+    if let (Some((virt::Backend::Svm(svm), Ok(()))), Some(areas)) = (virt::STATE.get(), svm::AREAS.get()) {
+        if svm.nested_paging {
+            config.backend = Backend::Svm;
+            config.io_permissions = PhysAddr(areas.io_permissions);
+            config.msr_permissions = PhysAddr(areas.msr_permissions);
+        }
+    }
+    config
 }
 
 fn fail(reason: core::fmt::Arguments<'_>) -> ! {
@@ -210,6 +232,61 @@ impl Runtime {
                         CR3_WRITES.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+            }
+        }
+    }
+
+    /// `VmEnter` by `tcb`: runs its VCPU until an exit for the VMM (the
+    /// reply is then in place), or until the thread must give way to
+    /// another. It then returns to its `syscall` instruction, to enter
+    /// again when it next runs. Returns whether the time slice ended.
+    fn vm_enter(&mut self, tcb: PhysAddr, mut flags: u64) -> bool {
+        use crate::object::vcpu::{VmEnterRefusal, layout};
+        loop {
+            let vcpu = match self.space.vm_prepare(tcb, flags) {
+                Ok((vcpu, _)) => vcpu,
+                Err(VmEnterRefusal::Error(error)) => {
+                    let mut context = self.space.context(tcb);
+                    crate::syscall::set_reply(&mut context, error.code(), &error.words());
+                    self.space.set_context(tcb, &context);
+                    return false;
+                }
+                Err(VmEnterRefusal::Exit(exit)) => {
+                    self.space.reply_vm_exit(tcb, exit);
+                    return false;
+                }
+            };
+            // The registers are in the VCPU now: a re-entry must not reload them.
+            flags = 0;
+            let host_state = crate::arch::x86_64::svm::AREAS.get().map_or(0, |a| a.host_state);
+            let registers = self.direct_map.to_virtual(vcpu.offset(layout::REGISTERS)).as_mut_ptr::<u64>();
+            let fpu = self.direct_map.to_virtual(vcpu.offset(layout::FPU)).as_mut_ptr::<u8>();
+            // SAFETY: `vm_prepare` checked the VCPU is set up to run: its
+            // VMCB has the forced intercepts (kept by `vcpu_write`), the
+            // permission maps and a live GuestSpace; the pointers are into
+            // the VCPU through the direct map; SVM is on (else no VCPU exists).
+            unsafe {
+                crate::arch::x86_64::svm::run(vcpu.get() + layout::CONTROL, registers, fpu, host_state)
+            };
+            if let Some(exit) = self.space.vm_exit(vcpu) {
+                self.space.vm_reply(tcb, vcpu, exit);
+                return false;
+            }
+            // A host interrupt: take it, then go on unless it preempts.
+            crate::arch::x86_64::cpu::take_pending_interrupts();
+            let tick = DEFERRED_TICK.swap(false, Ordering::Relaxed);
+            let mut lines = DEFERRED_LINES.swap(0, Ordering::Relaxed);
+            while lines != 0 {
+                self.space.irq_fired(lines.trailing_zeros() as u8);
+                crate::arch::x86_64::idt::end_of_interrupt();
+                lines &= lines - 1;
+            }
+            if tick || self.space.choose_thread() != Some(tcb) {
+                let mut context = self.space.context(tcb);
+                context.rip = context.rip.wrapping_sub(crate::syscall::SYSCALL_LENGTH);
+                context.rdx &= !strata_abi::vcpu::enter::LOAD_REGISTERS;
+                self.space.set_context(tcb, &context);
+                return tick;
             }
         }
     }
@@ -292,6 +369,7 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
             runtime.space.set_context(tcb, &reply);
             false
         }
+        Outcome::VmEnter(flags) => runtime.vm_enter(tcb, flags),
         Outcome::Shutdown(_) | Outcome::Counters | Outcome::Fault => {
             let saved = runtime.space.context(tcb);
             runtime.fault(tcb, format_args!("unknown system call {} at {:#x}", saved.rax, saved.rip));
@@ -331,11 +409,16 @@ pub fn user_exception(frame: &mut InterruptFrame) {
 }
 
 /// Interrupt line `line` fired: it is masked and its notification
-/// signalled. A thread this wakes runs at once if the kernel was idle, and
-/// otherwise when the interrupted thread is next preempted or blocks.
-pub fn device_interrupt(frame: &mut InterruptFrame, line: u8) {
-    let Some(mut guard) = RUNTIME.try_lock() else { return };
-    let Some(runtime) = guard.as_mut() else { return };
+/// signalled. A thread this wakes runs at once if it outranks the
+/// interrupted one. Returns whether the interrupt can be acknowledged; if
+/// the kernel itself was interrupted while running a guest, it is deferred
+/// to the VM exit path, which acknowledges it.
+pub fn device_interrupt(frame: &mut InterruptFrame, line: u8) -> bool {
+    let Some(mut guard) = RUNTIME.try_lock() else {
+        DEFERRED_LINES.fetch_or(1 << (line & 63), Ordering::Relaxed);
+        return false;
+    };
+    let Some(runtime) = guard.as_mut() else { return true };
     runtime.space.irq_fired(line);
     match runtime.current {
         // The thread it woke outranks the interrupted one: it runs now.
@@ -350,12 +433,17 @@ pub fn device_interrupt(frame: &mut InterruptFrame, line: u8) {
         // A thread it woke may now share the current one's priority.
         _ => runtime.leave(),
     }
+    true
 }
 
 /// A timer tick: the interrupted thread goes to the back of its queue; if
 /// the kernel was idle, a thread that became runnable is started.
 pub fn preempt(frame: &mut InterruptFrame) {
-    let Some(mut guard) = RUNTIME.try_lock() else { return };
+    let Some(mut guard) = RUNTIME.try_lock() else {
+        // The kernel was running a guest: the VM exit path sees the tick.
+        DEFERRED_TICK.store(true, Ordering::Relaxed);
+        return;
+    };
     let Some(runtime) = guard.as_mut() else { return };
     if frame.from_user() {
         let Some(tcb) = runtime.current else { return };

@@ -30,7 +30,7 @@ use strata_abi::object::Rights;
 /// Work a delete or revoke may do before the kernel takes interrupts.
 pub const PREEMPTION_BUDGET: u32 = 256;
 /// Length of the `syscall` instruction (0F 05): how far a restarted call backs up.
-const SYSCALL_LENGTH: u64 = 2;
+pub(crate) const SYSCALL_LENGTH: u64 = 2;
 
 /// What the kernel must do after a system call, besides running whatever
 /// is runnable (the caller, unless it blocked).
@@ -46,12 +46,14 @@ pub enum Outcome {
     Shutdown(u8),
     /// Reply with the event counters (test builds).
     Counters,
+    /// Run the thread's VCPU, with these `vcpu::enter` flags.
+    VmEnter(u64),
     /// The thread faulted (unknown system call, or IPC through a
     /// capability that cannot do it) and has no fault handler: suspend it.
     Fault,
 }
 
-fn set_reply(context: &mut UserContext, label: u64, words: &[u64]) {
+pub(crate) fn set_reply(context: &mut UserContext, label: u64, words: &[u64]) {
     let length = words.len().min(4);
     context.rsi = MessageInfo::new(label, 0, length as u8).encode().unwrap_or(0);
     let mut padded = [0u64; 4];
@@ -130,8 +132,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             Syscall::DebugPutChar => return Outcome::PutChar(context.rdi as u8),
             Syscall::DebugShutdown => return Outcome::Shutdown(context.rdi as u8),
             Syscall::DebugCounters => return Outcome::Counters,
-            // VCPUs arrive with the VM issue.
-            Syscall::VmEnter => return self.fault(tcb, &context, crate::object::ipc::FAULT_SYSCALL),
+            Syscall::VmEnter => return Outcome::VmEnter(context.rdx),
         }
         Outcome::Continue
     }
@@ -249,6 +250,11 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 let value = self.perform_ioport(invocation);
                 Ok(Some(value.into_iter().map(u64::from).collect()))
             }
+            Capability::Vcpu { .. } => {
+                let invocation = self.decode_vcpu(cap, label, words, &extra)?;
+                let (values, count) = self.perform_vcpu(invocation);
+                Ok(heapless::Vec::from_slice(&values[..count]).ok())
+            }
             Capability::Tcb { .. } => {
                 let invocation = self.decode_tcb(cap, label, words, &extra)?;
                 let reply = self.perform_tcb(invocation);
@@ -264,6 +270,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             Capability::Endpoint { .. }
             | Capability::Notification { .. }
             | Capability::Pml4 { .. }
+            | Capability::GuestSpace { .. }
             | Capability::Zombie { .. } => Err(InvocationError::IllegalOperation),
             Capability::Null => Err(InvocationError::FailedLookup {
                 source: true,

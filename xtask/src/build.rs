@@ -25,6 +25,9 @@ pub enum Flavor {
     SelfTest,
     /// The self-test kernel with the benchmark root task.
     Bench,
+    /// The kernel with the debug exit, `strata-vmm` as the root task, and
+    /// the test guests.
+    Vm,
 }
 
 /// Paths of the bare-metal binaries.
@@ -43,6 +46,10 @@ pub struct BareMetal {
 const KERNEL_SCRIPT: &str = "kernel/link.ld";
 const LOADER_SCRIPT: &str = "loader/link.ld";
 const USER_SCRIPT: &str = "servers/rt/user.ld";
+const GUEST_SCRIPT: &str = "tests/guests/guest.ld";
+
+/// The test guests: (module name, package).
+pub const GUESTS: [(&str, &str); 1] = [("guest-basic", "strata-guest-basic")];
 
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
@@ -148,6 +155,15 @@ pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
             bare("strata-kernel", &["selftest"], "kernel-selftest", true, KERNEL_SCRIPT)?,
             Some(bare("strata-tests-bench", &[], "user", false, USER_SCRIPT)?),
         ),
+        Flavor::Vm => {
+            for (name, package) in GUESTS {
+                programs.push((name, bare(package, &[], "guest", false, GUEST_SCRIPT)?));
+            }
+            (
+                bare("strata-kernel", &["debug-exit"], "kernel-system", true, KERNEL_SCRIPT)?,
+                Some(user("strata-vmm", &[])?),
+            )
+        }
     };
     step::end(started, "bare-metal binaries built");
     Ok(BareMetal { loader, kernel, root_task, programs })
@@ -174,6 +190,8 @@ pub fn lint() -> Result {
         bare_command("clippy", "strata-root", &["exit-when-done"], "clippy-user", false, USER_SCRIPT),
         bare_command("clippy", "strata-hello", &[], "clippy-user", false, USER_SCRIPT),
         bare_command("clippy", "strata-tests-crasher", &[], "clippy-user", false, USER_SCRIPT),
+        bare_command("clippy", "strata-vmm", &[], "clippy-user", false, USER_SCRIPT),
+        bare_command("clippy", "strata-guest-basic", &[], "clippy-guest", false, GUEST_SCRIPT),
     ] {
         command.args(["--", "-D", "warnings"]);
         step::run(&mut command)?;

@@ -32,6 +32,9 @@ pub enum Kind {
     /// child processes (one of which crashes), and a module that is not an
     /// executable.
     System,
+    /// `target/image-vm/`: the kernel, `strata-vmm` as the root task, and
+    /// the test guests.
+    Vm,
 }
 
 /// The module of the self-test image holding the system-call fuzzer's seed.
@@ -75,6 +78,7 @@ pub fn build(kind: Kind) -> Result<Image> {
         }
         Kind::Bench => (Flavor::Bench, root().join("target/image-bench"), "log=warn".to_owned()),
         Kind::System => (Flavor::System, root().join("target/image-system"), "log=info".to_owned()),
+        Kind::Vm => (Flavor::Vm, root().join("target/image-vm"), "log=info".to_owned()),
     };
     let binaries = build::bare_metal(flavor)?;
     let started = step::begin(format!("packing the boot image in {}", dir.display()));

@@ -376,6 +376,10 @@ fn emulator_suites(filter: Option<&str>, fuzz_seed: Option<u64>, totals: &mut To
             run_system_suite(suite, &system, totals)?;
         }
     }
+    if selected("vm-qemu") {
+        let vm = image::build(Kind::Vm)?;
+        run_vm_suite("vm-qemu", &vm, totals)?;
+    }
     if selected("loader-qemu") {
         let started =
             step::begin("suite loader-qemu: malformed boot images must be refused with a clear message");
@@ -476,9 +480,44 @@ const SYSTEM_LINES: [&str; 14] = [
     "[root] INFO  all children have finished",
 ];
 
-/// Boots the system image (the root task and its children) and checks its log.
-fn run_system_suite(name: &str, image: &Image, totals: &mut Totals) -> Result {
-    let (machine, description) = if name.ends_with("bochs") {
+/// What the VM image must log: each check of each test guest, through
+/// the VMM's UART with the guest's name, then how each guest ended.
+const VM_LINES: [&str; 14] = [
+    "[guest-basic] ok multiboot",
+    "[guest-basic] ok long-mode",
+    "[guest-basic] ok cpuid",
+    "[guest-basic] ok port-io",
+    "[guest-basic] rep outsb reached the UART",
+    "[guest-basic] ok string-io",
+    "[guest-basic] ok msr",
+    "[guest-basic] ok msr-unknown-gp",
+    "[guest-basic] ok exceptions-in-guest",
+    "[guest-basic] ok mmio",
+    "[guest-basic] ok injected-interrupt",
+    "[guest-basic] ok fpu-sse-across-exits",
+    "vmm: guest-basic: exited with status 0x0 through isa-debug-exit",
+    "vmm: 1 guests run",
+];
+
+/// Boots the VM image (the VMM and its test guests) and checks its log.
+fn run_vm_suite(name: &str, image: &Image, totals: &mut Totals) -> Result {
+    let (machine, description) = system_machine(name, image);
+    let started = step::begin(format!("suite {name}: test guests under strata-vmm ({description})"));
+    let (outcome, bochs_log) = machine.boot(name)?;
+    let mut verdict = Verdict::default();
+    for line in VM_LINES {
+        require_line(&mut verdict, &outcome.serial, line);
+    }
+    verdict.run_failure = run_failure(&outcome, bochs_log);
+    print_verdict(name, &verdict, &outcome, totals);
+    step::end(started, "suite done");
+    Ok(())
+}
+
+/// The machine a system or VM suite boots: Bochs from the ISO, or QEMU
+/// with the loader ELF.
+fn system_machine(name: &str, image: &Image) -> (Machine, &'static str) {
+    if name.ends_with("bochs") {
         (Machine::Bochs { iso: image.iso.clone() }, "Bochs, GRUB ISO")
     } else {
         let boot = QemuBoot::Direct {
@@ -487,16 +526,12 @@ fn run_system_suite(name: &str, image: &Image, totals: &mut Totals) -> Result {
             append: "log=info".into(),
         };
         (Machine::Qemu(boot), "QEMU TCG, -kernel via PVH")
-    };
-    let started = step::begin(format!(
-        "suite {name}: the root task starts, serves and supervises child processes ({description})"
-    ));
-    let (outcome, bochs_log) = machine.boot(name)?;
-    let mut verdict = Verdict::default();
-    for line in SYSTEM_LINES {
-        require_line(&mut verdict, &outcome.serial, line);
     }
-    verdict.run_failure = match (&outcome.exit, bochs_log) {
+}
+
+/// Why a system or VM run failed as a whole, if it did.
+fn run_failure(outcome: &Outcome, bochs_log: Option<String>) -> Option<String> {
+    match (&outcome.exit, bochs_log) {
         _ if strata_abi::ktest::FATAL_MARKERS.iter().any(|m| outcome.serial.contains(m)) => {
             Some("the kernel reported a fatal error".to_owned())
         }
@@ -508,7 +543,21 @@ fn run_system_suite(name: &str, image: &Image, totals: &mut Totals) -> Result {
             Some(format!("exit status {status}, expected the success exit"))
         }
         _ => None,
-    };
+    }
+}
+
+/// Boots the system image (the root task and its children) and checks its log.
+fn run_system_suite(name: &str, image: &Image, totals: &mut Totals) -> Result {
+    let (machine, description) = system_machine(name, image);
+    let started = step::begin(format!(
+        "suite {name}: the root task starts, serves and supervises child processes ({description})"
+    ));
+    let (outcome, bochs_log) = machine.boot(name)?;
+    let mut verdict = Verdict::default();
+    for line in SYSTEM_LINES {
+        require_line(&mut verdict, &outcome.serial, line);
+    }
+    verdict.run_failure = run_failure(&outcome, bochs_log);
     print_verdict(name, &verdict, &outcome, totals);
     step::end(started, "suite done");
     Ok(())

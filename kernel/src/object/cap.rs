@@ -23,6 +23,8 @@
 //! | IoPort (13) | first port 5-20, last port 21-36 | — |
 //! | IrqControl (14) | — | — |
 //! | IrqHandler (15) | line 5-12 | — |
+//! | Vcpu (16) | — | object |
+//! | GuestSpace (17) | has ASID 5, ASID 6-17, object / 4K in 18-53 | — |
 //!
 //! Physical addresses are limited to 48 bits (256 TiB).
 
@@ -105,6 +107,8 @@ mod tag {
     pub const IO_PORT: u64 = 13;
     pub const IRQ_CONTROL: u64 = 14;
     pub const IRQ_HANDLER: u64 = 15;
+    pub const VCPU: u64 = 16;
+    pub const GUEST_SPACE: u64 = 17;
 }
 
 /// The size of a frame.
@@ -288,6 +292,18 @@ pub enum Capability {
         /// The line.
         line: u8,
     },
+    /// A virtual CPU.
+    Vcpu {
+        /// The VCPU object (8 KiB).
+        object: PhysAddr,
+    },
+    /// The root of a guest-physical address space.
+    GuestSpace {
+        /// The root table.
+        object: PhysAddr,
+        /// Its ASID, once assigned from a pool.
+        asid: Option<u16>,
+    },
 }
 
 /// Whether a mapping record fits its fields: a 12-bit non-zero ASID and a
@@ -423,10 +439,11 @@ impl Capability {
                     mapping.map_or(0, |m| m.address),
                 ]
             }
-            Self::Pml4 { object, asid } => {
+            Self::Pml4 { object, asid } | Self::GuestSpace { object, asid } => {
                 check(address_ok(object, 12) && asid.is_none_or(|a| a != 0 && PML4_ASID.fits(u64::from(a))))?;
+                let kind = if matches!(self, Self::Pml4 { .. }) { tag::PML4 } else { tag::GUEST_SPACE };
                 [
-                    TAG.put(tag::PML4)
+                    TAG.put(kind)
                         | PML4_ASSIGNED.put(u64::from(asid.is_some()))
                         | PML4_ASID.put(asid.map_or(0, u64::from))
                         | PML4_OBJECT.put(object.get() >> 12),
@@ -446,6 +463,10 @@ impl Capability {
             }
             Self::IrqControl => [TAG.put(tag::IRQ_CONTROL), 0],
             Self::IrqHandler { line } => [TAG.put(tag::IRQ_HANDLER) | IRQ_LINE.put(u64::from(line)), 0],
+            Self::Vcpu { object } => {
+                check(address_ok(object, strata_abi::object::VCPU_SIZE_BITS))?;
+                [TAG.put(tag::VCPU), object.get()]
+            }
         })
     }
 
@@ -510,6 +531,11 @@ impl Capability {
                 object: PhysAddr(PML4_OBJECT.get(w0) << 12),
                 asid: (PML4_ASSIGNED.get(w0) == 1).then(|| PML4_ASID.get(w0) as u16),
             },
+            tag::GUEST_SPACE => Self::GuestSpace {
+                object: PhysAddr(PML4_OBJECT.get(w0) << 12),
+                asid: (PML4_ASSIGNED.get(w0) == 1).then(|| PML4_ASID.get(w0) as u16),
+            },
+            tag::VCPU => Self::Vcpu { object: PhysAddr(w1) },
             tag::ASID_CONTROL => Self::AsidControl,
             tag::ASID_POOL => {
                 Self::AsidPool { object: PhysAddr(w1), first_asid: POOL_FIRST_ASID.get(w0) as u16 }
@@ -542,9 +568,11 @@ impl Capability {
             }
             Self::Tcb { object } => Some((object, 1 << TCB_SIZE_BITS)),
             Self::Frame { object, size, .. } => Some((object, size.bytes())),
-            Self::PageTable { object, .. } | Self::Pml4 { object, .. } | Self::AsidPool { object, .. } => {
-                Some((object, 1 << 12))
-            }
+            Self::PageTable { object, .. }
+            | Self::Pml4 { object, .. }
+            | Self::GuestSpace { object, .. }
+            | Self::AsidPool { object, .. } => Some((object, 1 << 12)),
+            Self::Vcpu { object } => Some((object, 1 << strata_abi::object::VCPU_SIZE_BITS)),
             Self::AsidControl
             | Self::IoPortControl
             | Self::IoPort { .. }
@@ -597,6 +625,11 @@ pub(crate) mod tests {
                 Capability::CNode { object, radix, guard_size, guard }
             }),
             address(12).prop_map(|object| Capability::Tcb { object }),
+            address(13).prop_map(|object| Capability::Vcpu { object }),
+            (address(12), proptest::option::of(1u16..4096))
+                .prop_map(|(object, asid)| Capability::GuestSpace { object, asid }),
+            (address(12), proptest::option::of(1u16..4096))
+                .prop_map(|(object, asid)| Capability::Pml4 { object, asid }),
             (address(5), 1u8..25, any::<u64>()).prop_map(|(object, radix, r)| {
                 Capability::Zombie { object, radix, remaining: r % ((1 << radix) + 1) }
             }),

@@ -103,6 +103,7 @@ pub(crate) fn derive(
             None => Ok(source),
         },
         Capability::Tcb { .. }
+        | Capability::Vcpu { .. }
         | Capability::AsidControl
         | Capability::AsidPool { .. }
         | Capability::IoPort { .. }
@@ -117,8 +118,12 @@ pub(crate) fn derive(
         // Copies of a table share its one mapping, so only a mapped table
         // can be copied (two unmapped copies could be mapped twice); the
         // same goes for an address space and its ASID.
-        Capability::PageTable { mapping: Some(_), .. } | Capability::Pml4 { asid: Some(_), .. } => Ok(source),
-        Capability::PageTable { .. } | Capability::Pml4 { .. } => Err(InvocationError::IllegalOperation),
+        Capability::PageTable { mapping: Some(_), .. }
+        | Capability::Pml4 { asid: Some(_), .. }
+        | Capability::GuestSpace { asid: Some(_), .. } => Ok(source),
+        Capability::PageTable { .. } | Capability::Pml4 { .. } | Capability::GuestSpace { .. } => {
+            Err(InvocationError::IllegalOperation)
+        }
     }
 }
 

@@ -130,6 +130,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             self.finalise_ipc_object(cap);
             self.finalise_ioport(cap);
             self.finalise_irq(cap);
+            self.finalise_vcpu(cap);
         }
     }
 

@@ -30,6 +30,7 @@ pub mod memory;
 pub mod model;
 pub mod tcb;
 pub mod untyped;
+pub mod vcpu;
 pub mod vspace;
 
 #[cfg(test)]
@@ -122,6 +123,8 @@ pub struct ObjectSpace<M: PhysicalMemory> {
     pub io_ports_issued: [u64; ioport::ISSUED_WORDS],
     /// Interrupt routing and the state of each device interrupt line.
     pub irqs: irq::IrqTable,
+    /// Hardware virtualization, as set up at boot.
+    pub virt: vcpu::VirtConfig,
 }
 
 impl<M: PhysicalMemory> ObjectSpace<M> {
@@ -134,6 +137,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             scheduler: tcb::Scheduler::new(),
             io_ports_issued: [0; ioport::ISSUED_WORDS],
             irqs: irq::IrqTable::new(),
+            virt: vcpu::VirtConfig::none(),
         }
     }
 
@@ -216,6 +220,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 Capability::PageTable { object: y, level: ly, .. },
             ) => x == y && lx == ly,
             (Capability::Pml4 { object: x, .. }, Capability::Pml4 { object: y, .. })
+            | (Capability::GuestSpace { object: x, .. }, Capability::GuestSpace { object: y, .. })
+            | (Capability::Vcpu { object: x }, Capability::Vcpu { object: y })
             | (Capability::AsidPool { object: x, .. }, Capability::AsidPool { object: y, .. }) => x == y,
             (Capability::AsidControl, Capability::AsidControl)
             | (Capability::IoPortControl, Capability::IoPortControl | Capability::IoPort { .. })

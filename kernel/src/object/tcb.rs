@@ -66,6 +66,8 @@ pub mod layout {
     pub const BOUND_NOTIFICATION: u64 = 0x0f8;
     /// The fault endpoint's capability pointer.
     pub const FAULT_ENDPOINT: u64 = 0x140;
+    /// The bound VCPU, or 0.
+    pub const VCPU: u64 = 0x148;
     /// The CSpace root slot (the VSpace root slot follows it).
     pub const SLOTS: u64 = 0x100;
     /// The FXSAVE area (16-byte aligned).
@@ -571,6 +573,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     pub(super) fn finalise_tcb(&mut self, tcb: PhysAddr) {
         self.suspend(tcb);
         self.unbind_notification(tcb);
+        self.unbind_tcb_vcpu(tcb);
     }
 
     /// Stops a thread: out of any run, endpoint or notification queue, no

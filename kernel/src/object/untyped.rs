@@ -72,6 +72,12 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         if device && object_type != ObjectType::Untyped {
             return Err(InvocationError::InvalidArgument { index: 0 });
         }
+        // Without hardware virtualization there is nothing to run a VCPU on.
+        if matches!(object_type, ObjectType::Vcpu | ObjectType::GuestSpace)
+            && self.virt.backend == super::vcpu::Backend::None
+        {
+            return Err(InvocationError::IllegalOperation);
+        }
         let Capability::CNode { object: cnode, radix, .. } = destination else {
             return Err(InvocationError::InvalidCapability { index: 1 });
         };
@@ -155,6 +161,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 }
                 ObjectType::Pdpt => Capability::PageTable { object, level: TableLevel::Pdpt, mapping: None },
                 ObjectType::Pml4 => Capability::Pml4 { object, asid: None },
+                ObjectType::GuestSpace => Capability::GuestSpace { object, asid: None },
+                ObjectType::Vcpu => Capability::Vcpu { object },
             };
             // Device memory is never written by the kernel; Untypeds are
             // zeroed piecewise as objects are made from them.
@@ -164,6 +172,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             match retype.object_type {
                 ObjectType::Pml4 => self.init_pml4(object),
                 ObjectType::Tcb => self.init_tcb(object),
+                ObjectType::Vcpu => self.init_vcpu(object),
                 _ => {}
             }
             let slot = Slot::in_cnode(retype.destination, retype.first_slot + n);

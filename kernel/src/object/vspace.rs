@@ -15,7 +15,17 @@
 //! (the PML4 or a table was deleted first). Those records then find nothing
 //! and write nothing, so memory that has been reused is never touched.
 //!
-//! Mappings are never writable and executable at once.
+//! Mappings in a thread's address space are never writable and executable at once.
+//!
+//! A GuestSpace is the same four-level structure for guest-physical
+//! addresses, with an ASID from the same pools (its pool entry is tagged
+//! with bit 0). Tables are installed in it exactly as in a PML4: an
+//! intermediate entry allowing everything is 0x7 in both the nested-paging
+//! format (P, R/W, U/S: AMD APM vol. 2 §15.25.5) and the EPT format (R, W,
+//! X: Intel SDM vol. 3C §29.3.2). Only frame entries differ, and
+//! [`guest_leaf`] makes them from one description. Removing a guest
+//! mapping bumps a generation number; a VCPU entering with an older one
+//! has its guest TLB entries flushed.
 
 use strata_abi::error::{InvocationError, LookupFailure};
 use strata_abi::invocation::Label;
@@ -73,6 +83,47 @@ pub enum VSpaceInvocation {
     },
 }
 
+/// Tag of a GuestSpace in an ASID pool entry.
+const GUEST_TAG: u64 = 1;
+
+/// The entry mapping a guest frame at `object` with `rights` (READ is
+/// always among them) and `attributes`, for `backend`'s format.
+pub fn guest_leaf(
+    backend: super::vcpu::Backend,
+    object: PhysAddr,
+    rights: Rights,
+    attributes: VmAttributes,
+    large: bool,
+) -> PageTableEntry {
+    let write = rights.contains(Rights::WRITE);
+    let execute = attributes.contains(VmAttributes::EXECUTABLE);
+    let large_bit = if large { 1 << 7 } else { 0 };
+    match backend {
+        super::vcpu::Backend::Vmx => {
+            // EPT: R, W, X in bits 0-2, memory type in 3-5 (UC 0, WT 4, WB 6).
+            let memory_type = if attributes.contains(VmAttributes::CACHE_DISABLED) {
+                0
+            } else if attributes.contains(VmAttributes::WRITE_THROUGH) {
+                4
+            } else {
+                6
+            };
+            let bits = 1 | u64::from(write) << 1 | u64::from(execute) << 2 | memory_type << 3 | large_bit;
+            PageTableEntry::from_raw(object.get() | bits)
+        }
+        _ => {
+            // Nested paging treats every guest access as a user access.
+            let mut flags = PteFlags::PRESENT | PteFlags::USER;
+            flags.set(PteFlags::WRITABLE, write);
+            flags.set(PteFlags::NO_EXECUTE, !execute);
+            flags.set(PteFlags::WRITE_THROUGH, attributes.contains(VmAttributes::WRITE_THROUGH));
+            flags.set(PteFlags::CACHE_DISABLE, attributes.contains(VmAttributes::CACHE_DISABLED));
+            flags.set(PteFlags::HUGE, large);
+            PageTableEntry::new(object.get(), flags)
+        }
+    }
+}
+
 /// Index of `address` at paging `level`.
 fn index_at(level: Level, address: u64) -> u64 {
     level.index_of(address) as u64
@@ -84,8 +135,8 @@ fn bits_below(level: Level) -> u8 {
 }
 
 impl<M: PhysicalMemory> ObjectSpace<M> {
-    /// The PML4 that `asid` names, if any.
-    pub fn pml4_of(&self, asid: u16) -> Option<PhysAddr> {
+    /// The root table `asid` names, if any, and whether it is a GuestSpace.
+    pub fn address_space_root(&self, asid: u16) -> Option<(PhysAddr, bool)> {
         let asid = u32::from(asid);
         if asid == 0 || asid >= ASID_COUNT {
             return None;
@@ -93,7 +144,21 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let pool = self.asid_table[(asid / ASID_POOL_SIZE) as usize]?;
         match self.memory.read(pool.offset(8 * u64::from(asid % ASID_POOL_SIZE))) {
             0 => None,
-            pml4 => Some(PhysAddr(pml4)),
+            entry => Some((PhysAddr(entry & !GUEST_TAG), entry & GUEST_TAG != 0)),
+        }
+    }
+
+    /// The root table (PML4 or GuestSpace) that `asid` names, if any.
+    pub fn pml4_of(&self, asid: u16) -> Option<PhysAddr> {
+        self.address_space_root(asid).map(|(root, _)| root)
+    }
+
+    /// Forgets cached translations of `address` in the space with `asid`
+    /// (`u64::MAX`: all of them).
+    fn flush_space(&mut self, asid: u16, address: u64) {
+        match self.address_space_root(asid) {
+            Some((_, true)) => self.virt.generation += 1,
+            _ => self.memory.flush_translation(asid, address),
         }
     }
 
@@ -118,11 +183,19 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         Ok(table.offset(8 * index_at(target, address)))
     }
 
-    /// The live address space `vspace` names, with its ASID.
-    fn address_space(&self, vspace: Option<Capability>) -> Result<(PhysAddr, u16), InvocationError> {
+    /// The live address space `vspace` names (a PML4 or a GuestSpace),
+    /// with its ASID and whether it is a GuestSpace.
+    fn address_space(&self, vspace: Option<Capability>) -> Result<(PhysAddr, u16, bool), InvocationError> {
         match vspace {
-            Some(Capability::Pml4 { object, asid: Some(asid) }) if self.pml4_of(asid) == Some(object) => {
-                Ok((object, asid))
+            Some(Capability::Pml4 { object, asid: Some(asid) })
+                if self.address_space_root(asid) == Some((object, false)) =>
+            {
+                Ok((object, asid, false))
+            }
+            Some(Capability::GuestSpace { object, asid: Some(asid) })
+                if self.address_space_root(asid) == Some((object, true)) =>
+            {
+                Ok((object, asid, true))
             }
             _ => Err(InvocationError::InvalidCapability { index: 1 }),
         }
@@ -147,7 +220,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 if mapping.is_some() {
                     return Err(InvocationError::InvalidCapability { index: 0 });
                 }
-                let (pml4, asid) = self.address_space(extra_cap(0))?;
+                let (pml4, asid, _) = self.address_space(extra_cap(0))?;
                 let address = word(0, 1)?;
                 if address >= USER_TOP {
                     return Err(InvocationError::InvalidArgument { index: 0 });
@@ -185,7 +258,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 Ok(VSpaceInvocation::Unmap { slot })
             }
             (Capability::Frame { object, size, rights, device, mapping }, Label::FrameMap) => {
-                let (pml4, asid) = self.address_space(extra_cap(0))?;
+                let (pml4, asid, guest) = self.address_space(extra_cap(0))?;
                 let address = word(0, 3)?;
                 let requested = Rights::from_bits_truncate(word(1, 3)?);
                 let attributes = VmAttributes::from_bits(word(2, 3)?)
@@ -200,7 +273,10 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 if !granted.contains(Rights::READ) {
                     return Err(InvocationError::InvalidArgument { index: 1 });
                 }
-                if granted.contains(Rights::WRITE) && attributes.contains(VmAttributes::EXECUTABLE) {
+                // Guest memory is the guest's: its own page tables decide
+                // what it may execute, so guest RAM may be both.
+                if !guest && granted.contains(Rights::WRITE) && attributes.contains(VmAttributes::EXECUTABLE)
+                {
                     return Err(InvocationError::InvalidArgument { index: 2 });
                 }
                 // A mapped capability may only be remapped in place (to change rights).
@@ -220,13 +296,18 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 if current.is_present() && (mapping.is_none() || current.address() != object.get()) {
                     return Err(InvocationError::DeleteFirst);
                 }
-                let mut flags = PteFlags::PRESENT | PteFlags::USER;
-                flags.set(PteFlags::WRITABLE, granted.contains(Rights::WRITE));
-                flags.set(PteFlags::NO_EXECUTE, !attributes.contains(VmAttributes::EXECUTABLE));
-                flags.set(PteFlags::WRITE_THROUGH, attributes.contains(VmAttributes::WRITE_THROUGH));
-                flags.set(PteFlags::CACHE_DISABLE, attributes.contains(VmAttributes::CACHE_DISABLED));
-                flags.set(PteFlags::HUGE, size == FrameSize::Large);
-                let entry = PageTableEntry::new(object.get(), flags);
+                let large = size == FrameSize::Large;
+                let entry = if guest {
+                    guest_leaf(self.virt.backend, object, granted, attributes, large)
+                } else {
+                    let mut flags = PteFlags::PRESENT | PteFlags::USER;
+                    flags.set(PteFlags::WRITABLE, granted.contains(Rights::WRITE));
+                    flags.set(PteFlags::NO_EXECUTE, !attributes.contains(VmAttributes::EXECUTABLE));
+                    flags.set(PteFlags::WRITE_THROUGH, attributes.contains(VmAttributes::WRITE_THROUGH));
+                    flags.set(PteFlags::CACHE_DISABLE, attributes.contains(VmAttributes::CACHE_DISABLED));
+                    flags.set(PteFlags::HUGE, large);
+                    PageTableEntry::new(object.get(), flags)
+                };
                 let cap = Capability::Frame {
                     object,
                     size,
@@ -259,7 +340,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             }
             (Capability::AsidPool { object, first_asid }, Label::AsidPoolAssign) => {
                 let pml4 = *extra.first().ok_or(InvocationError::InvalidCapability { index: 1 })?;
-                let Capability::Pml4 { asid: None, .. } = self.cap(pml4) else {
+                let (Capability::Pml4 { asid: None, .. } | Capability::GuestSpace { asid: None, .. }) =
+                    self.cap(pml4)
+                else {
                     return Err(InvocationError::InvalidCapability { index: 1 });
                 };
                 // The pool must still be the one the ASID table names.
@@ -286,7 +369,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             VSpaceInvocation::Map { slot, cap, at, entry } => {
                 self.memory.write(at, entry.raw());
                 if let Capability::Frame { mapping: Some(m), .. } = cap {
-                    self.memory.flush_translation(m.asid, m.address);
+                    self.flush_space(m.asid, m.address);
                 }
                 self.set_cap(slot, cap);
             }
@@ -323,12 +406,17 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 );
                 self.asid_table[index] = Some(base);
             }
-            VSpaceInvocation::Assign { slot, asid, at } => {
-                if let Capability::Pml4 { object, .. } = self.cap(slot) {
+            VSpaceInvocation::Assign { slot, asid, at } => match self.cap(slot) {
+                Capability::Pml4 { object, .. } => {
                     self.memory.write(at, object.get());
                     self.set_cap(slot, Capability::Pml4 { object, asid: Some(asid) });
                 }
-            }
+                Capability::GuestSpace { object, .. } => {
+                    self.memory.write(at, object.get() | GUEST_TAG);
+                    self.set_cap(slot, Capability::GuestSpace { object, asid: Some(asid) });
+                }
+                _ => {}
+            },
         }
     }
 
@@ -356,7 +444,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             self.memory.write(at, 0);
             // A frame is one TLB entry; a table may back many.
             let span = if matches!(cap, Capability::Frame { .. }) { mapping.address } else { u64::MAX };
-            self.memory.flush_translation(mapping.asid, span);
+            self.flush_space(mapping.asid, span);
         }
     }
 
@@ -368,10 +456,13 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         match *cap {
             Capability::Frame { .. } => self.unmap(cap),
             Capability::PageTable { .. } if last => self.unmap(cap),
-            Capability::Pml4 { object, asid: Some(asid) } if last && self.pml4_of(asid) == Some(object) => {
+            Capability::Pml4 { object, asid: Some(asid) }
+            | Capability::GuestSpace { object, asid: Some(asid) }
+                if last && self.pml4_of(asid) == Some(object) =>
+            {
+                self.flush_space(asid, u64::MAX);
                 if let Some(pool) = self.asid_table[usize::from(asid) / ASID_POOL_SIZE as usize] {
                     self.memory.write(pool.offset(8 * u64::from(u32::from(asid) % ASID_POOL_SIZE)), 0);
-                    self.memory.flush_translation(asid, u64::MAX);
                 }
             }
             Capability::AsidPool { object, first_asid } if last => {

@@ -48,6 +48,12 @@ pub mod kind {
     /// An ASID pool.
     #[derive(Debug)]
     pub enum AsidPool {}
+    /// A virtual CPU.
+    #[derive(Debug)]
+    pub enum Vcpu {}
+    /// A guest-physical address space.
+    #[derive(Debug)]
+    pub enum GuestSpace {}
 }
 
 pub use kind::*;
@@ -74,6 +80,8 @@ objects! {
     Untyped => Untyped,
     Frame => Frame4K,
     Pml4 => Pml4,
+    Vcpu => Vcpu,
+    GuestSpace => GuestSpace,
 }
 
 /// A capability to an object of kind `K` in this task's CSpace.

@@ -12,6 +12,7 @@
 //! - a server loop ([`server`]), a global allocator ([`heap`]) and a `log`
 //!   backend ([`logger`]);
 //! - I/O ports and interrupts ([`io`], [`irq`]);
+//! - VCPUs, guest-physical address spaces and `VmEnter` ([`vm`]);
 //! - for bare-metal builds, the program entry point, the `mem*` functions
 //!   the precompiled `core` needs, and panic-to-fault.
 //!
@@ -33,8 +34,12 @@ pub mod root;
 pub mod server;
 pub mod slots;
 pub mod sys;
+pub mod vm;
 
 use core::fmt;
+
+// The C memory functions, linked into every program built on the SDK.
+use strata_mem as _;
 
 use strata_abi::bootinfo::BootInfo;
 use strata_abi::error::InvocationError;

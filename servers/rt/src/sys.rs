@@ -154,6 +154,33 @@ pub fn fill_frame(frame: u64, bytes: &[u8; 4096]) -> Result<(), InvocationError>
     crate::call(frame, strata_abi::invocation::Label::FrameUnmap, &[], &[]).map(drop)
 }
 
+/// Guest RAM windows: each [`crate::vm::GuestRam`] gets 1 GiB of this
+/// task's address space from here up.
+pub const GUEST_RAM_BASE: u64 = strata_abi::bootinfo::layout::GUEST_RAM_ADDRESS;
+/// How many windows there are.
+pub const GUEST_RAM_WINDOWS: u64 = 64;
+/// The next free window.
+static NEXT_WINDOW: AtomicU64 = AtomicU64::new(0);
+
+/// Claims a fresh 1 GiB window for guest RAM; `None` when all are taken.
+pub(crate) fn claim_guest_window() -> Option<u64> {
+    let n = NEXT_WINDOW.fetch_add(1, Ordering::Relaxed);
+    (n < GUEST_RAM_WINDOWS).then(|| GUEST_RAM_BASE + (n << 30))
+}
+
+/// The bytes at `window..window + size`, which the caller has mapped
+/// read-write in this task's address space.
+///
+/// Only [`crate::vm::GuestRam`] calls this, once per window it claimed
+/// with [`claim_guest_window`] and mapped in full, so the slice is the only
+/// reference to that memory in this program (the guest, which shares the
+/// frames, runs only while its VMM is in `VmEnter`).
+pub(crate) fn guest_window(window: u64, size: u64) -> &'static mut [u8] {
+    // SAFETY: per the contract above: mapped, read-write, exclusive,
+    // `size` bytes long, and never unmapped while the program runs.
+    unsafe { core::slice::from_raw_parts_mut(window as *mut u8, size as usize) }
+}
+
 /// The name and bytes of boot module `index` of this task (as listed in
 /// its boot-info page), or `None` past the last one.
 pub fn module(index: usize) -> Option<(&'static ModuleDescriptor, &'static [u8])> {
@@ -227,75 +254,6 @@ mod bare {
             core::arch::asm!("syscall", inlateout("rax") number => out, lateout("rcx") _, lateout("r11") _)
         };
         out
-    }
-
-    /// `memcpy` for user programs (the host triple's builtins lack it).
-    ///
-    /// # Safety
-    /// As for C `memcpy`.
-    #[unsafe(no_mangle)]
-    pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-        // SAFETY: valid, disjoint ranges (precondition); DF clear (ABI).
-        unsafe {
-            core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dest => _, inout("rsi") src => _, options(nostack, preserves_flags))
-        };
-        dest
-    }
-
-    /// `memmove` for user programs.
-    ///
-    /// # Safety
-    /// As for C `memmove`.
-    #[unsafe(no_mangle)]
-    pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-        if (dest as usize).wrapping_sub(src as usize) >= n {
-            // SAFETY: a forward copy never overwrites bytes not yet read here.
-            return unsafe { memcpy(dest, src, n) };
-        }
-        for i in (0..n).rev() {
-            // SAFETY: both ranges are valid for `n` bytes (precondition).
-            unsafe { dest.add(i).write_volatile(src.add(i).read_volatile()) };
-        }
-        dest
-    }
-
-    /// `memset` for user programs.
-    ///
-    /// # Safety
-    /// As for C `memset`.
-    #[unsafe(no_mangle)]
-    pub unsafe extern "C" fn memset(dest: *mut u8, value: i32, n: usize) -> *mut u8 {
-        // SAFETY: a valid range (precondition); DF clear (ABI).
-        unsafe {
-            core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") dest => _, in("al") value as u8, options(nostack, preserves_flags))
-        };
-        dest
-    }
-
-    /// `memcmp` for user programs.
-    ///
-    /// # Safety
-    /// As for C `memcmp`.
-    #[unsafe(no_mangle)]
-    pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-        for i in 0..n {
-            // SAFETY: both ranges are valid for `n` bytes (precondition).
-            let (x, y) = unsafe { (a.add(i).read_volatile(), b.add(i).read_volatile()) };
-            if x != y {
-                return i32::from(x) - i32::from(y);
-            }
-        }
-        0
-    }
-
-    /// `bcmp` for user programs.
-    ///
-    /// # Safety
-    /// As for C `bcmp`.
-    #[unsafe(no_mangle)]
-    pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-        // SAFETY: same contract.
-        unsafe { memcmp(a, b, n) }
     }
 
     /// Referenced by the precompiled `core`; never called with `panic = "abort"`.

@@ -37,6 +37,15 @@ pub fn enable_pcid() -> bool {
     true
 }
 
+/// Takes the interrupts that are pending, if any: enables interrupts for
+/// one instruction. (STI's shadow covers the NOP; a pending interrupt is
+/// taken before the CLI.)
+pub fn take_pending_interrupts() {
+    // SAFETY: as in `wait_for_interrupt`: the handlers' SSE use is declared
+    // by `clobber_abi("C")`.
+    unsafe { core::arch::asm!("sti", "nop", "cli", clobber_abi("C"), options(nostack)) };
+}
+
 /// Enables interrupts, halts until one has been handled, and disables them
 /// again. The kernel otherwise runs with interrupts off.
 pub fn wait_for_interrupt() {

@@ -205,9 +205,8 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
             .contains(&v) =>
         {
             // Masked by `device_interrupt` before the EOI lets it in again.
-            crate::run::device_interrupt(frame, (v - u64::from(ioapic::VECTOR_BASE)) as u8);
-            if let Some(lapic) = LAPIC.get() {
-                lapic.end_of_interrupt();
+            if crate::run::device_interrupt(frame, (v - u64::from(ioapic::VECTOR_BASE)) as u8) {
+                end_of_interrupt();
             }
         }
         // Spurious interrupts are not acknowledged (SDM §11.9).
@@ -221,6 +220,13 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
                 lapic.end_of_interrupt();
             }
         }
+    }
+}
+
+/// Acknowledges the interrupt in service on this CPU's LAPIC.
+pub fn end_of_interrupt() {
+    if let Some(lapic) = LAPIC.get() {
+        lapic.end_of_interrupt();
     }
 }
 

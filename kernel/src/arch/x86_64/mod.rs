@@ -50,5 +50,6 @@ pub mod pic;
 pub mod pit;
 pub mod port;
 pub mod serial;
+pub mod svm;
 pub mod user;
 pub mod virt;

@@ -1,0 +1,122 @@
+//! Entering an AMD SVM guest and coming back (AMD APM vol. 2 §15.5 VMRUN,
+//! §15.6 #VMEXIT, §15.5.2 VMSAVE and VMLOAD, §15.17 GIF).
+//!
+//! VMRUN saves and #VMEXIT restores only part of the host's state: RAX,
+//! RSP, RIP, RFLAGS, the control registers, EFER and the ES, CS, SS and DS
+//! selectors. The rest that a guest loads (FS, GS, TR, LDTR with their
+//! hidden parts, KernelGsBase, STAR, LSTAR, CSTAR, SFMASK and the SYSENTER
+//! MSRs) is swapped with VMSAVE and VMLOAD around the run, the other
+//! general registers by hand, and the FPU with FXRSTOR and FXSAVE.
+//!
+//! Interrupts: the global interrupt flag is cleared before any of this and
+//! RFLAGS.IF set, so with V_INTR_MASKING a physical interrupt that arrives
+//! while the guest runs ends it with an INTR exit (§15.21.1), and one that
+//! arrives around the run stays pending until the kernel takes it.
+
+use spin::Once;
+
+/// The host's frames for SVM, set up at boot.
+#[derive(Debug, Clone, Copy)]
+pub struct HostAreas {
+    /// Where VMSAVE puts the host's FS, GS, TR, LDTR and system-call MSRs (4 KiB).
+    pub host_state: u64,
+    /// The I/O permission map (12 KiB of ones).
+    pub io_permissions: u64,
+    /// The MSR permission map (8 KiB of ones).
+    pub msr_permissions: u64,
+}
+
+/// The boot CPU's areas (SMP will make this per CPU).
+pub static AREAS: Once<HostAreas> = Once::new();
+
+/// Runs a guest until its next #VMEXIT.
+///
+/// `vmcb` is the VMCB's physical address; `registers` the guest's 16
+/// general registers in encoding order (the RAX and RSP words are not
+/// used: the VMCB has them); `fpu` its 512-byte FXSAVE image; `host_state`
+/// the physical address of the host's VMSAVE area.
+///
+/// # Safety
+/// SVM is on (EFER.SVME); interrupts are off; `vmcb` is a VMCB whose
+/// intercepts include VMRUN, INTR, NMI, SHUTDOWN, I/O and MSR accesses
+/// with all-ones permission maps; the pointers are valid and aligned.
+#[cfg(strata_baremetal)]
+#[unsafe(naked)]
+pub unsafe extern "sysv64" fn run(vmcb: u64, registers: *mut u64, fpu: *mut u8, host_state: u64) {
+    core::arch::naked_asm!(
+        "push rbp",
+        "push rbx",
+        "push r12",
+        "push r13",
+        "push r14",
+        "push r15",
+        "push rsi", // [rsp + 24]: the guest's registers
+        "push rdi", // [rsp + 16]: the VMCB
+        "push rcx", // [rsp + 8]: the host's VMSAVE area
+        "push rdx", // [rsp]: the guest's FPU image
+        "clgi",
+        "sti",
+        "fxrstor64 [rdx]",
+        "mov rax, rcx",
+        "vmsave rax",
+        "mov rax, rdi",
+        "vmload rax",
+        "mov rcx, [rsi + 8]",
+        "mov rdx, [rsi + 16]",
+        "mov rbx, [rsi + 24]",
+        "mov rbp, [rsi + 40]",
+        "mov rdi, [rsi + 56]",
+        "mov r8, [rsi + 64]",
+        "mov r9, [rsi + 72]",
+        "mov r10, [rsi + 80]",
+        "mov r11, [rsi + 88]",
+        "mov r12, [rsi + 96]",
+        "mov r13, [rsi + 104]",
+        "mov r14, [rsi + 112]",
+        "mov r15, [rsi + 120]",
+        "mov rsi, [rsi + 48]",
+        "vmrun rax",
+        // #VMEXIT: RAX (the VMCB) and RSP are the host's again.
+        "vmsave rax",
+        "mov rax, [rsp + 24]",
+        "mov [rax + 8], rcx",
+        "mov [rax + 16], rdx",
+        "mov [rax + 24], rbx",
+        "mov [rax + 40], rbp",
+        "mov [rax + 48], rsi",
+        "mov [rax + 56], rdi",
+        "mov [rax + 64], r8",
+        "mov [rax + 72], r9",
+        "mov [rax + 80], r10",
+        "mov [rax + 88], r11",
+        "mov [rax + 96], r12",
+        "mov [rax + 104], r13",
+        "mov [rax + 112], r14",
+        "mov [rax + 120], r15",
+        "mov rax, [rsp + 8]",
+        "vmload rax",
+        "cli",
+        "mov rax, [rsp]",
+        "fxsave64 [rax]",
+        // The kernel's own FPU use starts from the reset state.
+        "fninit",
+        "mov dword ptr [rsp], 0x1f80",
+        "ldmxcsr [rsp]",
+        "stgi",
+        "add rsp, 32",
+        "pop r15",
+        "pop r14",
+        "pop r13",
+        "pop r12",
+        "pop rbx",
+        "pop rbp",
+        "ret",
+    )
+}
+
+/// Host builds never enter a guest.
+///
+/// # Safety
+/// None needed: it does nothing.
+#[cfg(not(strata_baremetal))]
+pub unsafe extern "sysv64" fn run(_vmcb: u64, _registers: *mut u64, _fpu: *mut u8, _host_state: u64) {}

@@ -1,0 +1,512 @@
+//! One guest machine: a GuestSpace with RAM, a VCPU bound to this thread,
+//! and the devices, driven by the `VmEnter` loop.
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+
+use strata_abi::error::InvocationError;
+use strata_abi::object::ObjectType;
+use strata_abi::vcpu::{Exit, Field, Segment, SegmentPart, io, segment_field};
+use strata_rt::cap::{Cap, GuestSpace, Vcpu, own};
+use strata_rt::vm::{self, GuestRam, VmExit};
+use strata_vmm::memory::{GuestMemory, Paging};
+use strata_vmm::uart::Uart;
+use strata_vmm::{cpuid, loader, mmio};
+
+strata_rt::entry!(main);
+
+#[global_allocator]
+static HEAP: strata_rt::heap::Heap<{ 256 * 1024 }> = strata_rt::heap::Heap::new();
+
+/// Guest RAM.
+const RAM_SIZE: u64 = 16 << 20;
+/// The guest's COM1.
+const COM1: u16 = 0x3f8;
+/// QEMU's isa-debug-exit device: a write ends the guest with that status.
+const DEBUG_EXIT: u16 = 0xf4;
+/// The test device: 4 KiB of registers at this guest-physical address.
+const TEST_DEVICE: u64 = 0xfeb0_0000;
+/// Test device register: identification, reads "STRA".
+const TEST_ID: u64 = 0x0;
+/// Test device register: scratch, reads what was written.
+const TEST_SCRATCH: u64 = 0x8;
+/// Test device register: reads the scratch register inverted.
+const TEST_INVERTED: u64 = 0x10;
+/// Port through which the guest asks for an external interrupt (the vector is the value).
+const DOORBELL: u16 = 0x510;
+/// Exception type for a pending event (the `Field::PendingEvent` layout).
+const EVENT_EXCEPTION: u64 = 3 << 8;
+/// Valid bit of a pending event.
+const EVENT_VALID: u64 = 1 << 31;
+/// Error-code bit of a pending event.
+const EVENT_ERROR_CODE: u64 = 1 << 11;
+
+fn main() -> ! {
+    strata_rt::logger::init(strata_rt::logger::Output::Console(""), log::LevelFilter::Info);
+    let mut guests = 0;
+    let mut index = 0;
+    while let Some((descriptor, image)) = strata_rt::sys::module(index) {
+        index += 1;
+        let name = descriptor.name().unwrap_or("?");
+        if !name.starts_with("guest-") {
+            continue;
+        }
+        guests += 1;
+        let outcome = match Machine::new(name, image) {
+            Ok(mut machine) => machine.run(),
+            Err(why) => format!("not started: {why}"),
+        };
+        strata_rt::debug::print_line(&format!("vmm: {name}: {outcome}"));
+    }
+    strata_rt::debug::print_line(&format!("vmm: {guests} guests run"));
+    strata_rt::debug::shutdown(strata_abi::exit::ExitCode::Success)
+}
+
+/// A running guest.
+struct Machine {
+    name: &'static str,
+    vcpu: Cap<Vcpu>,
+    ram: GuestRam,
+    uart: Uart,
+    registers: strata_abi::vcpu::RegisterBlock,
+    /// The register block was changed and must go back with the next entry.
+    dirty: bool,
+    /// A vector the doorbell asked for, waiting for the guest to take interrupts.
+    pending_interrupt: Option<u8>,
+    scratch: u64,
+}
+
+fn failed(what: &str, error: InvocationError) -> String {
+    format!("{what}: {error:?}")
+}
+
+impl Machine {
+    /// Makes the GuestSpace, RAM and VCPU, and loads `image`.
+    fn new(name: &'static str, image: &[u8]) -> Result<Self, String> {
+        let make = |kind| strata_rt::root::retype(kind, 0).map_err(|e| failed("making guest objects", e));
+        let space: Cap<GuestSpace> = Cap::from_raw(make(ObjectType::GuestSpace)?);
+        own::ASID_POOL.assign_guest(space).map_err(|e| failed("assigning an ASID", e))?;
+        let mut ram = GuestRam::new(space, RAM_SIZE).map_err(|e| format!("making guest RAM: {e}"))?;
+        let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu)?);
+        vcpu.set_space(space).map_err(|e| failed("setting the GuestSpace", e))?;
+        vcpu.set_tcb(own::TCB).map_err(|e| failed("binding the VCPU", e))?;
+        let mut memory = GuestMemory::new(ram.bytes());
+        let boot = loader::load(image, &mut memory, name).map_err(|e| format!("{e}"))?;
+        let registers = multiboot_state(vcpu, boot).map_err(|e| failed("setting the entry state", e))?;
+        Ok(Self {
+            name,
+            vcpu,
+            ram,
+            uart: Uart::new(),
+            registers,
+            dirty: true,
+            pending_interrupt: None,
+            scratch: 0,
+        })
+    }
+}
+
+/// The machine state a multiboot kernel starts in (specification §3.2):
+/// flat 32-bit protected mode, paging and interrupts off. Returns the
+/// general registers; the rest is written to `vcpu`.
+fn multiboot_state(
+    vcpu: Cap<Vcpu>,
+    boot: loader::Boot,
+) -> Result<strata_abi::vcpu::RegisterBlock, InvocationError> {
+    let segment = |s, part| segment_field(s, part);
+    for (s, attributes) in [
+        (Segment::Cs, 0xc09b),
+        (Segment::Ds, 0xc093),
+        (Segment::Es, 0xc093),
+        (Segment::Ss, 0xc093),
+        (Segment::Fs, 0xc093),
+        (Segment::Gs, 0xc093),
+    ] {
+        let selector = if s == Segment::Cs { 0x08 } else { 0x10 };
+        vcpu.write(&[
+            (segment(s, SegmentPart::Selector), selector),
+            (segment(s, SegmentPart::Base), 0),
+            (segment(s, SegmentPart::Limit), 0xffff_ffff),
+            (segment(s, SegmentPart::Attributes), attributes),
+        ])?;
+    }
+    vcpu.write(&[(Field::Cr0 as u64, 0x11), (Field::Cr4 as u64, 0), (Field::Efer as u64, 0)])?;
+    // HLT exits, so an idle guest can be reported.
+    vcpu.write(&[(Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT)])?;
+    let mut registers = [0; strata_abi::vcpu::REGISTER_BLOCK_WORDS];
+    registers[Field::Rax as usize] = u64::from(loader::BOOT_MAGIC);
+    registers[Field::Rbx as usize] = u64::from(boot.info);
+    registers[Field::Rip as usize] = u64::from(boot.entry);
+    registers[Field::Rflags as usize] = 2;
+    Ok(registers)
+}
+
+impl Machine {
+    fn register(&self, field: Field) -> u64 {
+        self.registers[field as usize]
+    }
+
+    fn set_register(&mut self, field: Field, value: u64) {
+        self.registers[field as usize] = value;
+        self.dirty = true;
+    }
+
+    fn advance(&mut self, length: u64) {
+        let rip = self.register(Field::Rip).wrapping_add(length);
+        self.set_register(Field::Rip, rip);
+    }
+
+    /// Runs the guest until it ends; returns how.
+    fn run(&mut self) -> String {
+        let mut first = true;
+        loop {
+            let entered =
+                if first || self.dirty { vm::enter(Some(&self.registers)) } else { vm::enter(None) };
+            first = false;
+            self.dirty = false;
+            let exit = match entered {
+                Ok(exit) => exit,
+                Err(error) => return failed("VmEnter refused", error),
+            };
+            self.registers = vm::registers();
+            if let Err(outcome) = self.handle(exit) {
+                if let Some(line) = self.uart.pending() {
+                    self.log_line(&line);
+                }
+                return outcome;
+            }
+        }
+    }
+
+    fn log_line(&self, line: &str) {
+        strata_rt::debug::print_line(&format!("[{}] {line}", self.name));
+    }
+
+    /// Emulates what the exit asks for; `Err` with the outcome when the guest is done.
+    fn handle(&mut self, exit: VmExit) -> Result<(), String> {
+        let rip = self.register(Field::Rip);
+        match exit.reason {
+            Exit::Cpuid => {
+                let leaf = self.register(Field::Rax) as u32;
+                let subleaf = self.register(Field::Rcx) as u32;
+                let values = cpuid::model(leaf, subleaf, |leaf, subleaf| {
+                    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+                    [r.eax, r.ebx, r.ecx, r.edx]
+                });
+                for (field, value) in [Field::Rax, Field::Rbx, Field::Rcx, Field::Rdx].into_iter().zip(values)
+                {
+                    self.set_register(field, u64::from(value));
+                }
+                self.advance(exit.length);
+            }
+            Exit::Io => {
+                self.port_io(exit)?;
+                self.advance(exit.length);
+            }
+            Exit::MsrRead => {
+                let value =
+                    self.read_msr(exit.qualification as u32).map_err(|e| failed("reading guest state", e))?;
+                match value {
+                    Some(value) => {
+                        self.set_register(Field::Rax, value & 0xffff_ffff);
+                        self.set_register(Field::Rdx, value >> 32);
+                        self.advance(exit.length);
+                    }
+                    None => self.inject_exception(13, Some(0))?,
+                }
+            }
+            Exit::MsrWrite => {
+                let value = (self.register(Field::Rdx) << 32) | (self.register(Field::Rax) & 0xffff_ffff);
+                if self.write_msr(exit.qualification as u32, value) {
+                    self.advance(exit.length);
+                } else {
+                    self.inject_exception(13, Some(0))?;
+                }
+            }
+            Exit::NestedPageFault => self.device_memory(exit)?,
+            Exit::InterruptWindow => {
+                if let Some(vector) = self.pending_interrupt.take() {
+                    self.vcpu
+                        .write(&[(Field::PendingEvent as u64, u64::from(vector) | EVENT_VALID)])
+                        .map_err(|e| failed("injecting an interrupt", e))?;
+                }
+            }
+            Exit::Hlt => {
+                let interrupts = self.register(Field::Rflags) & (1 << 9) != 0;
+                return Err(format!(
+                    "halted at {rip:#x} with interrupts {} and nothing to wake it",
+                    if interrupts { "on" } else { "off" }
+                ));
+            }
+            Exit::Shutdown => return Err(format!("shut down (triple fault) at {rip:#x}")),
+            Exit::InvalidGuestState => {
+                return Err(format!(
+                    "the hardware refused the guest state (reason {:#x})",
+                    exit.qualification
+                ));
+            }
+            Exit::EntryFailure => return Err(String::from("could not enter: no GuestSpace")),
+            Exit::Exception => {
+                return Err(format!(
+                    "unexpected exception {} (error code {:#x}) at {rip:#x}",
+                    exit.qualification & 0xff,
+                    exit.qualification2
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "stopped on an exit it does not handle: {other:?} ({:#x}) at {rip:#x}",
+                    exit.qualification
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Injects exception `vector` (with `error` code) on the next entry.
+    fn inject_exception(&mut self, vector: u64, error: Option<u32>) -> Result<(), String> {
+        let mut event = vector | EVENT_EXCEPTION | EVENT_VALID;
+        if error.is_some() {
+            event |= EVENT_ERROR_CODE;
+        }
+        self.vcpu
+            .write(&[
+                (Field::PendingEvent as u64, event),
+                (Field::PendingEventError as u64, u64::from(error.unwrap_or(0))),
+            ])
+            .map_err(|e| failed("injecting an exception", e))
+    }
+
+    /// The guest's MSRs: the architectural ones it has through VCPU state,
+    /// a few read-only ones with fixed values; `None` for the rest (#GP).
+    fn read_msr(&self, msr: u32) -> Result<Option<u64>, InvocationError> {
+        let field = |f: u64| self.vcpu.read(f).map(Some);
+        match msr_field(msr) {
+            Some(f) => field(f),
+            None => Ok(match msr {
+                // APIC base: BSP, enabled, at the architectural address.
+                0x1b => Some(0xfee0_0900),
+                // Fast strings on.
+                0x1a0 => Some(1),
+                0x10 => Some(strata_rt::sys::timestamp()),
+                // No MTRRs.
+                0xfe => Some(0),
+                _ => None,
+            }),
+        }
+    }
+
+    fn write_msr(&self, msr: u32, value: u64) -> bool {
+        match msr_field(msr) {
+            Some(f) => self.vcpu.write(&[(f, value)]).is_ok(),
+            // The APIC base may be rewritten to what it is.
+            None => msr == 0x1b && value == 0xfee0_0900,
+        }
+    }
+
+    fn paging(&self) -> Result<Paging, String> {
+        let read = |f: Field| self.vcpu.read(f as u64).map_err(|e| failed("reading guest state", e));
+        Ok(Paging {
+            cr0: read(Field::Cr0)?,
+            cr3: read(Field::Cr3)?,
+            cr4: read(Field::Cr4)?,
+            efer: read(Field::Efer)?,
+        })
+    }
+
+    fn port_io(&mut self, exit: VmExit) -> Result<(), String> {
+        let port = io::port(exit.qualification);
+        let size = io::size(exit.qualification);
+        let input = exit.qualification & io::IN != 0;
+        if exit.qualification & io::STRING == 0 {
+            let mask = if size == 4 { 0xffff_ffff } else { (1u64 << (8 * size)) - 1 };
+            if input {
+                let value = self.port_in(port, size);
+                let rax = self.register(Field::Rax);
+                let merged = if size == 4 { value & mask } else { (rax & !mask) | (value & mask) };
+                self.set_register(Field::Rax, merged);
+            } else {
+                let value = self.register(Field::Rax) & mask;
+                self.port_out(port, size, value)?;
+            }
+            return Ok(());
+        }
+        // INS and OUTS: RDI or RSI, stepping by the size (backwards with DF), RCX times with REP.
+        let address_mask = match exit.qualification2 {
+            2 => 0xffff,
+            4 => 0xffff_ffff,
+            _ => u64::MAX,
+        };
+        let rep = exit.qualification & io::REP != 0;
+        let count = if rep { self.register(Field::Rcx) & address_mask } else { 1 };
+        let step = if self.register(Field::Rflags) & (1 << 10) != 0 {
+            (size as u64).wrapping_neg()
+        } else {
+            size as u64
+        };
+        let paging = self.paging()?;
+        let index = if input { Field::Rdi } else { Field::Rsi };
+        let mut address = self.register(index);
+        for _ in 0..count {
+            let linear = address & address_mask;
+            let mut memory = GuestMemory::new(self.ram.bytes());
+            let mut bytes = [0u8; 4];
+            let bytes = &mut bytes[..usize::from(size)];
+            if input {
+                let value = self.port_in(port, size);
+                bytes.copy_from_slice(&value.to_le_bytes()[..usize::from(size)]);
+                let mut memory = GuestMemory::new(self.ram.bytes());
+                memory.write_linear(paging, linear, bytes).map_err(|e| format!("INS at {linear:#x}: {e}"))?;
+            } else {
+                memory.read_linear(paging, linear, bytes).map_err(|e| format!("OUTS at {linear:#x}: {e}"))?;
+                let mut word = [0u8; 8];
+                word[..bytes.len()].copy_from_slice(bytes);
+                self.port_out(port, size, u64::from_le_bytes(word))?;
+            }
+            address = (address & !address_mask) | (address.wrapping_add(step) & address_mask);
+        }
+        self.set_register(index, address);
+        if rep {
+            let rcx = self.register(Field::Rcx);
+            self.set_register(Field::Rcx, rcx & !address_mask);
+        }
+        Ok(())
+    }
+
+    /// A read from an I/O port: the UART, or an empty ISA bus (all ones).
+    fn port_in(&mut self, port: u16, size: u8) -> u64 {
+        match port {
+            COM1..=0x3ff if size == 1 => u64::from(self.uart.read(port - COM1)),
+            _ => u64::MAX,
+        }
+    }
+
+    /// A write to an I/O port; `Err` ends the guest.
+    fn port_out(&mut self, port: u16, size: u8, value: u64) -> Result<(), String> {
+        match port {
+            COM1..=0x3ff if size == 1 => {
+                if let Some(line) = self.uart.write(port - COM1, value as u8) {
+                    self.log_line(&line);
+                }
+            }
+            DEBUG_EXIT => {
+                return Err(format!(
+                    "exited with status {value:#x} through isa-debug-exit (QEMU would exit with {})",
+                    (value << 1 | 1) & 0xff
+                ));
+            }
+            DOORBELL => {
+                self.pending_interrupt = Some(value as u8);
+                self.vcpu
+                    .write(&[(Field::InterruptWindow as u64, 1)])
+                    .map_err(|e| failed("requesting an interrupt window", e))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A nested page fault: the test device, emulated instruction by
+    /// instruction; anything else ends the guest.
+    fn device_memory(&mut self, exit: VmExit) -> Result<(), String> {
+        let address = exit.qualification2;
+        let rip = self.register(Field::Rip);
+        if !(TEST_DEVICE..TEST_DEVICE + 0x1000).contains(&address) {
+            return Err(format!("accessed guest-physical {address:#x}, which is not mapped, at {rip:#x}"));
+        }
+        let paging = self.paging()?;
+        let cs = self
+            .vcpu
+            .read(segment_field(Segment::Cs, SegmentPart::Attributes))
+            .map_err(|e| failed("reading CS", e))?;
+        let bitness = if paging.efer & (1 << 10) != 0 && cs & (1 << 13) != 0 {
+            64
+        } else if cs & (1 << 14) != 0 {
+            32
+        } else {
+            16
+        };
+        let mut bytes = [0u8; 15];
+        let mut memory = GuestMemory::new(self.ram.bytes());
+        // Fetch what can be fetched: the instruction may end before a page that is not mapped.
+        let mut fetched = 0;
+        while fetched < bytes.len()
+            && memory.read_linear(paging, rip + fetched as u64, &mut bytes[fetched..fetched + 1]).is_ok()
+        {
+            fetched += 1;
+        }
+        let decoded = mmio::decode(&bytes[..fetched], bitness).map_err(|e| format!("at {rip:#x}: {e}"))?;
+        let register = address - TEST_DEVICE;
+        let mask = if decoded.size >= 8 { u64::MAX } else { (1u64 << (8 * decoded.size)) - 1 };
+        match decoded.access {
+            mmio::Access::Read(gpr) => {
+                let value = match register {
+                    TEST_ID => 0x4152_5453, // "STRA"
+                    TEST_SCRATCH => self.scratch,
+                    TEST_INVERTED => !self.scratch,
+                    _ => u64::MAX,
+                } & mask;
+                let field = gpr_field(gpr.index);
+                let merged = gpr.merge(self.register(field), value);
+                self.set_register(field, merged);
+            }
+            mmio::Access::WriteRegister(gpr) => {
+                let value = gpr.extract(self.register(gpr_field(gpr.index)));
+                if register == TEST_SCRATCH {
+                    self.scratch = value & mask;
+                }
+            }
+            mmio::Access::WriteImmediate(value) => {
+                if register == TEST_SCRATCH {
+                    self.scratch = value & mask;
+                }
+            }
+        }
+        self.advance(decoded.length);
+        Ok(())
+    }
+}
+
+/// The field of general register `index` (encoding order).
+fn gpr_field(index: usize) -> Field {
+    const FIELDS: [Field; 16] = [
+        Field::Rax,
+        Field::Rcx,
+        Field::Rdx,
+        Field::Rbx,
+        Field::Rsp,
+        Field::Rbp,
+        Field::Rsi,
+        Field::Rdi,
+        Field::R8,
+        Field::R9,
+        Field::R10,
+        Field::R11,
+        Field::R12,
+        Field::R13,
+        Field::R14,
+        Field::R15,
+    ];
+    FIELDS[index & 15]
+}
+
+/// The VCPU field behind an architectural MSR.
+fn msr_field(msr: u32) -> Option<u64> {
+    Some(match msr {
+        0xc000_0080 => Field::Efer as u64,
+        0x277 => Field::Pat as u64,
+        0x174 => Field::SysenterCs as u64,
+        0x175 => Field::SysenterEsp as u64,
+        0x176 => Field::SysenterEip as u64,
+        0xc000_0081 => Field::Star as u64,
+        0xc000_0082 => Field::Lstar as u64,
+        0xc000_0083 => Field::Cstar as u64,
+        0xc000_0084 => Field::Sfmask as u64,
+        0xc000_0100 => segment_field(Segment::Fs, SegmentPart::Base),
+        0xc000_0101 => segment_field(Segment::Gs, SegmentPart::Base),
+        0xc000_0102 => Field::KernelGsBase as u64,
+        _ => return None,
+    })
+}

@@ -1,0 +1,542 @@
+//! The guest's code: entry, exception stubs, and the checks.
+
+use core::arch::{asm, global_asm};
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+// memcpy and the rest, which the precompiled `core` calls.
+use strata_mem as _;
+
+global_asm!(
+    r#"
+    .section .multiboot, "a"
+    .balign 4
+multiboot_header:
+    .long 0x1badb002
+    .long 0x00010002
+    .long -(0x1badb002 + 0x00010002)
+    .long multiboot_header
+    .long __image_start
+    .long __load_end
+    .long __bss_end
+    .long start32
+
+    .section .text.start32, "ax"
+    .code32
+    .global start32
+start32:
+    movl %eax, boot_magic
+    movl %ebx, boot_info
+    /* Identity map of the first GiB in 2 MiB pages, and of the 2 MiB
+       holding the test device at 0xfeb00000 (uncached). */
+    movl $pdpt, %eax
+    orl $3, %eax
+    movl %eax, pml4
+    movl $pd, %eax
+    orl $3, %eax
+    movl %eax, pdpt
+    movl $pd_high, %eax
+    orl $3, %eax
+    movl %eax, pdpt + 24
+    xorl %ecx, %ecx
+1:  movl %ecx, %eax
+    shll $21, %eax
+    orl $0x83, %eax
+    movl %eax, pd(,%ecx,8)
+    incl %ecx
+    cmpl $512, %ecx
+    jne 1b
+    movl $0xfea00093, pd_high + 501 * 8
+    movl $pml4, %eax
+    movl %eax, %cr3
+    /* PAE, OSFXSR, OSXMMEXCPT */
+    movl %cr4, %eax
+    orl $0x620, %eax
+    movl %eax, %cr4
+    /* EFER.LME through WRMSR, as any kernel does */
+    movl $0xc0000080, %ecx
+    rdmsr
+    orl $0x100, %eax
+    wrmsr
+    /* Paging on (long mode becomes active), FPU present: MP on, EM off */
+    movl %cr0, %eax
+    andl $~4, %eax
+    orl $0x80000002, %eax
+    movl %eax, %cr0
+    lgdt gdt_pointer
+    ljmp $0x08, $start64
+
+    .code64
+start64:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movw %ax, %fs
+    movw %ax, %gs
+    leaq stack_top(%rip), %rsp
+    call guest_main
+2:  hlt
+    jmp 2b
+
+    .section .rodata
+    .balign 8
+gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff
+    .quad 0x00cf92000000ffff
+gdt_pointer:
+    .word 23
+    .long gdt
+
+    .section .data
+    .balign 4
+    .global boot_magic
+boot_magic:
+    .long 0
+    .global boot_info
+boot_info:
+    .long 0
+
+    .section .bss
+    .balign 4096
+pml4:
+    .skip 4096
+pdpt:
+    .skip 4096
+pd:
+    .skip 4096
+pd_high:
+    .skip 4096
+    .balign 16
+    .skip 65536
+stack_top:
+
+    /* Exceptions: record vector and error code, and resume where the
+       check said (resume_address). */
+    .section .text
+    .balign 16
+    .global exception_stubs
+exception_stubs:
+    .set vector, 0
+    .rept 32
+    .balign 16
+    .if (vector == 8) || (vector == 10) || (vector == 11) || (vector == 12) || (vector == 13) || (vector == 14) || (vector == 17)
+    .else
+    pushq $0
+    .endif
+    pushq $vector
+    jmp exception_common
+    .set vector, vector + 1
+    .endr
+exception_common:
+    pushq %rax
+    movq 8(%rsp), %rax
+    movq %rax, last_vector(%rip)
+    movq 16(%rsp), %rax
+    movq %rax, last_error(%rip)
+    incq exception_count(%rip)
+    movq resume_address(%rip), %rax
+    movq %rax, 24(%rsp)
+    popq %rax
+    addq $16, %rsp
+    iretq
+
+    .global doorbell_handler
+doorbell_handler:
+    incq interrupt_count(%rip)
+    iretq
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static boot_magic: u32;
+    static boot_info: u32;
+    static exception_stubs: [u8; 32 * 16];
+    fn doorbell_handler();
+}
+
+#[unsafe(export_name = "last_vector")]
+static LAST_VECTOR: AtomicU64 = AtomicU64::new(u64::MAX);
+#[unsafe(export_name = "last_error")]
+static LAST_ERROR: AtomicU64 = AtomicU64::new(0);
+#[unsafe(export_name = "exception_count")]
+static EXCEPTION_COUNT: AtomicU64 = AtomicU64::new(0);
+#[unsafe(export_name = "resume_address")]
+static RESUME_ADDRESS: AtomicU64 = AtomicU64::new(0);
+#[unsafe(export_name = "interrupt_count")]
+static INTERRUPT_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// The vector the VMM raises through the doorbell.
+const DOORBELL_VECTOR: u8 = 0x30;
+const DOORBELL: u16 = 0x510;
+const COM1: u16 = 0x3f8;
+const DEBUG_EXIT: u16 = 0xf4;
+const TEST_DEVICE: u64 = 0xfeb0_0000;
+
+/// The IDT: 256 16-byte gates.
+#[repr(C, align(16))]
+struct Idt([u64; 512]);
+
+static mut IDT: Idt = Idt([0; 512]);
+
+fn outb(port: u16, value: u8) {
+    // SAFETY: port I/O has no memory effects; the VMM emulates every port.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack)) };
+}
+
+fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: as for `outb`.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack)) };
+    value
+}
+
+fn inw(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: as for `outb`.
+    unsafe { asm!("in ax, dx", in("dx") port, out("ax") value, options(nomem, nostack)) };
+    value
+}
+
+fn outl(port: u16, value: u32) {
+    // SAFETY: as for `outb`.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)) };
+}
+
+struct Serial;
+
+impl Write for Serial {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        for byte in text.bytes() {
+            // Wait for the transmitter holding register to empty.
+            while inb(COM1 + 5) & 0x20 == 0 {}
+            outb(COM1, byte);
+        }
+        Ok(())
+    }
+}
+
+struct Checks {
+    passed: u32,
+    failed: u32,
+}
+
+impl Checks {
+    /// Reports check `name`: passed if `ok`, else failed because of `why`.
+    fn check(&mut self, name: &str, ok: bool, why: fmt::Arguments<'_>) {
+        if ok {
+            self.passed += 1;
+            let _ = writeln!(Serial, "ok {name}");
+        } else {
+            self.failed += 1;
+            let _ = writeln!(Serial, "FAIL {name}: {why}");
+        }
+    }
+}
+
+fn cpuid(leaf: u32) -> [u32; 4] {
+    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+fn set_gate(vector: usize, handler: u64) {
+    let low = (handler & 0xffff) | 0x08 << 16 | 0x8e00 << 32 | (handler >> 16 & 0xffff) << 48;
+    // SAFETY: one thread; the IDT is only read by the CPU.
+    unsafe {
+        let idt = &raw mut IDT;
+        (*idt).0[2 * vector] = low;
+        (*idt).0[2 * vector + 1] = handler >> 32;
+    }
+}
+
+fn load_idt() {
+    // Only the address of the stubs is taken.
+    let stubs = (&raw const exception_stubs) as u64;
+    for vector in 0..32 {
+        set_gate(vector, stubs + 16 * vector as u64);
+    }
+    set_gate(usize::from(DOORBELL_VECTOR), doorbell_handler as *const () as u64);
+    let pointer: [u16; 5] = {
+        let base = (&raw const IDT) as u64;
+        [4095, base as u16, (base >> 16) as u16, (base >> 32) as u16, (base >> 48) as u16]
+    };
+    // SAFETY: the IDT is static and its gates point at this image's stubs.
+    unsafe { asm!("lidt [{}]", in(reg) &pointer, options(nostack)) };
+}
+
+/// Runs `body` (an asm block that faults, resuming at its label `2:`) and
+/// returns the exception vector and error code, if one came.
+macro_rules! expect_exception {
+    ($($body:tt)*) => {{
+        EXCEPTION_COUNT.store(0, Ordering::SeqCst);
+        LAST_VECTOR.store(u64::MAX, Ordering::SeqCst);
+        // SAFETY: the faulting instruction resumes at `2:`, set as the
+        // resume address first; registers used are declared.
+        unsafe {
+            asm!(
+                "lea rax, [rip + 2f]",
+                "mov [rip + resume_address], rax",
+                $($body)*
+                "2:",
+                out("rax") _, out("rcx") _, out("rdx") _,
+            );
+        }
+        (EXCEPTION_COUNT.load(Ordering::SeqCst), LAST_VECTOR.load(Ordering::SeqCst), LAST_ERROR.load(Ordering::SeqCst))
+    }};
+}
+
+fn read_msr(msr: u32) -> u64 {
+    let (low, high): (u32, u32);
+    // SAFETY: reads an MSR the VMM emulates.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack)) };
+    u64::from(high) << 32 | u64::from(low)
+}
+
+fn write_msr(msr: u32, value: u64) {
+    // SAFETY: writes an MSR the VMM emulates.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack))
+    };
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn guest_main() -> ! {
+    load_idt();
+    let mut checks = Checks { passed: 0, failed: 0 };
+
+    // SAFETY: written by the entry code before anything else ran.
+    let (magic, info) = unsafe {
+        (core::ptr::read_volatile(&raw const boot_magic), core::ptr::read_volatile(&raw const boot_info))
+    };
+    let info_flags = if info != 0 {
+        // SAFETY: the loader placed the information structure at `info`, in identity-mapped RAM.
+        unsafe { core::ptr::read_volatile(info as usize as *const u32) }
+    } else {
+        0
+    };
+    checks.check(
+        "multiboot",
+        magic == 0x2bad_b002 && info_flags & (1 | 1 << 6) == (1 | 1 << 6),
+        format_args!("EAX {magic:#x}, info flags {info_flags:#x}"),
+    );
+
+    let efer = read_msr(0xc000_0080);
+    checks.check(
+        "long-mode",
+        efer & (1 << 8 | 1 << 10) == (1 << 8 | 1 << 10),
+        format_args!("EFER {efer:#x}"),
+    );
+
+    let [max, b, c, d] = cpuid(0x4000_0000);
+    let mut signature = [0u8; 12];
+    for (i, word) in [b, c, d].iter().enumerate() {
+        signature[4 * i..4 * i + 4].copy_from_slice(&word.to_le_bytes());
+    }
+    let features = cpuid(1)[2];
+    checks.check(
+        "cpuid",
+        &signature == b"StrataStrata"
+            && max >= 0x4000_0001
+            && features & 1 << 31 != 0
+            && features & 1 << 5 == 0,
+        format_args!("leaf 4000_0000h {max:#x} {signature:?}, leaf 1 ECX {features:#x}"),
+    );
+
+    outb(COM1 + 7, 0xa5);
+    let scratch = inb(COM1 + 7);
+    let floating = inb(0x2f8);
+    let wide = inw(0x2f8);
+    checks.check(
+        "port-io",
+        scratch == 0xa5 && floating == 0xff && wide == 0xffff,
+        format_args!("scratch {scratch:#x}, empty port {floating:#x}/{wide:#x}"),
+    );
+
+    let line = b"rep outsb reached the UART\n";
+    let (mut rsi, mut rcx) = (line.as_ptr() as u64, line.len() as u64);
+    // SAFETY: reads `line`, which is live, through the string instruction.
+    unsafe {
+        asm!("rep outsb", in("dx") COM1, inout("rsi") rsi, inout("rcx") rcx, options(nostack, readonly));
+    }
+    let outs_ok = rcx == 0 && rsi == line.as_ptr() as u64 + line.len() as u64;
+    outb(COM1 + 7, 0x5a);
+    let mut buffer = [0u8; 8];
+    let (mut rdi, mut count) = (buffer.as_mut_ptr() as u64, buffer.len() as u64);
+    // SAFETY: writes `buffer`, which is live and 8 bytes long.
+    unsafe {
+        asm!("rep insb", in("dx") COM1 + 7, inout("rdi") rdi, inout("rcx") count, options(nostack));
+    }
+    let buffer = core::hint::black_box(buffer);
+    checks.check(
+        "string-io",
+        outs_ok && count == 0 && rdi == buffer.as_ptr() as u64 + 8 && buffer == [0x5a; 8],
+        format_args!("outs RCX {rcx} RSI {rsi:#x}; ins RCX {count} bytes {buffer:x?}"),
+    );
+
+    let pat = read_msr(0x277);
+    write_msr(0x277, 0x0007_0406_0007_0401);
+    let changed = read_msr(0x277);
+    write_msr(0x277, pat);
+    checks.check(
+        "msr",
+        pat == 0x0007_0406_0007_0406 && changed == 0x0007_0406_0007_0401,
+        format_args!("PAT {pat:#x}, then {changed:#x}"),
+    );
+
+    let (count, vector, error) = expect_exception!("mov ecx, 0x12345", "rdmsr",);
+    checks.check(
+        "msr-unknown-gp",
+        count == 1 && vector == 13 && error == 0,
+        format_args!("{count} exceptions, last vector {vector} error {error}"),
+    );
+
+    let (ud, ud_vector, _) = expect_exception!("ud2",);
+    let (de, de_vector, _) = expect_exception!("xor edx, edx", "xor ecx, ecx", "mov eax, 1", "div ecx",);
+    let (bp, bp_vector, _) = expect_exception!("int3",);
+    checks.check(
+        "exceptions-in-guest",
+        (ud, ud_vector, de, de_vector, bp, bp_vector) == (1, 6, 1, 0, 1, 3),
+        format_args!("#UD {ud}/{ud_vector}, #DE {de}/{de_vector}, #BP {bp}/{bp_vector}"),
+    );
+
+    let device = TEST_DEVICE as *mut u64;
+    // SAFETY: the test device's registers, mapped uncached; the VMM emulates every access.
+    let (id, scratch, inverted, immediate) = unsafe {
+        let id = core::ptr::read_volatile(device.cast::<u32>());
+        core::ptr::write_volatile(device.add(1), 0x1122_3344_5566_7788);
+        let scratch = core::ptr::read_volatile(device.add(1));
+        let inverted = core::ptr::read_volatile(device.add(2));
+        asm!("mov dword ptr [{}], 0xdeadbeef", in(reg) device.add(1), options(nostack));
+        let immediate = core::ptr::read_volatile(device.add(1).cast::<u32>());
+        (id, scratch, inverted, immediate)
+    };
+    checks.check(
+        "mmio",
+        id == 0x4152_5453
+            && scratch == 0x1122_3344_5566_7788
+            && inverted == !scratch
+            && immediate == 0xdead_beef,
+        format_args!("id {id:#x} scratch {scratch:#x} inverted {inverted:#x} immediate {immediate:#x}"),
+    );
+
+    INTERRUPT_COUNT.store(0, Ordering::SeqCst);
+    outl(DOORBELL, u32::from(DOORBELL_VECTOR));
+    let before = INTERRUPT_COUNT.load(Ordering::SeqCst);
+    // SAFETY: the IDT has a gate for the vector; interrupts go back off after.
+    unsafe { asm!("sti", "nop", "nop", "cli", options(nostack)) };
+    let after = INTERRUPT_COUNT.load(Ordering::SeqCst);
+    checks.check(
+        "injected-interrupt",
+        before == 0 && after == 1,
+        format_args!("count {before} before STI, {after} after"),
+    );
+
+    let fpu_mismatches = fpu_survives_exits();
+    checks.check(
+        "fpu-sse-across-exits",
+        fpu_mismatches == 0,
+        format_args!("mask of changed registers {fpu_mismatches:#x}"),
+    );
+
+    let _ = writeln!(Serial, "guest-basic: {} passed, {} failed", checks.passed, checks.failed);
+    outl(DEBUG_EXIT, checks.failed);
+    loop {
+        // SAFETY: halting with interrupts off ends the guest for the VMM.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Compares XMM`i` with pattern `i` at `{n}`; sets bit `i` of `{m}` if it changed.
+macro_rules! check_xmm {
+    ($i:literal) => {
+        concat!(
+            "pcmpeqb xmm",
+            $i,
+            ", [{n} + ",
+            $i,
+            " * 16]\n",
+            "pmovmskb eax, xmm",
+            $i,
+            "\n",
+            "cmp eax, 0xffff\n",
+            "setne al\n",
+            "movzx eax, al\n",
+            "shl eax, ",
+            $i,
+            "\n",
+            "or {m:e}, eax"
+        )
+    };
+}
+
+/// Patterns for the vector registers, aligned for SSE memory operands.
+#[repr(C, align(16))]
+struct Aligned([u64; 32]);
+
+/// Fills XMM0–XMM15 and the x87 stack top with known values, makes 64
+/// exits (CPUID and port I/O), and compares: returns a bit per XMM register
+/// that changed, bit 16 for x87.
+fn fpu_survives_exits() -> u32 {
+    let patterns = Aligned(core::array::from_fn(|i| {
+        0x0101_0101_0101_0101u64.wrapping_mul(i as u64 + 3) ^ 0x5a5a_0000_a5a5
+    }));
+    let pi = core::f64::consts::PI;
+    let mut mask: u32;
+    let mut x87 = 0f64;
+    // SAFETY: everything the block touches is declared: all vector
+    // registers, the x87 stack (left empty), and the registers CPUID and OUT use.
+    unsafe {
+        asm!(
+            "movdqu xmm0, [{p}]", "movdqu xmm1, [{p} + 16]", "movdqu xmm2, [{p} + 32]", "movdqu xmm3, [{p} + 48]",
+            "movdqu xmm4, [{p} + 64]", "movdqu xmm5, [{p} + 80]", "movdqu xmm6, [{p} + 96]", "movdqu xmm7, [{p} + 112]",
+            "movdqu xmm8, [{p} + 128]", "movdqu xmm9, [{p} + 144]", "movdqu xmm10, [{p} + 160]", "movdqu xmm11, [{p} + 176]",
+            "movdqu xmm12, [{p} + 192]", "movdqu xmm13, [{p} + 208]", "movdqu xmm14, [{p} + 224]", "movdqu xmm15, [{p} + 240]",
+            "fld qword ptr [{pi}]",
+            "mov {n:e}, 32",
+            "3:",
+            "push rbx",
+            "mov eax, 1",
+            "cpuid",
+            "pop rbx",
+            "mov dx, 0x3ff",
+            "mov al, 0x3c",
+            "out dx, al",
+            "dec {n:e}",
+            "jnz 3b",
+            "fstp qword ptr [{x87}]",
+            "xor {m:e}, {m:e}",
+            // Compare each register with its pattern; a changed one sets its bit.
+            "mov {n}, {p}",
+            check_xmm!(0), check_xmm!(1), check_xmm!(2), check_xmm!(3), check_xmm!(4), check_xmm!(5), check_xmm!(6), check_xmm!(7),
+            check_xmm!(8), check_xmm!(9), check_xmm!(10), check_xmm!(11), check_xmm!(12), check_xmm!(13), check_xmm!(14), check_xmm!(15),
+            p = in(reg) patterns.0.as_ptr(),
+            pi = in(reg) &pi,
+            x87 = in(reg) &mut x87,
+            n = out(reg) _,
+            m = out(reg) mask,
+            out("eax") _, out("ecx") _, out("edx") _,
+            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+            out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _, out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+        );
+    }
+    if x87 != pi {
+        mask |= 1 << 16;
+    }
+    mask
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let _ = writeln!(Serial, "FAIL panic: {info}");
+    outl(DEBUG_EXIT, 0xff);
+    loop {
+        // SAFETY: halting with interrupts off ends the guest for the VMM.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Referenced by the precompiled `core`; never called with `panic = "abort"`.
+#[unsafe(no_mangle)]
+extern "C" fn rust_eh_personality() {}
