@@ -18,7 +18,7 @@ use strata_vmm::{cpuid, loader, mmio};
 strata_rt::entry!(main);
 
 #[global_allocator]
-static HEAP: strata_rt::heap::Heap<{ 256 * 1024 }> = strata_rt::heap::Heap::new();
+static HEAP: strata_rt::heap::Heap<{ 2 << 20 }> = strata_rt::heap::Heap::new();
 
 /// Guest RAM.
 const RAM_SIZE: u64 = 16 << 20;

@@ -363,7 +363,8 @@ extern "C" fn guest_main() -> ! {
     let outs_ok = rcx == 0 && rsi == line.as_ptr() as u64 + line.len() as u64;
     outb(COM1 + 7, 0x5a);
     let mut buffer = [0u8; 8];
-    let (mut rdi, mut count) = (buffer.as_mut_ptr() as u64, buffer.len() as u64);
+    let start = buffer.as_mut_ptr() as u64;
+    let (mut rdi, mut count) = (start, buffer.len() as u64);
     // SAFETY: writes `buffer`, which is live and 8 bytes long.
     unsafe {
         asm!("rep insb", in("dx") COM1 + 7, inout("rdi") rdi, inout("rcx") count, options(nostack));
@@ -371,7 +372,7 @@ extern "C" fn guest_main() -> ! {
     let buffer = core::hint::black_box(buffer);
     checks.check(
         "string-io",
-        outs_ok && count == 0 && rdi == buffer.as_ptr() as u64 + 8 && buffer == [0x5a; 8],
+        outs_ok && count == 0 && rdi == start + 8 && buffer == [0x5a; 8],
         format_args!("outs RCX {rcx} RSI {rsi:#x}; ins RCX {count} bytes {buffer:x?}"),
     );
 
