@@ -53,8 +53,10 @@ pub enum Exit {
     /// (or maps without the right). Word 1: [`access`] bits; word 2: the
     /// guest-physical address.
     NestedPageFault = 6,
-    /// A control-register access the intercepts asked for. Word 1: the
-    /// register number, plus 16 for a write.
+    /// A control-register access the intercepts asked for, or (VMX) a CR8
+    /// access or a write changing a CR0/CR4 bit VMX fixes. Word 1: the
+    /// register number, plus 16 for a write, plus the general register
+    /// (encoding order) in bits 8–11 where the hardware says which.
     CrAccess = 7,
     /// An exception the exception intercepts asked for. Word 1: the
     /// vector, plus 256 if word 2 holds an error code.
@@ -356,7 +358,8 @@ pub mod intercept {
     pub const INVLPG: u64 = 1 << 2;
     /// PAUSE exits.
     pub const PAUSE: u64 = 1 << 3;
-    /// Reads of CR0, CR3 and CR4 exit.
+    /// Reads of CR3 exit (CR0 and CR4 reads cannot exit on VMX, which
+    /// answers them from read shadows).
     pub const CR_READS: u64 = 1 << 4;
     /// Writes of CR0, CR3 and CR4 exit.
     pub const CR_WRITES: u64 = 1 << 5;

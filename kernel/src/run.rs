@@ -154,12 +154,25 @@ fn virt_config() -> crate::object::vcpu::VirtConfig {
     use crate::arch::x86_64::{svm, virt};
     use crate::object::vcpu::{Backend, VirtConfig};
     let mut config = VirtConfig::none();
-    if let (Some((virt::Backend::Svm(svm), Ok(()))), Some(areas)) = (virt::STATE.get(), svm::AREAS.get()) {
-        if svm.nested_paging {
-            config.backend = Backend::Svm;
-            config.io_permissions = PhysAddr(areas.io_permissions);
-            config.msr_permissions = PhysAddr(areas.msr_permissions);
+    match virt::STATE.get() {
+        Some((virt::Backend::Svm(svm), Ok(()))) if svm.nested_paging => {
+            if let Some(areas) = svm::AREAS.get() {
+                config.backend = Backend::Svm;
+                config.io_permissions = PhysAddr(areas.io_permissions);
+                config.msr_permissions = PhysAddr(areas.msr_permissions);
+            }
         }
+        Some((virt::Backend::Vmx(_), Ok(()))) => {
+            // SAFETY: VMX exists (CPUID), so its capability MSRs do.
+            match crate::object::vmx::VmxConfig::from_capabilities(|msr| unsafe { x86::msr::rdmsr(msr) }) {
+                Ok(vmx) => {
+                    config.backend = Backend::Vmx;
+                    config.vmx = vmx;
+                }
+                Err(why) => log::warn!("VMX: VCPUs unavailable: {why}"),
+            }
+        }
+        _ => {}
     }
     config
 }
@@ -243,8 +256,8 @@ impl Runtime {
     fn vm_enter(&mut self, tcb: PhysAddr, mut flags: u64) -> bool {
         use crate::object::vcpu::{VmEnterRefusal, layout};
         loop {
-            let vcpu = match self.space.vm_prepare(tcb, flags) {
-                Ok((vcpu, _)) => vcpu,
+            let (vcpu, flush) = match self.space.vm_prepare(tcb, flags) {
+                Ok(prepared) => prepared,
                 Err(VmEnterRefusal::Error(error)) => {
                     let mut context = self.space.context(tcb);
                     crate::syscall::set_reply(&mut context, error.code(), &error.words());
@@ -258,16 +271,24 @@ impl Runtime {
             };
             // The registers are in the VCPU now: a re-entry must not reload them.
             flags = 0;
-            let host_state = crate::arch::x86_64::svm::AREAS.get().map_or(0, |a| a.host_state);
-            let registers = self.direct_map.to_virtual(vcpu.offset(layout::REGISTERS)).as_mut_ptr::<u64>();
-            let fpu = self.direct_map.to_virtual(vcpu.offset(layout::FPU)).as_mut_ptr::<u8>();
-            // SAFETY: `vm_prepare` checked the VCPU is set up to run: its
-            // VMCB has the forced intercepts (kept by `vcpu_write`), the
-            // permission maps and a live GuestSpace; the pointers are into
-            // the VCPU through the direct map; SVM is on (else no VCPU exists).
-            unsafe {
-                crate::arch::x86_64::svm::run(vcpu.get() + layout::CONTROL, registers, fpu, host_state)
-            };
+            if self.space.virt.backend == crate::object::vcpu::Backend::Vmx {
+                if let Err(exit) = self.run_vmx(vcpu, flush) {
+                    self.space.reply_vm_exit(tcb, exit);
+                    return false;
+                }
+            } else {
+                let host_state = crate::arch::x86_64::svm::AREAS.get().map_or(0, |a| a.host_state);
+                let registers =
+                    self.direct_map.to_virtual(vcpu.offset(layout::REGISTERS)).as_mut_ptr::<u64>();
+                let fpu = self.direct_map.to_virtual(vcpu.offset(layout::FPU)).as_mut_ptr::<u8>();
+                // SAFETY: `vm_prepare` checked the VCPU is set up to run: its
+                // VMCB has the forced intercepts (kept by `vcpu_write`), the
+                // permission maps and a live GuestSpace; the pointers are into
+                // the VCPU through the direct map; SVM is on (else no VCPU exists).
+                unsafe {
+                    crate::arch::x86_64::svm::run(vcpu.get() + layout::CONTROL, registers, fpu, host_state)
+                };
+            }
             if let Some(exit) = self.space.vm_exit(vcpu) {
                 self.space.vm_reply(tcb, vcpu, exit);
                 return false;
@@ -289,6 +310,55 @@ impl Runtime {
                 return tick;
             }
         }
+    }
+
+    /// Runs `vcpu`'s guest on VMX until its next VM exit: host state and
+    /// CR3 into the VMCS, the guest's system-call MSRs in, EPT
+    /// translations flushed if asked. `Err` with the exit to report if
+    /// the entry failed.
+    fn run_vmx(&mut self, vcpu: PhysAddr, flush: bool) -> Result<(), crate::object::vcpu::NeutralExit> {
+        use crate::arch::x86_64::vmx;
+        use crate::object::PhysicalMemory;
+        use crate::object::vcpu::{NeutralExit, layout};
+        let vmcs = vcpu.get() + layout::CONTROL;
+        let flags = self.space.memory.read(vcpu.offset(layout::FLAGS));
+        if flags & layout::FLAG_HOST_STATE == 0 {
+            vmx::write_host_state(vmcs);
+        }
+        // SAFETY: reading CR3 has no side effects.
+        let cr3 = unsafe { x86::controlregs::cr3() } & !crate::object::memory::CR3_NO_FLUSH;
+        vmx::write(vmcs, vmx::field::HOST_CR3, cr3);
+        if flush {
+            vmx::invalidate_ept();
+        }
+        let msrs = self.direct_map.to_virtual(vcpu.offset(layout::SYSCALL_MSRS)).as_mut_ptr::<[u64; 5]>();
+        let state = self.direct_map.to_virtual(vcpu.offset(layout::REGISTERS)).as_mut_ptr::<u64>();
+        let fpu = self.direct_map.to_virtual(vcpu.offset(layout::FPU)).as_mut_ptr::<u8>();
+        // SAFETY: the VMCS is current (the writes above made it so), with
+        // host state and the checked guest state; the pointers are into the
+        // VCPU through the direct map; the MSRs are restored before the
+        // kernel returns to user mode.
+        let result = unsafe {
+            let host = vmx::swap_syscall_msrs(msrs.read());
+            let result = vmx::run(state, fpu, flags & layout::FLAG_LAUNCHED);
+            msrs.write(vmx::swap_syscall_msrs(host));
+            result
+        };
+        if result != 0 {
+            // VMfailValid: the VM-instruction error says why (SDM vol. 3C §31.4).
+            let error =
+                if result == 2 { vmx::read(vmcs, crate::object::vmx::vmcs::INSTRUCTION_ERROR) } else { 0 };
+            log::warn!("VM entry failed (VM-instruction error {error})");
+            return Err(NeutralExit {
+                reason: strata_abi::vcpu::Exit::EntryFailure,
+                qualification: error,
+                qualification2: 0,
+                length: 0,
+            });
+        }
+        let done = layout::FLAG_LAUNCHED | layout::FLAG_HOST_STATE;
+        self.space.memory.write(vcpu.offset(layout::FLAGS), flags | done);
+        Ok(())
     }
 
     /// The current thread made a fault it cannot recover from: with no

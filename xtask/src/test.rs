@@ -376,9 +376,11 @@ fn emulator_suites(filter: Option<&str>, fuzz_seed: Option<u64>, totals: &mut To
             run_system_suite(suite, &system, totals)?;
         }
     }
-    if selected("vm-qemu") {
+    if selected("vm-qemu") || selected("vm-bochs") {
         let vm = image::build(Kind::Vm)?;
-        run_vm_suite("vm-qemu", &vm, totals)?;
+        for suite in ["vm-qemu", "vm-bochs"].into_iter().filter(|s| selected(s)) {
+            run_vm_suite(suite, &vm, totals)?;
+        }
     }
     if selected("loader-qemu") {
         let started =

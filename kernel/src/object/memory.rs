@@ -29,6 +29,16 @@ pub trait PhysicalMemory {
     fn irq_configure(&mut self, line: u8, level: bool, active_low: bool);
     /// Masks or unmasks interrupt line `line`.
     fn irq_mask(&mut self, line: u8, masked: bool);
+    /// VMX: makes the 4 KiB at `vmcs` a VMCS with revision identifier
+    /// `revision` and a clear launch state (VMCLEAR).
+    fn vmcs_init(&mut self, vmcs: PhysAddr, revision: u32);
+    /// VMX: the VMCS at `vmcs` goes away: the CPU must keep nothing of it
+    /// (VMCLEAR writes back and forgets any cached copy).
+    fn vmcs_release(&mut self, vmcs: PhysAddr);
+    /// VMX: field `field` (an SDM appendix B encoding) of the VMCS at `vmcs`.
+    fn vmcs_read(&self, vmcs: PhysAddr, field: u32) -> u64;
+    /// VMX: writes field `field` of the VMCS at `vmcs`.
+    fn vmcs_write(&mut self, vmcs: PhysAddr, field: u32, value: u64);
 }
 
 /// Physical memory through the kernel's direct map.
@@ -170,6 +180,23 @@ impl PhysicalMemory for DirectMapMemory {
             apic.set_masked(line, masked);
         }
     }
+
+    fn vmcs_init(&mut self, vmcs: PhysAddr, revision: u32) {
+        self.write(vmcs, u64::from(revision));
+        crate::arch::x86_64::vmx::clear(vmcs.get());
+    }
+
+    fn vmcs_release(&mut self, vmcs: PhysAddr) {
+        crate::arch::x86_64::vmx::clear(vmcs.get());
+    }
+
+    fn vmcs_read(&self, vmcs: PhysAddr, field: u32) -> u64 {
+        crate::arch::x86_64::vmx::read(vmcs.get(), field)
+    }
+
+    fn vmcs_write(&mut self, vmcs: PhysAddr, field: u32, value: u64) {
+        crate::arch::x86_64::vmx::write(vmcs.get(), field, value);
+    }
 }
 
 /// Host-side physical memory: a vector of words standing in for
@@ -186,6 +213,10 @@ pub struct Arena {
     pub ports: alloc::collections::BTreeMap<u16, u8>,
     /// Simulated interrupt lines: (level, active low, masked) by line.
     pub irq_lines: alloc::collections::BTreeMap<u8, (bool, bool, bool)>,
+    /// Simulated VMCS fields, by (VMCS, encoding).
+    pub vmcs: alloc::collections::BTreeMap<(u64, u32), u64>,
+    /// VMCSs released, in order, for tests.
+    pub vmcs_released: alloc::vec::Vec<u64>,
 }
 
 #[cfg(not(strata_baremetal))]
@@ -198,6 +229,8 @@ impl Arena {
             flushes: alloc::vec::Vec::new(),
             ports: alloc::collections::BTreeMap::new(),
             irq_lines: alloc::collections::BTreeMap::new(),
+            vmcs: alloc::collections::BTreeMap::new(),
+            vmcs_released: alloc::vec::Vec::new(),
         }
     }
 
@@ -249,6 +282,24 @@ impl PhysicalMemory for Arena {
         if let Some(state) = self.irq_lines.get_mut(&line) {
             state.2 = masked;
         }
+    }
+
+    fn vmcs_init(&mut self, vmcs: PhysAddr, revision: u32) {
+        self.write(vmcs, u64::from(revision));
+        self.vmcs.retain(|&(at, _), _| at != vmcs.get());
+    }
+
+    fn vmcs_release(&mut self, vmcs: PhysAddr) {
+        self.vmcs.retain(|&(at, _), _| at != vmcs.get());
+        self.vmcs_released.push(vmcs.get());
+    }
+
+    fn vmcs_read(&self, vmcs: PhysAddr, field: u32) -> u64 {
+        self.vmcs.get(&(vmcs.get(), field)).copied().unwrap_or(0)
+    }
+
+    fn vmcs_write(&mut self, vmcs: PhysAddr, field: u32, value: u64) {
+        self.vmcs.insert((vmcs.get(), field), value);
     }
 }
 

@@ -31,6 +31,7 @@ pub mod model;
 pub mod tcb;
 pub mod untyped;
 pub mod vcpu;
+pub mod vmx;
 pub mod vspace;
 
 #[cfg(test)]

@@ -41,6 +41,20 @@ pub mod layout {
     pub const GENERATION: u64 = 0x1098;
     /// The optional intercepts (`vcpu::intercept`) in force.
     pub const INTERCEPTS: u64 = 0x10a0;
+    /// [`FLAG_LAUNCHED`], [`FLAG_HOST_STATE`], [`FLAG_WINDOW`].
+    pub const FLAGS: u64 = 0x10a8;
+    /// VMX: the guest's CR2 (the run code uses this offset).
+    pub const CR2: u64 = 0x10b0;
+    /// VMX: the guest's CR8.
+    pub const CR8: u64 = 0x10b8;
+    /// VMX: the guest's STAR, LSTAR, CSTAR, SFMASK and KernelGSbase.
+    pub const SYSCALL_MSRS: u64 = 0x10c0;
+    /// VMX: VMLAUNCH succeeded; VMRESUME from now on.
+    pub const FLAG_LAUNCHED: u64 = 1 << 0;
+    /// VMX: the VMCS has this CPU's host state.
+    pub const FLAG_HOST_STATE: u64 = 1 << 1;
+    /// VMX: an interrupt window was asked for.
+    pub const FLAG_WINDOW: u64 = 1 << 2;
     /// The guest's FXSAVE image (512 bytes, 16-byte aligned).
     pub const FPU: u64 = 0x1200;
 }
@@ -71,6 +85,8 @@ pub struct VirtConfig {
     /// The VCPU that last ran on this CPU (its TLB entries are the ones
     /// tagged with the guest ASID).
     pub last_run: Option<PhysAddr>,
+    /// VMX: the controls every VMCS starts with.
+    pub vmx: super::vmx::VmxConfig,
 }
 
 impl VirtConfig {
@@ -82,6 +98,17 @@ impl VirtConfig {
             msr_permissions: PhysAddr(0),
             generation: 0,
             last_run: None,
+            vmx: super::vmx::VmxConfig {
+                revision: 0,
+                pin: 0,
+                primary: 0,
+                primary_allowed: 0,
+                secondary: 0,
+                exit: 0,
+                entry: 0,
+                cr0_fixed0: 0,
+                cr4_fixed0: 0,
+            },
         }
     }
 }
@@ -153,6 +180,8 @@ pub mod vmcb {
     pub const EXIT_INFO1: u64 = 0x078;
     /// EXITINFO2.
     pub const EXIT_INFO2: u64 = 0x080;
+    /// EXITINTINFO (bits 0–31) and its error code (32–63).
+    pub const EXIT_INTERRUPT_INFO: u64 = 0x088;
     /// Bit 0: nested paging.
     pub const NESTED_CONTROL: u64 = 0x090;
     /// EVENTINJ (bits 0–31) and its error code (32–63).
@@ -505,8 +534,26 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         })
     }
 
-    /// The value of guest-state `field` (SVM).
+    /// The value of guest-state `field`.
     pub fn vcpu_read(&self, vcpu: PhysAddr, field: u64) -> u64 {
+        match self.virt.backend {
+            Backend::Vmx => self.vmx_read(vcpu, field),
+            _ => self.svm_read(vcpu, field),
+        }
+    }
+
+    /// Writes a checked `value` to guest-state `field`.
+    fn vcpu_write(&mut self, vcpu: PhysAddr, field: u64, value: u64) {
+        // RFLAGS bit 1 always reads as 1 (SDM vol. 1 §3.4.3).
+        let value = if field == Field::Rflags as u64 { value | 2 } else { value };
+        match self.virt.backend {
+            Backend::Vmx => self.vmx_write(vcpu, field, value),
+            _ => self.svm_write(vcpu, field, value),
+        }
+    }
+
+    /// The value of guest-state `field` (SVM).
+    fn svm_read(&self, vcpu: PhysAddr, field: u64) -> u64 {
         let control = |offset| self.vcpu_word(vcpu, layout::CONTROL + offset);
         match field {
             f if f == Field::Efer as u64 => control(vmcb::EFER) & !vmcb::EFER_SVME,
@@ -557,13 +604,12 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     }
 
     /// Writes a checked `value` to guest-state `field` (SVM).
-    fn vcpu_write(&mut self, vcpu: PhysAddr, field: u64, value: u64) {
+    fn svm_write(&mut self, vcpu: PhysAddr, field: u64, value: u64) {
         let control = |offset| layout::CONTROL + offset;
         match field {
             f if f == Field::Efer as u64 => {
                 self.set_vcpu_word(vcpu, control(vmcb::EFER), value | vmcb::EFER_SVME);
             }
-            f if f == Field::Rflags as u64 => self.set_vcpu_word(vcpu, control(vmcb::RFLAGS), value | 2),
             f if f == Field::ActivityState as u64 => {}
             f if f == Field::Intercepts as u64 => {
                 self.set_vcpu_word(vcpu, layout::INTERCEPTS, value);
@@ -609,10 +655,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             misc1 |= vmcb::INTERCEPT_VINTR;
         }
         let misc2 = vmcb::FORCED_MISC2 | bit(intercept::RDTSC, 7);
-        // CR0, CR3 and CR4: reads in bits 0, 3, 4; writes 16 higher.
-        let crs = 1 << 0 | 1 << 3 | 1 << 4;
-        let cr = if optional & intercept::CR_READS != 0 { crs } else { 0 }
-            | if optional & intercept::CR_WRITES != 0 { crs << 16 } else { 0 };
+        // Reads of CR3 (bit 3); writes of CR0, CR3 and CR4 (bits 16, 19, 20).
+        let cr = if optional & intercept::CR_READS != 0 { 1 << 3 } else { 0 }
+            | if optional & intercept::CR_WRITES != 0 { (1 << 0 | 1 << 3 | 1 << 4) << 16 } else { 0 };
         let exceptions = self.vcpu_word(vcpu, layout::CONTROL + vmcb::INTERCEPT_EXCEPTIONS) & 0xffff_ffff;
         self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::INTERCEPT_CR, cr);
         self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::INTERCEPT_EXCEPTIONS, misc1 << 32 | exceptions);
@@ -625,14 +670,19 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     pub(super) fn init_vcpu(&mut self, vcpu: PhysAddr) {
         use vmcb::*;
         let control = |offset| layout::CONTROL + offset;
-        self.set_vcpu_word(vcpu, control(IOPM_BASE), self.virt.io_permissions.get());
-        self.set_vcpu_word(vcpu, control(MSRPM_BASE), self.virt.msr_permissions.get());
-        // Every VCPU uses guest ASID 1; VmEnter flushes it when another VCPU
-        // or another generation of mappings ran last.
-        self.set_vcpu_word(vcpu, control(ASID_TLB), 1);
-        self.set_vcpu_word(vcpu, control(INTERRUPT_CONTROL), V_INTR_MASKING);
-        self.set_vcpu_word(vcpu, control(NESTED_CONTROL), 1);
-        self.apply_svm_intercepts(vcpu);
+        if self.virt.backend == Backend::Vmx {
+            self.vmx_init(vcpu);
+        } else {
+            self.set_vcpu_word(vcpu, control(IOPM_BASE), self.virt.io_permissions.get());
+            self.set_vcpu_word(vcpu, control(MSRPM_BASE), self.virt.msr_permissions.get());
+            // Every VCPU uses guest ASID 1; VmEnter flushes it when another VCPU
+            // or another generation of mappings ran last.
+            self.set_vcpu_word(vcpu, control(ASID_TLB), 1);
+            self.set_vcpu_word(vcpu, control(INTERRUPT_CONTROL), V_INTR_MASKING);
+            self.set_vcpu_word(vcpu, control(NESTED_CONTROL), 1);
+            self.apply_svm_intercepts(vcpu);
+            self.set_vcpu_word(vcpu, control(DR6), 0xffff_0ff0);
+        }
         let segment = |this: &mut Self, segment: vcpu::Segment, selector: u64, base: u64, attributes: u64| {
             let field = |part| vcpu::segment_field(segment, part);
             this.vcpu_write(vcpu, field(vcpu::SegmentPart::Selector), selector);
@@ -656,7 +706,6 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.vcpu_write(vcpu, Field::Cr0 as u64, 0x6000_0010);
         self.vcpu_write(vcpu, Field::Efer as u64, 0);
         self.vcpu_write(vcpu, Field::Dr7 as u64, 0x400);
-        self.set_vcpu_word(vcpu, control(DR6), 0xffff_0ff0);
         self.vcpu_write(vcpu, Field::Pat as u64, 0x0007_0406_0007_0406);
         // FXSAVE image of the reset state: FCW 0x37f, MXCSR 0x1f80 with its mask.
         self.set_vcpu_word(vcpu, layout::FPU, 0x037f);
@@ -691,6 +740,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     pub(super) fn finalise_vcpu(&mut self, cap: &Capability) {
         if let Capability::Vcpu { object } = *cap {
             self.unbind_vcpu(object);
+            if self.virt.backend == Backend::Vmx {
+                self.memory.vmcs_release(object.offset(layout::CONTROL));
+            }
             if self.virt.last_run == Some(object) {
                 self.virt.last_run = None;
             }
@@ -769,7 +821,11 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             VcpuInvocation::SetSpace { vcpu, root, asid } => {
                 self.set_vcpu_word(vcpu, layout::SPACE, root.get());
                 self.set_vcpu_word(vcpu, layout::SPACE_ASID, u64::from(asid));
-                self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::NESTED_CR3, root.get());
+                if self.virt.backend == Backend::Vmx {
+                    self.vmx_set_space(vcpu, root);
+                } else {
+                    self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::NESTED_CR3, root.get());
+                }
                 // The guest's TLB entries came from another space.
                 self.set_vcpu_word(vcpu, layout::GENERATION, u64::MAX);
                 ([0; 4], 0)
@@ -826,17 +882,35 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             || self.vcpu_word(vcpu, layout::GENERATION) != self.virt.generation;
         self.virt.last_run = Some(vcpu);
         self.set_vcpu_word(vcpu, layout::GENERATION, self.virt.generation);
-        // TLB_CONTROL 1 flushes every entry (APM vol. 2 §15.16.1).
-        let tlb = if flush { 1 << 32 } else { 0 };
-        self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::ASID_TLB, 1 | tlb);
-        // Nothing is cached across VMRUNs: every VMCB field is reloaded.
-        self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::CLEAN, 0);
+        if self.virt.backend == Backend::Svm {
+            // TLB_CONTROL 1 flushes every entry (APM vol. 2 §15.16.1).
+            let tlb = if flush { 1 << 32 } else { 0 };
+            self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::ASID_TLB, 1 | tlb);
+            // Nothing is cached across VMRUNs: every VMCB field is reloaded.
+            self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::CLEAN, 0);
+        }
         Ok((vcpu, flush))
     }
 
     /// After the guest of `vcpu` stopped: the exit in neutral terms, or
     /// `None` if it was a host interrupt for the kernel.
     pub fn vm_exit(&mut self, vcpu: PhysAddr) -> Option<NeutralExit> {
+        let mut exit = match self.virt.backend {
+            Backend::Vmx => self.vmx_exit(vcpu)?,
+            _ => self.svm_exit(vcpu)?,
+        };
+        match exit.reason {
+            Exit::MsrRead | Exit::MsrWrite => {
+                exit.qualification = self.vcpu_word(vcpu, layout::REGISTERS + 8) & 0xffff_ffff;
+            }
+            Exit::InterruptWindow => self.vcpu_write(vcpu, Field::InterruptWindow as u64, 0),
+            _ => {}
+        }
+        Some(exit)
+    }
+
+    /// The exit that just happened (SVM); `None` for a host interrupt.
+    fn svm_exit(&mut self, vcpu: PhysAddr) -> Option<NeutralExit> {
         let control = |offset| layout::CONTROL + offset;
         let raw = RawExit {
             code: self.vcpu_word(vcpu, control(vmcb::EXIT_CODE)),
@@ -845,17 +919,13 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             rip: self.vcpu_word(vcpu, control(vmcb::RIP)),
             next_rip: self.vcpu_word(vcpu, control(vmcb::NEXT_RIP)),
         };
-        let mut exit = classify_svm(raw)?;
-        match exit.reason {
-            Exit::MsrRead | Exit::MsrWrite => {
-                exit.qualification = self.vcpu_word(vcpu, layout::REGISTERS + 8) & 0xffff_ffff;
-            }
-            Exit::InterruptWindow => self.vcpu_write(vcpu, Field::InterruptWindow as u64, 0),
-            _ => {}
+        // An event whose delivery the exit interrupted (EXITINTINFO) is
+        // delivered again on the next VMRUN (APM vol. 2 §15.7.2).
+        let interrupted = self.vcpu_word(vcpu, control(vmcb::EXIT_INTERRUPT_INFO));
+        if interrupted & (1 << 31) != 0 {
+            self.set_vcpu_word(vcpu, control(vmcb::EVENT_INJECTION), interrupted);
         }
-        // An event the guest had not yet taken stays pending (EXITINTINFO);
-        // one it took is gone from EVENTINJ.
-        Some(exit)
+        classify_svm(raw)
     }
 
     /// Replies to `VmEnter`: the exit in the message registers, the

@@ -53,3 +53,4 @@ pub mod serial;
 pub mod svm;
 pub mod user;
 pub mod virt;
+pub mod vmx;
