@@ -68,7 +68,7 @@ impl<'a> Input<'a> {
             0..=2 => self.slot_number(occupied),
             3 => cptr(self.slot_number(occupied)),
             4 => u64::from(self.byte() % 16),
-            5 => u64::from(self.byte() % 12),
+            5 => u64::from(self.byte() % 13),
             6 | 7 => [6, 6, 6, 64, 0, 1, 10, 12][usize::from(self.byte() % 8)],
             8 => 0x1000 * u64::from(self.byte()) + [0x1_0000, 0x7fff_ffff_f000][usize::from(self.byte() % 2)],
             9 => u64::from(self.byte() % 16),
@@ -112,11 +112,13 @@ fn family(cap: Capability) -> &'static [Label] {
         Capability::IoPort { .. } => &[IoPortIn, IoPortOut],
         Capability::IrqControl => &[IrqControlGetIsa, IrqControlGetLine],
         Capability::IrqHandler { .. } => &[IrqHandlerAck, IrqHandlerSetNotification, IrqHandlerClear],
+        Capability::Vcpu { .. } => &[VcpuSetTcb, VcpuSetSpace, VcpuReadState, VcpuWriteState],
         _ => &[],
     }
 }
 
-const NUMBERS: [Syscall; 10] = [
+const NUMBERS: [Syscall; 11] = [
+    Syscall::VmEnter,
     Syscall::Call,
     Syscall::Call,
     Syscall::Call,
@@ -230,6 +232,17 @@ pub fn syscalls(data: &[u8]) -> Stats {
             for _ in 0..100_000 {
                 match space.handle_syscall(tcb) {
                     Outcome::Fault => space.suspend(tcb),
+                    // The host cannot run a guest: check the entry, then
+                    // report whatever exit the control block holds.
+                    Outcome::VmEnter(flags) => match space.vm_prepare(tcb, flags) {
+                        Ok((vcpu, _)) => {
+                            if let Some(exit) = space.vm_exit(vcpu) {
+                                space.vm_reply(tcb, vcpu, exit);
+                            }
+                        }
+                        Err(super::vcpu::VmEnterRefusal::Exit(exit)) => space.reply_vm_exit(tcb, exit),
+                        Err(super::vcpu::VmEnterRefusal::Error(_)) => {}
+                    },
                     _ if space.context(tcb).rip == 0x40_1000 => {
                         let mut again = space.context(tcb);
                         again.rip = 0x40_1002;
@@ -278,6 +291,7 @@ pub fn decoders(data: &[u8]) {
         let _ = space.decode_tcb(cap, label, &words, &extra);
         let _ = space.decode_ioport(target, label, &words, &extra);
         let _ = space.decode_irq(target, label, &words, &extra);
+        let _ = space.decode_vcpu(cap, label, &words, &extra);
         let destination = space.cap(slot(word(2) % 64));
         let _ = space.decode_retype(target, word(0), word(1), destination, word(4), word(5));
         let _ = space.lookup_destination(root_cap(), word(2), word(3));

@@ -43,6 +43,8 @@ mod tcb_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod vcpu_tests;
+#[cfg(test)]
 mod vspace_tests;
 
 use strata_abi::object::SLOT_SIZE_BITS;

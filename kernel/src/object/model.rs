@@ -38,6 +38,8 @@ pub fn root_cap() -> Capability {
 /// Untyped in slot 1.
 pub fn boot() -> ObjectSpace<Arena> {
     let mut space = ObjectSpace::new(Arena::new(0, 4 << 20));
+    // VCPUs and GuestSpaces can be made, with the SVM layout (plain memory).
+    space.virt.backend = super::vcpu::Backend::Svm;
     space.insert_root(Slot::in_cnode(ROOT_CNODE, 0), root_cap());
     space.insert_root(
         Slot::in_cnode(ROOT_CNODE, 1),
@@ -408,10 +410,14 @@ pub fn check_references(space: &ObjectSpace<Arena>, entries: &[Slot]) {
     let mut tcbs = HashSet::new();
     let mut endpoints = HashSet::new();
     let mut notifications = HashSet::new();
+    let mut vcpus = HashSet::new();
     for &slot in entries {
         match space.cap(slot) {
             Capability::Tcb { object } => {
                 tcbs.insert(object);
+            }
+            Capability::Vcpu { object } => {
+                vcpus.insert(object);
             }
             Capability::Endpoint { object, .. } => {
                 endpoints.insert(object);
@@ -479,6 +485,28 @@ pub fn check_references(space: &ObjectSpace<Arena>, entries: &[Slot]) {
                 notifications.contains(&PhysAddr(n)),
                 "a thread is bound to {n:#x}, not a live notification"
             ),
+        }
+    }
+    // A VCPU and its thread name each other, and both are live.
+    for &vcpu in &vcpus {
+        match word(vcpu.offset(super::vcpu::layout::TCB)) {
+            0 => {}
+            tcb => {
+                live_tcb(tcb, "a VCPU's thread");
+                assert_eq!(
+                    word(PhysAddr(tcb).offset(layout::VCPU)),
+                    vcpu.get(),
+                    "a VCPU's thread names another"
+                );
+            }
+        }
+    }
+    for &tcb in &tcbs {
+        match word(tcb.offset(layout::VCPU)) {
+            0 => {}
+            vcpu => {
+                assert!(vcpus.contains(&PhysAddr(vcpu)), "a thread is bound to {vcpu:#x}, not a live VCPU")
+            }
         }
     }
     for line in &space.irqs.state {

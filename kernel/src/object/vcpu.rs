@@ -436,6 +436,16 @@ const EFER_ALLOWED: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11 | 1 << 13 | 1 << 14 | 1
 /// RFLAGS bits that exist (CF..ID); bit 1 is always set.
 const RFLAGS_DEFINED: u64 = 0x003f_7fd5;
 
+/// Whether `field` names guest state: the fields up to
+/// `InterruptWindow`, and the segment parts that exist (descriptor tables
+/// have no selector or attributes).
+fn field_exists(field: u64) -> bool {
+    match field.checked_sub(vcpu::SEGMENTS) {
+        None => field <= Field::InterruptWindow as u64,
+        Some(segment) => field < vcpu::FIELD_LIMIT && !(segment / 4 >= 8 && matches!(segment % 4, 0 | 3)),
+    }
+}
+
 /// Whether `address` is canonical for 48-bit linear addresses.
 const fn canonical(address: u64) -> bool {
     let top = address >> 47;
@@ -590,8 +600,6 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             37 | 40 => value >> 32 == 0,
             39 => value & !vcpu::intercept::ALL == 0,
             _ => match segment {
-                // Descriptor tables have only a base and a limit.
-                Some((8 | 9, 0 | 3)) => false,
                 Some((_, 0)) => value >> 16 == 0,
                 Some((index, 1)) if index < 4 => value >> 32 == 0,
                 Some((index, 1)) if index < 10 => canonical(value),
@@ -780,7 +788,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 }
                 let mut fields = [0; 4];
                 for (i, &field) in words.iter().take(4).enumerate() {
-                    if field >= vcpu::FIELD_LIMIT || (42..vcpu::SEGMENTS).contains(&field) {
+                    if !field_exists(field) {
                         return Err(InvocationError::InvalidArgument { index: i as u8 });
                     }
                     fields[i] = field;
@@ -795,7 +803,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 let count = (words.len() / 2).min(4);
                 for i in 0..count {
                     let (field, value) = (words[2 * i], words[2 * i + 1]);
-                    if field >= vcpu::FIELD_LIMIT || (42..vcpu::SEGMENTS).contains(&field) {
+                    if !field_exists(field) {
                         return Err(InvocationError::InvalidArgument { index: 2 * i as u8 });
                     }
                     Self::check_vcpu_write(field, value)

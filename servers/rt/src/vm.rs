@@ -139,7 +139,7 @@ impl GuestRam {
         use strata_abi::object::{ObjectType, VmAttributes};
         const LARGE: u64 = 2 << 20;
         let step = |what: &'static str| move |error| GuestRamError { step: what, error };
-        if size == 0 || size % LARGE != 0 || size > 1 << 30 {
+        if size == 0 || !size.is_multiple_of(LARGE) || size > 1 << 30 {
             return Err(step("checking the size")(InvocationError::InvalidArgument { index: 1 }));
         }
         let window = sys::claim_guest_window()

@@ -63,13 +63,7 @@ pub fn model(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> Registers) -> R
             // ECX: hide SVM (2) and the extended APIC space (3).
             [a, b, c & !(1 << 2 | 1 << 3), d]
         }
-        0x8000_0002..=MAX_EXTENDED => {
-            if host(0x8000_0000, 0)[0] >= leaf {
-                host(leaf, subleaf)
-            } else {
-                [0; 4]
-            }
-        }
+        0x8000_0002..=MAX_EXTENDED if host(0x8000_0000, 0)[0] >= leaf => host(leaf, subleaf),
         _ => [0; 4],
     }
 }

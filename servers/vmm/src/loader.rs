@@ -321,10 +321,11 @@ mod tests {
         assert_eq!(&ram[0x10_3000..0x10_5000], &[0u8; 0x2000][..]);
         assert_eq!(ram[0x10_5000], 0xee, "nothing past bss_end is touched");
         let info = INFO_ADDRESS as usize;
-        let flags = u32::from_le_bytes(ram[info..info + 4].try_into().unwrap());
+        let word = |at: usize| u32::from_le_bytes([ram[at], ram[at + 1], ram[at + 2], ram[at + 3]]);
+        let flags = word(info);
         assert_eq!(flags & (1 | 1 << 2 | 1 << 6), 1 | 1 << 2 | 1 << 6);
-        assert_eq!(u32::from_le_bytes(ram[info + 8..info + 12].try_into().unwrap()), 3 * 1024);
-        let line = u32::from_le_bytes(ram[info + 16..info + 20].try_into().unwrap()) as usize;
+        assert_eq!(word(info + 8), 3 * 1024);
+        let line = word(info + 16) as usize;
         assert_eq!(&ram[line..line + 14], b"console=ttyS0\0");
     }
 

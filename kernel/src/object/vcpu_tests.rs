@@ -1,0 +1,353 @@
+//! Tests of VCPUs and GuestSpaces on both backends: the reset state, field
+//! checks and translations, binding and its undoing on delete, guest
+//! mappings in both entry formats, exit classification and the refusals
+//! of `VmEnter`.
+
+use strata_abi::error::InvocationError;
+use strata_abi::invocation::Label;
+use strata_abi::object::{ObjectType, Rights, VmAttributes};
+use strata_abi::vcpu::{self, Exit, Field, Segment, SegmentPart, segment_field};
+
+use super::delete::Budget;
+use super::memory::Arena;
+use super::model::{POOL, check_invariants, finish, invoke, retype, root_cap, slot, world};
+use super::vcpu::{Backend, NeutralExit, RawExit, VmEnterRefusal, classify_svm, layout, vmcb};
+use super::vmx::{VmxConfig, vmcs};
+use super::*;
+
+const VCPU: u64 = 60;
+const SPACE: u64 = 61;
+const GUEST_PDPT: u64 = 62;
+const GUEST_PD: u64 = 63;
+const GUEST_PT: u64 = 57;
+const RAM: u64 = 23;
+
+/// The model world with one thread (slot 40), a VCPU (60) and a GuestSpace
+/// (61) with an ASID, on `backend`.
+fn machine(backend: Backend) -> (ObjectSpace<Arena>, PhysAddr, PhysAddr) {
+    let (mut space, tcbs) = world(1);
+    space.virt.backend = backend;
+    space.virt.vmx = VmxConfig {
+        revision: 0x2b,
+        pin: 0x9,
+        primary: 0x8110_0008,
+        primary_allowed: u32::MAX,
+        secondary: 0x82,
+        exit: 0x3c_0204,
+        entry: 0xc004,
+        cr0_fixed0: 0x20,
+        cr4_fixed0: 0x2000,
+    };
+    retype(&mut space, ObjectType::Vcpu, 0, VCPU, 1);
+    retype(&mut space, ObjectType::GuestSpace, 0, SPACE, 1);
+    invoke(&mut space, POOL, Label::AsidPoolAssign, &[], &[SPACE]).expect("assign");
+    let Capability::Vcpu { object } = space.cap(slot(VCPU)) else { panic!("a VCPU") };
+    (space, object, tcbs[0])
+}
+
+fn vcpu_call(
+    space: &mut ObjectSpace<Arena>,
+    label: Label,
+    words: &[u64],
+    extra: &[u64],
+) -> Result<([u64; 4], usize), InvocationError> {
+    let extra: Vec<Slot> = extra.iter().map(|&i| slot(i)).collect();
+    let invocation = space.decode_vcpu(space.cap(slot(VCPU)), label, words, &extra)?;
+    Ok(space.perform_vcpu(invocation))
+}
+
+fn read(space: &mut ObjectSpace<Arena>, field: u64) -> u64 {
+    vcpu_call(space, Label::VcpuReadState, &[field], &[]).expect("readable").0[0]
+}
+
+#[test]
+fn a_new_vcpu_is_a_processor_after_reset_on_both_backends() {
+    for backend in [Backend::Svm, Backend::Vmx] {
+        let (mut space, _, _) = machine(backend);
+        let cs = |part| segment_field(Segment::Cs, part);
+        assert_eq!(read(&mut space, cs(SegmentPart::Selector)), 0xf000, "{backend:?}");
+        assert_eq!(read(&mut space, cs(SegmentPart::Base)), 0xffff_0000);
+        assert_eq!(read(&mut space, cs(SegmentPart::Limit)), 0xffff);
+        assert_eq!(read(&mut space, cs(SegmentPart::Attributes)), 0x9b);
+        assert_eq!(read(&mut space, Field::Rip as u64), 0xfff0);
+        assert_eq!(read(&mut space, Field::Rflags as u64), 2);
+        assert_eq!(read(&mut space, Field::Cr0 as u64), 0x6000_0010);
+        assert_eq!(read(&mut space, Field::Efer as u64), 0, "{backend:?}: EFER.SVME is the kernel's");
+        assert_eq!(read(&mut space, Field::Pat as u64), 0x0007_0406_0007_0406);
+    }
+}
+
+#[test]
+fn svm_keeps_its_forced_intercepts_whatever_the_vmm_asks() {
+    let (mut space, vcpu, _) = machine(Backend::Svm);
+    let control =
+        |space: &ObjectSpace<Arena>, offset| space.memory.read(vcpu.offset(layout::CONTROL + offset));
+    for intercepts in [0, vcpu::intercept::ALL] {
+        vcpu_call(&mut space, Label::VcpuWriteState, &[Field::Intercepts as u64, intercepts], &[])
+            .expect("ok");
+        let misc1 = control(&space, vmcb::INTERCEPT_EXCEPTIONS) >> 32;
+        assert_eq!(misc1 & vmcb::FORCED_MISC1, vmcb::FORCED_MISC1, "INTR, NMI, CPUID, I/O, MSR, SHUTDOWN...");
+        assert_eq!(misc1 & 1 << 24 != 0, intercepts != 0, "HLT follows the request");
+        let misc2 = control(&space, vmcb::INTERCEPT_MISC2);
+        assert_eq!(misc2 & vmcb::FORCED_MISC2, vmcb::FORCED_MISC2, "VMRUN and the other SVM instructions");
+    }
+    // EFER.SVME, which VMRUN requires, stays set and hidden.
+    vcpu_call(&mut space, Label::VcpuWriteState, &[Field::Efer as u64, 0x500], &[]).expect("long mode");
+    assert_eq!(control(&space, vmcb::EFER), 0x500 | vmcb::EFER_SVME);
+    assert_eq!(read(&mut space, Field::Efer as u64), 0x500);
+    // The CPL follows SS.DPL.
+    let ss = segment_field(Segment::Ss, SegmentPart::Attributes);
+    vcpu_call(&mut space, Label::VcpuWriteState, &[ss, 0xc0f3], &[]).expect("DPL 3");
+    assert_eq!(control(&space, vmcb::CPL_WORD) >> 24 & 0xff, 3);
+    // Segment attributes go through SVM's compressed layout and back.
+    assert_eq!(read(&mut space, ss), 0xc0f3);
+    // An interrupt window sets V_IRQ and the VINTR intercept; the exit clears both.
+    vcpu_call(&mut space, Label::VcpuWriteState, &[Field::InterruptWindow as u64, 1], &[]).expect("window");
+    assert_eq!(read(&mut space, Field::InterruptWindow as u64), 1);
+    assert_ne!(control(&space, vmcb::INTERRUPT_CONTROL) & vmcb::V_IRQ, 0);
+    space.memory.write(vcpu.offset(layout::CONTROL + vmcb::EXIT_CODE), vmcb::exit::VINTR);
+    assert_eq!(space.vm_exit(vcpu).map(|e| e.reason), Some(Exit::InterruptWindow));
+    assert_eq!(read(&mut space, Field::InterruptWindow as u64), 0);
+}
+
+#[test]
+fn vmx_fields_go_to_the_vmcs_with_fixed_bits_and_shadows() {
+    let (mut space, vcpu, _) = machine(Backend::Vmx);
+    let vmcs_of =
+        |space: &ObjectSpace<Arena>, field| space.memory.vmcs_read(vcpu.offset(layout::CONTROL), field);
+    assert_eq!(vmcs_of(&space, vmcs::LINK_POINTER), u64::MAX, "no shadow VMCS");
+    assert_eq!(space.memory.read(vcpu.offset(layout::CONTROL)), 0x2b, "revision identifier");
+    // CR0 and CR4 keep what VMX needs (NE, VMXE); the guest reads its own value.
+    vcpu_call(&mut space, Label::VcpuWriteState, &[Field::Cr0 as u64, 0x11, Field::Cr4 as u64, 0x20], &[])
+        .expect("protected mode, PAE");
+    assert_eq!(vmcs_of(&space, vmcs::GUEST_CR0), 0x31);
+    assert_eq!(vmcs_of(&space, vmcs::GUEST_CR4), 0x2020);
+    assert_eq!(read(&mut space, Field::Cr0 as u64), 0x11);
+    assert_eq!(read(&mut space, Field::Cr4 as u64), 0x20);
+    // Long mode: the IA-32e entry control follows EFER.LMA.
+    vcpu_call(&mut space, Label::VcpuWriteState, &[Field::Efer as u64, 0x500], &[]).expect("long mode");
+    assert_ne!(vmcs_of(&space, vmcs::ENTRY_CONTROLS) & 1 << 9, 0);
+    vcpu_call(&mut space, Label::VcpuWriteState, &[Field::Efer as u64, 0], &[]).expect("legacy");
+    assert_eq!(vmcs_of(&space, vmcs::ENTRY_CONTROLS) & 1 << 9, 0);
+    // Optional intercepts and the interrupt window are primary controls.
+    let hlt_and_window = [Field::Intercepts as u64, vcpu::intercept::HLT, Field::InterruptWindow as u64, 1];
+    vcpu_call(&mut space, Label::VcpuWriteState, &hlt_and_window, &[]).expect("ok");
+    let primary = vmcs_of(&space, vmcs::PRIMARY_CONTROLS);
+    assert_eq!(primary & (1 << 7 | 1 << 2), 1 << 7 | 1 << 2);
+    assert_eq!(primary & 1 << 24, 1 << 24, "I/O always exits");
+    // General registers other than RSP live in the VCPU, RSP in the VMCS.
+    vcpu_call(&mut space, Label::VcpuWriteState, &[Field::Rax as u64, 7, Field::Rsp as u64, 0x8000], &[])
+        .expect("ok");
+    assert_eq!(space.memory.read(vcpu.offset(layout::REGISTERS)), 7);
+    assert_eq!(vmcs_of(&space, vmcs::GUEST_RSP), 0x8000);
+    // Deleting the VCPU VMCLEARs its VMCS.
+    finish(&mut space, 8, |s, b: &mut Budget| s.delete(slot(VCPU), b));
+    assert_eq!(space.memory.vmcs_released, [vcpu.get()]);
+}
+
+#[test]
+fn bad_state_is_refused_and_nothing_of_the_request_is_written() {
+    for backend in [Backend::Svm, Backend::Vmx] {
+        let (mut space, _, _) = machine(backend);
+        let rip = Field::Rip as u64;
+        let bad = |index: u8| Err(InvocationError::InvalidArgument { index });
+        let mut write = |words: &[u64]| vcpu_call(&mut space, Label::VcpuWriteState, words, &[]).map(drop);
+        assert_eq!(write(&[rip, 0x8000_0000_0000]), bad(1), "non-canonical RIP");
+        assert_eq!(write(&[Field::Cr0 as u64, 1 << 32]), bad(1), "CR0 bits 63:32");
+        assert_eq!(write(&[Field::Efer as u64, 1 << 2]), bad(1), "EFER reserved bit");
+        assert_eq!(write(&[Field::Rflags as u64, 1 << 22]), bad(1), "RFLAGS reserved bit");
+        assert_eq!(write(&[Field::PendingEvent as u64, 1 << 31 | 5 << 8]), bad(1), "event type 5");
+        assert_eq!(write(&[segment_field(Segment::Cs, SegmentPart::Selector), 0x1_0000]), bad(1));
+        assert_eq!(write(&[segment_field(Segment::Gdtr, SegmentPart::Selector), 0]), bad(0), "no such part");
+        assert_eq!(write(&[segment_field(Segment::Ds, SegmentPart::Base), 1 << 32]), bad(1));
+        assert_eq!(write(&[segment_field(Segment::Ss, SegmentPart::Attributes), 1 << 20]), bad(1));
+        assert_eq!(write(&[Field::ActivityState as u64, 1]), bad(1));
+        assert_eq!(write(&[42, 0]), bad(0), "no field 42");
+        assert_eq!(write(&[vcpu::FIELD_LIMIT, 0]), bad(0));
+        assert_eq!(write(&[rip]), Err(InvocationError::TruncatedMessage { needed: 2 }));
+        // A valid pair before an invalid one is not written either.
+        assert_eq!(write(&[rip, 0x1234, Field::Cr0 as u64, 1 << 40]), bad(3));
+        assert_eq!(read(&mut space, rip), 0xfff0, "{backend:?}");
+        let read_bad = vcpu_call(&mut space, Label::VcpuReadState, &[0x41, 99], &[]);
+        assert_eq!(read_bad.map(drop), Err(InvocationError::InvalidArgument { index: 1 }));
+        assert_eq!(
+            vcpu_call(&mut space, Label::VcpuReadState, &[], &[]).map(drop),
+            Err(InvocationError::TruncatedMessage { needed: 1 })
+        );
+    }
+}
+
+#[test]
+fn binding_links_vcpu_and_thread_and_deleting_either_undoes_it() {
+    let (mut space, vcpu, tcb) = machine(Backend::Svm);
+    assert_eq!(
+        vcpu_call(&mut space, Label::VcpuSetTcb, &[], &[SPACE]).map(drop),
+        Err(InvocationError::InvalidCapability { index: 1 })
+    );
+    vcpu_call(&mut space, Label::VcpuSetTcb, &[], &[40]).expect("bind");
+    assert_eq!(space.bound_vcpu(tcb), Some(vcpu));
+    // A second VCPU bound to the same thread takes the binding.
+    retype(&mut space, ObjectType::Vcpu, 0, 59, 1);
+    let Capability::Vcpu { object: second } = space.cap(slot(59)) else { panic!() };
+    let bind = space.decode_vcpu(space.cap(slot(59)), Label::VcpuSetTcb, &[], &[slot(40)]).expect("ok");
+    space.perform_vcpu(bind);
+    assert_eq!(space.bound_vcpu(tcb), Some(second));
+    assert_eq!(space.memory.read(vcpu.offset(layout::TCB)), 0, "the first is unbound");
+    check_invariants(&space);
+    finish(&mut space, 8, |s, b: &mut Budget| s.delete(slot(59), b));
+    assert_eq!(space.bound_vcpu(tcb), None);
+    vcpu_call(&mut space, Label::VcpuSetTcb, &[], &[40]).expect("bind again");
+    finish(&mut space, 8, |s, b: &mut Budget| s.delete(slot(40), b));
+    assert_eq!(space.memory.read(vcpu.offset(layout::TCB)), 0, "the thread's deletion unbinds");
+    check_invariants(&space);
+}
+
+/// Maps a 4 KiB frame at guest-physical 0 through a PDPT, directory and table.
+fn map_ram(
+    space: &mut ObjectSpace<Arena>,
+    rights: Rights,
+    attributes: VmAttributes,
+) -> Result<(), InvocationError> {
+    retype(space, ObjectType::Pdpt, 0, GUEST_PDPT, 1);
+    retype(space, ObjectType::PageDirectory, 0, GUEST_PD, 1);
+    retype(space, ObjectType::PageTable, 0, GUEST_PT, 1);
+    for table in [GUEST_PDPT, GUEST_PD, GUEST_PT] {
+        invoke(space, table, Label::PageTableMap, &[0], &[SPACE])?;
+    }
+    retype(space, ObjectType::Frame4K, 0, RAM, 1);
+    invoke(space, RAM, Label::FrameMap, &[0, rights.bits(), attributes.bits()], &[SPACE])
+}
+
+#[test]
+fn guest_ram_maps_as_nested_paging_or_ept_entries_from_one_description() {
+    // Nested paging: present, writable, user (every guest access is a user
+    // access), no NX; EPT: read, write, execute, write-back.
+    for (backend, expected) in [(Backend::Svm, 0x7u64), (Backend::Vmx, 6 << 3 | 0x7)] {
+        let (mut space, _, _) = machine(backend);
+        let rw = Rights::READ | Rights::WRITE;
+        // Guest RAM may be writable and executable: the guest's own page tables decide.
+        map_ram(&mut space, rw, VmAttributes::EXECUTABLE).expect("RWX guest RAM");
+        let Capability::GuestSpace { object: root, .. } = space.cap(slot(SPACE)) else { panic!() };
+        let pdpt = space.memory.read(root) & 0x000f_ffff_ffff_f000;
+        let pd = space.memory.read(PhysAddr(pdpt)) & 0x000f_ffff_ffff_f000;
+        let pt = space.memory.read(PhysAddr(pd)) & 0x000f_ffff_ffff_f000;
+        let entry = space.memory.read(PhysAddr(pt));
+        let frame = space.cap(slot(RAM)).region().expect("frame").0.get();
+        assert_eq!(entry, frame | expected, "{backend:?}");
+        assert_eq!(space.memory.read(root) & 0xfff, 0x7, "intermediate entries allow everything");
+        // Unmapping bumps the generation, which makes the next entry flush.
+        let generation = space.virt.generation;
+        invoke(&mut space, RAM, Label::FrameUnmap, &[], &[]).expect("unmap");
+        assert_eq!(space.memory.read(PhysAddr(pt)), 0);
+        assert!(space.virt.generation > generation);
+        check_invariants(&space);
+    }
+    // A thread's address space still refuses writable and executable.
+    let (mut space, _, _) = machine(Backend::Svm);
+    retype(&mut space, ObjectType::Frame4K, 0, RAM, 1);
+    let rwx = [0x10000u64 + 0x8000, (Rights::READ | Rights::WRITE).bits(), VmAttributes::EXECUTABLE.bits()];
+    assert_eq!(
+        invoke(&mut space, RAM, Label::FrameMap, &rwx, &[18]),
+        Err(InvocationError::InvalidArgument { index: 2 })
+    );
+}
+
+#[test]
+fn a_guestspace_is_not_an_address_space_for_threads() {
+    let (mut space, _, _) = machine(Backend::Svm);
+    retype(&mut space, ObjectType::Tcb, 0, 58, 1);
+    let configure =
+        space.decode_tcb(space.cap(slot(58)), Label::TcbConfigure, &[0, 0], &[slot(0), slot(SPACE)]);
+    assert_eq!(configure.map(drop), Err(InvocationError::InvalidCapability { index: 2 }));
+    // Nor is a PML4 a GuestSpace for a VCPU.
+    assert_eq!(
+        vcpu_call(&mut space, Label::VcpuSetSpace, &[], &[18]).map(drop),
+        Err(InvocationError::InvalidCapability { index: 1 })
+    );
+}
+
+#[test]
+fn without_virtualization_there_are_no_vcpus() {
+    let (mut space, _) = world(1);
+    space.virt.backend = Backend::None;
+    let refused = space.decode_retype(slot(1), ObjectType::Vcpu as u64, 0, root_cap(), 60, 1);
+    assert_eq!(refused.map(drop), Err(InvocationError::IllegalOperation));
+}
+
+#[test]
+fn vm_enter_needs_a_vcpu_a_buffer_and_a_live_guestspace() {
+    let (mut space, vcpu, tcb) = machine(Backend::Svm);
+    assert_eq!(space.vm_prepare(tcb, 0), Err(VmEnterRefusal::Error(InvocationError::IllegalOperation)));
+    vcpu_call(&mut space, Label::VcpuSetTcb, &[], &[40]).expect("bind");
+    let entry_failure = |space: &mut ObjectSpace<Arena>| match space.vm_prepare(tcb, 0) {
+        Err(VmEnterRefusal::Exit(exit)) => exit.reason == Exit::EntryFailure,
+        _ => false,
+    };
+    assert!(entry_failure(&mut space), "no GuestSpace yet");
+    vcpu_call(&mut space, Label::VcpuSetSpace, &[], &[SPACE]).expect("space");
+    assert_eq!(space.vm_prepare(tcb, 0), Ok((vcpu, true)), "first entry flushes");
+    assert_eq!(space.vm_prepare(tcb, 0), Ok((vcpu, false)), "then it does not");
+    // Registers from the IPC buffer: a non-canonical RIP is refused.
+    let (buffer, _) = space.ipc_buffer(tcb).expect("buffer");
+    let message = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, message) as u64;
+    space.memory.write(buffer.offset(message + 8 * 16), 0xdead_0000_0000_0000);
+    assert_eq!(
+        space.vm_prepare(tcb, vcpu::enter::LOAD_REGISTERS),
+        Err(VmEnterRefusal::Error(InvocationError::InvalidArgument { index: 0 }))
+    );
+    space.memory.write(buffer.offset(message + 8 * 16), 0x7c00);
+    space.memory.write(buffer.offset(message + 8 * 3), 0x1234);
+    assert!(space.vm_prepare(tcb, vcpu::enter::LOAD_REGISTERS).is_ok());
+    assert_eq!(read(&mut space, Field::Rip as u64), 0x7c00);
+    assert_eq!(read(&mut space, Field::Rbx as u64), 0x1234);
+    // The GuestSpace deleted: the next entry fails cleanly.
+    finish(&mut space, 8, |s, b: &mut Budget| s.delete(slot(SPACE), b));
+    assert!(entry_failure(&mut space));
+}
+
+#[test]
+fn an_exit_reply_carries_the_reason_and_the_registers() {
+    let (mut space, vcpu, tcb) = machine(Backend::Svm);
+    vcpu_call(&mut space, Label::VcpuSetTcb, &[], &[40]).expect("bind");
+    vcpu_call(&mut space, Label::VcpuWriteState, &[Field::Rcx as u64, 0x277, Field::Rax as u64, 9], &[])
+        .expect("ok");
+    let exit = NeutralExit { reason: Exit::MsrRead, qualification: 0x277, qualification2: 0, length: 2 };
+    space.vm_reply(tcb, vcpu, exit);
+    let context = space.context(tcb);
+    assert_eq!(context.rsi >> 12, 0, "success label");
+    assert_eq!([context.rdx, context.r8, context.r10], [Exit::MsrRead as u64, 0x277, 2]);
+    let (buffer, _) = space.ipc_buffer(tcb).expect("buffer");
+    let message = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, message) as u64;
+    assert_eq!(space.memory.read(buffer.offset(message)), 9, "RAX");
+    assert_eq!(space.memory.read(buffer.offset(message + 8)), 0x277, "RCX");
+    assert_eq!(space.memory.read(buffer.offset(message + 8 * 16)), 0xfff0, "RIP");
+}
+
+#[test]
+fn svm_exits_translate_to_the_neutral_reasons() {
+    let raw = |code, info1, info2| RawExit { code, info1, info2, rip: 0x1000, next_rip: 0 };
+    // OUTSB with REP, 16-bit port 0x3f8, 32-bit addresses; the next RIP is in EXITINFO2.
+    let io = classify_svm(raw(vmcb::exit::IOIO, 0x03f8_0000 | 1 << 4 | 1 << 2 | 1 << 3 | 1 << 8, 0x1002));
+    let io = io.expect("for the VMM");
+    assert_eq!(io.reason, Exit::Io);
+    assert_eq!(io.qualification, 0x3f8 | 1 << 16 | vcpu::io::STRING | vcpu::io::REP);
+    assert_eq!((io.qualification2, io.length), (4, 2));
+    let cpuid = classify_svm(raw(vmcb::exit::CPUID, 0, 0)).expect("for the VMM");
+    assert_eq!((cpuid.reason, cpuid.length), (Exit::Cpuid, 2), "without NRIP save: the fixed length");
+    let npf = classify_svm(raw(vmcb::exit::NPF, 0b10 | 1, 0xfeb0_0000)).expect("for the VMM");
+    assert_eq!(
+        (npf.reason, npf.qualification, npf.qualification2),
+        (Exit::NestedPageFault, 0b1010, 0xfeb0_0000)
+    );
+    let pf = classify_svm(raw(vmcb::exit::EXCEPTION + 14, 2, 0xdead_b000)).expect("for the VMM");
+    assert_eq!((pf.qualification, pf.qualification2, pf.length), (14 | 1 << 8, 2, 0xdead_b000));
+    assert_eq!(classify_svm(raw(vmcb::exit::INTR, 0, 0)), None, "the host's interrupt");
+    let invalid = classify_svm(raw(vmcb::exit::INVALID, 0, 0)).expect("for the VMM");
+    assert_eq!(invalid.reason, Exit::InvalidGuestState);
+    let vmrun = classify_svm(raw(vmcb::exit::VMRUN, 0, 0)).expect("for the VMM");
+    assert_eq!((vmrun.reason, vmrun.qualification), (Exit::NestedVirtualization, vcpu::nested::VMRUN));
+    assert_eq!(
+        classify_svm(raw(0x3ff, 0, 0)).map(|e| (e.reason, e.qualification)),
+        Some((Exit::Unsupported, 0x3ff))
+    );
+}
