@@ -348,7 +348,6 @@ impl Runtime {
             // VMfailValid: the VM-instruction error says why (SDM vol. 3C §31.4).
             let error =
                 if result == 2 { vmx::read(vmcs, crate::object::vmx::vmcs::INSTRUCTION_ERROR) } else { 0 };
-            log::warn!("VM entry failed (VM-instruction error {error})");
             return Err(NeutralExit {
                 reason: strata_abi::vcpu::Exit::EntryFailure,
                 qualification: error,
@@ -356,7 +355,10 @@ impl Runtime {
                 length: 0,
             });
         }
-        let done = layout::FLAG_LAUNCHED | layout::FLAG_HOST_STATE;
+        // An entry that failed on the guest state (exit reason bit 31)
+        // leaves the VMCS unlaunched (SDM vol. 3C §27.8).
+        let entered = vmx::read(vmcs, crate::object::vmx::vmcs::EXIT_REASON) & (1 << 31) == 0;
+        let done = if entered { layout::FLAG_LAUNCHED } else { 0 } | layout::FLAG_HOST_STATE;
         self.space.memory.write(vcpu.offset(layout::FLAGS), flags | done);
         Ok(())
     }
@@ -414,8 +416,15 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
     // Yield needs nothing decoded: straight to the scheduler. (A yield that
     // would choose the same thread again never gets here: the entry stub
     // answers it from the per-CPU flag `leave` keeps.)
-    let outcome =
-        if number == Syscall::Yield as u64 { Outcome::Yield } else { runtime.space.handle_syscall(tcb) };
+    let outcome = if number == Syscall::Yield as u64 {
+        Outcome::Yield
+    } else if number == Syscall::VmEnter as u64 {
+        // VmEnter needs nothing decoded either: its flags are in RDX.
+        // SAFETY: `context` is the current thread's saved context in its TCB.
+        Outcome::VmEnter(unsafe { (&raw const (*context).rdx).read() })
+    } else {
+        runtime.space.handle_syscall(tcb)
+    };
     let rotate = match outcome {
         Outcome::Continue => false,
         Outcome::Yield => true,

@@ -76,7 +76,9 @@ pub fn build(kind: Kind) -> Result<Image> {
         Kind::SelfTest { cmdline, .. } => {
             (Flavor::SelfTest, root().join("target/image-test"), cmdline.clone())
         }
-        Kind::Bench => (Flavor::Bench, root().join("target/image-bench"), "log=warn".to_owned()),
+        Kind::Bench => {
+            (Flavor::Bench, root().join("target/image-bench"), "log=warn ktest.token=bench".to_owned())
+        }
         Kind::System => (Flavor::System, root().join("target/image-system"), "log=info".to_owned()),
         Kind::Vm => (Flavor::Vm, root().join("target/image-vm"), "log=info".to_owned()),
     };

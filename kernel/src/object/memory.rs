@@ -16,6 +16,13 @@ pub trait PhysicalMemory {
     fn write(&mut self, address: PhysAddr, value: u64);
     /// Zeroes `bytes` bytes (a multiple of 8) from `address` (8-byte aligned).
     fn zero(&mut self, address: PhysAddr, bytes: u64);
+    /// Copies `N` words from `from` to `to` (8-byte aligned, not overlapping).
+    fn copy_words<const N: usize>(&mut self, from: PhysAddr, to: PhysAddr) {
+        for i in 0..N as u64 {
+            let word = self.read(from.offset(8 * i));
+            self.write(to.offset(8 * i), word);
+        }
+    }
     /// Drops cached translations of `address` in address space `asid` (all
     /// of the address space for `u64::MAX`) after a mapping was removed or
     /// changed.
@@ -130,6 +137,14 @@ impl PhysicalMemory for DirectMapMemory {
     fn zero(&mut self, address: PhysAddr, bytes: u64) {
         // SAFETY: as for `read`; the range lies inside one object or Untyped.
         unsafe { core::ptr::write_bytes(self.map.to_virtual(address).as_mut_ptr::<u8>(), 0, bytes as usize) }
+    }
+
+    fn copy_words<const N: usize>(&mut self, from: PhysAddr, to: PhysAddr) {
+        let from = self.map.to_virtual(from).as_mut_ptr::<[u64; N]>();
+        let to = self.map.to_virtual(to).as_mut_ptr::<[u64; N]>();
+        // SAFETY: as for `read` and `write`: both ranges are kernel-owned
+        // objects the direct map covers; they do not overlap (precondition).
+        unsafe { to.write(from.read()) }
     }
 
     fn flush_translation(&mut self, asid: u16, address: u64) {

@@ -16,7 +16,7 @@
 
 use strata_abi::error::InvocationError;
 use strata_abi::invocation::Label;
-use strata_abi::vcpu::{self, Exit, Field, REGISTER_BLOCK_WORDS, RegisterBlock};
+use strata_abi::vcpu::{self, Exit, Field};
 
 use super::{Capability, ObjectSpace, PhysicalMemory, Slot, tcb};
 use crate::addr::PhysAddr;
@@ -712,6 +712,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.vcpu_write(vcpu, Field::Rip as u64, 0xfff0);
         self.vcpu_write(vcpu, Field::Rflags as u64, 2);
         self.vcpu_write(vcpu, Field::Cr0 as u64, 0x6000_0010);
+        // Through the field, so that VMX gets the CR4 bits it fixes.
+        self.vcpu_write(vcpu, Field::Cr4 as u64, 0);
         self.vcpu_write(vcpu, Field::Efer as u64, 0);
         self.vcpu_write(vcpu, Field::Dr7 as u64, 0x400);
         self.vcpu_write(vcpu, Field::Pat as u64, 0x0007_0406_0007_0406);
@@ -863,18 +865,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let (buffer, _) =
             self.ipc_buffer(tcb).ok_or(VmEnterRefusal::Error(InvocationError::IllegalOperation))?;
         if flags & vcpu::enter::LOAD_REGISTERS != 0 {
-            for field in 0..REGISTER_BLOCK_WORDS as u64 {
-                let value = self.memory.read(buffer.offset(REGISTER_BLOCK_OFFSET + 8 * field));
-                // RFLAGS is sanitised, RIP must be canonical: the rest is any value.
-                let value = match field {
-                    17 => value & RFLAGS_DEFINED,
-                    16 if !canonical(value) => {
-                        return Err(VmEnterRefusal::Error(InvocationError::InvalidArgument { index: 0 }));
-                    }
-                    _ => value,
-                };
-                self.vcpu_write(vcpu, field, value);
-            }
+            self.load_registers(vcpu, buffer)?;
         }
         let root = PhysAddr(self.vcpu_word(vcpu, layout::SPACE));
         let asid = self.vcpu_word(vcpu, layout::SPACE_ASID) as u16;
@@ -936,30 +927,70 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         classify_svm(raw)
     }
 
+    /// Loads the register block from the IPC buffer at `buffer` into the
+    /// VCPU: the same as writing fields 0–17, without looking each up. The
+    /// 16 general registers are copied whole; RAX (SVM), RSP, RIP and
+    /// RFLAGS then go to the control block, which holds them.
+    fn load_registers(&mut self, vcpu: PhysAddr, buffer: PhysAddr) -> Result<(), VmEnterRefusal> {
+        let block = buffer.offset(REGISTER_BLOCK_OFFSET);
+        let word = |this: &Self, field: Field| this.memory.read(block.offset(8 * field as u64));
+        let rip = word(self, Field::Rip);
+        if !canonical(rip) {
+            return Err(VmEnterRefusal::Error(InvocationError::InvalidArgument { index: 0 }));
+        }
+        let rflags = word(self, Field::Rflags) & RFLAGS_DEFINED | 2;
+        let (rax, rsp) = (word(self, Field::Rax), word(self, Field::Rsp));
+        self.memory.copy_words::<16>(block, vcpu.offset(layout::REGISTERS));
+        if self.virt.backend == Backend::Vmx {
+            let vmcs = vcpu.offset(layout::CONTROL);
+            self.memory.vmcs_write(vmcs, super::vmx::vmcs::GUEST_RSP, rsp);
+            self.memory.vmcs_write(vmcs, super::vmx::vmcs::GUEST_RIP, rip);
+            self.memory.vmcs_write(vmcs, super::vmx::vmcs::GUEST_RFLAGS, rflags);
+        } else {
+            for (offset, value) in
+                [(vmcb::RAX, rax), (vmcb::RSP, rsp), (vmcb::RIP, rip), (vmcb::RFLAGS, rflags)]
+            {
+                self.set_vcpu_word(vcpu, layout::CONTROL + offset, value);
+            }
+        }
+        Ok(())
+    }
+
     /// Replies to `VmEnter`: the exit in the message registers, the
-    /// guest's registers in the IPC buffer.
+    /// guest's registers in the IPC buffer (as reading fields 0–17 would).
     pub fn vm_reply(&mut self, tcb: PhysAddr, vcpu: PhysAddr, exit: NeutralExit) {
         if let Some((buffer, _)) = self.ipc_buffer(tcb) {
-            let mut block: RegisterBlock = [0; REGISTER_BLOCK_WORDS];
-            for (field, value) in block.iter_mut().enumerate() {
-                *value = self.vcpu_read(vcpu, field as u64);
-            }
-            for (i, value) in block.iter().enumerate() {
-                self.memory.write(buffer.offset(REGISTER_BLOCK_OFFSET + 8 * i as u64), *value);
+            let block = buffer.offset(REGISTER_BLOCK_OFFSET);
+            self.memory.copy_words::<16>(vcpu.offset(layout::REGISTERS), block);
+            let (rax, rsp, rip, rflags) = if self.virt.backend == Backend::Vmx {
+                let vmcs = vcpu.offset(layout::CONTROL);
+                let get = |field| self.memory.vmcs_read(vmcs, field);
+                use super::vmx::vmcs::{GUEST_RFLAGS, GUEST_RIP, GUEST_RSP};
+                let rax = self.vcpu_word(vcpu, layout::REGISTERS);
+                (rax, get(GUEST_RSP), get(GUEST_RIP), get(GUEST_RFLAGS))
+            } else {
+                let get = |offset| self.vcpu_word(vcpu, layout::CONTROL + offset);
+                (get(vmcb::RAX), get(vmcb::RSP), get(vmcb::RIP), get(vmcb::RFLAGS))
+            };
+            for (field, value) in
+                [(Field::Rax, rax), (Field::Rsp, rsp), (Field::Rip, rip), (Field::Rflags, rflags)]
+            {
+                self.memory.write(block.offset(8 * field as u64), value);
             }
         }
         self.reply_vm_exit(tcb, exit);
     }
 
-    /// Sets `tcb`'s reply registers to `exit`.
+    /// Sets `tcb`'s reply registers to `exit`: label 0 and four words.
     pub fn reply_vm_exit(&mut self, tcb: PhysAddr, exit: NeutralExit) {
-        let mut context = self.context(tcb);
-        crate::syscall::set_reply(
-            &mut context,
-            0,
-            &[exit.reason as u64, exit.qualification, exit.qualification2, exit.length],
-        );
-        self.set_context(tcb, &context);
+        use super::tcb::{MESSAGE_REGISTER_OFFSETS, UserContext};
+        let context = tcb.offset(super::tcb::layout::CONTEXT);
+        let info = strata_abi::message::MessageInfo::new(0, 0, 4).encode().unwrap_or(0);
+        self.memory.write(context.offset(core::mem::offset_of!(UserContext, rsi) as u64), info);
+        let words = [exit.reason as u64, exit.qualification, exit.qualification2, exit.length];
+        for (offset, word) in MESSAGE_REGISTER_OFFSETS.iter().zip(words) {
+            self.memory.write(context.offset(*offset), word);
+        }
     }
 }
 

@@ -117,6 +117,8 @@ fn vmx_fields_go_to_the_vmcs_with_fixed_bits_and_shadows() {
         |space: &ObjectSpace<Arena>, field| space.memory.vmcs_read(vcpu.offset(layout::CONTROL), field);
     assert_eq!(vmcs_of(&space, vmcs::LINK_POINTER), u64::MAX, "no shadow VMCS");
     assert_eq!(space.memory.read(vcpu.offset(layout::CONTROL)), 0x2b, "revision identifier");
+    assert_eq!(vmcs_of(&space, vmcs::GUEST_CR4), 0x2000, "a new VCPU has the CR4 bits VMX fixes");
+    assert_eq!(read(&mut space, Field::Cr4 as u64), 0, "and reads its reset CR4");
     // CR0 and CR4 keep what VMX needs (NE, VMXE); the guest reads its own value.
     vcpu_call(&mut space, Label::VcpuWriteState, &[Field::Cr0 as u64, 0x11, Field::Cr4 as u64, 0x20], &[])
         .expect("protected mode, PAE");

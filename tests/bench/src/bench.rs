@@ -85,6 +85,84 @@ extern "C" fn ponger() -> ! {
     }
 }
 
+/// Instructions the benchmark guest runs per round trip besides the one
+/// that exits: the `jmp` back to it.
+const GUEST_INSTRUCTIONS: u64 = 1;
+
+/// Round trips through the VMM: a real-mode guest loops on CPUID (at
+/// 0x1000) or on `OUT 80h, AL` (at 0x1010); each exit returns to this task,
+/// which emulates the instruction as a VMM does and enters again. Each is
+/// measured twice: the whole round trip, and the `VmEnter` system call
+/// alone (the kernel's share: the exit and the entry, with the guest's
+/// `jmp` taken out).
+fn guest_exits(overhead: u64) {
+    use strata_abi::vcpu::{Field, REGISTER_BLOCK_WORDS, Segment, SegmentPart, enter, segment_field};
+    use strata_rt::cap::{Cap, GuestSpace, Vcpu, own};
+    let space: Cap<GuestSpace> =
+        Cap::from_raw(root::retype(ObjectType::GuestSpace, 0).unwrap_or_else(|e| fail("GuestSpace", e)));
+    own::ASID_POOL.assign_guest(space).unwrap_or_else(|e| fail("guest ASID", e));
+    let mut ram = strata_rt::vm::GuestRam::new(space, 2 << 20).unwrap_or_else(|e| fail("guest RAM", e.error));
+    // cpuid; jmp $-2 / out 0x80, al; jmp $-2
+    ram.bytes()[0x1000..0x1004].copy_from_slice(&[0x0f, 0xa2, 0xeb, 0xfc]);
+    ram.bytes()[0x1010..0x1014].copy_from_slice(&[0xe6, 0x80, 0xeb, 0xfc]);
+    let vcpu: Cap<Vcpu> =
+        Cap::from_raw(root::retype(ObjectType::Vcpu, 0).unwrap_or_else(|e| fail("VCPU", e)));
+    vcpu.set_space(space).unwrap_or_else(|e| fail("VCPU space", e));
+    vcpu.set_tcb(own::TCB).unwrap_or_else(|e| fail("VCPU binding", e));
+    // Real mode with CS at 0 (the reset state has it at FFFF0000h).
+    let cs = |part| segment_field(Segment::Cs, part);
+    vcpu.write(&[(cs(SegmentPart::Selector), 0), (cs(SegmentPart::Base), 0)])
+        .unwrap_or_else(|e| fail("CS", e));
+    use strata_abi::vcpu::Exit;
+    for (name, start, expected) in
+        [("vmexit_cpuid_roundtrip", 0x1000, Exit::Cpuid), ("vmexit_io_roundtrip", 0x1010, Exit::Io)]
+    {
+        let mut registers = [0u64; REGISTER_BLOCK_WORDS];
+        registers[Field::Rip as usize] = start;
+        registers[Field::Rflags as usize] = 2;
+        // One round trip: enter with the registers, then emulate the exit.
+        let mut round_trip = |registers: &mut [u64; REGISTER_BLOCK_WORDS], timed: bool| -> u64 {
+            strata_rt::sys::set_message_words(0, registers);
+            let start = rdtsc();
+            let (_, words) = strata_rt::sys::syscall(
+                strata_abi::syscall::Syscall::VmEnter,
+                0,
+                0,
+                [enter::LOAD_REGISTERS, 0, 0, 0, 0, 0, 0, 0],
+            );
+            let kernel = rdtsc() - start;
+            if words[0] != expected as u64 {
+                println!("BENCH error {name}: exit {:#x} ({:#x}), expected {expected:?}", words[0], words[1]);
+                debug::shutdown(ExitCode::KernelFailure);
+            }
+            strata_rt::sys::message_words(0, registers);
+            if words[0] == Exit::Cpuid as u64 {
+                let leaf = core::arch::x86_64::__cpuid_count(registers[0] as u32, registers[1] as u32);
+                registers[0] = u64::from(leaf.eax);
+                registers[3] = u64::from(leaf.ebx);
+                registers[1] = u64::from(leaf.ecx);
+                registers[2] = u64::from(leaf.edx);
+            }
+            registers[Field::Rip as usize] += words[3];
+            if timed { kernel } else { 0 }
+        };
+        measure(name, overhead, || {
+            round_trip(&mut registers, false);
+        });
+        let mut kernel = [0u64; SAMPLES];
+        for sample in &mut kernel {
+            *sample = round_trip(&mut registers, true).saturating_sub(overhead + GUEST_INSTRUCTIONS);
+        }
+        kernel.sort_unstable();
+        println!(
+            "BENCH {name}_kernel instructions={} min={} max={} cr3=0.0 fxsave=0.0 fxrstor=0.0",
+            kernel[SAMPLES / 2],
+            kernel[0],
+            kernel[SAMPLES - 1]
+        );
+    }
+}
+
 fn fail(what: &str, error: strata_abi::error::InvocationError) -> ! {
     println!("BENCH error {what}: {error}");
     debug::shutdown(ExitCode::KernelFailure)
@@ -169,6 +247,8 @@ fn main() -> ! {
         let _ = call(untyped, Label::UntypedRetype, &words, &[slot::CNODE]);
         let _ = call(slot::CNODE, Label::CNodeDelete, &[tcb_slot, root::DEPTH], &[]);
     });
+
+    guest_exits(overhead);
 
     println!("BENCH done");
     debug::shutdown(ExitCode::Success)
