@@ -55,7 +55,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 66] = [
+const BOOT_CASES: [&str; 68] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -122,6 +122,8 @@ const BOOT_CASES: [&str; 66] = [
     "user.delete_running_thread",
     "user.fpu_across_preemption",
     "user.syscall_at_top_of_user_space",
+    "user.vcpu_errors",
+    "user.vm_exits",
     "user.syscall_fuzz",
 ];
 

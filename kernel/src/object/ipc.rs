@@ -51,7 +51,7 @@ pub const FAULT_EXCEPTION: u64 = strata_abi::fault::EXCEPTION;
 pub const FAULT_SYSCALL: u64 = strata_abi::fault::SYSCALL;
 /// Words of a fault message, kept in the TCB while the fault is queued.
 pub const FAULT_WORDS: usize = strata_abi::fault::WORDS;
-const FAULT_AT: u64 = 0x148;
+const FAULT_AT: u64 = layout::FAULT_WORDS;
 
 pub(super) const NOTIFICATION_BOUND: u64 = 0;
 pub(super) const NOTIFICATION_WORD: u64 = 8;
@@ -265,7 +265,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                         let send_flags = self.field(sender, layout::SEND_FLAGS);
                         if send_flags & flags::FAULT != 0 {
                             let words = self.fault_words(sender);
-                            let label = self.field(sender, FAULT_AT + 8 * FAULT_WORDS as u64);
+                            let label = self.field(sender, layout::FAULT_LABEL);
                             self.deliver(receiver, badge, MessageInfo::new(label, 0, 0), &words);
                         } else {
                             self.transfer(
@@ -428,7 +428,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         for (i, word) in words.iter().enumerate() {
             self.set_field(tcb, FAULT_AT + 8 * i as u64, *word);
         }
-        self.set_field(tcb, FAULT_AT + 8 * FAULT_WORDS as u64, label);
+        self.set_field(tcb, layout::FAULT_LABEL, label);
         let send_flags = flags::CALL | flags::FAULT;
         match self.queue_head(endpoint) {
             Some(receiver) if self.thread_state(receiver) == ThreadState::BlockedOnReceive => {

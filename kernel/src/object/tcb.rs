@@ -66,8 +66,12 @@ pub mod layout {
     pub const BOUND_NOTIFICATION: u64 = 0x0f8;
     /// The fault endpoint's capability pointer.
     pub const FAULT_ENDPOINT: u64 = 0x140;
+    /// A queued fault message's words (`ipc::FAULT_WORDS` of them).
+    pub const FAULT_WORDS: u64 = 0x148;
+    /// A queued fault message's label.
+    pub const FAULT_LABEL: u64 = 0x170;
     /// The bound VCPU, or 0.
-    pub const VCPU: u64 = 0x148;
+    pub const VCPU: u64 = 0x178;
     /// The CSpace root slot (the VSpace root slot follows it).
     pub const SLOTS: u64 = 0x100;
     /// The FXSAVE area (16-byte aligned).

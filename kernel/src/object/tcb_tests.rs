@@ -245,3 +245,36 @@ fn a_woken_thread_of_higher_priority_runs_at_once() {
     assert_eq!(space.next_thread(Some(high), false), Some(low), "the interrupted thread resumes first");
     assert_eq!(space.next_thread(Some(low), true), Some(peer), "a yield lets its equal run");
 }
+
+#[test]
+fn the_tcb_fields_do_not_overlap_and_fit() {
+    use super::ipc::FAULT_WORDS;
+    let mut fields = [
+        ("context", layout::CONTEXT, 8 * super::tcb::CONTEXT_WORDS as u64),
+        ("state", layout::STATE, 8),
+        ("priority", layout::PRIORITY, 8),
+        ("IPC buffer", layout::IPC_BUFFER, 8),
+        ("IPC buffer frame", layout::IPC_BUFFER_FRAME, 8),
+        ("queue next", layout::QUEUE_NEXT, 8),
+        ("queue previous", layout::QUEUE_PREV, 8),
+        ("blocked on", layout::BLOCKED_ON, 8),
+        ("send badge", layout::SEND_BADGE, 8),
+        ("send flags", layout::SEND_FLAGS, 8),
+        ("reply to", layout::REPLY_TO, 8),
+        ("replier", layout::REPLIER, 8),
+        ("bound notification", layout::BOUND_NOTIFICATION, 8),
+        ("slots", layout::SLOTS, SLOT_BYTES << super::tcb::TCB_SLOTS_RADIX),
+        ("fault endpoint", layout::FAULT_ENDPOINT, 8),
+        ("fault words", layout::FAULT_WORDS, 8 * FAULT_WORDS as u64),
+        ("fault label", layout::FAULT_LABEL, 8),
+        ("VCPU", layout::VCPU, 8),
+        ("FPU", layout::FPU, 512),
+    ];
+    fields.sort_by_key(|f| f.1);
+    for pair in fields.windows(2) {
+        let ((a, start, size), (b, next, _)) = (pair[0], pair[1]);
+        assert!(start + size <= next, "{a} ({start:#x}, {size} bytes) runs into {b} ({next:#x})");
+    }
+    let (_, last, size) = fields[fields.len() - 1];
+    assert!(last + size <= 1 << strata_abi::object::TCB_SIZE_BITS);
+}

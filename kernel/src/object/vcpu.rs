@@ -423,7 +423,8 @@ pub fn classify_svm(raw: RawExit) -> Option<NeutralExit> {
         exit::RDTSCP => exit(Exit::Rdtsc, 0, 0, length(3)),
         exit::PAUSE => exit(Exit::Pause, 0, 0, length(2)),
         exit::INVLPG => exit(Exit::Invlpg, raw.info1, 0, 0),
-        exit::INVALID => exit(Exit::InvalidGuestState, u64::MAX, 0, 0),
+        // VMEXIT_INVALID is -1; QEMU stores it as a 32-bit -1.
+        exit::INVALID | 0xffff_ffff => exit(Exit::InvalidGuestState, u64::MAX, 0, 0),
         other => exit(Exit::Unsupported, other, 0, 0),
     }
 }

@@ -346,6 +346,8 @@ fn svm_exits_translate_to_the_neutral_reasons() {
     assert_eq!(classify_svm(raw(vmcb::exit::INTR, 0, 0)), None, "the host's interrupt");
     let invalid = classify_svm(raw(vmcb::exit::INVALID, 0, 0)).expect("for the VMM");
     assert_eq!(invalid.reason, Exit::InvalidGuestState);
+    let invalid = classify_svm(raw(0xffff_ffff, 0, 0)).expect("as QEMU writes it");
+    assert_eq!(invalid.reason, Exit::InvalidGuestState);
     let vmrun = classify_svm(raw(vmcb::exit::VMRUN, 0, 0)).expect("for the VMM");
     assert_eq!((vmrun.reason, vmrun.qualification), (Exit::NestedVirtualization, vcpu::nested::VMRUN));
     assert_eq!(

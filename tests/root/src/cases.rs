@@ -108,6 +108,7 @@ fn main() -> ! {
     suite.case("user.irq_notification", irq_notification);
     more::run(&mut suite);
     faults::run(&mut suite);
+    vm::run(&mut suite);
     // Last: whatever the fuzzer leaves behind cannot disturb another case.
     suite.case("user.syscall_fuzz", fuzz::syscall_fuzz);
     println!("KTEST done passed={} failed={}", suite.passed, suite.failed);
@@ -647,3 +648,4 @@ fn irq_notification() -> Outcome {
 mod faults;
 mod fuzz;
 mod more;
+mod vm;

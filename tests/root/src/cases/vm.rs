@@ -1,0 +1,138 @@
+//! VCPU and GuestSpace cases: every decode error of the VCPU invocations
+//! and of `VmEnter`, and a real-mode guest run to each kind of exit the
+//! vendor-neutral ABI promises on both vendors (CPUID, HLT, a nested page
+//! fault, an invalid guest state). The same cases run on QEMU (AMD SVM)
+//! and Bochs (Intel VMX).
+
+use strata_abi::vcpu::{Exit, Field, REGISTER_BLOCK_WORDS, Segment, SegmentPart, access, segment_field};
+use strata_rt::cap::{Cap, GuestSpace, Vcpu, own};
+use strata_rt::vm::{self, GuestRam, VmExit};
+
+use super::*;
+
+pub(super) fn run(suite: &mut Suite) {
+    suite.case("user.vcpu_errors", vcpu_errors);
+    suite.case("user.vm_exits", vm_exits);
+}
+
+fn vcpu_errors() -> Outcome {
+    let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu, 0)?);
+    let space: Cap<GuestSpace> = Cap::from_raw(make(ObjectType::GuestSpace, 0)?);
+    let result = |r: Result<(), InvocationError>| r.map(|()| [0u64; 4]);
+    expect_error(
+        "bind to a non-thread",
+        result(vcpu.set_tcb(Cap::from_raw(slot::CNODE))),
+        InvocationError::InvalidCapability { index: 1 },
+    )?;
+    expect_error(
+        "a PML4 as guest space",
+        result(vcpu.set_space(Cap::from_raw(slot::VSPACE))),
+        InvocationError::InvalidCapability { index: 1 },
+    )?;
+    expect_error(
+        "a GuestSpace without an ASID",
+        result(vcpu.set_space(space)),
+        InvocationError::InvalidCapability { index: 1 },
+    )?;
+    expect_error(
+        "a GuestSpace as a thread's address space",
+        call(make(ObjectType::Tcb, 0)?, Label::TcbConfigure, &[0], &[slot::CNODE, space.raw()]),
+        InvocationError::InvalidCapability { index: 2 },
+    )?;
+    expect_error(
+        "non-canonical RIP",
+        result(vcpu.write(&[(Field::Rip as u64, 1 << 47)])),
+        InvocationError::InvalidArgument { index: 1 },
+    )?;
+    expect_error(
+        "EFER reserved bit",
+        result(vcpu.write(&[(Field::Rax as u64, 1), (Field::Efer as u64, 1 << 3)])),
+        InvocationError::InvalidArgument { index: 3 },
+    )?;
+    expect_error(
+        "no such field",
+        result(vcpu.write(&[(50, 0)])),
+        InvocationError::InvalidArgument { index: 0 },
+    )?;
+    let rax = vcpu.read(Field::Rax as u64).map_err(|e| detail!("read RAX: {e}"))?;
+    if rax != 0 {
+        return Err(detail!("RAX is {rax:#x}: a refused write changed it"));
+    }
+    expect_error(
+        "VmEnter with no VCPU bound",
+        vm::enter(None).map(|_| [0; 4]),
+        InvocationError::IllegalOperation,
+    )?;
+    vcpu.set_tcb(own::TCB).map_err(|e| detail!("bind: {e}"))?;
+    let exit = vm::enter(None).map_err(|e| detail!("VmEnter without a space: {e}"))?;
+    if exit.reason != Exit::EntryFailure {
+        return Err(detail!("VmEnter without a space: {exit:?}"));
+    }
+    // Deleting the VCPU unbinds it: VmEnter is refused again.
+    check("delete the VCPU", cnode_op(Label::CNodeDelete, &[vcpu.raw(), DEPTH]))?;
+    expect_error(
+        "VmEnter after the delete",
+        vm::enter(None).map(|_| [0; 4]),
+        InvocationError::IllegalOperation,
+    )?;
+    Ok(detail!("binding, space, state and VmEnter errors refused; delete unbinds"))
+}
+
+/// Enters with `registers` and returns the exit and the registers after it.
+fn enter(registers: &[u64; REGISTER_BLOCK_WORDS]) -> Result<(VmExit, [u64; REGISTER_BLOCK_WORDS]), Detail> {
+    let exit = vm::enter(Some(registers)).map_err(|e| detail!("VmEnter: {e}"))?;
+    Ok((exit, vm::registers()))
+}
+
+fn vm_exits() -> Outcome {
+    let space: Cap<GuestSpace> = Cap::from_raw(make(ObjectType::GuestSpace, 0)?);
+    own::ASID_POOL.assign_guest(space).map_err(|e| detail!("ASID: {e}"))?;
+    let mut ram = GuestRam::new(space, 2 << 20).map_err(|e| detail!("guest RAM: {e}"))?;
+    // At 0x1000, in real mode: cpuid; hlt; mov [0], al (DS is moved past RAM first).
+    ram.bytes()[0x1000..0x1006].copy_from_slice(&[0x0f, 0xa2, 0xf4, 0xa2, 0x00, 0x00]);
+    let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu, 0)?);
+    vcpu.set_space(space).map_err(|e| detail!("set space: {e}"))?;
+    vcpu.set_tcb(own::TCB).map_err(|e| detail!("bind: {e}"))?;
+    let cs = |part| segment_field(Segment::Cs, part);
+    let ds = |part| segment_field(Segment::Ds, part);
+    vcpu.write(&[
+        (cs(SegmentPart::Selector), 0),
+        (cs(SegmentPart::Base), 0),
+        (ds(SegmentPart::Base), 0x100_0000),
+        (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
+    ])
+    .map_err(|e| detail!("real-mode state: {e}"))?;
+    let mut registers = [0u64; REGISTER_BLOCK_WORDS];
+    registers[Field::Rip as usize] = 0x1000;
+    registers[Field::Rflags as usize] = 2;
+    registers[Field::Rax as usize] = 0x4000_0000;
+    let (exit, after) = enter(&registers)?;
+    if exit.reason != Exit::Cpuid || exit.length != 2 || after[Field::Rip as usize] != 0x1000 {
+        return Err(detail!("first exit {exit:?} at {:#x}", after[Field::Rip as usize]));
+    }
+    if after[Field::Rax as usize] != 0x4000_0000 {
+        return Err(detail!("the leaf in RAX came back as {:#x}", after[Field::Rax as usize]));
+    }
+    registers = after;
+    registers[Field::Rip as usize] += exit.length;
+    let (exit, after) = enter(&registers)?;
+    if exit.reason != Exit::Hlt || after[Field::Rip as usize] != 0x1002 {
+        return Err(detail!("second exit {exit:?} at {:#x}", after[Field::Rip as usize]));
+    }
+    registers = after;
+    registers[Field::Rip as usize] += exit.length;
+    let (exit, after) = enter(&registers)?;
+    let wanted = (Exit::NestedPageFault, 0x100_0000);
+    if (exit.reason, exit.qualification2) != wanted || exit.qualification & access::WRITE == 0 {
+        return Err(detail!("third exit {exit:?} at {:#x}", after[Field::Rip as usize]));
+    }
+    // EFER.LME with paging on but without PAE is a state neither vendor
+    // enters (AMD APM vol. 2 §15.5.1; Intel SDM vol. 3C §27.3.1.1).
+    vcpu.write(&[(Field::Cr0 as u64, 0x8000_0011), (Field::Cr4 as u64, 0), (Field::Efer as u64, 0x100)])
+        .map_err(|e| detail!("CR0, CR4, EFER: {e}"))?;
+    let (exit, _) = enter(&after)?;
+    if exit.reason != Exit::InvalidGuestState {
+        return Err(detail!("long mode without PAE: {exit:?}"));
+    }
+    Ok(detail!("real mode: CPUID, HLT, nested page fault at 16 MiB; long mode without PAE refused"))
+}
