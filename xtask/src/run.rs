@@ -22,12 +22,16 @@ pub struct RunArgs {
     /// Kernel command line for the direct boot (the ISO carries its own).
     #[arg(long, default_value = image::DEFAULT_CMDLINE)]
     append: String,
+    /// Boot strata-vmm with the test guests instead of the root task and
+    /// `hello` (the run ends when the guests have).
+    #[arg(long)]
+    vm: bool,
 }
 
 /// Builds the image and boots it until QEMU exits or Ctrl-C.
 pub fn run(args: &RunArgs) -> Result {
     setup::ensure()?;
-    let image = image::build(Kind::Production)?;
+    let image = image::build(if args.vm { Kind::Vm } else { Kind::Production })?;
     let boot = if args.iso {
         QemuBoot::Iso { iso: image.iso.clone() }
     } else {

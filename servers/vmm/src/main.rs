@@ -12,6 +12,6 @@ mod machine;
 
 #[cfg(not(strata_baremetal))]
 fn main() {
-    eprintln!("strata-vmm runs on strata; `cargo xtask run --guest` boots it with a guest");
+    eprintln!("strata-vmm runs on strata; `cargo xtask run --vm` boots it with the test guests");
     std::process::exit(2);
 }
