@@ -32,8 +32,8 @@ pub enum Kind {
     /// child processes (one of which crashes), and a module that is not an
     /// executable.
     System,
-    /// `target/image-vm/`: the kernel, `strata-vmm` as the root task, and
-    /// the test guests.
+    /// `target/image-vm/`: the kernel, `strata-vmm` as the root task, the
+    /// test guests, and a module that is not a guest kernel.
     Vm,
 }
 
@@ -42,6 +42,9 @@ pub const FUZZ_SEED_MODULE: &str = "fuzz-seed";
 
 /// The module of the system image that is not an executable.
 pub const JUNK_MODULE: &str = "junk";
+
+/// The module of the VM image that is not a guest kernel.
+pub const JUNK_GUEST_MODULE: &str = "guest-junk";
 
 /// A built image.
 pub struct Image {
@@ -103,6 +106,11 @@ pub fn build(kind: Kind) -> Result<Image> {
     if let Kind::SelfTest { fuzz_seed, .. } = &kind {
         archive
             .add(EntryKind::Module, FUZZ_SEED_MODULE, "", format!("{fuzz_seed:x}\n").as_bytes())
+            .map_err(|e| fail!("boot archive: {e}"))?;
+    }
+    if flavor == Flavor::Vm {
+        archive
+            .add(EntryKind::Module, JUNK_GUEST_MODULE, "", b"this guest is text, not a multiboot kernel\n")
             .map_err(|e| fail!("boot archive: {e}"))?;
     }
     if flavor == Flavor::System {

@@ -36,6 +36,13 @@ const TEST_SCRATCH: u64 = 0x8;
 const TEST_INVERTED: u64 = 0x10;
 /// Port through which the guest asks for an external interrupt (the vector is the value).
 const DOORBELL: u16 = 0x510;
+/// The test timer: a 32-bit write of `vector | milliseconds << 8` raises
+/// that interrupt once the time has passed (waking a halted guest).
+const TIMER: u16 = 0x511;
+/// PIT input clock, Hz.
+const PIT_HZ: u64 = 1_193_182;
+/// Longest one-shot PIT wait, in milliseconds (the counter is 16 bits).
+const PIT_SHOT_MS: u64 = 50;
 /// Exception type for a pending event (the `Field::PendingEvent` layout).
 const EVENT_EXCEPTION: u64 = 3 << 8;
 /// Valid bit of a pending event.
@@ -43,9 +50,50 @@ const EVENT_VALID: u64 = 1 << 31;
 /// Error-code bit of a pending event.
 const EVENT_ERROR_CODE: u64 = 1 << 11;
 
+/// The host's clock for guest timers: PIT channel 0 in one-shot mode,
+/// its interrupt (ISA IRQ 0) signalling a notification.
+#[derive(Clone, Copy)]
+struct HostTimer {
+    pit: strata_rt::io::IoPorts,
+    irq: strata_rt::irq::IrqHandler,
+    notification: strata_rt::CPtr,
+}
+
+impl HostTimer {
+    fn new() -> Result<Self, InvocationError> {
+        let pit = strata_rt::io::issue(0x40, 0x43)?;
+        let irq = strata_rt::irq::isa(0)?;
+        let notification = strata_rt::root::retype(ObjectType::Notification, 0)?;
+        irq.set_notification(notification)?;
+        Ok(Self { pit, irq, notification })
+    }
+
+    /// Blocks for `milliseconds`, in one-shot PIT periods of at most 50 ms.
+    fn sleep(self, mut milliseconds: u64) -> Result<(), InvocationError> {
+        while milliseconds > 0 {
+            let shot = milliseconds.min(PIT_SHOT_MS);
+            let count = (PIT_HZ * shot / 1000) as u16;
+            // Channel 0, low then high byte, mode 0 (interrupt on terminal count).
+            self.pit.write_u8(0x43, 0x30)?;
+            self.irq.ack()?;
+            self.pit.write_u8(0x40, count as u8)?;
+            self.pit.write_u8(0x40, (count >> 8) as u8)?;
+            let _ = strata_rt::recv(self.notification);
+            milliseconds -= shot;
+        }
+        Ok(())
+    }
+}
+
 fn main() -> ! {
     strata_rt::logger::init(strata_rt::logger::Output::Console(""), log::LevelFilter::Info);
+    let timer = HostTimer::new()
+        .inspect_err(|e| {
+            strata_rt::debug::print_line(&format!("vmm: no host timer ({e:?}): guest timers off"))
+        })
+        .ok();
     let mut guests = 0;
+    let mut started = 0;
     let mut index = 0;
     while let Some((descriptor, image)) = strata_rt::sys::module(index) {
         index += 1;
@@ -54,13 +102,16 @@ fn main() -> ! {
             continue;
         }
         guests += 1;
-        let outcome = match Machine::new(name, image) {
-            Ok(mut machine) => machine.run(),
+        let outcome = match Machine::new(name, image, timer) {
+            Ok(mut machine) => {
+                started += 1;
+                machine.run()
+            }
             Err(why) => format!("not started: {why}"),
         };
         strata_rt::debug::print_line(&format!("vmm: {name}: {outcome}"));
     }
-    strata_rt::debug::print_line(&format!("vmm: {guests} guests run"));
+    strata_rt::debug::print_line(&format!("vmm: {guests} guest module(s), {started} started"));
     strata_rt::debug::shutdown(strata_abi::exit::ExitCode::Success)
 }
 
@@ -76,6 +127,10 @@ struct Machine {
     /// A vector the doorbell asked for, waiting for the guest to take interrupts.
     pending_interrupt: Option<u8>,
     scratch: u64,
+    /// The host clock, if there is one.
+    host_timer: Option<HostTimer>,
+    /// The test timer, when armed: vector and milliseconds.
+    timer: Option<(u8, u64)>,
 }
 
 fn failed(what: &str, error: InvocationError) -> String {
@@ -84,7 +139,7 @@ fn failed(what: &str, error: InvocationError) -> String {
 
 impl Machine {
     /// Makes the GuestSpace, RAM and VCPU, and loads `image`.
-    fn new(name: &'static str, image: &[u8]) -> Result<Self, String> {
+    fn new(name: &'static str, image: &[u8], host_timer: Option<HostTimer>) -> Result<Self, String> {
         let make = |kind| strata_rt::root::retype(kind, 0).map_err(|e| failed("making guest objects", e));
         let space: Cap<GuestSpace> = Cap::from_raw(make(ObjectType::GuestSpace)?);
         own::ASID_POOL.assign_guest(space).map_err(|e| failed("assigning an ASID", e))?;
@@ -104,6 +159,8 @@ impl Machine {
             dirty: true,
             pending_interrupt: None,
             scratch: 0,
+            host_timer,
+            timer: None,
         })
     }
 }
@@ -235,6 +292,20 @@ impl Machine {
             }
             Exit::Hlt => {
                 let interrupts = self.register(Field::Rflags) & (1 << 9) != 0;
+                if let (true, Some((vector, milliseconds)), Some(clock)) =
+                    (interrupts, self.timer.take(), self.host_timer)
+                {
+                    // Halted until the timer fires: wait, then deliver its interrupt.
+                    clock.sleep(milliseconds).map_err(|e| failed("waiting on the host timer", e))?;
+                    self.advance(exit.length);
+                    // The STI shadow covered the HLT, which is done: the
+                    // interrupt is taken before the next instruction.
+                    self.vcpu
+                        .write(&[(Field::Interruptibility as u64, 0)])
+                        .map_err(|e| failed("ending the interrupt shadow", e))?;
+                    self.raise(vector)?;
+                    return Ok(());
+                }
                 return Err(format!(
                     "halted at {rip:#x} with interrupts {} and nothing to wake it",
                     if interrupts { "on" } else { "off" }
@@ -263,6 +334,15 @@ impl Machine {
             }
         }
         Ok(())
+    }
+
+    /// Raises external interrupt `vector`: it is injected as soon as the
+    /// guest can take it (an interrupt-window exit).
+    fn raise(&mut self, vector: u8) -> Result<(), String> {
+        self.pending_interrupt = Some(vector);
+        self.vcpu
+            .write(&[(Field::InterruptWindow as u64, 1)])
+            .map_err(|e| failed("requesting an interrupt window", e))
     }
 
     /// Injects exception `vector` (with `error` code) on the next entry.
@@ -397,12 +477,8 @@ impl Machine {
                     (value << 1 | 1) & 0xff
                 ));
             }
-            DOORBELL => {
-                self.pending_interrupt = Some(value as u8);
-                self.vcpu
-                    .write(&[(Field::InterruptWindow as u64, 1)])
-                    .map_err(|e| failed("requesting an interrupt window", e))?;
-            }
+            DOORBELL => self.raise(value as u8)?,
+            TIMER if size == 4 => self.timer = Some((value as u8, value >> 8 & 0xff_ffff)),
             _ => {}
         }
         Ok(())

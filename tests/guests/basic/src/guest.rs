@@ -146,6 +146,11 @@ exception_common:
 doorbell_handler:
     incq interrupt_count(%rip)
     iretq
+
+    .global timer_handler
+timer_handler:
+    incq timer_count(%rip)
+    iretq
 "#,
     options(att_syntax)
 );
@@ -155,6 +160,7 @@ unsafe extern "C" {
     static boot_info: u32;
     static exception_stubs: [u8; 32 * 16];
     fn doorbell_handler();
+    fn timer_handler();
 }
 
 #[unsafe(export_name = "last_vector")]
@@ -167,10 +173,15 @@ static EXCEPTION_COUNT: AtomicU64 = AtomicU64::new(0);
 static RESUME_ADDRESS: AtomicU64 = AtomicU64::new(0);
 #[unsafe(export_name = "interrupt_count")]
 static INTERRUPT_COUNT: AtomicU64 = AtomicU64::new(0);
+#[unsafe(export_name = "timer_count")]
+static TIMER_COUNT: AtomicU64 = AtomicU64::new(0);
 
 /// The vector the VMM raises through the doorbell.
 const DOORBELL_VECTOR: u8 = 0x30;
 const DOORBELL: u16 = 0x510;
+/// The VMM's test timer: `vector | milliseconds << 8`.
+const TIMER: u16 = 0x511;
+const TIMER_VECTOR: u8 = 0x31;
 const COM1: u16 = 0x3f8;
 const DEBUG_EXIT: u16 = 0xf4;
 const TEST_DEVICE: u64 = 0xfeb0_0000;
@@ -258,6 +269,7 @@ fn load_idt() {
         set_gate(vector, stubs + 16 * vector as u64);
     }
     set_gate(usize::from(DOORBELL_VECTOR), doorbell_handler as *const () as u64);
+    set_gate(usize::from(TIMER_VECTOR), timer_handler as *const () as u64);
     let pointer: [u16; 5] = {
         let base = (&raw const IDT) as u64;
         [4095, base as u16, (base >> 16) as u16, (base >> 32) as u16, (base >> 48) as u16]
@@ -432,6 +444,24 @@ extern "C" fn guest_main() -> ! {
         "injected-interrupt",
         before == 0 && after == 1,
         format_args!("count {before} before STI, {after} after"),
+    );
+
+    // Halt until the VMM's timer interrupt, 20 ms from now, wakes this CPU.
+    TIMER_COUNT.store(0, Ordering::SeqCst);
+    outl(TIMER, u32::from(TIMER_VECTOR) | 20 << 8);
+    // SAFETY: RDTSC has no preconditions; the IDT has a gate for the
+    // vector, and interrupts go back off after.
+    let (start, end) = unsafe {
+        let start = core::arch::x86_64::_rdtsc();
+        asm!("sti", "hlt", "cli", options(nostack));
+        (start, core::arch::x86_64::_rdtsc())
+    };
+    let woken = TIMER_COUNT.load(Ordering::SeqCst);
+    let elapsed = end - start;
+    checks.check(
+        "hlt-timer-wakeup",
+        woken == 1 && elapsed > 0,
+        format_args!("{woken} timer interrupts after HLT, {elapsed} TSC ticks"),
     );
 
     let fpu_mismatches = fpu_survives_exits();
