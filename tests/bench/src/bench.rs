@@ -121,7 +121,7 @@ fn guest_exits(overhead: u64) {
         registers[Field::Rip as usize] = start;
         registers[Field::Rflags as usize] = 2;
         // One round trip: enter with the registers, then emulate the exit.
-        let mut round_trip = |registers: &mut [u64; REGISTER_BLOCK_WORDS], timed: bool| -> u64 {
+        let round_trip = |registers: &mut [u64; REGISTER_BLOCK_WORDS], timed: bool| -> u64 {
             strata_rt::sys::set_message_words(0, registers);
             let start = rdtsc();
             let (_, words) = strata_rt::sys::syscall(
