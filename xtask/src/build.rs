@@ -47,6 +47,7 @@ const KERNEL_SCRIPT: &str = "kernel/link.ld";
 const LOADER_SCRIPT: &str = "loader/link.ld";
 const USER_SCRIPT: &str = "servers/rt/user.ld";
 const GUEST_SCRIPT: &str = "tests/guests/guest.ld";
+const BOOT_SECTOR_SCRIPT: &str = "tests/guests/bootsector.ld";
 
 /// The test guests: (module name, package).
 pub const GUESTS: [(&str, &str); 1] = [("guest-basic", "strata-guest-basic")];
@@ -126,6 +127,21 @@ fn bare(
     Ok(binary)
 }
 
+/// Cuts the 512-byte boot sector at 7C00h out of the linked ELF file
+/// `elf` and writes it next to it as `.bin`.
+fn boot_sector(elf: &std::path::Path) -> Result<PathBuf> {
+    let file = std::fs::read(elf).map_err(|e| fail!("reading {}: {e}", elf.display()))?;
+    let plan = strata_abi::elf::plan(&file, 0..0x10000).map_err(|e| fail!("{}: {e}", elf.display()))?;
+    let page = plan.page_bytes(&file, 0x7000);
+    let sector = &page[0xc00..0xe00];
+    if sector[510..] != [0x55, 0xaa] {
+        return Err(fail!("{}: no boot signature at 7DFEh (bootsector.ld)", elf.display()));
+    }
+    let path = elf.with_extension("bin");
+    std::fs::write(&path, sector).map_err(|e| fail!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// Builds the loader and the kernel of `flavor`.
 pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
     let started =
@@ -159,6 +175,8 @@ pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
             for (name, package) in GUESTS {
                 programs.push((name, bare(package, &[], "guest", false, GUEST_SCRIPT)?));
             }
+            let elf = bare("strata-guest-bootsector", &[], "guest", false, BOOT_SECTOR_SCRIPT)?;
+            programs.push(("guest-bootsector", boot_sector(&elf)?));
             (
                 bare("strata-kernel", &["debug-exit"], "kernel-system", true, KERNEL_SCRIPT)?,
                 Some(user("strata-vmm", &[])?),
@@ -192,6 +210,7 @@ pub fn lint() -> Result {
         bare_command("clippy", "strata-tests-crasher", &[], "clippy-user", false, USER_SCRIPT),
         bare_command("clippy", "strata-vmm", &[], "clippy-user", false, USER_SCRIPT),
         bare_command("clippy", "strata-guest-basic", &[], "clippy-guest", false, GUEST_SCRIPT),
+        bare_command("clippy", "strata-guest-bootsector", &[], "clippy-guest", false, BOOT_SECTOR_SCRIPT),
     ] {
         command.args(["--", "-D", "warnings"]);
         step::run(&mut command)?;

@@ -486,7 +486,7 @@ const SYSTEM_LINES: [&str; 14] = [
 
 /// What the VM image must log: each check of each test guest, through
 /// the VMM's UART with the guest's name, then how each guest ended.
-const VM_LINES: [&str; 16] = [
+const VM_LINES: [&str; 20] = [
     "[guest-basic] ok multiboot",
     "[guest-basic] ok long-mode",
     "[guest-basic] ok cpuid",
@@ -502,7 +502,11 @@ const VM_LINES: [&str; 16] = [
     "[guest-basic] ok fpu-sse-across-exits",
     "vmm: guest-basic: exited with status 0x0 through isa-debug-exit",
     "vmm: guest-junk: not started: no multiboot header (magic 0x1badb002) in the first 8 KiB",
-    "vmm: 2 guest module(s), 1 started",
+    "[guest-bootsector] ok real-mode",
+    "[guest-bootsector] ok cpuid-in-real-mode",
+    "[guest-bootsector] ok protected-mode",
+    "vmm: guest-bootsector: exited with status 0x0 through isa-debug-exit",
+    "vmm: 3 guest module(s), 2 started",
 ];
 
 /// Boots the VM image (the VMM and its test guests) and checks its log.

@@ -134,6 +134,23 @@ fn check_range(memory: &GuestMemory<'_>, start: u64, end: u64) -> Result<(), Loa
     Ok(())
 }
 
+/// Where a BIOS loads a boot sector, and starts it in real mode.
+pub const BOOT_SECTOR_ADDRESS: u64 = 0x7c00;
+
+/// Whether `image` is a boot sector: 512 bytes ending in 55h AAh.
+pub fn is_boot_sector(image: &[u8]) -> bool {
+    image.len() == 512 && image[510..] == [0x55, 0xaa]
+}
+
+/// Loads a boot sector at 7C00h, as a BIOS does. Returns the entry.
+pub fn load_boot_sector(image: &[u8], memory: &mut GuestMemory<'_>) -> Result<u64, LoadError> {
+    if !is_boot_sector(image) {
+        return Err(LoadError::NoHeader);
+    }
+    memory.slice(BOOT_SECTOR_ADDRESS, 512)?.copy_from_slice(image);
+    Ok(BOOT_SECTOR_ADDRESS)
+}
+
 /// Loads `image` into `memory` with `command_line`.
 pub fn load(image: &[u8], memory: &mut GuestMemory<'_>, command_line: &str) -> Result<Boot, LoadError> {
     let (offset, header) = find_header(image)?;
@@ -358,6 +375,20 @@ mod tests {
         let image = kludge(0, 0x1000, 0, 0x10_0000);
         let long = "x".repeat(4000);
         assert_eq!(load(&image, &mut memory, &long), Err(LoadError::CommandLineTooLong));
+    }
+
+    #[test]
+    fn a_boot_sector_goes_to_7c00() {
+        let mut sector = vec![0xf4u8; 512];
+        sector[510..].copy_from_slice(&[0x55, 0xaa]);
+        let mut ram = vec![0u8; 1 << 20];
+        let mut memory = GuestMemory::new(&mut ram);
+        assert_eq!(load_boot_sector(&sector, &mut memory), Ok(0x7c00));
+        assert_eq!(ram[0x7c00], 0xf4);
+        assert_eq!(ram[0x7dff], 0xaa);
+        assert!(!is_boot_sector(&sector[..511]), "too short");
+        sector[511] = 0;
+        assert!(!is_boot_sector(&sector), "no signature");
     }
 
     #[test]

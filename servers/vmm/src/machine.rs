@@ -148,8 +148,13 @@ impl Machine {
         vcpu.set_space(space).map_err(|e| failed("setting the GuestSpace", e))?;
         vcpu.set_tcb(own::TCB).map_err(|e| failed("binding the VCPU", e))?;
         let mut memory = GuestMemory::new(ram.bytes());
-        let boot = loader::load(image, &mut memory, name).map_err(|e| format!("{e}"))?;
-        let registers = multiboot_state(vcpu, boot).map_err(|e| failed("setting the entry state", e))?;
+        let registers = if loader::is_boot_sector(image) {
+            let entry = loader::load_boot_sector(image, &mut memory).map_err(|e| format!("{e}"))?;
+            boot_sector_state(vcpu, entry).map_err(|e| failed("setting the entry state", e))?
+        } else {
+            let boot = loader::load(image, &mut memory, name).map_err(|e| format!("{e}"))?;
+            multiboot_state(vcpu, boot).map_err(|e| failed("setting the entry state", e))?
+        };
         Ok(Self {
             name,
             vcpu,
@@ -163,6 +168,24 @@ impl Machine {
             timer: None,
         })
     }
+}
+
+/// The state a BIOS starts a boot sector in: real mode at 0000:`entry`,
+/// the boot drive (80h, the first hard disk) in DL, interrupts off.
+fn boot_sector_state(
+    vcpu: Cap<Vcpu>,
+    entry: u64,
+) -> Result<strata_abi::vcpu::RegisterBlock, InvocationError> {
+    vcpu.write(&[
+        (segment_field(Segment::Cs, SegmentPart::Selector), 0),
+        (segment_field(Segment::Cs, SegmentPart::Base), 0),
+        (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
+    ])?;
+    let mut registers = [0; strata_abi::vcpu::REGISTER_BLOCK_WORDS];
+    registers[Field::Rip as usize] = entry;
+    registers[Field::Rdx as usize] = 0x80;
+    registers[Field::Rflags as usize] = 2;
+    Ok(registers)
 }
 
 /// The machine state a multiboot kernel starts in (specification §3.2):
