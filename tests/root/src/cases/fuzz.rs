@@ -8,9 +8,13 @@
 //! (this program's image, shared) with a CSpace of 256 slots holding: the
 //! CNode itself, a 256 KiB Untyped, a PML4 with an ASID and a PDPT, page
 //! directory and page table, a frame, a notification, an unconfigured TCB,
-//! a copy of the ASID pool, an I/O port (0x80, the POST port) and, in slot
-//! 255, its fault endpoint, a badged endpoint to the root. Everything in
-//! it, and the thread itself, is made from one 2 MiB Untyped.
+//! a copy of the ASID pool, an I/O port (0x80, the POST port), a VCPU bound
+//! to the fuzzing thread itself with a GuestSpace (so `VmEnter` runs real
+//! guests in whatever state the fuzzer gave them) and, in slot 255, its
+//! fault endpoint, a badged endpoint to the root. Everything in it, and the
+//! thread itself, is made from one 2 MiB Untyped. Guest memory can only be
+//! frames the kernel zeroed, so a guest cannot loop forever: it runs into
+//! an exit.
 //!
 //! **Supervision.** The root (priority 255) serves the fault endpoint and
 //! resumes the thread after each fault. A watchdog at priority 1 runs only
@@ -77,7 +81,7 @@ impl Rng {
 }
 
 /// Every invocation label, so that most calls reach a decoder.
-const LABELS: [Label; 29] = [
+const LABELS: [Label; 33] = [
     Label::UntypedRetype,
     Label::CNodeRevoke,
     Label::CNodeDelete,
@@ -107,6 +111,10 @@ const LABELS: [Label; 29] = [
     Label::IrqHandlerAck,
     Label::IrqHandlerSetNotification,
     Label::IrqHandlerClear,
+    Label::VcpuSetTcb,
+    Label::VcpuSetSpace,
+    Label::VcpuReadState,
+    Label::VcpuWriteState,
 ];
 
 /// The labels of the object a sandbox starts with in `slot`.
@@ -128,6 +136,7 @@ fn family(slot: u64) -> Option<&'static [Label]> {
             TcbReadRegisters,
         ],
         12 => &[IoPortIn, IoPortOut],
+        13 => &[VcpuSetTcb, VcpuSetSpace, VcpuReadState, VcpuWriteState],
         _ => return None,
     })
 }
@@ -148,7 +157,7 @@ fn word(rng: &mut Rng) -> u64 {
     match rng.below(10) {
         0..=2 => slot_index(rng),
         3 => rng.below(64),
-        4 => rng.below(12),
+        4 => rng.below(13),
         5 => [64, 64, 64, 0, 1, 8, 63, 65][rng.below(8) as usize],
         6 => 0x1000 * rng.below(0x800) + [0, 0x7f_ffff_f000][rng.below(2) as usize],
         7 => rng.below(16),
@@ -329,6 +338,14 @@ fn start_epoch(memory: Cap<Untyped>, space: CPtr, fault: CPtr) -> Result<Epoch, 
         ..Default::default()
     };
     check_step("registers", Cap::<strata_rt::cap::Tcb>::from_raw(thread).write_registers(&registers))?;
+    // A VCPU of the thread's own, in a GuestSpace with an ASID.
+    let space = object(ObjectType::GuestSpace, 0, &mut epoch)?;
+    check("guest ASID", call(slot::ASID_POOL, Label::AsidPoolAssign, &[], &[space]))?;
+    let vcpu = object(ObjectType::Vcpu, 0, &mut epoch)?;
+    check("VCPU space", call(vcpu, Label::VcpuSetSpace, &[], &[space]))?;
+    check("VCPU thread", call(vcpu, Label::VcpuSetTcb, &[], &[thread]))?;
+    into(13, vcpu, Label::CNodeMove)?;
+    into(14, space, Label::CNodeMove)?;
     check("resume", call(thread, Label::TcbResume, &[], &[]))?;
     epoch.thread = thread;
     Ok(epoch)
