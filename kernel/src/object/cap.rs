@@ -319,7 +319,9 @@ fn mapping_ok(mapping: Mapping, align: u64) -> bool {
 /// words, instead of a whole decode. Each agrees with
 /// [`Capability::decode_fields`] (tested below).
 pub mod raw {
-    use super::{CNODE_GUARD_SIZE, CNODE_OBJECT, CNODE_RADIX, PML4_ASID, PML4_ASSIGNED, PML4_OBJECT};
+    use super::{
+        CNODE_GUARD_SIZE, CNODE_OBJECT, CNODE_RADIX, FRAME_OBJECT, PML4_ASID, PML4_ASSIGNED, PML4_OBJECT,
+    };
     use super::{RIGHTS, SMALL_OBJECT, TAG, tag};
     use crate::addr::PhysAddr;
     use strata_abi::object::Rights;
@@ -342,6 +344,12 @@ pub mod raw {
     pub fn endpoint([w0, w1]: [u64; 2]) -> Option<(PhysAddr, u64, Rights)> {
         (TAG.get(w0) == tag::ENDPOINT)
             .then(|| (PhysAddr(SMALL_OBJECT.get(w0) << 4), w1, Rights::from_bits_retain(RIGHTS.get(w0))))
+    }
+
+    /// A frame's object.
+    #[inline]
+    pub fn frame([w0, _]: [u64; 2]) -> Option<PhysAddr> {
+        (TAG.get(w0) == tag::FRAME).then(|| PhysAddr(FRAME_OBJECT.get(w0) << 12))
     }
 
     /// An address space's PML4 and ASID, if it has one.
@@ -626,6 +634,14 @@ pub(crate) mod tests {
             }),
             address(12).prop_map(|object| Capability::Tcb { object }),
             address(13).prop_map(|object| Capability::Vcpu { object }),
+            (address(12), 0u64..4, any::<bool>(), proptest::option::of((1u16..4096, 0u64..1 << 35)))
+                .prop_map(|(object, rights, device, mapping)| Capability::Frame {
+                    object,
+                    size: FrameSize::Small,
+                    rights: Rights::from_bits_truncate(rights),
+                    device,
+                    mapping: mapping.map(|(asid, page)| Mapping { asid, address: page << 12 }),
+                }),
             (address(12), proptest::option::of(1u16..4096))
                 .prop_map(|(object, asid)| Capability::GuestSpace { object, asid }),
             (address(12), proptest::option::of(1u16..4096))
@@ -668,6 +684,11 @@ pub(crate) mod tests {
             prop_assert_eq!(raw::cnode(words), cnode);
             prop_assert_eq!(raw::endpoint(words), endpoint);
             prop_assert_eq!(raw::pml4(words), pml4);
+            let frame = match cap {
+                Capability::Frame { object, .. } => Some(object),
+                _ => None,
+            };
+            prop_assert_eq!(raw::frame(words), frame);
         }
 
         #[test]

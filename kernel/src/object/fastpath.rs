@@ -214,8 +214,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             self.set_field(receiver, register, word);
         }
         if length > REGISTER_WORDS {
-            let from = PhysAddr(self.field(sender, layout::IPC_BUFFER_FRAME)).offset(BUFFER_MESSAGE);
-            let to = PhysAddr(self.field(receiver, layout::IPC_BUFFER_FRAME)).offset(BUFFER_MESSAGE);
+            let buffer = |tcb| self.ipc_buffer(tcb).map_or(PhysAddr(0), |(buffer, _)| buffer);
+            let (from, to) = (buffer(sender).offset(BUFFER_MESSAGE), buffer(receiver).offset(BUFFER_MESSAGE));
             for i in REGISTER_WORDS as u64..length as u64 {
                 let word = self.memory.read(from.offset(8 * i));
                 self.memory.write(to.offset(8 * i), word);

@@ -150,7 +150,9 @@ proptest! {
         }
         for (&tcb, &keep) in t.iter().zip(&buffers) {
             if !keep {
-                space.memory.write(tcb.offset(layout::IPC_BUFFER_FRAME), 0);
+                // The TCB's frame capability goes: the thread has no buffer.
+                let buffer = ObjectSpace::<Arena>::tcb_slot(tcb, super::tcb::BUFFER_SLOT);
+                super::model::finish(&mut space, 8, |s, b| s.delete(buffer, b));
             }
         }
         mint(&mut space, 32, 30, Rights::from_bits_truncate(rights), badge);

@@ -9,7 +9,6 @@
 //! | 0x0a0 | 8 | thread state |
 //! | 0x0a8 | 8 | priority (bits 0–7), maximum controlled priority (bits 8–15) |
 //! | 0x0b0 | 8 | IPC buffer address in the thread's address space |
-//! | 0x0b8 | 8 | physical address of the IPC buffer's frame (0: none) |
 //! | 0x0c0 | 16 | queue links (next, previous TCB): run queue or an endpoint/notification queue |
 //! | 0x0d0 | 8 | the endpoint or notification the thread is blocked on |
 //! | 0x0d8 | 8 | the badge of a queued send |
@@ -17,14 +16,20 @@
 //! | 0x0e8 | 8 | the caller this thread must reply to |
 //! | 0x0f0 | 8 | the thread a caller blocked on reply waits for |
 //! | 0x0f8 | 8 | the bound notification |
-//! | 0x100 | 64 | two capability slots: CSpace root and VSpace root |
-//! | 0x140 | 8 | the fault endpoint's capability pointer (0: none) |
+//! | 0x100 | 8 | the fault endpoint's capability pointer (0: none) |
+//! | 0x108 | 48 | a queued fault message: five words and the label |
+//! | 0x138 | 8 | the bound VCPU (0: none) |
+//! | 0x180 | 128 | four capability slots: CSpace root, VSpace root, IPC buffer frame, unused |
 //! | 0x200 | 512 | FXSAVE area for the thread's x87/SSE state |
 //!
-//! The two capability slots are real slots in the derivation tree. When
-//! the last capability to a TCB is deleted, the thread is taken off the run
-//! queues and the TCB capability becomes a zombie covering those two slots.
-//! The CNode machinery in `delete` then empties them, in bounded steps.
+//! The capability slots are real slots in the derivation tree. The IPC
+//! buffer's frame is held there as a capability, so the frame cannot be
+//! reused while the thread can still write to it: revoking the memory it
+//! came from deletes the TCB's copy too, and the thread then has no
+//! buffer. When the last capability to a TCB is deleted, the thread is
+//! taken off the run queues and the TCB capability becomes a zombie
+//! covering its slots. The CNode machinery in `delete` then empties them,
+//! in bounded steps.
 //!
 //! The scheduler has fixed priorities 0–255 with round robin within a
 //! priority. One bit per priority says which queues are non-empty, so
@@ -46,8 +51,6 @@ pub mod layout {
     pub const PRIORITY: u64 = 0x0a8;
     /// IPC buffer virtual address.
     pub const IPC_BUFFER: u64 = 0x0b0;
-    /// IPC buffer frame's physical address.
-    pub const IPC_BUFFER_FRAME: u64 = 0x0b8;
     /// Next TCB in the run queue.
     pub const QUEUE_NEXT: u64 = 0x0c0;
     /// Previous TCB in the run queue.
@@ -65,21 +68,23 @@ pub mod layout {
     /// The bound notification.
     pub const BOUND_NOTIFICATION: u64 = 0x0f8;
     /// The fault endpoint's capability pointer.
-    pub const FAULT_ENDPOINT: u64 = 0x140;
+    pub const FAULT_ENDPOINT: u64 = 0x100;
     /// A queued fault message's words (`ipc::FAULT_WORDS` of them).
-    pub const FAULT_WORDS: u64 = 0x148;
+    pub const FAULT_WORDS: u64 = 0x108;
     /// A queued fault message's label.
-    pub const FAULT_LABEL: u64 = 0x170;
+    pub const FAULT_LABEL: u64 = 0x130;
     /// The bound VCPU, or 0.
-    pub const VCPU: u64 = 0x178;
-    /// The CSpace root slot (the VSpace root slot follows it).
-    pub const SLOTS: u64 = 0x100;
+    pub const VCPU: u64 = 0x138;
+    /// The capability slots: CSpace root, VSpace root, IPC buffer frame.
+    pub const SLOTS: u64 = 0x180;
     /// The FXSAVE area (16-byte aligned).
     pub const FPU: u64 = 0x200;
 }
 
-/// Radix of the TCB's slot array (two slots).
-pub const TCB_SLOTS_RADIX: u8 = 1;
+/// Radix of the TCB's slot array (four slots).
+pub const TCB_SLOTS_RADIX: u8 = 2;
+/// The TCB slot holding the IPC buffer's frame.
+pub const BUFFER_SLOT: u64 = 2;
 
 /// User registers, in the order the kernel-entry stubs save them: the
 /// general registers, then an IRET frame (rip, cs, rflags, rsp, ss), so that
@@ -386,8 +391,8 @@ pub enum TcbInvocation {
         vspace: Slot,
         /// IPC buffer address.
         ipc_buffer: u64,
-        /// IPC buffer frame (physical), if any.
-        ipc_buffer_frame: Option<PhysAddr>,
+        /// Slot of the IPC buffer's frame capability, if any.
+        ipc_buffer_frame: Option<Slot>,
         /// Capability pointer of the fault endpoint (0: none).
         fault_endpoint: u64,
     },
@@ -474,12 +479,12 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         Slot::in_cnode(PhysAddr(tcb.get() + layout::SLOTS), index)
     }
 
-    /// The thread's IPC buffer: its frame's physical address and its virtual address.
+    /// The thread's IPC buffer: the physical address of the buffer (in
+    /// the frame its TCB holds) and its virtual address.
     pub fn ipc_buffer(&self, tcb: PhysAddr) -> Option<(PhysAddr, u64)> {
-        match self.memory.read(tcb.offset(layout::IPC_BUFFER_FRAME)) {
-            0 => None,
-            frame => Some((PhysAddr(frame), self.memory.read(tcb.offset(layout::IPC_BUFFER)))),
-        }
+        let frame = super::cap::raw::frame(self.slot_words(Self::tcb_slot(tcb, BUFFER_SLOT)))?;
+        let address = self.memory.read(tcb.offset(layout::IPC_BUFFER));
+        Some((frame.offset(address & 0xfff), address))
     }
 
     /// Puts the thread at the tail of its priority's run queue.
@@ -617,13 +622,12 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 }
                 // The embedded slots must be free: reconfiguring a thread means
                 // deleting its old roots first (a preemptible operation of its own).
-                if !self.cap(Self::tcb_slot(tcb, 0)).is_null() || !self.cap(Self::tcb_slot(tcb, 1)).is_null()
-                {
+                if (0..=BUFFER_SLOT).any(|n| !self.cap(Self::tcb_slot(tcb, n)).is_null()) {
                     return Err(InvocationError::DeleteFirst);
                 }
-                let ipc_buffer_frame = match extra.get(2).map(|&s| self.cap(s)) {
+                let ipc_buffer_frame = match extra.get(2).map(|&s| (s, self.cap(s))) {
                     None => None,
-                    Some(Capability::Frame { object, mapping: Some(m), rights, .. })
+                    Some((frame, Capability::Frame { mapping: Some(m), rights, .. }))
                         if m.address == ipc_buffer & !0xfff
                             && rights.contains(
                                 strata_abi::object::Rights::READ | strata_abi::object::Rights::WRITE,
@@ -632,7 +636,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                         if ipc_buffer % 8 != 0 || (ipc_buffer & 0xfff) + 1024 > 4096 {
                             return Err(InvocationError::AlignmentError);
                         }
-                        Some(object.offset(ipc_buffer & 0xfff))
+                        Some(frame)
                     }
                     Some(_) => return Err(InvocationError::InvalidCapability { index: 3 }),
                 };
@@ -712,8 +716,14 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 self.insert_derived(cspace, Self::tcb_slot(tcb, 0), cspace_cap);
                 self.insert_derived(vspace, Self::tcb_slot(tcb, 1), vspace_cap);
                 self.memory.write(tcb.offset(layout::IPC_BUFFER), ipc_buffer);
-                self.memory
-                    .write(tcb.offset(layout::IPC_BUFFER_FRAME), ipc_buffer_frame.map_or(0, PhysAddr::get));
+                // The TCB keeps a copy of the frame capability (unmapped,
+                // as every copy starts), so the frame outlives its use.
+                if let Some(frame) = ipc_buffer_frame {
+                    if let Capability::Frame { object, size, rights, device, .. } = self.cap(frame) {
+                        let copy = Capability::Frame { object, size, rights, device, mapping: None };
+                        self.insert_derived(frame, Self::tcb_slot(tcb, BUFFER_SLOT), copy);
+                    }
+                }
             }
             TcbInvocation::SetPriority { tcb, priority, max } => {
                 let runnable = self.thread_state(tcb) == ThreadState::Runnable;

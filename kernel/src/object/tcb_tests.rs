@@ -254,7 +254,6 @@ fn the_tcb_fields_do_not_overlap_and_fit() {
         ("state", layout::STATE, 8),
         ("priority", layout::PRIORITY, 8),
         ("IPC buffer", layout::IPC_BUFFER, 8),
-        ("IPC buffer frame", layout::IPC_BUFFER_FRAME, 8),
         ("queue next", layout::QUEUE_NEXT, 8),
         ("queue previous", layout::QUEUE_PREV, 8),
         ("blocked on", layout::BLOCKED_ON, 8),
@@ -277,4 +276,21 @@ fn the_tcb_fields_do_not_overlap_and_fit() {
     }
     let (_, last, size) = fields[fields.len() - 1];
     assert!(last + size <= 1 << strata_abi::object::TCB_SIZE_BITS);
+}
+
+#[test]
+fn a_thread_holds_its_ipc_buffer_frame_so_it_cannot_be_reused_under_it() {
+    let (mut space, t) = super::model::world(1);
+    let (buffer, _) = space.ipc_buffer(t[0]).expect("configured with a buffer");
+    // Deleting the capability the buffer was configured with changes nothing:
+    // the TCB holds a copy of its own, unmapped.
+    finish(&mut space, 8, |s, b| s.delete(slot(50), b));
+    assert_eq!(space.ipc_buffer(t[0]).map(|b| b.0), Some(buffer));
+    let held = ObjectSpace::<Arena>::tcb_slot(t[0], super::tcb::BUFFER_SLOT);
+    assert!(matches!(space.cap(held), Capability::Frame { mapping: None, .. }));
+    check_invariants(&space);
+    // Only when that copy goes (with the memory's revoke, or the TCB) is the buffer gone.
+    finish(&mut space, 8, |s, b| s.delete(held, b));
+    assert_eq!(space.ipc_buffer(t[0]), None);
+    check_invariants(&space);
 }
