@@ -67,7 +67,7 @@ pub enum Label {
     IrqHandlerClear = 92,
     /// VCPU: bind it to a thread, whose `VmEnter` then runs it.
     VcpuSetTcb = 96,
-    /// VCPU: give it the GuestSpace its guest-physical addresses are in.
+    /// VCPU: give its thread the GuestSpace its guest-physical addresses are in.
     VcpuSetSpace = 97,
     /// VCPU: read up to four pieces of guest state (`vcpu::Field` ids).
     VcpuReadState = 98,

@@ -5,8 +5,9 @@
 //! VMCB (AMD APM vol. 2 appendix B) or the VMCS (Intel SDM vol. 3C ch. 25).
 //!
 //! # `VmEnter`
-//! The calling thread must have a VCPU bound (`VcpuSetTcb`), the VCPU a
-//! GuestSpace (`VcpuSetSpace`), and the thread an IPC buffer. Message word 0
+//! The calling thread must have a VCPU bound (`VcpuSetTcb`), a GuestSpace
+//! (`VcpuSetSpace`, which keeps a copy of the capability in the thread's
+//! TCB), and an IPC buffer. Message word 0
 //! holds [`enter`] flags. With [`enter::LOAD_REGISTERS`] the kernel first
 //! loads the guest's registers from the [`RegisterBlock`] at the start of the
 //! IPC buffer. The guest then runs until an exit the VMM must see (host

@@ -352,6 +352,13 @@ pub mod raw {
         (TAG.get(w0) == tag::FRAME).then(|| PhysAddr(FRAME_OBJECT.get(w0) << 12))
     }
 
+    /// A GuestSpace's root and ASID, if it has one.
+    #[inline]
+    pub fn guest_space([w0, _]: [u64; 2]) -> Option<(PhysAddr, u16)> {
+        (TAG.get(w0) == tag::GUEST_SPACE && PML4_ASSIGNED.get(w0) == 1)
+            .then(|| (PhysAddr(PML4_OBJECT.get(w0) << 12), PML4_ASID.get(w0) as u16))
+    }
+
     /// An address space's PML4 and ASID, if it has one.
     #[inline]
     pub fn pml4([w0, _]: [u64; 2]) -> Option<(PhysAddr, u16)> {
@@ -689,6 +696,11 @@ pub(crate) mod tests {
                 _ => None,
             };
             prop_assert_eq!(raw::frame(words), frame);
+            let guest = match cap {
+                Capability::GuestSpace { object, asid: Some(asid) } => Some((object, asid)),
+                _ => None,
+            };
+            prop_assert_eq!(raw::guest_space(words), guest);
         }
 
         #[test]

@@ -19,7 +19,7 @@
 //! | 0x100 | 8 | the fault endpoint's capability pointer (0: none) |
 //! | 0x108 | 48 | a queued fault message: five words and the label |
 //! | 0x138 | 8 | the bound VCPU (0: none) |
-//! | 0x180 | 128 | four capability slots: CSpace root, VSpace root, IPC buffer frame, unused |
+//! | 0x180 | 128 | four capability slots: CSpace root, VSpace root, IPC buffer frame, GuestSpace |
 //! | 0x200 | 512 | FXSAVE area for the thread's x87/SSE state |
 //!
 //! The capability slots are real slots in the derivation tree. The IPC
@@ -75,7 +75,7 @@ pub mod layout {
     pub const FAULT_LABEL: u64 = 0x130;
     /// The bound VCPU, or 0.
     pub const VCPU: u64 = 0x138;
-    /// The capability slots: CSpace root, VSpace root, IPC buffer frame.
+    /// The capability slots: CSpace root, VSpace root, IPC buffer frame, GuestSpace.
     pub const SLOTS: u64 = 0x180;
     /// The FXSAVE area (16-byte aligned).
     pub const FPU: u64 = 0x200;
@@ -85,6 +85,8 @@ pub mod layout {
 pub const TCB_SLOTS_RADIX: u8 = 2;
 /// The TCB slot holding the IPC buffer's frame.
 pub const BUFFER_SLOT: u64 = 2;
+/// The TCB slot holding the GuestSpace its VCPU runs in.
+pub const SPACE_SLOT: u64 = 3;
 
 /// User registers, in the order the kernel-entry stubs save them: the
 /// general registers, then an IRET frame (rip, cs, rflags, rsp, ss), so that

@@ -4,10 +4,12 @@
 //! VMCB on AMD SVM, APM vol. 2 §15.5 and appendix B; the VMCS region on
 //! Intel VMX, SDM vol. 3C ch. 25), the guest's general registers, its
 //! FXSAVE image and the kernel's bookkeeping in the second. It is bound to
-//! one thread (`VcpuSetTcb`), whose `VmEnter` runs it, and to one
-//! GuestSpace (`VcpuSetSpace`), a root table that page tables and frames
-//! are mapped into as into a PML4 (see `vspace`): one description of a
-//! mapping gives a nested-paging entry on SVM and an EPT entry on VMX.
+//! one thread (`VcpuSetTcb`), whose `VmEnter` runs it. The guest runs in
+//! that thread's GuestSpace (`VcpuSetSpace` puts a copy of its capability
+//! in the TCB, as seL4 keeps a thread's EPT root), a root table that page
+//! tables and frames are mapped into as into a PML4 (see `vspace`): one
+//! description of a mapping gives a nested-paging entry on SVM and an EPT
+//! entry on VMX.
 //!
 //! The VMM sees only vendor-neutral field ids and exit reasons
 //! (`strata_abi::vcpu`). This module translates them to and from the VMCB,
@@ -33,9 +35,9 @@ pub mod layout {
     pub const REGISTERS: u64 = 0x1000;
     /// The bound thread's TCB, or 0.
     pub const TCB: u64 = 0x1080;
-    /// The GuestSpace's root table, or 0.
+    /// The root table of the GuestSpace the VCPU last ran in, or 0.
     pub const SPACE: u64 = 0x1088;
-    /// The GuestSpace's ASID.
+    /// That GuestSpace's ASID.
     pub const SPACE_ASID: u64 = 0x1090;
     /// The guest-mapping generation the VCPU last ran with.
     pub const GENERATION: u64 = 0x1098;
@@ -123,14 +125,13 @@ pub enum VcpuInvocation {
         /// The thread.
         tcb: PhysAddr,
     },
-    /// Give `vcpu` the GuestSpace `root` with ASID `asid`.
+    /// Give `tcb`, the thread `vcpu` is bound to, a copy of the GuestSpace
+    /// capability in `space`.
     SetSpace {
-        /// The VCPU.
-        vcpu: PhysAddr,
-        /// The GuestSpace's root table.
-        root: PhysAddr,
-        /// Its ASID.
-        asid: u16,
+        /// The bound thread.
+        tcb: PhysAddr,
+        /// The GuestSpace capability's slot.
+        space: Slot,
     },
     /// Reply with the values of `count` fields.
     Read {
@@ -777,11 +778,14 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 Some(Capability::Tcb { object }) => Ok(VcpuInvocation::SetTcb { vcpu, tcb: object }),
                 _ => Err(InvocationError::InvalidCapability { index: 1 }),
             },
-            Label::VcpuSetSpace => match extra_cap(0) {
-                Some(Capability::GuestSpace { object, asid: Some(asid) })
+            Label::VcpuSetSpace => match (extra.first(), extra_cap(0)) {
+                (Some(&space), Some(Capability::GuestSpace { object, asid: Some(asid) }))
                     if self.address_space_root(asid) == Some((object, true)) =>
                 {
-                    Ok(VcpuInvocation::SetSpace { vcpu, root: object, asid })
+                    match self.vcpu_word(vcpu, layout::TCB) {
+                        0 => Err(InvocationError::IllegalOperation),
+                        tcb => Ok(VcpuInvocation::SetSpace { tcb: PhysAddr(tcb), space }),
+                    }
                 }
                 _ => Err(InvocationError::InvalidCapability { index: 1 }),
             },
@@ -829,16 +833,16 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 self.memory.write(tcb.offset(tcb::layout::VCPU), vcpu.get());
                 ([0; 4], 0)
             }
-            VcpuInvocation::SetSpace { vcpu, root, asid } => {
-                self.set_vcpu_word(vcpu, layout::SPACE, root.get());
-                self.set_vcpu_word(vcpu, layout::SPACE_ASID, u64::from(asid));
-                if self.virt.backend == Backend::Vmx {
-                    self.vmx_set_space(vcpu, root);
-                } else {
-                    self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::NESTED_CR3, root.get());
+            VcpuInvocation::SetSpace { tcb, space } => {
+                // The thread holds the GuestSpace as a capability, like its
+                // address space: revoking the GuestSpace's memory deletes it.
+                let slot = Self::tcb_slot(tcb, tcb::SPACE_SLOT);
+                // Replacing a copy is one bounded step: it is not a CNode or TCB.
+                while self.delete(slot, &mut super::delete::Budget(u32::MAX)) != super::delete::Progress::Done
+                {
                 }
-                // The guest's TLB entries came from another space.
-                self.set_vcpu_word(vcpu, layout::GENERATION, u64::MAX);
+                let cap = self.cap(space);
+                self.insert_derived(space, slot, cap);
                 ([0; 4], 0)
             }
             VcpuInvocation::Read { vcpu, fields, count } => {
@@ -868,17 +872,33 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         if flags & vcpu::enter::LOAD_REGISTERS != 0 {
             self.load_registers(vcpu, buffer)?;
         }
-        let root = PhysAddr(self.vcpu_word(vcpu, layout::SPACE));
-        let asid = self.vcpu_word(vcpu, layout::SPACE_ASID) as u16;
-        if root.get() == 0 || self.address_space_root(asid) != Some((root, true)) {
+        // The GuestSpace is the thread's (a capability in its TCB), alive
+        // as long as that capability is.
+        let Some((root, asid)) =
+            super::cap::raw::guest_space(self.slot_words(Self::tcb_slot(tcb, tcb::SPACE_SLOT)))
+        else {
             return Err(VmEnterRefusal::Exit(NeutralExit {
                 reason: Exit::EntryFailure,
                 qualification: 0,
                 qualification2: 0,
                 length: 0,
             }));
+        };
+        let changed = self.vcpu_word(vcpu, layout::SPACE) != root.get()
+            || self.vcpu_word(vcpu, layout::SPACE_ASID) != u64::from(asid);
+        if changed {
+            self.set_vcpu_word(vcpu, layout::SPACE, root.get());
+            self.set_vcpu_word(vcpu, layout::SPACE_ASID, u64::from(asid));
+            if self.virt.backend == Backend::Vmx {
+                self.vmx_set_space(vcpu, root);
+            } else {
+                self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::NESTED_CR3, root.get());
+            }
         }
-        let flush = self.virt.last_run != Some(vcpu)
+        // The guest's cached translations may be of another VCPU, another
+        // space, or mappings since removed.
+        let flush = changed
+            || self.virt.last_run != Some(vcpu)
             || self.vcpu_word(vcpu, layout::GENERATION) != self.virt.generation;
         self.virt.last_run = Some(vcpu);
         self.set_vcpu_word(vcpu, layout::GENERATION, self.virt.generation);

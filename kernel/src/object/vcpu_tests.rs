@@ -286,6 +286,11 @@ fn vm_enter_needs_a_vcpu_a_buffer_and_a_live_guestspace() {
         _ => false,
     };
     assert!(entry_failure(&mut space), "no GuestSpace yet");
+    let unbound = {
+        retype(&mut space, ObjectType::Vcpu, 0, 59, 1);
+        space.decode_vcpu(space.cap(slot(59)), Label::VcpuSetSpace, &[], &[slot(SPACE)])
+    };
+    assert_eq!(unbound.map(drop), Err(InvocationError::IllegalOperation), "a VCPU bound to no thread");
     vcpu_call(&mut space, Label::VcpuSetSpace, &[], &[SPACE]).expect("space");
     assert_eq!(space.vm_prepare(tcb, 0), Ok((vcpu, true)), "first entry flushes");
     assert_eq!(space.vm_prepare(tcb, 0), Ok((vcpu, false)), "then it does not");
@@ -302,9 +307,14 @@ fn vm_enter_needs_a_vcpu_a_buffer_and_a_live_guestspace() {
     assert!(space.vm_prepare(tcb, vcpu::enter::LOAD_REGISTERS).is_ok());
     assert_eq!(read(&mut space, Field::Rip as u64), 0x7c00);
     assert_eq!(read(&mut space, Field::Rbx as u64), 0x1234);
-    // The GuestSpace deleted: the next entry fails cleanly.
-    finish(&mut space, 8, |s, b: &mut Budget| s.delete(slot(SPACE), b));
+    // The thread holds the GuestSpace: deleting the capability it was set
+    // from changes nothing; revoking the GuestSpace takes the thread's copy.
+    let copy = ObjectSpace::<Arena>::tcb_slot(tcb, super::tcb::SPACE_SLOT);
+    assert!(matches!(space.cap(copy), Capability::GuestSpace { asid: Some(_), .. }));
+    finish(&mut space, 8, |s, b: &mut Budget| s.revoke(slot(SPACE), b));
+    assert!(space.cap(copy).is_null());
     assert!(entry_failure(&mut space));
+    check_invariants(&space);
 }
 
 #[test]

@@ -145,8 +145,8 @@ impl Machine {
         own::ASID_POOL.assign_guest(space).map_err(|e| failed("assigning an ASID", e))?;
         let mut ram = GuestRam::new(space, RAM_SIZE).map_err(|e| format!("making guest RAM: {e}"))?;
         let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu)?);
-        vcpu.set_space(space).map_err(|e| failed("setting the GuestSpace", e))?;
         vcpu.set_tcb(own::TCB).map_err(|e| failed("binding the VCPU", e))?;
+        vcpu.set_space(space).map_err(|e| failed("setting the GuestSpace", e))?;
         let mut memory = GuestMemory::new(ram.bytes());
         let registers = if loader::is_boot_sector(image) {
             let entry = loader::load_boot_sector(image, &mut memory).map_err(|e| format!("{e}"))?;

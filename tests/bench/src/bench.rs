@@ -107,8 +107,8 @@ fn guest_exits(overhead: u64) {
     ram.bytes()[0x1010..0x1014].copy_from_slice(&[0xe6, 0x80, 0xeb, 0xfc]);
     let vcpu: Cap<Vcpu> =
         Cap::from_raw(root::retype(ObjectType::Vcpu, 0).unwrap_or_else(|e| fail("VCPU", e)));
-    vcpu.set_space(space).unwrap_or_else(|e| fail("VCPU space", e));
     vcpu.set_tcb(own::TCB).unwrap_or_else(|e| fail("VCPU binding", e));
+    vcpu.set_space(space).unwrap_or_else(|e| fail("VCPU space", e));
     // Real mode with CS at 0 (the reset state has it at FFFF0000h).
     let cs = |part| segment_field(Segment::Cs, part);
     vcpu.write(&[(cs(SegmentPart::Selector), 0), (cs(SegmentPart::Base), 0)])

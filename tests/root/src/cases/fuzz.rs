@@ -342,8 +342,8 @@ fn start_epoch(memory: Cap<Untyped>, space: CPtr, fault: CPtr) -> Result<Epoch, 
     let space = object(ObjectType::GuestSpace, 0, &mut epoch)?;
     check("guest ASID", call(slot::ASID_POOL, Label::AsidPoolAssign, &[], &[space]))?;
     let vcpu = object(ObjectType::Vcpu, 0, &mut epoch)?;
-    check("VCPU space", call(vcpu, Label::VcpuSetSpace, &[], &[space]))?;
     check("VCPU thread", call(vcpu, Label::VcpuSetTcb, &[], &[thread]))?;
+    check("VCPU space", call(vcpu, Label::VcpuSetSpace, &[], &[space]))?;
     into(13, vcpu, Label::CNodeMove)?;
     into(14, space, Label::CNodeMove)?;
     check("resume", call(thread, Label::TcbResume, &[], &[]))?;

@@ -34,6 +34,12 @@ fn vcpu_errors() -> Outcome {
         result(vcpu.set_space(space)),
         InvocationError::InvalidCapability { index: 1 },
     )?;
+    own::ASID_POOL.assign_guest(space).map_err(|e| detail!("ASID: {e}"))?;
+    expect_error(
+        "a GuestSpace for a VCPU bound to no thread",
+        result(vcpu.set_space(space)),
+        InvocationError::IllegalOperation,
+    )?;
     expect_error(
         "a GuestSpace as a thread's address space",
         call(make(ObjectType::Tcb, 0)?, Label::TcbConfigure, &[0], &[slot::CNODE, space.raw()]),
@@ -91,8 +97,8 @@ fn vm_exits() -> Outcome {
     // At 0x1000, in real mode: cpuid; hlt; mov [0], al (DS is moved past RAM first).
     ram.bytes()[0x1000..0x1006].copy_from_slice(&[0x0f, 0xa2, 0xf4, 0xa2, 0x00, 0x00]);
     let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu, 0)?);
-    vcpu.set_space(space).map_err(|e| detail!("set space: {e}"))?;
     vcpu.set_tcb(own::TCB).map_err(|e| detail!("bind: {e}"))?;
+    vcpu.set_space(space).map_err(|e| detail!("set space: {e}"))?;
     let cs = |part| segment_field(Segment::Cs, part);
     let ds = |part| segment_field(Segment::Ds, part);
     vcpu.write(&[
