@@ -720,11 +720,11 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 self.memory.write(tcb.offset(layout::IPC_BUFFER), ipc_buffer);
                 // The TCB keeps a copy of the frame capability (unmapped,
                 // as every copy starts), so the frame outlives its use.
-                if let Some(frame) = ipc_buffer_frame {
-                    if let Capability::Frame { object, size, rights, device, .. } = self.cap(frame) {
-                        let copy = Capability::Frame { object, size, rights, device, mapping: None };
-                        self.insert_derived(frame, Self::tcb_slot(tcb, BUFFER_SLOT), copy);
-                    }
+                if let Some(frame) = ipc_buffer_frame
+                    && let Capability::Frame { object, size, rights, device, .. } = self.cap(frame)
+                {
+                    let copy = Capability::Frame { object, size, rights, device, mapping: None };
+                    self.insert_derived(frame, Self::tcb_slot(tcb, BUFFER_SLOT), copy);
                 }
             }
             TcbInvocation::SetPriority { tcb, priority, max } => {
