@@ -252,9 +252,13 @@ impl Runtime {
     /// `VmEnter` by `tcb`: runs its VCPU until an exit for the VMM (the
     /// reply is then in place), or until the thread must give way to
     /// another. It then returns to its `syscall` instruction, to enter
-    /// again when it next runs. Returns whether the time slice ended.
-    fn vm_enter(&mut self, tcb: PhysAddr, mut flags: u64) -> bool {
+    /// again when it next runs. Returns `None` when the caller goes on (its
+    /// reply is in place and nothing that could outrank it happened), else
+    /// whether the time slice ended.
+    fn vm_enter(&mut self, tcb: PhysAddr, mut flags: u64) -> Option<bool> {
         use crate::object::vcpu::{VmEnterRefusal, layout};
+        // Whether a host interrupt came: it may have woken someone.
+        let mut interrupted = false;
         loop {
             let (vcpu, flush) = match self.space.vm_prepare(tcb, flags) {
                 Ok(prepared) => prepared,
@@ -262,11 +266,11 @@ impl Runtime {
                     let mut context = self.space.context(tcb);
                     crate::syscall::set_reply(&mut context, error.code(), &error.words());
                     self.space.set_context(tcb, &context);
-                    return false;
+                    return Some(false);
                 }
                 Err(VmEnterRefusal::Exit(exit)) => {
                     self.space.reply_vm_exit(tcb, exit);
-                    return false;
+                    return Some(false);
                 }
             };
             // The registers are in the VCPU now: a re-entry must not reload them.
@@ -274,7 +278,7 @@ impl Runtime {
             if self.space.virt.backend == crate::object::vcpu::Backend::Vmx {
                 if let Err(exit) = self.run_vmx(vcpu, flush) {
                     self.space.reply_vm_exit(tcb, exit);
-                    return false;
+                    return Some(false);
                 }
             } else {
                 let host_state = crate::arch::x86_64::svm::AREAS.get().map_or(0, |a| a.host_state);
@@ -291,9 +295,10 @@ impl Runtime {
             }
             if let Some(exit) = self.space.vm_exit(vcpu) {
                 self.space.vm_reply(tcb, vcpu, exit);
-                return false;
+                return if interrupted { Some(false) } else { None };
             }
             // A host interrupt: take it, then go on unless it preempts.
+            interrupted = true;
             crate::arch::x86_64::cpu::take_pending_interrupts();
             let tick = DEFERRED_TICK.swap(false, Ordering::Relaxed);
             let mut lines = DEFERRED_LINES.swap(0, Ordering::Relaxed);
@@ -307,7 +312,7 @@ impl Runtime {
                 context.rip = context.rip.wrapping_sub(crate::syscall::SYSCALL_LENGTH);
                 context.rdx &= !strata_abi::vcpu::enter::LOAD_REGISTERS;
                 self.space.set_context(tcb, &context);
-                return tick;
+                return Some(tick);
             }
         }
     }
@@ -448,7 +453,15 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
             runtime.space.set_context(tcb, &reply);
             false
         }
-        Outcome::VmEnter(flags) => runtime.vm_enter(tcb, flags),
+        Outcome::VmEnter(flags) => match runtime.vm_enter(tcb, flags) {
+            // The VMM goes on at once with its exit: nothing to choose.
+            None => {
+                let context = runtime.saved_context(tcb);
+                count_crossing(context);
+                return context;
+            }
+            Some(rotate) => rotate,
+        },
         Outcome::Shutdown(_) | Outcome::Counters | Outcome::Fault => {
             let saved = runtime.space.context(tcb);
             runtime.fault(tcb, format_args!("unknown system call {} at {:#x}", saved.rax, saved.rip));

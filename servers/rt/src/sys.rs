@@ -90,6 +90,26 @@ pub fn set_message_words(first: usize, words: &[u64]) {
     }
 }
 
+/// Writes a VCPU register block into message words 0–17 of the IPC
+/// buffer, word by word (a whole-array copy becomes `memcpy`, whose `rep
+/// movsb` costs an instruction per byte).
+pub fn set_register_block(block: &strata_abi::vcpu::RegisterBlock) {
+    let buffer = ipc_buffer();
+    for (i, &word) in block.iter().enumerate() {
+        // SAFETY: the kernel maps the IPC buffer read-write at the address
+        // the boot info gives; the block is the first 18 of its 120 message words.
+        unsafe { (&raw mut (*buffer).message[i]).write_volatile(word) };
+    }
+}
+
+/// Reads the VCPU register block from message words 0–17 of the IPC buffer.
+pub fn register_block() -> strata_abi::vcpu::RegisterBlock {
+    let buffer = ipc_buffer();
+    // SAFETY: as for `set_register_block`; the kernel wrote the block
+    // before returning from `VmEnter`.
+    core::array::from_fn(|i| unsafe { (&raw const (*buffer).message[i]).read_volatile() })
+}
+
 /// Reads message words `first..` of the last received message or reply
 /// from the IPC buffer into `out`.
 pub fn message_words(first: usize, out: &mut [u64]) {

@@ -6,7 +6,7 @@ use strata_abi::error::InvocationError;
 use strata_abi::invocation::Label;
 use strata_abi::object::Rights;
 use strata_abi::syscall::Syscall;
-use strata_abi::vcpu::{self, Exit, REGISTER_BLOCK_WORDS, RegisterBlock};
+use strata_abi::vcpu::{self, Exit, RegisterBlock};
 
 use crate::cap::{AsidPool, Cap, Frame, GuestSpace, PageTable, Tcb, Vcpu};
 use crate::{call, sys};
@@ -87,7 +87,7 @@ pub struct VmExit {
 pub fn enter(registers: Option<&RegisterBlock>) -> Result<VmExit, InvocationError> {
     let flags = match registers {
         Some(block) => {
-            sys::set_message_words(0, block);
+            sys::set_register_block(block);
             vcpu::enter::LOAD_REGISTERS
         }
         None => 0,
@@ -104,9 +104,7 @@ pub fn enter(registers: Option<&RegisterBlock>) -> Result<VmExit, InvocationErro
 
 /// The guest's registers at the last exit.
 pub fn registers() -> RegisterBlock {
-    let mut block = [0; REGISTER_BLOCK_WORDS];
-    sys::message_words(0, &mut block);
-    block
+    sys::register_block()
 }
 
 /// Why [`GuestRam::new`] failed: the step, and the kernel's error.

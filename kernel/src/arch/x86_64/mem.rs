@@ -13,12 +13,17 @@
 /// `src` is valid for `n` reads, `dest` for `n` writes, and they do not overlap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // Eight bytes at a time, then the rest: a tenth of the iterations of
+    // `rep movsb` under QEMU's instruction counting, and no slower on hardware.
     // SAFETY: the ranges are valid and disjoint (precondition); DF is clear
     // (the SysV ABI guarantees it at function entry).
     unsafe {
         core::arch::asm!(
+            "rep movsq",
+            "mov rcx, {bytes}",
             "rep movsb",
-            inout("rcx") n => _, inout("rdi") dest => _, inout("rsi") src => _,
+            bytes = in(reg) n % 8,
+            inout("rcx") n / 8 => _, inout("rdi") dest => _, inout("rsi") src => _,
             options(nostack, preserves_flags),
         );
     }
@@ -59,11 +64,16 @@ pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mu
 /// `dest` is valid for `n` writes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memset(dest: *mut u8, value: i32, n: usize) -> *mut u8 {
+    // Eight bytes at a time, then the rest (as in `memcpy`).
+    let pattern = u64::from(value as u8) * 0x0101_0101_0101_0101;
     // SAFETY: the range is valid (precondition); DF is clear (SysV ABI).
     unsafe {
         core::arch::asm!(
+            "rep stosq",
+            "mov rcx, {bytes}",
             "rep stosb",
-            inout("rcx") n => _, inout("rdi") dest => _, in("al") value as u8,
+            bytes = in(reg) n % 8,
+            inout("rcx") n / 8 => _, inout("rdi") dest => _, in("rax") pattern,
             options(nostack, preserves_flags),
         );
     }
