@@ -57,7 +57,8 @@ pub enum Exit {
     /// A control-register access the intercepts asked for, or (VMX) a CR8
     /// access or a write changing a CR0/CR4 bit VMX fixes. Word 1: the
     /// register number, plus 16 for a write, plus the general register
-    /// (encoding order) in bits 8–11 where the hardware says which.
+    /// (encoding order) in bits 8–11 where the hardware says which. Word 2:
+    /// the source operand of LMSW.
     CrAccess = 7,
     /// An exception the exception intercepts asked for. Word 1: the
     /// vector, plus 256 if word 2 holds an error code.

@@ -345,7 +345,11 @@ impl Runtime {
         // kernel returns to user mode.
         let result = unsafe {
             let host = vmx::swap_syscall_msrs(msrs.read());
+            let tables = vmx::descriptor_tables();
             let result = vmx::run(state, fpu, flags & layout::FLAG_LAUNCHED);
+            // A VM exit leaves the GDTR and IDTR limits at FFFFh (SDM vol.
+            // 3C §28.5.2): past the GDT's end lie user-influenced words.
+            vmx::restore_descriptor_tables(&tables);
             msrs.write(vmx::swap_syscall_msrs(host));
             result
         };

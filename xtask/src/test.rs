@@ -55,7 +55,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 68] = [
+const BOOT_CASES: [&str; 69] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -124,6 +124,7 @@ const BOOT_CASES: [&str; 68] = [
     "user.syscall_at_top_of_user_space",
     "user.vcpu_errors",
     "user.vm_exits",
+    "user.vm_exit_restores_gdt",
     "user.syscall_fuzz",
 ];
 

@@ -225,11 +225,13 @@ pub mod vmcb {
     pub const PAT: u64 = 0x668;
 
     /// Intercept vector 3 bits the kernel always sets: INTR, NMI, SMI,
-    /// INIT, CPUID, INVD, INVLPGA, IOIO_PROT, MSR_PROT, FERR_FREEZE, SHUTDOWN.
+    /// INIT, RDPMC, CPUID, INVD, INVLPGA, IOIO_PROT, MSR_PROT, FERR_FREEZE,
+    /// SHUTDOWN.
     pub const FORCED_MISC1: u64 = 1 << 0
         | 1 << 1
         | 1 << 2
         | 1 << 3
+        | 1 << 15
         | 1 << 18
         | 1 << 22
         | 1 << 26
@@ -238,8 +240,8 @@ pub mod vmcb {
         | 1 << 30
         | 1 << 31;
     /// Intercept vector 4 bits the kernel always sets: VMRUN, VMMCALL,
-    /// VMLOAD, VMSAVE, STGI, CLGI, SKINIT, XSETBV.
-    pub const FORCED_MISC2: u64 = 0x7f | 1 << 13;
+    /// VMLOAD, VMSAVE, STGI, CLGI, SKINIT, MONITOR, MWAIT (both forms), XSETBV.
+    pub const FORCED_MISC2: u64 = 0x7f | 0x7 << 10 | 1 << 13;
     /// V_INTR_MASKING: the guest's RFLAGS.IF masks only virtual interrupts;
     /// host interrupts always exit.
     pub const V_INTR_MASKING: u64 = 1 << 24;
@@ -433,6 +435,12 @@ pub fn classify_svm(raw: RawExit) -> Option<NeutralExit> {
 /// The VMCB segment slot of a neutral segment number (ES CS SS DS FS GS LDTR TR GDTR IDTR).
 const SVM_SEGMENT_SLOT: [u64; 10] = [0, 1, 2, 3, 4, 5, 7, 9, 6, 8];
 
+/// Exceptions that always exit, on both vendors: #DB (1) and #AC (17),
+/// which a guest could otherwise raise endlessly while delivering them,
+/// never letting the CPU reach an instruction boundary the host can
+/// interrupt (CVE-2015-8104, CVE-2015-5307). The VMM reflects them.
+pub const FORCED_EXCEPTIONS: u64 = 1 << 1 | 1 << 17;
+
 /// EFER bits a guest may have: SCE, LME, LMA, NXE, LMSLE, FFXSR, TCE.
 const EFER_ALLOWED: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11 | 1 << 13 | 1 << 14 | 1 << 15;
 /// RFLAGS bits that exist (CF..ID); bit 1 is always set.
@@ -585,10 +593,13 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let bad = Err(InvocationError::InvalidArgument { index: 1 });
         let segment = field.checked_sub(vcpu::SEGMENTS).map(|f| (f / 4, f % 4));
         let ok = match field {
-            0..=16 | 19 | 20 | 24..=33 | 38 => {
+            0..=16 | 19 | 20 | 24 | 25 | 27..=31 | 33 | 38 => {
                 // Addresses the CPU loads as such must be canonical.
                 !matches!(field, 16 | 27 | 28 | 30 | 31 | 33) || canonical(value)
             }
+            // SYSENTER_CS and SFMASK have reserved upper halves (on VMX the
+            // kernel loads SFMASK itself: a reserved bit would fault).
+            26 | 32 => value >> 32 == 0,
             17 => value & !RFLAGS_DEFINED == 0,
             18 | 21 => value >> 32 == 0,
             22 => value < 16,
@@ -624,6 +635,10 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             f if f == Field::Intercepts as u64 => {
                 self.set_vcpu_word(vcpu, layout::INTERCEPTS, value);
                 self.apply_svm_intercepts(vcpu);
+            }
+            f if f == Field::ExceptionIntercepts as u64 => {
+                let place = Place::Bits(control(vmcb::INTERCEPT_EXCEPTIONS), 0, 32);
+                self.write_place(vcpu, place, value | FORCED_EXCEPTIONS);
             }
             f if f == Field::InterruptWindow as u64 => {
                 let place = Place::Bits(control(vmcb::INTERRUPT_CONTROL), 0, 32);
@@ -668,7 +683,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         // Reads of CR3 (bit 3); writes of CR0, CR3 and CR4 (bits 16, 19, 20).
         let cr = if optional & intercept::CR_READS != 0 { 1 << 3 } else { 0 }
             | if optional & intercept::CR_WRITES != 0 { (1 << 0 | 1 << 3 | 1 << 4) << 16 } else { 0 };
-        let exceptions = self.vcpu_word(vcpu, layout::CONTROL + vmcb::INTERCEPT_EXCEPTIONS) & 0xffff_ffff;
+        let exceptions = self.vcpu_word(vcpu, layout::CONTROL + vmcb::INTERCEPT_EXCEPTIONS) & 0xffff_ffff
+            | FORCED_EXCEPTIONS;
         self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::INTERCEPT_CR, cr);
         self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::INTERCEPT_EXCEPTIONS, misc1 << 32 | exceptions);
         self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::INTERCEPT_MISC2, misc2);

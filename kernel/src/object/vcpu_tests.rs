@@ -64,6 +64,12 @@ fn read(space: &mut ObjectSpace<Arena>, field: u64) -> u64 {
 fn a_new_vcpu_is_a_processor_after_reset_on_both_backends() {
     for backend in [Backend::Svm, Backend::Vmx] {
         let (mut space, _, _) = machine(backend);
+        // #DB and #AC always exit, whatever the VMM asks (CVE-2015-8104, -5307).
+        let forced = super::vcpu::FORCED_EXCEPTIONS;
+        assert_eq!(read(&mut space, Field::ExceptionIntercepts as u64) & forced, forced, "{backend:?}");
+        vcpu_call(&mut space, Label::VcpuWriteState, &[Field::ExceptionIntercepts as u64, 1 << 6], &[])
+            .expect("ok");
+        assert_eq!(read(&mut space, Field::ExceptionIntercepts as u64), forced | 1 << 6, "{backend:?}");
         let cs = |part| segment_field(Segment::Cs, part);
         assert_eq!(read(&mut space, cs(SegmentPart::Selector)), 0xf000, "{backend:?}");
         assert_eq!(read(&mut space, cs(SegmentPart::Base)), 0xffff_0000);
@@ -164,6 +170,8 @@ fn bad_state_is_refused_and_nothing_of_the_request_is_written() {
         assert_eq!(write(&[segment_field(Segment::Ds, SegmentPart::Base), 1 << 32]), bad(1));
         assert_eq!(write(&[segment_field(Segment::Ss, SegmentPart::Attributes), 1 << 20]), bad(1));
         assert_eq!(write(&[Field::ActivityState as u64, 1]), bad(1));
+        assert_eq!(write(&[Field::Sfmask as u64, 1 << 32]), bad(1), "SFMASK reserved half");
+        assert_eq!(write(&[Field::SysenterCs as u64, 1 << 32]), bad(1));
         assert_eq!(write(&[42, 0]), bad(0), "no field 42");
         assert_eq!(write(&[vcpu::FIELD_LIMIT, 0]), bad(0));
         assert_eq!(write(&[rip]), Err(InvocationError::TruncatedMessage { needed: 2 }));

@@ -4,7 +4,7 @@
 //! through `PhysicalMemory::vmcs_read` and `vmcs_write`, which are VMREAD
 //! and VMWRITE on the machine and a simulated VMCS on the host.
 
-use strata_abi::vcpu::{self, Exit, Field, intercept};
+use strata_abi::vcpu::{self, Exit, intercept};
 
 use super::vcpu::{NeutralExit, layout};
 use super::{ObjectSpace, PhysicalMemory};
@@ -120,6 +120,8 @@ pub mod control {
     pub const MWAIT: u32 = 1 << 10;
     /// Primary: RDTSC exiting.
     pub const RDTSC: u32 = 1 << 12;
+    /// Primary: RDPMC exiting.
+    pub const RDPMC: u32 = 1 << 11;
     /// Primary: CR3-load exiting.
     pub const CR3_LOAD: u32 = 1 << 15;
     /// Primary: CR3-store exiting.
@@ -206,7 +208,7 @@ impl VmxConfig {
         let pin = adjust(EXTERNAL_INTERRUPT_EXITING | NMI_EXITING, msr(0x481, 0x48d))
             .map_err(|_| "VMX cannot make external interrupts and NMIs exit")?;
         let primary = adjust(
-            TSC_OFFSETTING | CR8_LOAD | CR8_STORE | UNCONDITIONAL_IO | MWAIT | MONITOR | SECONDARY,
+            TSC_OFFSETTING | CR8_LOAD | CR8_STORE | UNCONDITIONAL_IO | MWAIT | MONITOR | RDPMC | SECONDARY,
             proc_caps,
         )
         .map_err(|_| "VMX lacks I/O, CR8, MONITOR/MWAIT exiting or secondary controls")?;
@@ -221,6 +223,12 @@ impl VmxConfig {
             .map_err(|_| "VMX cannot switch EFER and PAT on exit")?;
         let entry = adjust(LOAD_DEBUG | ENTRY_PAT_EFER, msr(0x484, 0x490))
             .map_err(|_| "VMX cannot load EFER and PAT on entry")?;
+        // IA32_VMX_EPT_VPID_CAP: 4-level walks (6), write-back paging
+        // structures (14), INVEPT (20) with the all-context type (26).
+        let ept = 1 << 6 | 1 << 14 | 1 << 20 | 1 << 26;
+        if read_msr(0x48c) & ept != ept {
+            return Err("EPT lacks 4-level walks, write-back structures or all-context INVEPT");
+        }
         Ok(Self {
             revision: basic as u32 & 0x7fff_ffff,
             pin,
@@ -304,10 +312,12 @@ pub fn classify_vmx(raw: VmxExit) -> Option<NeutralExit> {
         50 => nested(vcpu::nested::INVEPT),
         53 => nested(vcpu::nested::INVVPID),
         28 => {
-            // Control-register access: CR in bits 0-3, type in 4-5 (0: MOV to CR), GPR in 8-11.
+            // Control-register access: CR in bits 0-3, type in 4-5 (0 MOV to
+            // CR, 1 MOV from CR, 2 CLTS, 3 LMSW: all but 1 write), GPR in
+            // 8-11, LMSW's source data in 16-31 (given as word 2).
             let q = raw.qualification;
-            let write = if (q >> 4) & 3 == 0 { 16 } else { 0 };
-            exit(Exit::CrAccess, (q & 0xf) | write | (q >> 8 & 0xf) << 8, 0, raw.length)
+            let write = if (q >> 4) & 3 == 1 { 0 } else { 16 };
+            exit(Exit::CrAccess, (q & 0xf) | write | (q >> 8 & 0xf) << 8, q >> 16 & 0xffff, raw.length)
         }
         30 => {
             let q = raw.qualification;
@@ -454,6 +464,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 self.vmcs_set(vcpu, GUEST_CR4, value | config.cr4_fixed0);
                 self.vmcs_set(vcpu, CR4_SHADOW, value);
             }
+            40 => self.vmcs_set(vcpu, EXCEPTION_BITMAP, value | super::vcpu::FORCED_EXCEPTIONS),
             23 => {
                 self.vmcs_set(vcpu, GUEST_EFER, value);
                 // The IA-32e mode guest entry control must match EFER.LMA.
@@ -523,6 +534,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.vmcs_set(vcpu, vmcs::SECONDARY_CONTROLS, u64::from(config.secondary));
         self.vmcs_set(vcpu, vmcs::EXIT_CONTROLS, u64::from(config.exit));
         self.vmcs_set(vcpu, vmcs::ENTRY_CONTROLS, u64::from(config.entry));
+        self.vmcs_set(vcpu, vmcs::EXCEPTION_BITMAP, super::vcpu::FORCED_EXCEPTIONS);
         self.vmx_apply_intercepts(vcpu);
     }
 
@@ -550,8 +562,12 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let vectoring = get(self, VECTORING_INFO);
         if vectoring & (1 << 31) != 0 {
             let error = get(self, VECTORING_ERROR);
-            self.vmx_write(vcpu, Field::PendingEvent as u64, vectoring & 0x8000_0fff);
+            self.vmcs_set(vcpu, ENTRY_INTERRUPTION, vectoring & 0x8000_0fff);
             self.vmcs_set(vcpu, ENTRY_ERROR_CODE, error);
+            // Software interrupts and exceptions are delivered again as if
+            // by their instruction, whose length the exit gives.
+            let software = matches!((vectoring >> 8) & 7, 4..=6);
+            self.vmcs_set(vcpu, ENTRY_INSTRUCTION_LENGTH, if software { raw.length } else { 0 });
         }
         classify_vmx(raw)
     }
@@ -574,6 +590,7 @@ mod tests {
             0x480 => 0x00da_0400_0000_002b | 1 << 55,
             0x486 => 0x8000_0021,
             0x488 => 0x2000,
+            0x48c => 1 << 6 | 1 << 14 | 1 << 20 | 1 << 25 | 1 << 26,
             _ => 0xffff_ffff_0000_0000,
         };
         let config = VmxConfig::from_capabilities(msrs).expect("usable");
@@ -583,6 +600,10 @@ mod tests {
         assert_ne!(config.secondary & (control::EPT | control::UNRESTRICTED_GUEST), 0);
         let no_ept = |msr: u32| if msr == 0x48b { 0 } else { msrs(msr) };
         assert!(VmxConfig::from_capabilities(no_ept).is_err());
+        // Without all-context INVEPT a removed mapping could not be flushed.
+        let single_only =
+            |msr: u32| if msr == 0x48c { 1 << 6 | 1 << 14 | 1 << 20 | 1 << 25 } else { msrs(msr) };
+        assert!(VmxConfig::from_capabilities(single_only).is_err());
     }
 
     #[test]
@@ -624,6 +645,13 @@ mod tests {
         let cr =
             classify_vmx(VmxExit { reason: 28, qualification: 8 | 3 << 8, length: 3, ..VmxExit::default() });
         assert_eq!(cr.map(|e| (e.reason, e.qualification)), Some((Exit::CrAccess, 8 | 16 | 3 << 8)));
+        // LMSW (type 3) writes CR0, with its source data in bits 16-31.
+        let lmsw =
+            VmxExit { reason: 28, qualification: 3 << 4 | 0x1234 << 16, length: 3, ..VmxExit::default() };
+        let lmsw = classify_vmx(lmsw).expect("for the VMM");
+        assert_eq!((lmsw.qualification, lmsw.qualification2), (16, 0x1234));
+        let read = VmxExit { reason: 28, qualification: 3 | 1 << 4, length: 3, ..VmxExit::default() };
+        assert_eq!(classify_vmx(read).map(|e| e.qualification), Some(3), "MOV from CR3 is a read");
         assert_eq!(
             classify_vmx(VmxExit { reason: 24, length: 3, ..VmxExit::default() }).map(|e| e.qualification),
             Some(vcpu::nested::VMRESUME)

@@ -342,6 +342,13 @@ impl Machine {
                 ));
             }
             Exit::EntryFailure => return Err(String::from("could not enter: no GuestSpace")),
+            // #DB and #AC always exit (the kernel forces them): they are the
+            // guest's own, delivered to it as they came.
+            Exit::Exception if matches!(exit.qualification & 0xff, 1 | 17) => {
+                let vector = exit.qualification & 0xff;
+                let error = (exit.qualification & 1 << 8 != 0).then_some(exit.qualification2 as u32);
+                self.inject_exception(vector, error)?;
+            }
             Exit::Exception => {
                 return Err(format!(
                     "unexpected exception {} (error code {:#x}) at {rip:#x}",

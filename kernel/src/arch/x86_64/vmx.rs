@@ -333,3 +333,45 @@ pub fn write_host_state(_vmcs: u64) {}
 pub fn swap_syscall_msrs(values: [u64; 5]) -> [u64; 5] {
     values
 }
+
+/// This CPU's GDTR and IDTR.
+pub type DescriptorTables =
+    (x86::dtables::DescriptorTablePointer<u64>, x86::dtables::DescriptorTablePointer<u64>);
+
+/// Reads this CPU's GDTR and IDTR.
+#[cfg(strata_baremetal)]
+pub fn descriptor_tables() -> DescriptorTables {
+    let mut tables = DescriptorTables::default();
+    // SAFETY: SGDT and SIDT only store the registers.
+    unsafe {
+        x86::dtables::sgdt(&mut tables.0);
+        x86::dtables::sidt(&mut tables.1);
+    }
+    tables
+}
+
+/// Loads the GDTR and IDTR `descriptor_tables` read.
+///
+/// # Safety
+/// `tables` is what `descriptor_tables` returned on this CPU.
+#[cfg(strata_baremetal)]
+pub unsafe fn restore_descriptor_tables(tables: &DescriptorTables) {
+    // SAFETY: the same tables, still in place (caller's precondition).
+    unsafe {
+        x86::dtables::lgdt(&tables.0);
+        x86::dtables::lidt(&tables.1);
+    }
+}
+
+/// Host builds: no descriptor tables.
+#[cfg(not(strata_baremetal))]
+pub fn descriptor_tables() -> DescriptorTables {
+    DescriptorTables::default()
+}
+
+/// Host builds: nothing to restore.
+///
+/// # Safety
+/// None needed: it does nothing.
+#[cfg(not(strata_baremetal))]
+pub unsafe fn restore_descriptor_tables(_tables: &DescriptorTables) {}

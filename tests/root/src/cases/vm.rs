@@ -13,6 +13,22 @@ use super::*;
 pub(super) fn run(suite: &mut Suite) {
     suite.case("user.vcpu_errors", vcpu_errors);
     suite.case("user.vm_exits", vm_exits);
+    suite.case("user.vm_exit_restores_gdt", vm_exit_restores_gdt);
+}
+
+/// After guests have run (the cases above), the GDT's limit is still the
+/// GDT's: a VMX exit sets it to FFFFh, which would open the memory after
+/// the GDT to user selectors. SGDT is allowed in user mode (no UMIP).
+fn vm_exit_restores_gdt() -> Outcome {
+    let mut gdtr = [0u8; 10];
+    // SAFETY: SGDT stores ten bytes into the buffer, nothing else.
+    unsafe { core::arch::asm!("sgdt [{}]", in(reg) gdtr.as_mut_ptr(), options(nostack)) };
+    let limit = u16::from_le_bytes([gdtr[0], gdtr[1]]);
+    // Null, kernel code and data, user data and code, a 16-byte TSS descriptor.
+    if limit != 7 * 8 - 1 {
+        return Err(detail!("GDT limit {limit:#x} after VM exits"));
+    }
+    Ok(detail!("GDT limit {limit:#x}"))
 }
 
 fn vcpu_errors() -> Outcome {
