@@ -9,6 +9,9 @@
 //!   8000_0001h ECX bit 2): the guest gets no nested virtualization yet;
 //! - x2APIC, the TSC deadline timer, MONITOR/MWAIT and performance
 //!   monitoring are hidden: this VMM does not emulate them;
+//! - XSAVE and everything that needs it (AVX, AVX2, AVX-512, FMA, F16C and
+//!   leaf 0Dh) are hidden: strata switches guest FPU state with FXSAVE, so
+//!   a guest gets x87 and SSE state, which is what survives its exits;
 //! - leaf 1 reports APIC ID 0 and one logical processor;
 //! - the highest basic and extended leaves are capped at the ones handled
 //!   here, and leaves past them return zeros (AMD APM vol. 3, CPUID; Intel
@@ -36,15 +39,26 @@ pub fn model(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> Registers) -> R
             let [a, b, c, d] = host(1, 0);
             // EBX: APIC ID 0 (31:24), one logical processor (23:16), keep the rest.
             let b = (b & 0x0000_ffff) | 1 << 16;
-            // ECX: hide VMX (5), SMX (6), MONITOR (3), PDCM (15), x2APIC (21),
-            // TSC deadline (24); set hypervisor (31).
-            let c = c & !(1 << 5 | 1 << 6 | 1 << 3 | 1 << 15 | 1 << 21 | 1 << 24) | 1 << 31;
+            // ECX: hide VMX (5), SMX (6), MONITOR (3), FMA (12), PDCM (15),
+            // x2APIC (21), TSC deadline (24), XSAVE (26), OSXSAVE (27),
+            // AVX (28), F16C (29); set hypervisor (31).
+            let hidden = 1 << 3 | 1 << 5 | 1 << 6 | 1 << 12 | 1 << 15 | 1 << 21 | 1 << 24 | 0xf << 26;
+            let c = c & !hidden | 1 << 31;
             // EDX: hide ACPI thermal (22), TM (29), PBE (31); keep HTT off.
             let d = d & !(1 << 22 | 1 << 29 | 1 << 31 | 1 << 28);
             [a, b, c, d]
         }
-        // Architectural performance monitoring: none.
-        0xa => [0; 4],
+        // Structured extended features: no AVX2 (EBX 5), no AVX-512 (EBX 16,
+        // 17, 21, 26-28, 30, 31; ECX 1, 6, 11, 12, 14; EDX 2, 3, 8, 23).
+        7 if subleaf == 0 => {
+            let [a, b, c, d] = host(7, 0);
+            let b = b & !(1 << 5 | 1 << 16 | 1 << 17 | 1 << 21 | 0x7 << 26 | 1 << 30 | 1 << 31);
+            let c = c & !(1 << 1 | 1 << 6 | 1 << 11 | 1 << 12 | 1 << 14);
+            let d = d & !(1 << 2 | 1 << 3 | 1 << 8 | 1 << 23);
+            [a, b, c, d]
+        }
+        // Architectural performance monitoring and XSAVE state: none.
+        0xa | 0xd => [0; 4],
         2..=MAX_BASIC => host(leaf, subleaf),
         0x4000_0000 => {
             let word = |i: usize| {
@@ -89,6 +103,9 @@ mod tests {
         assert_eq!(c & (1 << 5 | 1 << 21), 0);
         assert_eq!(b >> 24, 0, "APIC ID 0");
         assert_eq!(model(0x8000_0001, 0, host)[2] & 1 << 2, 0, "no SVM");
+        assert_eq!(c & (0xf << 26), 0, "no XSAVE, OSXSAVE, AVX or F16C");
+        assert_eq!(model(7, 0, host)[1] & (1 << 5 | 1 << 16), 0, "no AVX2 or AVX-512");
+        assert_eq!(model(0xd, 0, host), [0; 4]);
         let [max, b, c, d] = model(0x4000_0000, 0, host);
         assert_eq!(max, 0x4000_0001);
         let mut signature = [0u8; 12];
