@@ -16,7 +16,7 @@ use crate::step::{self, Result};
 use crate::{fail, root};
 
 /// The targets, in the order they run.
-pub const TARGETS: [&str; 6] = ["cap_abi", "decode", "archive", "elf", "boot_info", "acpi"];
+pub const TARGETS: [&str; 7] = ["cap_abi", "decode", "archive", "elf", "boot_info", "acpi", "guest_image"];
 
 /// Arguments of `cargo xtask fuzz`.
 #[derive(clap::Args)]

@@ -410,3 +410,36 @@ mod tests {
         }
     }
 }
+
+/// The seed corpus of the `guest_image` fuzz target (`tests/fuzz`) is
+/// valid images, and its regressions load or are refused without panicking.
+#[cfg(test)]
+mod fuzz_seeds {
+    use super::*;
+
+    fn files(kind: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fuzz")
+            .join(kind)
+            .join("guest_image");
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+        entries.flatten().map(|e| (e.path(), std::fs::read(e.path()).expect("readable"))).collect()
+    }
+
+    #[test]
+    fn the_seeds_load_and_the_regressions_do_not_panic() {
+        let seeds = files("corpus");
+        assert!(seeds.len() >= 3, "tests/fuzz/corpus/guest_image has {} seeds", seeds.len());
+        for (path, image) in seeds.into_iter().chain(files("regressions")) {
+            let mut ram = vec![0u8; 2 << 20];
+            let mut memory = GuestMemory::new(&mut ram);
+            let is_seed = path.components().any(|c| c.as_os_str() == "corpus");
+            let loaded = if is_boot_sector(&image) {
+                load_boot_sector(&image, &mut memory).map(drop)
+            } else {
+                load(&image, &mut memory, "seed").map(drop)
+            };
+            assert!(!is_seed || loaded.is_ok(), "{}: {loaded:?}", path.display());
+        }
+    }
+}
