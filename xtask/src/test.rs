@@ -55,7 +55,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 69] = [
+const BOOT_CASES: [&str; 70] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -125,6 +125,7 @@ const BOOT_CASES: [&str; 69] = [
     "user.vcpu_errors",
     "user.vm_exits",
     "user.vm_exit_restores_gdt",
+    "user.vm_host_interrupts",
     "user.syscall_fuzz",
 ];
 

@@ -14,6 +14,56 @@ pub(super) fn run(suite: &mut Suite) {
     suite.case("user.vcpu_errors", vcpu_errors);
     suite.case("user.vm_exits", vm_exits);
     suite.case("user.vm_exit_restores_gdt", vm_exit_restores_gdt);
+    suite.case("user.vm_host_interrupts", vm_host_interrupts);
+}
+
+static SPINS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn spinner() -> ! {
+    loop {
+        SPINS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A guest that runs for 20 million instructions spans many host timer
+/// ticks: the kernel takes each, the thread at the VMM's priority gets its
+/// turns, and the guest goes on where it was each time, to its HLT.
+fn vm_host_interrupts() -> Outcome {
+    let space: Cap<GuestSpace> = Cap::from_raw(make(ObjectType::GuestSpace, 0)?);
+    own::ASID_POOL.assign_guest(space).map_err(|e| detail!("ASID: {e}"))?;
+    let mut ram = GuestRam::new(space, 2 << 20).map_err(|e| detail!("guest RAM: {e}"))?;
+    // mov ecx, 20000000; 1: dec ecx; jnz 1b; hlt
+    let code = [0x66, 0xb9, 0x00, 0x2d, 0x31, 0x01, 0x66, 0x49, 0x75, 0xfc, 0xf4];
+    ram.bytes()[0x2000..0x2000 + code.len()].copy_from_slice(&code);
+    let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu, 0)?);
+    vcpu.set_tcb(own::TCB).map_err(|e| detail!("bind: {e}"))?;
+    vcpu.set_space(space).map_err(|e| detail!("set space: {e}"))?;
+    let cs = |part| segment_field(Segment::Cs, part);
+    vcpu.write(&[
+        (cs(SegmentPart::Selector), 0),
+        (cs(SegmentPart::Base), 0),
+        (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
+    ])
+    .map_err(|e| detail!("state: {e}"))?;
+    let worker = spawn_in(spinner, slot::VSPACE, 0)?;
+    let mut registers = [0u64; REGISTER_BLOCK_WORDS];
+    registers[Field::Rip as usize] = 0x2000;
+    registers[Field::Rflags as usize] = 2;
+    let before = SPINS.load(Ordering::Relaxed);
+    let (exit, after) = enter(&registers)?;
+    let spins = SPINS.load(Ordering::Relaxed) - before;
+    check("delete the spinner", cnode_op(Label::CNodeDelete, &[worker, DEPTH]))?;
+    if exit.reason != Exit::Hlt || after[Field::Rcx as usize] != 0 || after[Field::Rip as usize] != 0x200a {
+        return Err(detail!(
+            "{exit:?} with RCX {:#x} at {:#x}",
+            after[Field::Rcx as usize],
+            after[Field::Rip as usize]
+        ));
+    }
+    if spins == 0 {
+        return Err(detail!("the thread at the same priority never ran while the guest did"));
+    }
+    Ok(detail!("20M guest instructions to HLT; the other thread spun {spins} times meanwhile"))
 }
 
 /// After guests have run (the cases above), the GDT's limit is still the
