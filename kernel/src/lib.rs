@@ -14,6 +14,10 @@
 #[cfg(not(strata_baremetal))]
 extern crate alloc;
 
+// memcpy and the other C functions the precompiled `core` calls, for the
+// kernel and for the loader, which links this crate.
+use strata_mem as _;
+
 pub mod addr;
 pub mod arch;
 pub mod boot;

@@ -275,10 +275,6 @@ mod bare {
         };
         out
     }
-
-    /// Referenced by the precompiled `core`; never called with `panic = "abort"`.
-    #[unsafe(no_mangle)]
-    pub extern "C" fn rust_eh_personality() {}
 }
 
 /// Names the program's main function: `strata_rt::entry!(main)`, where

@@ -37,14 +37,37 @@ macro_rules! pop_general_registers {
     };
 }
 
+/// After a VM exit: stores the guest's general registers, other than RAX
+/// and RSP (which the VMCB or VMCS holds, or the caller saves), at
+/// `[rax + 8 × encoding]`, the VCPU's register words (Intel syntax).
+#[cfg_attr(not(strata_baremetal), allow(unused_macros))]
+macro_rules! store_guest_registers {
+    () => {
+        concat!(
+            "mov [rax + 8], rcx\n",
+            "mov [rax + 16], rdx\n",
+            "mov [rax + 24], rbx\n",
+            "mov [rax + 40], rbp\n",
+            "mov [rax + 48], rsi\n",
+            "mov [rax + 56], rdi\n",
+            "mov [rax + 64], r8\n",
+            "mov [rax + 72], r9\n",
+            "mov [rax + 80], r10\n",
+            "mov [rax + 88], r11\n",
+            "mov [rax + 96], r12\n",
+            "mov [rax + 104], r13\n",
+            "mov [rax + 112], r14\n",
+            "mov [rax + 120], r15",
+        )
+    };
+}
+
 pub mod cpu;
 pub mod exit;
 pub mod gdt;
 pub mod idt;
 pub mod ioapic;
 pub mod lapic;
-#[cfg(strata_baremetal)]
-pub mod mem;
 pub mod paging;
 pub mod pic;
 pub mod pit;

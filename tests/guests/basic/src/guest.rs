@@ -567,7 +567,3 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
     }
 }
-
-/// Referenced by the precompiled `core`; never called with `panic = "abort"`.
-#[unsafe(no_mangle)]
-extern "C" fn rust_eh_personality() {}
