@@ -48,6 +48,7 @@ const LOADER_SCRIPT: &str = "loader/link.ld";
 const USER_SCRIPT: &str = "servers/rt/user.ld";
 const GUEST_SCRIPT: &str = "tests/guests/guest.ld";
 const BOOT_SECTOR_SCRIPT: &str = "tests/guests/bootsector.ld";
+const ELF64_SCRIPT: &str = "tests/guests/elf64.ld";
 
 /// The test guests: (module name, package).
 pub const GUESTS: [(&str, &str); 1] = [("guest-basic", "strata-guest-basic")];
@@ -177,6 +178,7 @@ pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
             }
             let elf = bare("strata-guest-bootsector", &[], "guest", false, BOOT_SECTOR_SCRIPT)?;
             programs.push(("guest-bootsector", boot_sector(&elf)?));
+            programs.push(("guest-elf64", bare("strata-guest-elf64", &[], "guest", false, ELF64_SCRIPT)?));
             (
                 bare("strata-kernel", &["debug-exit"], "kernel-system", true, KERNEL_SCRIPT)?,
                 Some(user("strata-vmm", &[])?),
@@ -211,6 +213,7 @@ pub fn lint() -> Result {
         bare_command("clippy", "strata-vmm", &[], "clippy-user", false, USER_SCRIPT),
         bare_command("clippy", "strata-guest-basic", &[], "clippy-guest", false, GUEST_SCRIPT),
         bare_command("clippy", "strata-guest-bootsector", &[], "clippy-guest", false, BOOT_SECTOR_SCRIPT),
+        bare_command("clippy", "strata-guest-elf64", &[], "clippy-guest", false, ELF64_SCRIPT),
     ] {
         command.args(["--", "-D", "warnings"]);
         step::run(&mut command)?;

@@ -488,7 +488,7 @@ const SYSTEM_LINES: [&str; 14] = [
 
 /// What the VM image must log: each check of each test guest, through
 /// the VMM's UART with the guest's name, then how each guest ended.
-const VM_LINES: [&str; 20] = [
+const VM_LINES: [&str; 24] = [
     "[guest-basic] ok multiboot",
     "[guest-basic] ok long-mode",
     "[guest-basic] ok cpuid",
@@ -508,7 +508,11 @@ const VM_LINES: [&str; 20] = [
     "[guest-bootsector] ok cpuid-in-real-mode",
     "[guest-bootsector] ok protected-mode",
     "vmm: guest-bootsector: exited with status 0x0 through isa-debug-exit",
-    "vmm: 3 guest module(s), 2 started",
+    "[guest-elf64] ok paging-on",
+    "[guest-elf64] ok long-mode-active",
+    "[guest-elf64] ok code-segment-0x08",
+    "vmm: guest-elf64: exited with status 0x0 through isa-debug-exit",
+    "vmm: 4 guest module(s), 3 started",
 ];
 
 /// Boots the VM image (the VMM and its test guests) and checks its log.

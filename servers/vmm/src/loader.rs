@@ -1,5 +1,6 @@
-//! Loading multiboot v1 kernels the way QEMU's `-kernel` does (Multiboot
-//! Specification 0.6.96, §3.1–3.3): the header in the first 8 KiB, the
+//! Loading guests: boot sectors as a BIOS does, plain 64-bit ELF kernels
+//! into long mode, and multiboot v1 kernels the way QEMU's `-kernel` does
+//! (Multiboot Specification 0.6.96, §3.1–3.3): the header in the first 8 KiB, the
 //! image placed by the header's address fields or, without them, by a
 //! 32-bit ELF image's program headers; then the information structure
 //! with the memory map, the command line and the boot loader's name, and
@@ -149,6 +150,43 @@ pub fn load_boot_sector(image: &[u8], memory: &mut GuestMemory<'_>) -> Result<u6
     }
     memory.slice(BOOT_SECTOR_ADDRESS, 512)?.copy_from_slice(image);
     Ok(BOOT_SECTOR_ADDRESS)
+}
+
+/// Where the VMM builds the identity page tables of a plain 64-bit ELF
+/// guest: a PML4, a PDPT and a page directory of 2 MiB pages (the first GiB).
+pub const LONG_MODE_TABLES: u64 = 0x1000;
+
+/// Whether `image` is a 64-bit ELF file without a multiboot header: a
+/// plain ELF kernel, started in long mode.
+pub fn is_plain_elf64(image: &[u8]) -> bool {
+    image.get(..5) == Some(b"\x7fELF\x02") && find_header(image).is_err()
+}
+
+/// Loads a plain 64-bit ELF kernel at its segments' physical addresses and
+/// builds identity page tables for its first GiB at [`LONG_MODE_TABLES`].
+/// Returns the entry point.
+pub fn load_plain_elf64(image: &[u8], memory: &mut GuestMemory<'_>) -> Result<u64, LoadError> {
+    let tables_end = LONG_MODE_TABLES + 3 * 4096;
+    let plan = strata_abi::elf::plan(image, tables_end..memory.size().min(1 << 30))
+        .map_err(|_| LoadError::BadElf("not a loadable 64-bit executable inside guest RAM"))?;
+    for segment in plan.segments() {
+        let (start, file, size) = (segment.virtual_address, segment.file_size, segment.memory_size);
+        let bytes = image
+            .get(segment.file_offset as usize..(segment.file_offset + file) as usize)
+            .ok_or(LoadError::BadElf("a segment extends past the end of the file"))?;
+        check_range(memory, start, start + size)?;
+        memory.slice(start, bytes.len())?.copy_from_slice(bytes);
+        memory.slice(start + file, (size - file) as usize)?.fill(0);
+    }
+    let tables = memory.slice(LONG_MODE_TABLES, 3 * 4096)?;
+    tables.fill(0);
+    let mut put = |at: usize, value: u64| tables[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    put(0, (LONG_MODE_TABLES + 0x1000) | 3);
+    put(0x1000, (LONG_MODE_TABLES + 0x2000) | 3);
+    for n in 0..512u64 {
+        put(0x2000 + 8 * n as usize, n << 21 | 0x83);
+    }
+    Ok(plan.entry)
 }
 
 /// Loads `image` into `memory` with `command_line`.
@@ -305,6 +343,7 @@ fn write_info(memory: &mut GuestMemory<'_>, command_line: &str) -> Result<u32, L
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::Paging;
 
     /// An image with a header at `offset` whose address fields load it at 1 MiB.
     fn kludge(offset: usize, length: usize, bss: u32, entry: u32) -> Vec<u8> {
@@ -375,6 +414,33 @@ mod tests {
         let image = kludge(0, 0x1000, 0, 0x10_0000);
         let long = "x".repeat(4000);
         assert_eq!(load(&image, &mut memory, &long), Err(LoadError::CommandLineTooLong));
+    }
+
+    #[test]
+    fn a_plain_elf64_is_loaded_with_identity_page_tables() {
+        use strata_abi::elf::testing::elf;
+        // One segment at 2 MiB: 0x40 bytes from the file, 0x1000 in memory.
+        let mut image = elf(0x20_0010, &[(1, 5, 0x1000, 0x20_0000, 0x40, 0x1000)], 0x2000);
+        image[0x1000..0x1040].fill(0xcc);
+        assert!(is_plain_elf64(&image));
+        let mut ram = vec![0xeeu8; 4 << 20];
+        let mut memory = GuestMemory::new(&mut ram);
+        assert_eq!(load_plain_elf64(&image, &mut memory), Ok(0x20_0010));
+        assert_eq!(ram[0x20_0000], 0xcc);
+        assert_eq!(ram[0x20_0040], 0, "the rest of the segment is zeroed");
+        let word = |at: usize| u64::from_le_bytes(ram[at..at + 8].try_into().expect("8 bytes"));
+        let tables = LONG_MODE_TABLES as usize;
+        assert_eq!(word(tables), LONG_MODE_TABLES + 0x1000 | 3);
+        assert_eq!(word(tables + 0x2000 + 8), 1 << 21 | 0x83, "2 MiB identity pages");
+        // Through those tables, the entry translates to itself.
+        let mut memory = GuestMemory::new(&mut ram);
+        let paging = Paging { cr0: 0x8000_0011, cr3: LONG_MODE_TABLES, cr4: 0x20, efer: 0x500 };
+        assert_eq!(memory.translate(paging, 0x20_0010), Ok(0x20_0010));
+        // A segment over the page tables, or past RAM, is refused.
+        let low = elf(0x1000, &[(1, 5, 0x1000, 0x1000, 0x40, 0x40)], 0x2000);
+        assert!(load_plain_elf64(&low, &mut GuestMemory::new(&mut ram)).is_err());
+        let high = elf(0x80_0000, &[(1, 5, 0x1000, 0x80_0000, 0x40, 0x40)], 0x2000);
+        assert!(load_plain_elf64(&high, &mut GuestMemory::new(&mut ram)).is_err());
     }
 
     #[test]

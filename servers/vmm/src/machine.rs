@@ -151,6 +151,9 @@ impl Machine {
         let registers = if loader::is_boot_sector(image) {
             let entry = loader::load_boot_sector(image, &mut memory).map_err(|e| format!("{e}"))?;
             boot_sector_state(vcpu, entry).map_err(|e| failed("setting the entry state", e))?
+        } else if loader::is_plain_elf64(image) {
+            let entry = loader::load_plain_elf64(image, &mut memory).map_err(|e| format!("{e}"))?;
+            long_mode_state(vcpu, entry).map_err(|e| failed("setting the entry state", e))?
         } else {
             let boot = loader::load(image, &mut memory, name).map_err(|e| format!("{e}"))?;
             multiboot_state(vcpu, boot).map_err(|e| failed("setting the entry state", e))?
@@ -184,6 +187,39 @@ fn boot_sector_state(
     let mut registers = [0; strata_abi::vcpu::REGISTER_BLOCK_WORDS];
     registers[Field::Rip as usize] = entry;
     registers[Field::Rdx as usize] = 0x80;
+    registers[Field::Rflags as usize] = 2;
+    Ok(registers)
+}
+
+/// The state a plain 64-bit ELF kernel starts in: long mode, paging on
+/// with the identity map of the first GiB the loader built, flat 64-bit
+/// code and data segments, interrupts off, at `entry`.
+fn long_mode_state(vcpu: Cap<Vcpu>, entry: u64) -> Result<strata_abi::vcpu::RegisterBlock, InvocationError> {
+    for (s, selector, attributes) in [
+        (Segment::Cs, 0x08, 0xa09b),
+        (Segment::Ds, 0x10, 0xc093),
+        (Segment::Es, 0x10, 0xc093),
+        (Segment::Ss, 0x10, 0xc093),
+        (Segment::Fs, 0x10, 0xc093),
+        (Segment::Gs, 0x10, 0xc093),
+    ] {
+        vcpu.write(&[
+            (segment_field(s, SegmentPart::Selector), selector),
+            (segment_field(s, SegmentPart::Base), 0),
+            (segment_field(s, SegmentPart::Limit), 0xffff_ffff),
+            (segment_field(s, SegmentPart::Attributes), attributes),
+        ])?;
+    }
+    // PE, ET, NE, PG; PAE and OSFXSR; LME and LMA; the identity tables.
+    vcpu.write(&[
+        (Field::Cr0 as u64, 0x8000_0031),
+        (Field::Cr4 as u64, 0x220),
+        (Field::Efer as u64, 0x500),
+        (Field::Cr3 as u64, loader::LONG_MODE_TABLES),
+    ])?;
+    vcpu.write(&[(Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT)])?;
+    let mut registers = [0; strata_abi::vcpu::REGISTER_BLOCK_WORDS];
+    registers[Field::Rip as usize] = entry;
     registers[Field::Rflags as usize] = 2;
     Ok(registers)
 }

@@ -1,5 +1,5 @@
-//! What a VMM takes from a tenant: the guest image (multiboot kernel or
-//! boot sector) and, at run time, the bytes it decodes at a faulting RIP
+//! What a VMM takes from a tenant: the guest image (multiboot kernel,
+//! plain 64-bit ELF or boot sector) and, at run time, the bytes it decodes at a faulting RIP
 //! and the page tables it walks. An accepted image lies inside guest RAM
 //! with its entry inside the image; nothing panics.
 #![no_main]
@@ -13,6 +13,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut memory = GuestMemory::new(&mut ram);
     if loader::is_boot_sector(data) {
         assert_eq!(loader::load_boot_sector(data, &mut memory), Ok(loader::BOOT_SECTOR_ADDRESS));
+    } else if loader::is_plain_elf64(data) {
+        if let Ok(entry) = loader::load_plain_elf64(data, &mut memory) {
+            assert!(entry < memory.size());
+        }
     } else if let Ok(boot) = loader::load(data, &mut memory, "fuzz") {
         assert!(u64::from(boot.entry) < memory.size());
         assert_eq!(u64::from(boot.info), loader::INFO_ADDRESS);
