@@ -430,7 +430,7 @@ mod tests {
         assert_eq!(ram[0x20_0040], 0, "the rest of the segment is zeroed");
         let word = |at: usize| u64::from_le_bytes(ram[at..at + 8].try_into().expect("8 bytes"));
         let tables = LONG_MODE_TABLES as usize;
-        assert_eq!(word(tables), LONG_MODE_TABLES + 0x1000 | 3);
+        assert_eq!(word(tables), (LONG_MODE_TABLES + 0x1000) | 3);
         assert_eq!(word(tables + 0x2000 + 8), 1 << 21 | 0x83, "2 MiB identity pages");
         // Through those tables, the entry translates to itself.
         let mut memory = GuestMemory::new(&mut ram);
