@@ -110,6 +110,9 @@ pub fn build(kind: Kind) -> Result<Image> {
     }
     if flavor == Flavor::Vm {
         archive
+            .add(EntryKind::Module, "guest-basic+greeting", "", b"hello from a multiboot module\n")
+            .map_err(|e| fail!("boot archive: {e}"))?;
+        archive
             .add(EntryKind::Module, JUNK_GUEST_MODULE, "", b"this guest is text, not a multiboot kernel\n")
             .map_err(|e| fail!("boot archive: {e}"))?;
     }

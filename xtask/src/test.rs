@@ -488,8 +488,9 @@ const SYSTEM_LINES: [&str; 14] = [
 
 /// What the VM image must log: each check of each test guest, through
 /// the VMM's UART with the guest's name, then how each guest ended.
-const VM_LINES: [&str; 24] = [
+const VM_LINES: [&str; 25] = [
     "[guest-basic] ok multiboot",
+    "[guest-basic] ok multiboot-module",
     "[guest-basic] ok long-mode",
     "[guest-basic] ok cpuid",
     "[guest-basic] ok port-io",

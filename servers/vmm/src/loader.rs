@@ -50,7 +50,20 @@ pub enum LoadError {
     },
     /// The command line does not fit.
     CommandLineTooLong,
+    /// More modules than the information structure has room for, or a name too long.
+    TooManyModules,
 }
+
+/// Most modules passed to a multiboot kernel.
+pub const MAX_MODULES: usize = 16;
+/// Bytes for each module's name in the information structure, NUL included.
+const MODULE_NAME: usize = 32;
+/// Where things are in the information structure's page.
+const MAP_AT: u64 = 0x80;
+const NAME_AT: u64 = 0x180;
+const MODULES_AT: u64 = 0x200;
+const MODULE_NAMES_AT: u64 = 0x300;
+const COMMAND_LINE_AT: u64 = 0x500;
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -74,7 +87,10 @@ impl fmt::Display for LoadError {
                 "the image needs guest-physical {start:#x}..{end:#x}, outside RAM or over the boot information"
             ),
             Self::CommandLineTooLong => {
-                write!(f, "the command line is longer than {} bytes", INFO_SIZE - 0x200)
+                write!(f, "the command line is longer than {} bytes", INFO_SIZE - COMMAND_LINE_AT - 1)
+            }
+            Self::TooManyModules => {
+                write!(f, "more than {MAX_MODULES} modules, or a module name over {} bytes", MODULE_NAME - 1)
             }
         }
     }
@@ -189,19 +205,25 @@ pub fn load_plain_elf64(image: &[u8], memory: &mut GuestMemory<'_>) -> Result<u6
     Ok(plan.entry)
 }
 
-/// Loads `image` into `memory` with `command_line`.
-pub fn load(image: &[u8], memory: &mut GuestMemory<'_>, command_line: &str) -> Result<Boot, LoadError> {
+/// Loads `image` into `memory` with `command_line` and `modules` (name and
+/// bytes each), which go page-aligned after the image, in order.
+pub fn load(
+    image: &[u8],
+    memory: &mut GuestMemory<'_>,
+    command_line: &str,
+    modules: &[(&str, &[u8])],
+) -> Result<Boot, LoadError> {
     let (offset, header) = find_header(image)?;
     let flags = header[1];
     if flags & 0xffff & !KNOWN_FLAGS != 0 {
         return Err(LoadError::UnsupportedFlags(flags & 0xffff & !KNOWN_FLAGS));
     }
-    let (entry, loaded) = if flags & 1 << 16 != 0 {
+    let (entry, loaded, image_end) = if flags & 1 << 16 != 0 {
         load_by_addresses(image, memory, offset, header)?
     } else {
         load_elf32(image, memory)?
     };
-    let info = write_info(memory, command_line)?;
+    let info = write_info(memory, command_line, modules, image_end)?;
     Ok(Boot { entry, info, loaded })
 }
 
@@ -210,7 +232,7 @@ fn load_by_addresses(
     memory: &mut GuestMemory<'_>,
     offset: usize,
     header: [u32; 8],
-) -> Result<(u32, u64), LoadError> {
+) -> Result<(u32, u64, u64), LoadError> {
     let [_, _, _, header_address, load_address, load_end, bss_end, entry] = header.map(u64::from);
     if load_address > header_address {
         return Err(LoadError::BadAddresses("load_addr is above header_addr"));
@@ -238,10 +260,10 @@ fn load_by_addresses(
     let bytes = &image[file_start as usize..(file_start + length) as usize];
     memory.slice(load_address, bytes.len())?.copy_from_slice(bytes);
     memory.slice(end, (bss_end - end) as usize)?.fill(0);
-    Ok((entry as u32, bss_end - load_address))
+    Ok((entry as u32, bss_end - load_address, bss_end))
 }
 
-fn load_elf32(image: &[u8], memory: &mut GuestMemory<'_>) -> Result<(u32, u64), LoadError> {
+fn load_elf32(image: &[u8], memory: &mut GuestMemory<'_>) -> Result<(u32, u64, u64), LoadError> {
     if image.get(..4) != Some(b"\x7fELF") {
         return Err(LoadError::NotElf32);
     }
@@ -261,7 +283,7 @@ fn load_elf32(image: &[u8], memory: &mut GuestMemory<'_>) -> Result<(u32, u64), 
     if phentsize < 32 {
         return Err(LoadError::BadElf("program headers smaller than 32 bytes"));
     }
-    let mut loaded = 0;
+    let (mut loaded, mut image_end) = (0, 0);
     for n in 0..phnum {
         let at = phoff + n * phentsize;
         let field = |i: usize| {
@@ -283,22 +305,41 @@ fn load_elf32(image: &[u8], memory: &mut GuestMemory<'_>) -> Result<(u32, u64), 
         memory.slice(physical, bytes.len())?.copy_from_slice(bytes);
         memory.slice(physical + file_size, (memory_size - file_size) as usize)?.fill(0);
         loaded += memory_size;
+        image_end = image_end.max(physical + memory_size);
     }
     if loaded == 0 {
         return Err(LoadError::BadElf("no loadable segment"));
     }
-    Ok((entry, loaded))
+    Ok((entry, loaded, image_end))
 }
 
 /// The information structure: memory sizes and map, command line, loader
 /// name, no modules. Returns its address.
-fn write_info(memory: &mut GuestMemory<'_>, command_line: &str) -> Result<u32, LoadError> {
-    const MAP: u64 = INFO_ADDRESS + 0x80;
-    const NAME: u64 = INFO_ADDRESS + 0x180;
-    const COMMAND_LINE: u64 = INFO_ADDRESS + 0x200;
+fn write_info(
+    memory: &mut GuestMemory<'_>,
+    command_line: &str,
+    modules: &[(&str, &[u8])],
+    image_end: u64,
+) -> Result<u32, LoadError> {
+    const MAP: u64 = INFO_ADDRESS + MAP_AT;
+    const NAME: u64 = INFO_ADDRESS + NAME_AT;
+    const COMMAND_LINE: u64 = INFO_ADDRESS + COMMAND_LINE_AT;
     let name = b"strata-vmm\0";
-    if command_line.len() as u64 + 1 > INFO_SIZE - 0x200 {
+    if command_line.len() as u64 + 1 > INFO_SIZE - COMMAND_LINE_AT {
         return Err(LoadError::CommandLineTooLong);
+    }
+    if modules.len() > MAX_MODULES || modules.iter().any(|(name, _)| name.len() >= MODULE_NAME) {
+        return Err(LoadError::TooManyModules);
+    }
+    // Modules from the first page after the image.
+    let mut placed = [(0u64, 0u64); MAX_MODULES];
+    let mut next = image_end.next_multiple_of(4096);
+    for (i, (_, bytes)) in modules.iter().enumerate() {
+        let end = next + bytes.len() as u64;
+        check_range(memory, next, end)?;
+        memory.slice(next, bytes.len())?.copy_from_slice(bytes);
+        placed[i] = (next, end);
+        next = end.next_multiple_of(4096);
     }
     let ram = memory.size();
     // The PC layout: conventional memory, the EBDA and BIOS area, then RAM from 1 MiB.
@@ -319,8 +360,14 @@ fn write_info(memory: &mut GuestMemory<'_>, command_line: &str) -> Result<u32, L
     put(INFO_ADDRESS + 4, 639);
     put(INFO_ADDRESS + 8, (ram.saturating_sub(0x10_0000) / 1024) as u32);
     put(INFO_ADDRESS + 16, COMMAND_LINE as u32);
-    put(INFO_ADDRESS + 20, 0);
-    put(INFO_ADDRESS + 24, (INFO_ADDRESS + 0x70) as u32);
+    put(INFO_ADDRESS + 20, modules.len() as u32);
+    put(INFO_ADDRESS + 24, (INFO_ADDRESS + MODULES_AT) as u32);
+    for (i, &(start, end)) in placed[..modules.len()].iter().enumerate() {
+        let entry = INFO_ADDRESS + MODULES_AT + 16 * i as u64;
+        put(entry, start as u32);
+        put(entry + 4, end as u32);
+        put(entry + 8, (INFO_ADDRESS + MODULE_NAMES_AT + (MODULE_NAME * i) as u64) as u32);
+    }
     put(INFO_ADDRESS + 44, (24 * map.len()) as u32);
     put(INFO_ADDRESS + 48, MAP as u32);
     put(INFO_ADDRESS + 64, NAME as u32);
@@ -335,6 +382,10 @@ fn write_info(memory: &mut GuestMemory<'_>, command_line: &str) -> Result<u32, L
     }
     let name_at = (NAME - INFO_ADDRESS) as usize;
     info[name_at..name_at + name.len()].copy_from_slice(name);
+    for (i, (module, _)) in modules.iter().enumerate() {
+        let at = MODULE_NAMES_AT as usize + MODULE_NAME * i;
+        info[at..at + module.len()].copy_from_slice(module.as_bytes());
+    }
     let line_at = (COMMAND_LINE - INFO_ADDRESS) as usize;
     info[line_at..line_at + command_line.len()].copy_from_slice(command_line.as_bytes());
     Ok(INFO_ADDRESS as u32)
@@ -371,16 +422,24 @@ mod tests {
         let image = kludge(0x40, 0x3000, 0x2000, 0x10_0100);
         let mut ram = vec![0xeeu8; 4 << 20];
         let mut memory = GuestMemory::new(&mut ram);
-        let boot = load(&image, &mut memory, "console=ttyS0").expect("loads");
+        let boot = load(&image, &mut memory, "console=ttyS0", &[("initrd", b"module bytes")]).expect("loads");
         assert_eq!(boot, Boot { entry: 0x10_0100, info: INFO_ADDRESS as u32, loaded: 0x5000 });
         assert_eq!(ram[0x10_0000], 0x90);
         assert_eq!(&ram[0x10_3000..0x10_5000], &[0u8; 0x2000][..]);
-        assert_eq!(ram[0x10_5000], 0xee, "nothing past bss_end is touched");
+        assert_eq!(ram[0x10_500c], 0xee, "nothing past bss_end and the module is touched");
         let info = INFO_ADDRESS as usize;
         let word = |at: usize| u32::from_le_bytes([ram[at], ram[at + 1], ram[at + 2], ram[at + 3]]);
         let flags = word(info);
         assert_eq!(flags & (1 | 1 << 2 | 1 << 6), 1 | 1 << 2 | 1 << 6);
         assert_eq!(word(info + 8), 3 * 1024);
+        // One module, page-aligned after the bss, with its name.
+        assert_eq!(word(info + 20), 1);
+        let module = word(info + 24) as usize;
+        let (start, end, name) =
+            (word(module) as usize, word(module + 4) as usize, word(module + 8) as usize);
+        assert_eq!((start, end), (0x10_5000, 0x10_5000 + 12));
+        assert_eq!(&ram[start..end], b"module bytes");
+        assert_eq!(&ram[name..name + 7], b"initrd\0");
         let line = word(info + 16) as usize;
         assert_eq!(&ram[line..line + 14], b"console=ttyS0\0");
     }
@@ -389,14 +448,14 @@ mod tests {
     fn malformed_images_are_refused_with_the_reason() {
         let mut ram = vec![0u8; 4 << 20];
         let mut memory = GuestMemory::new(&mut ram);
-        assert_eq!(load(&[0; 100], &mut memory, ""), Err(LoadError::NoHeader));
+        assert_eq!(load(&[0; 100], &mut memory, "", &[]), Err(LoadError::NoHeader));
         let mut bad = kludge(0, 0x1000, 0, 0x10_0000);
         bad[8] ^= 1;
-        assert_eq!(load(&bad, &mut memory, ""), Err(LoadError::BadChecksum));
+        assert_eq!(load(&bad, &mut memory, "", &[]), Err(LoadError::BadChecksum));
         let outside = kludge(0, 0x1000, 0, 0x20_0000);
-        assert!(matches!(load(&outside, &mut memory, ""), Err(LoadError::BadAddresses(_))));
+        assert!(matches!(load(&outside, &mut memory, "", &[]), Err(LoadError::BadAddresses(_))));
         let huge = kludge(0, 0x1000, 8 << 20, 0x10_0000);
-        assert!(matches!(load(&huge, &mut memory, ""), Err(LoadError::OutOfRange { .. })));
+        assert!(matches!(load(&huge, &mut memory, "", &[]), Err(LoadError::OutOfRange { .. })));
         let mut elf64 = vec![0u8; 0x100];
         elf64[..5].copy_from_slice(b"\x7fELF\x02");
         let flags = 2u32;
@@ -405,15 +464,19 @@ mod tests {
         {
             elf64[0x40 + 4 * i..0x44 + 4 * i].copy_from_slice(&word.to_le_bytes());
         }
-        assert_eq!(load(&elf64, &mut memory, ""), Err(LoadError::Elf64WithoutAddresses));
+        assert_eq!(load(&elf64, &mut memory, "", &[]), Err(LoadError::Elf64WithoutAddresses));
         let mut video = kludge(0, 0x1000, 0, 0x10_0000);
         let flags = 1u32 << 16 | 1 << 5;
         video[4..8].copy_from_slice(&flags.to_le_bytes());
         video[8..12].copy_from_slice(&0u32.wrapping_sub(HEADER_MAGIC).wrapping_sub(flags).to_le_bytes());
-        assert_eq!(load(&video, &mut memory, ""), Err(LoadError::UnsupportedFlags(1 << 5)));
+        assert_eq!(load(&video, &mut memory, "", &[]), Err(LoadError::UnsupportedFlags(1 << 5)));
         let image = kludge(0, 0x1000, 0, 0x10_0000);
         let long = "x".repeat(4000);
-        assert_eq!(load(&image, &mut memory, &long), Err(LoadError::CommandLineTooLong));
+        assert_eq!(load(&image, &mut memory, &long, &[]), Err(LoadError::CommandLineTooLong));
+        let seventeen = [("m", &b"x"[..]); 17];
+        assert_eq!(load(&image, &mut memory, "", &seventeen), Err(LoadError::TooManyModules));
+        let big = vec![0u8; 4 << 20];
+        assert!(matches!(load(&image, &mut memory, "", &[("big", &big)]), Err(LoadError::OutOfRange { .. })));
     }
 
     #[test]
@@ -470,7 +533,7 @@ mod tests {
             }
             let mut ram = vec![0u8; 2 << 20];
             let mut memory = GuestMemory::new(&mut ram);
-            if let Ok(boot) = load(&image, &mut memory, "") {
+            if let Ok(boot) = load(&image, &mut memory, "", &[]) {
                 assert!(u64::from(boot.entry) < 2 << 20);
             }
         }
@@ -503,7 +566,7 @@ mod fuzz_seeds {
             let loaded = if is_boot_sector(&image) {
                 load_boot_sector(&image, &mut memory).map(drop)
             } else {
-                load(&image, &mut memory, "seed").map(drop)
+                load(&image, &mut memory, "seed", &[]).map(drop)
             };
             assert!(!is_seed || loaded.is_ok(), "{}: {loaded:?}", path.display());
         }

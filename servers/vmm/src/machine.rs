@@ -98,7 +98,8 @@ fn main() -> ! {
     while let Some((descriptor, image)) = strata_rt::sys::module(index) {
         index += 1;
         let name = descriptor.name().unwrap_or("?");
-        if !name.starts_with("guest-") {
+        // A guest's multiboot modules (`<guest>+<name>`) are not guests.
+        if !name.starts_with("guest-") || name.contains('+') {
             continue;
         }
         guests += 1;
@@ -155,7 +156,19 @@ impl Machine {
             let entry = loader::load_plain_elf64(image, &mut memory).map_err(|e| format!("{e}"))?;
             long_mode_state(vcpu, entry).map_err(|e| failed("setting the entry state", e))?
         } else {
-            let boot = loader::load(image, &mut memory, name).map_err(|e| format!("{e}"))?;
+            // Modules named `<guest>+<name>` are its multiboot modules.
+            let mut modules: heapless::Vec<(&str, &[u8]), { loader::MAX_MODULES }> = heapless::Vec::new();
+            let mut index = 0;
+            while let Some((descriptor, bytes)) = strata_rt::sys::module(index) {
+                index += 1;
+                let module = descriptor.name().unwrap_or("");
+                if let Some(rest) = module.strip_prefix(name).and_then(|r| r.strip_prefix('+')) {
+                    modules
+                        .push((rest, bytes))
+                        .map_err(|_| format!("{}", loader::LoadError::TooManyModules))?;
+                }
+            }
+            let boot = loader::load(image, &mut memory, name, &modules).map_err(|e| format!("{e}"))?;
             multiboot_state(vcpu, boot).map_err(|e| failed("setting the entry state", e))?
         };
         Ok(Self {

@@ -1,6 +1,8 @@
 //! strata-vmm as a program. In this first version it is the root task of
-//! its image: every boot module named `guest-*` is a multiboot kernel,
-//! run in turn in a fresh GuestSpace with 16 MiB of RAM on one VCPU. The
+//! its image: every boot module named `guest-*` is a guest (a multiboot
+//! kernel, whose modules are the boot modules named `guest-*+<name>`; a
+//! plain 64-bit ELF kernel; or a boot sector), run in turn in a fresh
+//! GuestSpace with 16 MiB of RAM on one VCPU. The
 //! guest's COM1 output is logged with the guest's name as prefix, and how
 //! each guest ended is reported. On a test kernel the run then ends.
 

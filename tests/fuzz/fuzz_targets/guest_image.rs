@@ -17,7 +17,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         if let Ok(entry) = loader::load_plain_elf64(data, &mut memory) {
             assert!(entry < memory.size());
         }
-    } else if let Ok(boot) = loader::load(data, &mut memory, "fuzz") {
+    } else if let Ok(boot) = loader::load(data, &mut memory, "fuzz", &[("module", &data[..data.len().min(64)])]) {
         assert!(u64::from(boot.entry) < memory.size());
         assert_eq!(u64::from(boot.info), loader::INFO_ADDRESS);
     }

@@ -334,6 +334,33 @@ extern "C" fn guest_main() -> ! {
         format_args!("EAX {magic:#x}, info flags {info_flags:#x}"),
     );
 
+    // The VMM passes `guest-basic+greeting` as a multiboot module.
+    let expected: &[u8] = b"hello from a multiboot module\n";
+    let (count, module_ok) = if info != 0 && info_flags & 1 << 3 != 0 {
+        let word = |at: u32| {
+            // SAFETY: the information structure and the module list lie in
+            // identity-mapped RAM where the loader wrote them.
+            unsafe { core::ptr::read_volatile(at as usize as *const u32) }
+        };
+        let (count, list) = (word(info + 20), word(info + 24));
+        let (start, end, name) = (word(list), word(list + 4), word(list + 8));
+        // SAFETY: the module's bytes and its name, as the list gives them, in RAM.
+        let (bytes, name) = unsafe {
+            (
+                core::slice::from_raw_parts(start as usize as *const u8, (end - start) as usize),
+                core::slice::from_raw_parts(name as usize as *const u8, 9),
+            )
+        };
+        (count, bytes == expected && name == b"greeting\0")
+    } else {
+        (0, false)
+    };
+    checks.check(
+        "multiboot-module",
+        count == 1 && module_ok,
+        format_args!("{count} modules, contents right: {module_ok}"),
+    );
+
     let efer = read_msr(0xc000_0080);
     checks.check(
         "long-mode",
