@@ -37,6 +37,23 @@ macro_rules! pop_general_registers {
     };
 }
 
+/// Entry into a guest-running function: saves the registers the SysV ABI
+/// makes the callee keep (Intel syntax).
+#[cfg_attr(not(strata_baremetal), allow(unused_macros))]
+macro_rules! push_callee_saved {
+    () => {
+        "push rbp\n push rbx\n push r12\n push r13\n push r14\n push r15"
+    };
+}
+
+/// Its exit: restores them, in reverse, and returns.
+#[cfg_attr(not(strata_baremetal), allow(unused_macros))]
+macro_rules! pop_callee_saved_and_return {
+    () => {
+        "pop r15\n pop r14\n pop r13\n pop r12\n pop rbx\n pop rbp\n ret"
+    };
+}
+
 /// After a VM exit: stores the guest's general registers, other than RAX
 /// and RSP (which the VMCB or VMCS holds, or the caller saves), at
 /// `[rax + 8 × encoding]`, the VCPU's register words (Intel syntax).

@@ -44,12 +44,7 @@ pub static AREAS: Once<HostAreas> = Once::new();
 #[unsafe(naked)]
 pub unsafe extern "sysv64" fn run(vmcb: u64, registers: *mut u64, fpu: *mut u8, host_state: u64) {
     core::arch::naked_asm!(
-        "push rbp",
-        "push rbx",
-        "push r12",
-        "push r13",
-        "push r14",
-        "push r15",
+        push_callee_saved!(),
         "push rsi", // [rsp + 24]: the guest's registers
         "push rdi", // [rsp + 16]: the VMCB
         "push rcx", // [rsp + 8]: the host's VMSAVE area
@@ -91,13 +86,7 @@ pub unsafe extern "sysv64" fn run(vmcb: u64, registers: *mut u64, fpu: *mut u8, 
         "ldmxcsr [rsp]",
         "stgi",
         "add rsp, 32",
-        "pop r15",
-        "pop r14",
-        "pop r13",
-        "pop r12",
-        "pop rbx",
-        "pop rbp",
-        "ret",
+        pop_callee_saved_and_return!(),
     )
 }
 

@@ -211,12 +211,7 @@ unsafe extern "C" {
 #[unsafe(naked)]
 pub unsafe extern "sysv64" fn run(state: *mut u64, fpu: *mut u8, launched: u64) -> u64 {
     core::arch::naked_asm!(
-        "push rbp",
-        "push rbx",
-        "push r12",
-        "push r13",
-        "push r14",
-        "push r15",
+        push_callee_saved!(),
         "push rdi", // [rsp + 8]: the state page
         "push rsi", // [rsp]: the FPU image
         "fxrstor64 [rsi]",
@@ -270,13 +265,7 @@ pub unsafe extern "sysv64" fn run(state: *mut u64, fpu: *mut u8, launched: u64) 
         "push 0x1f80",
         "ldmxcsr [rsp]",
         "add rsp, 24",
-        "pop r15",
-        "pop r14",
-        "pop r13",
-        "pop r12",
-        "pop rbx",
-        "pop rbp",
-        "ret",
+        pop_callee_saved_and_return!(),
         host_rsp = const field::HOST_RSP,
     )
 }
