@@ -260,11 +260,11 @@ impl Runtime {
         // Whether a host interrupt came: it may have woken someone.
         let mut interrupted = false;
         loop {
-            let (vcpu, flush) = match self.space.vm_prepare(tcb, flags) {
-                Ok(prepared) => prepared,
+            let entry = match self.space.vm_prepare(tcb, flags) {
+                Ok(entry) => entry,
                 Err(VmEnterRefusal::Error(error)) => {
                     let mut context = self.space.context(tcb);
-                    crate::syscall::set_reply(&mut context, error.code(), &error.words());
+                    crate::syscall::reply_error(&mut context, error);
                     self.space.set_context(tcb, &context);
                     return Some(false);
                 }
@@ -276,12 +276,13 @@ impl Runtime {
             // The registers are in the VCPU now: a re-entry must not reload them.
             flags = 0;
             if self.space.virt.backend == crate::object::vcpu::Backend::Vmx {
-                if let Err(exit) = self.run_vmx(vcpu, flush) {
+                if let Err(exit) = self.run_vmx(entry.vcpu, entry.flush) {
                     self.space.reply_vm_exit(tcb, exit);
                     return Some(false);
                 }
             } else {
                 let host_state = crate::arch::x86_64::svm::AREAS.get().map_or(0, |a| a.host_state);
+                let vcpu = entry.vcpu;
                 let registers =
                     self.direct_map.to_virtual(vcpu.offset(layout::REGISTERS)).as_mut_ptr::<u64>();
                 let fpu = self.direct_map.to_virtual(vcpu.offset(layout::FPU)).as_mut_ptr::<u8>();
@@ -293,8 +294,8 @@ impl Runtime {
                     crate::arch::x86_64::svm::run(vcpu.get() + layout::CONTROL, registers, fpu, host_state)
                 };
             }
-            if let Some(exit) = self.space.vm_exit(vcpu) {
-                self.space.vm_reply(tcb, vcpu, exit);
+            if let Some(exit) = self.space.vm_exit(entry.vcpu) {
+                self.space.vm_reply(tcb, &entry, exit);
                 return if interrupted { Some(false) } else { None };
             }
             // A host interrupt: take it, then go on unless it preempts.

@@ -61,7 +61,7 @@ pub(crate) fn set_reply(context: &mut UserContext, label: u64, words: &[u64]) {
     context.set_message(&padded);
 }
 
-fn reply_error(context: &mut UserContext, error: InvocationError) {
+pub(crate) fn reply_error(context: &mut UserContext, error: InvocationError) {
     set_reply(context, error.code(), &error.words());
 }
 

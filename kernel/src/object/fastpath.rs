@@ -23,28 +23,10 @@ use strata_abi::object::Rights;
 use strata_abi::syscall::Syscall;
 
 use super::ipc::flags;
+use super::tcb::register;
 use super::tcb::{ThreadState, layout};
 use super::{ObjectSpace, PhysicalMemory};
 use crate::addr::PhysAddr;
-
-/// Offsets of saved registers in a TCB (`UserContext` order).
-mod register {
-    use super::layout::CONTEXT;
-    pub const RAX: u64 = CONTEXT;
-    pub const RSI: u64 = CONTEXT + 8 * 4;
-    pub const RDI: u64 = CONTEXT + 8 * 5;
-    use crate::object::tcb::MESSAGE_REGISTER_OFFSETS as OFFSETS;
-    /// The message registers, in message order.
-    pub const MESSAGE: [u64; 8] = {
-        let mut offsets = OFFSETS;
-        let mut i = 0;
-        while i < offsets.len() {
-            offsets[i] += CONTEXT;
-            i += 1;
-        }
-        offsets
-    };
-}
 
 const BUFFER_MESSAGE: u64 = core::mem::offset_of!(IpcBuffer, message) as u64;
 

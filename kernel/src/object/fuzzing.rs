@@ -235,9 +235,9 @@ pub fn syscalls(data: &[u8]) -> Stats {
                     // The host cannot run a guest: check the entry, then
                     // report whatever exit the control block holds.
                     Outcome::VmEnter(flags) => match space.vm_prepare(tcb, flags) {
-                        Ok((vcpu, _)) => {
-                            if let Some(exit) = space.vm_exit(vcpu) {
-                                space.vm_reply(tcb, vcpu, exit);
+                        Ok(entry) => {
+                            if let Some(exit) = space.vm_exit(entry.vcpu) {
+                                space.vm_reply(tcb, &entry, exit);
                             }
                         }
                         Err(super::vcpu::VmEnterRefusal::Exit(exit)) => space.reply_vm_exit(tcb, exit),

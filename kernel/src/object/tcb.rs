@@ -81,6 +81,28 @@ pub mod layout {
     pub const FPU: u64 = 0x200;
 }
 
+/// Offsets of saved registers in a TCB (`UserContext` order).
+pub mod register {
+    use super::layout::CONTEXT;
+    /// RAX.
+    pub const RAX: u64 = CONTEXT;
+    /// RSI (the message info word).
+    pub const RSI: u64 = CONTEXT + 8 * 4;
+    /// RDI (capability pointer or badge).
+    pub const RDI: u64 = CONTEXT + 8 * 5;
+    use crate::object::tcb::MESSAGE_REGISTER_OFFSETS as OFFSETS;
+    /// The message registers, in message order.
+    pub const MESSAGE: [u64; 8] = {
+        let mut offsets = OFFSETS;
+        let mut i = 0;
+        while i < offsets.len() {
+            offsets[i] += CONTEXT;
+            i += 1;
+        }
+        offsets
+    };
+}
+
 /// Radix of the TCB's slot array (four slots).
 pub const TCB_SLOTS_RADIX: u8 = 2;
 /// The TCB slot holding the IPC buffer's frame.

@@ -706,6 +706,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             self.set_vcpu_word(vcpu, control(ASID_TLB), 1);
             self.set_vcpu_word(vcpu, control(INTERRUPT_CONTROL), V_INTR_MASKING);
             self.set_vcpu_word(vcpu, control(NESTED_CONTROL), 1);
+            // The clean bits stay 0 (the memory is zeroed): every VMRUN
+            // loads every field, so no field write needs to clear one.
             self.apply_svm_intercepts(vcpu);
             self.set_vcpu_word(vcpu, control(DR6), 0xffff_0ff0);
         }
@@ -879,9 +881,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// Before `VmEnter` runs `tcb`'s VCPU: checks that it can, loads the
     /// register block from the IPC buffer if asked (`flags`), and decides
-    /// whether the guest TLB must be flushed. Returns the VCPU and whether
-    /// to flush, or the error or exit to reply with instead.
-    pub fn vm_prepare(&mut self, tcb: PhysAddr, flags: u64) -> Result<(PhysAddr, bool), VmEnterRefusal> {
+    /// whether the guest TLB must be flushed. Returns what the entry and the
+    /// reply need, or the error or exit to reply with instead.
+    pub fn vm_prepare(&mut self, tcb: PhysAddr, flags: u64) -> Result<VmEntry, VmEnterRefusal> {
         let vcpu = self.bound_vcpu(tcb).ok_or(VmEnterRefusal::Error(InvocationError::IllegalOperation))?;
         let (buffer, _) =
             self.ipc_buffer(tcb).ok_or(VmEnterRefusal::Error(InvocationError::IllegalOperation))?;
@@ -922,10 +924,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             // TLB_CONTROL 1 flushes every entry (APM vol. 2 §15.16.1).
             let tlb = if flush { 1 << 32 } else { 0 };
             self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::ASID_TLB, 1 | tlb);
-            // Nothing is cached across VMRUNs: every VMCB field is reloaded.
-            self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::CLEAN, 0);
         }
-        Ok((vcpu, flush))
+        Ok(VmEntry { vcpu, flush, buffer })
     }
 
     /// After the guest of `vcpu` stopped: the exit in neutral terms, or
@@ -995,9 +995,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// Replies to `VmEnter`: the exit in the message registers, the
     /// guest's registers in the IPC buffer (as reading fields 0–17 would).
-    pub fn vm_reply(&mut self, tcb: PhysAddr, vcpu: PhysAddr, exit: NeutralExit) {
-        if let Some((buffer, _)) = self.ipc_buffer(tcb) {
-            let block = buffer.offset(REGISTER_BLOCK_OFFSET);
+    pub fn vm_reply(&mut self, tcb: PhysAddr, entry: &VmEntry, exit: NeutralExit) {
+        let (vcpu, block) = (entry.vcpu, entry.buffer.offset(REGISTER_BLOCK_OFFSET));
+        {
             self.memory.copy_words::<16>(vcpu.offset(layout::REGISTERS), block);
             let (rax, rsp, rip, rflags) = if self.virt.backend == Backend::Vmx {
                 let vmcs = vcpu.offset(layout::CONTROL);
@@ -1020,15 +1020,25 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// Sets `tcb`'s reply registers to `exit`: label 0 and four words.
     pub fn reply_vm_exit(&mut self, tcb: PhysAddr, exit: NeutralExit) {
-        use super::tcb::{MESSAGE_REGISTER_OFFSETS, UserContext};
-        let context = tcb.offset(super::tcb::layout::CONTEXT);
+        use super::tcb::register;
         let info = strata_abi::message::MessageInfo::new(0, 0, 4).encode().unwrap_or(0);
-        self.memory.write(context.offset(core::mem::offset_of!(UserContext, rsi) as u64), info);
+        self.set_field(tcb, register::RSI, info);
         let words = [exit.reason as u64, exit.qualification, exit.qualification2, exit.length];
-        for (offset, word) in MESSAGE_REGISTER_OFFSETS.iter().zip(words) {
-            self.memory.write(context.offset(*offset), word);
+        for (&offset, word) in register::MESSAGE.iter().zip(words) {
+            self.set_field(tcb, offset, word);
         }
     }
+}
+
+/// What `VmEnter` found in [`ObjectSpace::vm_prepare`], for the entry and the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmEntry {
+    /// The VCPU to run.
+    pub vcpu: PhysAddr,
+    /// Whether its guest's cached translations must be flushed first.
+    pub flush: bool,
+    /// The caller's IPC buffer, where the register block is.
+    pub buffer: PhysAddr,
 }
 
 /// Why `VmEnter` did not run the guest.

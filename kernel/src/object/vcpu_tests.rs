@@ -300,8 +300,10 @@ fn vm_enter_needs_a_vcpu_a_buffer_and_a_live_guestspace() {
     };
     assert_eq!(unbound.map(drop), Err(InvocationError::IllegalOperation), "a VCPU bound to no thread");
     vcpu_call(&mut space, Label::VcpuSetSpace, &[], &[SPACE]).expect("space");
-    assert_eq!(space.vm_prepare(tcb, 0), Ok((vcpu, true)), "first entry flushes");
-    assert_eq!(space.vm_prepare(tcb, 0), Ok((vcpu, false)), "then it does not");
+    let prepare =
+        |space: &mut ObjectSpace<Arena>, flags| space.vm_prepare(tcb, flags).map(|e| (e.vcpu, e.flush));
+    assert_eq!(prepare(&mut space, 0), Ok((vcpu, true)), "first entry flushes");
+    assert_eq!(prepare(&mut space, 0), Ok((vcpu, false)), "then it does not");
     // Registers from the IPC buffer: a non-canonical RIP is refused.
     let (buffer, _) = space.ipc_buffer(tcb).expect("buffer");
     let message = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, message) as u64;
@@ -332,7 +334,8 @@ fn an_exit_reply_carries_the_reason_and_the_registers() {
     vcpu_call(&mut space, Label::VcpuWriteState, &[Field::Rcx as u64, 0x277, Field::Rax as u64, 9], &[])
         .expect("ok");
     let exit = NeutralExit { reason: Exit::MsrRead, qualification: 0x277, qualification2: 0, length: 2 };
-    space.vm_reply(tcb, vcpu, exit);
+    let entry = super::vcpu::VmEntry { vcpu, flush: false, buffer: space.ipc_buffer(tcb).expect("buffer").0 };
+    space.vm_reply(tcb, &entry, exit);
     let context = space.context(tcb);
     assert_eq!(context.rsi >> 12, 0, "success label");
     assert_eq!([context.rdx, context.r8, context.r10], [Exit::MsrRead as u64, 0x277, 2]);

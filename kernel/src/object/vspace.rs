@@ -23,7 +23,7 @@
 //! intermediate entry allowing everything is 0x7 in both the nested-paging
 //! format (P, R/W, U/S: AMD APM vol. 2 §15.25.5) and the EPT format (R, W,
 //! X: Intel SDM vol. 3C §29.3.2). Only frame entries differ, and
-//! [`guest_leaf`] makes them from one description. Removing a guest
+//! [`frame_entry`] makes them from one description. Removing a guest
 //! mapping bumps a generation number; a VCPU entering with an older one
 //! has its guest TLB entries flushed.
 
@@ -86,20 +86,22 @@ pub enum VSpaceInvocation {
 /// Tag of a GuestSpace in an ASID pool entry.
 const GUEST_TAG: u64 = 1;
 
-/// The entry mapping a guest frame at `object` with `rights` (READ is
-/// always among them) and `attributes`, for `backend`'s format.
-pub fn guest_leaf(
-    backend: super::vcpu::Backend,
+/// The entry mapping a frame at `object` with `rights` (READ is always
+/// among them) and `attributes`: an x86 page-table entry, which is also
+/// the nested-paging format (where every guest access is a user access),
+/// or with `ept` an EPT entry.
+pub fn frame_entry(
     object: PhysAddr,
     rights: Rights,
     attributes: VmAttributes,
     large: bool,
+    ept: bool,
 ) -> PageTableEntry {
     let write = rights.contains(Rights::WRITE);
     let execute = attributes.contains(VmAttributes::EXECUTABLE);
     let large_bit = if large { 1 << 7 } else { 0 };
-    match backend {
-        super::vcpu::Backend::Vmx => {
+    match ept {
+        true => {
             // EPT: R, W, X in bits 0-2, memory type in 3-5 (UC 0, WT 4, WB 6).
             let memory_type = if attributes.contains(VmAttributes::CACHE_DISABLED) {
                 0
@@ -111,8 +113,7 @@ pub fn guest_leaf(
             let bits = 1 | u64::from(write) << 1 | u64::from(execute) << 2 | memory_type << 3 | large_bit;
             PageTableEntry::from_raw(object.get() | bits)
         }
-        _ => {
-            // Nested paging treats every guest access as a user access.
+        false => {
             let mut flags = PteFlags::PRESENT | PteFlags::USER;
             flags.set(PteFlags::WRITABLE, write);
             flags.set(PteFlags::NO_EXECUTE, !execute);
@@ -297,17 +298,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     return Err(InvocationError::DeleteFirst);
                 }
                 let large = size == FrameSize::Large;
-                let entry = if guest {
-                    guest_leaf(self.virt.backend, object, granted, attributes, large)
-                } else {
-                    let mut flags = PteFlags::PRESENT | PteFlags::USER;
-                    flags.set(PteFlags::WRITABLE, granted.contains(Rights::WRITE));
-                    flags.set(PteFlags::NO_EXECUTE, !attributes.contains(VmAttributes::EXECUTABLE));
-                    flags.set(PteFlags::WRITE_THROUGH, attributes.contains(VmAttributes::WRITE_THROUGH));
-                    flags.set(PteFlags::CACHE_DISABLE, attributes.contains(VmAttributes::CACHE_DISABLED));
-                    flags.set(PteFlags::HUGE, large);
-                    PageTableEntry::new(object.get(), flags)
-                };
+                let ept = guest && self.virt.backend == super::vcpu::Backend::Vmx;
+                let entry = frame_entry(object, granted, attributes, large, ept);
                 let cap = Capability::Frame {
                     object,
                     size,

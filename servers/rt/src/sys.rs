@@ -79,46 +79,39 @@ pub fn ipc_buffer_address() -> u64 {
     IPC_BUFFER.load(Ordering::Relaxed)
 }
 
-/// Writes message words `first..` of the next message into the IPC buffer.
+/// The IPC buffer's message word `first`, and how many of `wanted` words
+/// from there fit in the buffer's 120.
+#[inline(always)]
+fn message_slice(first: usize, wanted: usize) -> (*mut u64, usize) {
+    let count = wanted.min(120usize.saturating_sub(first));
+    // In bounds when `count` is not 0; never dereferenced otherwise.
+    let message = core::mem::offset_of!(IpcBuffer, message) / 8;
+    let start = ipc_buffer().cast::<u64>().wrapping_add(message + first);
+    (start, count)
+}
+
+/// Writes message words `first..` of the next message into the IPC buffer
+/// (those past the 120th are dropped), word by word: a whole-slice copy
+/// would become `memcpy`.
+#[inline(always)]
 pub fn set_message_words(first: usize, words: &[u64]) {
-    let buffer = ipc_buffer();
-    for (i, &word) in words.iter().enumerate() {
-        let Some(index) = Some(first + i).filter(|&n| n < 120) else { break };
+    let (start, count) = message_slice(first, words.len());
+    for (i, &word) in words[..count].iter().enumerate() {
         // SAFETY: the kernel maps the IPC buffer read-write at the address the
-        // boot info gives; `index` is inside the message array.
-        unsafe { (&raw mut (*buffer).message[index]).write_volatile(word) };
+        // boot info gives; `first + i` is below 120, inside the message array.
+        unsafe { start.add(i).write_volatile(word) };
     }
-}
-
-/// Writes a VCPU register block into message words 0–17 of the IPC
-/// buffer, word by word (a whole-array copy becomes `memcpy`, whose `rep
-/// movsb` costs an instruction per byte).
-pub fn set_register_block(block: &strata_abi::vcpu::RegisterBlock) {
-    let buffer = ipc_buffer();
-    for (i, &word) in block.iter().enumerate() {
-        // SAFETY: the kernel maps the IPC buffer read-write at the address
-        // the boot info gives; the block is the first 18 of its 120 message words.
-        unsafe { (&raw mut (*buffer).message[i]).write_volatile(word) };
-    }
-}
-
-/// Reads the VCPU register block from message words 0–17 of the IPC buffer.
-pub fn register_block() -> strata_abi::vcpu::RegisterBlock {
-    let buffer = ipc_buffer();
-    // SAFETY: as for `set_register_block`; the kernel wrote the block
-    // before returning from `VmEnter`.
-    core::array::from_fn(|i| unsafe { (&raw const (*buffer).message[i]).read_volatile() })
 }
 
 /// Reads message words `first..` of the last received message or reply
-/// from the IPC buffer into `out`.
+/// from the IPC buffer into `out` (those past the 120th are left alone).
+#[inline(always)]
 pub fn message_words(first: usize, out: &mut [u64]) {
-    let buffer = ipc_buffer();
-    for (i, word) in out.iter_mut().enumerate() {
-        let Some(index) = Some(first + i).filter(|&n| n < 120) else { break };
+    let (start, count) = message_slice(first, out.len());
+    for (i, word) in out[..count].iter_mut().enumerate() {
         // SAFETY: as for `set_message_words`; the kernel wrote the words
         // before returning from the system call.
-        *word = unsafe { (&raw const (*buffer).message[index]).read_volatile() };
+        *word = unsafe { start.add(i).read_volatile() };
     }
 }
 

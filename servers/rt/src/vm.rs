@@ -87,7 +87,7 @@ pub struct VmExit {
 pub fn enter(registers: Option<&RegisterBlock>) -> Result<VmExit, InvocationError> {
     let flags = match registers {
         Some(block) => {
-            sys::set_register_block(block);
+            sys::set_message_words(0, block);
             vcpu::enter::LOAD_REGISTERS
         }
         None => 0,
@@ -104,7 +104,9 @@ pub fn enter(registers: Option<&RegisterBlock>) -> Result<VmExit, InvocationErro
 
 /// The guest's registers at the last exit.
 pub fn registers() -> RegisterBlock {
-    sys::register_block()
+    let mut block = [0; vcpu::REGISTER_BLOCK_WORDS];
+    sys::message_words(0, &mut block);
+    block
 }
 
 /// Why [`GuestRam::new`] failed: the step, and the kernel's error.

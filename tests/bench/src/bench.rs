@@ -122,7 +122,7 @@ fn guest_exits(overhead: u64) {
         registers[Field::Rflags as usize] = 2;
         // One round trip: enter with the registers, then emulate the exit.
         let round_trip = |registers: &mut [u64; REGISTER_BLOCK_WORDS], timed: bool| -> u64 {
-            strata_rt::sys::set_register_block(registers);
+            strata_rt::sys::set_message_words(0, registers);
             let start = rdtsc();
             let (_, words) = strata_rt::sys::syscall(
                 strata_abi::syscall::Syscall::VmEnter,
@@ -135,7 +135,7 @@ fn guest_exits(overhead: u64) {
                 println!("BENCH error {name}: exit {:#x} ({:#x}), expected {expected:?}", words[0], words[1]);
                 debug::shutdown(ExitCode::KernelFailure);
             }
-            *registers = strata_rt::sys::register_block();
+            *registers = strata_rt::vm::registers();
             if words[0] == Exit::Cpuid as u64 {
                 let leaf = core::arch::x86_64::__cpuid_count(registers[0] as u32, registers[1] as u32);
                 registers[0] = u64::from(leaf.eax);

@@ -216,9 +216,7 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
         }
         v => {
             log::warn!("unexpected interrupt vector {v:#x}");
-            if let Some(lapic) = LAPIC.get() {
-                lapic.end_of_interrupt();
-            }
+            end_of_interrupt();
         }
     }
 }
