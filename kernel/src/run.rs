@@ -18,9 +18,9 @@ use crate::arch::x86_64::idt::InterruptFrame;
 use crate::arch::x86_64::serial::Uart16550;
 use crate::arch::x86_64::{exit, user};
 use crate::boot::{FRAMES, Kernel};
-use crate::object::ObjectSpace;
 use crate::object::memory::DirectMapMemory;
 use crate::object::tcb::{UserContext, layout};
+use crate::object::{ObjectSpace, PhysicalMemory};
 use crate::rootserver::Module;
 use crate::syscall::Outcome;
 use strata_abi::syscall::Syscall;
@@ -234,8 +234,10 @@ impl Runtime {
             self.saved_context(tcb),
             self.direct_map.to_virtual(tcb.offset(layout::FPU)).get(),
         );
-        let vspace = self.space.slot_words(ObjectSpace::<DirectMapMemory>::tcb_slot(tcb, 1));
-        if let Some((object, asid)) = crate::object::cap::raw::pml4(vspace) {
+        // Word 0 holds all `raw::pml4` reads.
+        let vspace = ObjectSpace::<DirectMapMemory>::tcb_slot(tcb, 1);
+        let word = self.space.memory.read(vspace.0);
+        if let Some((object, asid)) = crate::object::cap::raw::pml4([word, 0]) {
             // SAFETY: the PML4 is a live address-space object whose upper half
             // is the kernel's (copied at retype), so the kernel keeps running.
             unsafe {
@@ -324,7 +326,6 @@ impl Runtime {
     /// the entry failed.
     fn run_vmx(&mut self, vcpu: PhysAddr, flush: bool) -> Result<(), crate::object::vcpu::NeutralExit> {
         use crate::arch::x86_64::vmx;
-        use crate::object::PhysicalMemory;
         use crate::object::vcpu::{NeutralExit, layout};
         let vmcs = vcpu.get() + layout::CONTROL;
         let flags = self.space.memory.read(vcpu.offset(layout::FLAGS));

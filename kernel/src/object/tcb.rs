@@ -83,13 +83,15 @@ pub mod layout {
 
 /// Offsets of saved registers in a TCB (`UserContext` order).
 pub mod register {
+    use super::UserContext;
     use super::layout::CONTEXT;
+    use core::mem::offset_of;
     /// RAX.
-    pub const RAX: u64 = CONTEXT;
+    pub const RAX: u64 = CONTEXT + offset_of!(UserContext, rax) as u64;
     /// RSI (the message info word).
-    pub const RSI: u64 = CONTEXT + 8 * 4;
+    pub const RSI: u64 = CONTEXT + offset_of!(UserContext, rsi) as u64;
     /// RDI (capability pointer or badge).
-    pub const RDI: u64 = CONTEXT + 8 * 5;
+    pub const RDI: u64 = CONTEXT + offset_of!(UserContext, rdi) as u64;
     use crate::object::tcb::MESSAGE_REGISTER_OFFSETS as OFFSETS;
     /// The message registers, in message order.
     pub const MESSAGE: [u64; 8] = {
