@@ -84,6 +84,17 @@ impl LoadPlan {
         bytes
     }
 
+    /// How the page at `page` is mapped: read-execute for code, read-write
+    /// for data, read-only for read-only data and gaps between segments.
+    pub fn page_permissions(&self, page: u64) -> (crate::object::Rights, crate::object::VmAttributes) {
+        use crate::object::{Rights, VmAttributes};
+        match self.segment_at(page) {
+            Some(s) if s.executable => (Rights::READ, VmAttributes::EXECUTABLE),
+            Some(s) if s.writable => (Rights::READ | Rights::WRITE, VmAttributes::empty()),
+            _ => (Rights::READ, VmAttributes::empty()),
+        }
+    }
+
     /// The segment the page at `page` belongs to (segments never share a
     /// page), which gives its permissions; `None` for a gap between them.
     pub fn segment_at(&self, page: u64) -> Option<&Segment> {

@@ -21,7 +21,7 @@ use strata_abi::bootinfo::{
 use strata_abi::elf::{self, ElfError};
 use strata_abi::error::InvocationError;
 use strata_abi::invocation::Label;
-use strata_abi::object::{ObjectType, Rights, USER_TOP, VmAttributes};
+use strata_abi::object::{ObjectType, Rights, USER_TOP};
 use zerocopy::IntoBytes;
 
 use crate::addr::PhysAddr;
@@ -176,12 +176,8 @@ pub fn create<M: PhysicalMemory>(
     for page in (plan.virtual_base..plan.virtual_end).step_by(4096) {
         let frame = builder.retype(ObjectType::Frame4K, 0)?;
         builder.write_frame(frame, &plan.page_bytes(image, page));
-        let (rights, attributes) = match plan.segment_at(page) {
-            Some(s) if s.executable => (Rights::READ.bits(), VmAttributes::EXECUTABLE.bits()),
-            Some(s) if s.writable => (rw, 0),
-            _ => (Rights::READ.bits(), 0),
-        };
-        builder.map_frame(frame, page, rights, attributes)?;
+        let (rights, attributes) = plan.page_permissions(page);
+        builder.map_frame(frame, page, rights.bits(), attributes.bits())?;
     }
     let image_frames = SlotRange { start: first_image_slot, end: builder.next_slot };
     if image_frames.end >= scratch {

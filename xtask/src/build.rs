@@ -53,7 +53,8 @@ const ELF64_SCRIPT: &str = "tests/guests/elf64.ld";
 /// The test guests: (module name, package).
 pub const GUESTS: [(&str, &str); 1] = [("guest-basic", "strata-guest-basic")];
 
-fn cargo() -> Command {
+/// The cargo that runs xtask (or `cargo`).
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 

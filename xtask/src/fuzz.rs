@@ -12,6 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::build::cargo;
 use crate::step::{self, Result};
 use crate::{fail, root};
 
@@ -26,10 +27,6 @@ pub struct FuzzArgs {
     /// Seconds per target.
     #[arg(long, default_value_t = 60)]
     time: u64,
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
 /// Checks for the nightly toolchain and cargo-fuzz; installs cargo-fuzz

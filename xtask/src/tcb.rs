@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::build::{self, Flavor};
 use crate::step::{self, Result};
@@ -164,7 +163,7 @@ pub fn count_crate(src: &Path) -> BTreeMap<String, usize> {
 /// The crates linked into the kernel: its normal dependencies, transitively,
 /// without proc macros (which run in the compiler). As (name version, src dir).
 fn kernel_dependencies() -> Result<Vec<(String, PathBuf)>> {
-    let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let output = crate::build::cargo()
         .current_dir(root())
         .args(["metadata", "--format-version", "1", "--filter-platform", build::TARGET])
         .output()

@@ -6,7 +6,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use strata_abi::archive::{Builder, EntryKind};
@@ -153,7 +153,7 @@ pub fn run(args: &TestArgs) -> Result {
 /// `cargo test --workspace`, echoing its output and adding up its counts.
 fn host_tests(totals: &mut Totals) -> Result {
     let started = step::begin("host tests (cargo test --workspace)");
-    let mut child = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut child = crate::build::cargo()
         .current_dir(root())
         .args(["test", "--workspace"])
         .stdout(Stdio::piped())

@@ -1,11 +1,9 @@
 //! Starting, serving and supervising the children.
 
-use core::fmt::Write;
-
-use strata_abi::bootinfo::{self, slot};
+use strata_abi::bootinfo;
 use strata_abi::fault;
 use strata_abi::object::ObjectType;
-use strata_rt::cap::{AsidPool, Cap, Untyped};
+use strata_rt::cap::{Cap, Untyped};
 use strata_rt::logger::{self, Output};
 use strata_rt::parent::{self, FAULT_BADGE};
 use strata_rt::process::{self, Process, SpawnError};
@@ -113,14 +111,8 @@ impl Supervisor {
                 let words = request.words(&mut words);
                 let mut bytes = [0u8; parent::MAX_LOG_BYTES];
                 let text = parent::unpack(words, &mut bytes);
-                let mut line = heapless::String::<{ parent::MAX_LOG_BYTES + 40 }>::new();
-                let _ = write!(
-                    line,
-                    "[{}] {}",
-                    self.children[index].name,
-                    core::str::from_utf8(text).unwrap_or("(not UTF-8)")
-                );
-                debug::print_line(&line);
+                let text = core::str::from_utf8(text).unwrap_or("(not UTF-8)");
+                strata_rt::logger::write_line(Output::Console(self.children[index].name), text);
                 Response::reply(0, &[])
             }
             parent::EXIT => {
@@ -207,6 +199,6 @@ fn spawn(child: &Child, endpoint: u64, badge: u64) -> Result<Process, SpawnError
         priority: CHILD_PRIORITY,
         parent_endpoint: endpoint,
         badge,
-        asid_pool: Cap::<AsidPool>::from_raw(slot::ASID_POOL),
+        asid_pool: strata_rt::cap::own::ASID_POOL,
     })
 }

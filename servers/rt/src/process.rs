@@ -21,7 +21,7 @@ use core::fmt;
 use strata_abi::bootinfo::{self, BootInfo, ModuleDescriptor, SlotRange, UntypedDescriptor, layout, slot};
 use strata_abi::elf::{self, ElfError};
 use strata_abi::error::InvocationError;
-use strata_abi::object::{ObjectType, Rights, VmAttributes};
+use strata_abi::object::{ObjectType, Rights};
 
 use crate::cap::{AsidPool, CNode, Cap, Frame, Pml4, Registers, Tcb, Untyped, own};
 use crate::root::DEPTH;
@@ -217,12 +217,8 @@ impl Builder {
 
         // The image, page by page, with its segments' permissions.
         for page in (plan.virtual_base..plan.virtual_end).step_by(4096) {
-            let (rights, attributes) = match plan.segment_at(page) {
-                Some(s) if s.executable => (Rights::READ, VmAttributes::EXECUTABLE.bits()),
-                Some(s) if s.writable => (Rights::READ | Rights::WRITE, 0),
-                _ => (Rights::READ, 0),
-            };
-            self.page(vspace, page, Some(&plan.page_bytes(spec.image, page)), rights, attributes)?;
+            let (rights, attributes) = plan.page_permissions(page);
+            self.page(vspace, page, Some(&plan.page_bytes(spec.image, page)), rights, attributes.bits())?;
         }
         for n in 0..layout::STACK_PAGES {
             let address = layout::STACK_TOP - (n + 1) * 4096;

@@ -49,8 +49,8 @@ pub fn retype(kind: ObjectType, size: u64) -> Result<CPtr, InvocationError> {
 /// or CNode guard) into a fresh slot.
 pub fn mint(source: CPtr, rights: Rights, badge: u64) -> Result<CPtr, InvocationError> {
     let destination = fresh_slot();
-    let words = [destination, DEPTH, source, DEPTH, rights.bits(), badge];
-    call(slot::CNODE, Label::CNodeMint, &words, &[slot::CNODE])
+    crate::cap::own::CNODE
+        .mint(destination, DEPTH, source, rights, badge)
         .inspect_err(|_| crate::slots::free(destination))?;
     Ok(destination)
 }
