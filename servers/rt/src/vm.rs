@@ -183,3 +183,31 @@ impl GuestRam {
         self.bytes
     }
 }
+
+/// A guest for this thread: a GuestSpace with an ASID from this task's
+/// pool, RAM at guest-physical 0, and a VCPU bound to this thread that runs
+/// in it. (For a root task: the objects come from its Untypeds.)
+pub struct Guest {
+    /// The guest-physical address space.
+    pub space: Cap<GuestSpace>,
+    /// Its RAM.
+    pub ram: GuestRam,
+    /// The VCPU; [`enter`] runs it.
+    pub vcpu: Cap<Vcpu>,
+}
+
+impl Guest {
+    /// Makes a guest with `ram` bytes of RAM (see [`GuestRam::new`]).
+    pub fn new(ram: u64) -> Result<Self, GuestRamError> {
+        use strata_abi::object::ObjectType;
+        let step = |what: &'static str| move |error| GuestRamError { step: what, error };
+        let make = |kind| crate::root::retype(kind, 0).map_err(step("making guest objects"));
+        let space: Cap<GuestSpace> = Cap::from_raw(make(ObjectType::GuestSpace)?);
+        crate::cap::own::ASID_POOL.assign_guest(space).map_err(step("assigning an ASID"))?;
+        let ram = GuestRam::new(space, ram)?;
+        let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu)?);
+        vcpu.set_tcb(crate::cap::own::TCB).map_err(step("binding the VCPU"))?;
+        vcpu.set_space(space).map_err(step("setting the GuestSpace"))?;
+        Ok(Self { space, ram, vcpu })
+    }
+}

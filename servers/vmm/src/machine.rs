@@ -9,7 +9,7 @@ use alloc::string::String;
 use strata_abi::error::InvocationError;
 use strata_abi::object::ObjectType;
 use strata_abi::vcpu::{Exit, Field, Segment, SegmentPart, io, segment_field};
-use strata_rt::cap::{Cap, GuestSpace, Vcpu, own};
+use strata_rt::cap::{Cap, Vcpu};
 use strata_rt::vm::{self, GuestRam, VmExit};
 use strata_vmm::memory::{GuestMemory, Paging};
 use strata_vmm::uart::Uart;
@@ -141,13 +141,7 @@ fn failed(what: &str, error: InvocationError) -> String {
 impl Machine {
     /// Makes the GuestSpace, RAM and VCPU, and loads `image`.
     fn new(name: &'static str, image: &[u8], host_timer: Option<HostTimer>) -> Result<Self, String> {
-        let make = |kind| strata_rt::root::retype(kind, 0).map_err(|e| failed("making guest objects", e));
-        let space: Cap<GuestSpace> = Cap::from_raw(make(ObjectType::GuestSpace)?);
-        own::ASID_POOL.assign_guest(space).map_err(|e| failed("assigning an ASID", e))?;
-        let mut ram = GuestRam::new(space, RAM_SIZE).map_err(|e| format!("making guest RAM: {e}"))?;
-        let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu)?);
-        vcpu.set_tcb(own::TCB).map_err(|e| failed("binding the VCPU", e))?;
-        vcpu.set_space(space).map_err(|e| failed("setting the GuestSpace", e))?;
+        let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(RAM_SIZE).map_err(|e| format!("{e}"))?;
         let mut memory = GuestMemory::new(ram.bytes());
         let registers = if loader::is_boot_sector(image) {
             let entry = loader::load_boot_sector(image, &mut memory).map_err(|e| format!("{e}"))?;

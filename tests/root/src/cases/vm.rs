@@ -6,7 +6,7 @@
 
 use strata_abi::vcpu::{Exit, Field, REGISTER_BLOCK_WORDS, Segment, SegmentPart, access, segment_field};
 use strata_rt::cap::{Cap, GuestSpace, Vcpu, own};
-use strata_rt::vm::{self, GuestRam, VmExit};
+use strata_rt::vm::{self, VmExit};
 
 use super::*;
 
@@ -29,15 +29,10 @@ extern "C" fn spinner() -> ! {
 /// ticks: the kernel takes each, the thread at the VMM's priority gets its
 /// turns, and the guest goes on where it was each time, to its HLT.
 fn vm_host_interrupts() -> Outcome {
-    let space: Cap<GuestSpace> = Cap::from_raw(make(ObjectType::GuestSpace, 0)?);
-    own::ASID_POOL.assign_guest(space).map_err(|e| detail!("ASID: {e}"))?;
-    let mut ram = GuestRam::new(space, 2 << 20).map_err(|e| detail!("guest RAM: {e}"))?;
+    let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
     // mov ecx, 20000000; 1: dec ecx; jnz 1b; hlt
     let code = [0x66, 0xb9, 0x00, 0x2d, 0x31, 0x01, 0x66, 0x49, 0x75, 0xfc, 0xf4];
     ram.bytes()[0x2000..0x2000 + code.len()].copy_from_slice(&code);
-    let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu, 0)?);
-    vcpu.set_tcb(own::TCB).map_err(|e| detail!("bind: {e}"))?;
-    vcpu.set_space(space).map_err(|e| detail!("set space: {e}"))?;
     let cs = |part| segment_field(Segment::Cs, part);
     vcpu.write(&[
         (cs(SegmentPart::Selector), 0),
@@ -157,14 +152,9 @@ fn enter(registers: &[u64; REGISTER_BLOCK_WORDS]) -> Result<(VmExit, [u64; REGIS
 }
 
 fn vm_exits() -> Outcome {
-    let space: Cap<GuestSpace> = Cap::from_raw(make(ObjectType::GuestSpace, 0)?);
-    own::ASID_POOL.assign_guest(space).map_err(|e| detail!("ASID: {e}"))?;
-    let mut ram = GuestRam::new(space, 2 << 20).map_err(|e| detail!("guest RAM: {e}"))?;
+    let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
     // At 0x1000, in real mode: cpuid; hlt; mov [0], al (DS is moved past RAM first).
     ram.bytes()[0x1000..0x1006].copy_from_slice(&[0x0f, 0xa2, 0xf4, 0xa2, 0x00, 0x00]);
-    let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu, 0)?);
-    vcpu.set_tcb(own::TCB).map_err(|e| detail!("bind: {e}"))?;
-    vcpu.set_space(space).map_err(|e| detail!("set space: {e}"))?;
     let cs = |part| segment_field(Segment::Cs, part);
     let ds = |part| segment_field(Segment::Ds, part);
     vcpu.write(&[
