@@ -18,17 +18,64 @@
 //! tests check that the two paths leave identical memory and run queues.
 
 use strata_abi::bootinfo::IpcBuffer;
-use strata_abi::message::{MessageInfo, REGISTER_WORDS};
+use strata_abi::message::{MAX_LENGTH, REGISTER_WORDS};
 use strata_abi::object::Rights;
 use strata_abi::syscall::Syscall;
 
-use super::ipc::flags;
+use super::cap::raw;
+use super::ipc::{NOTIFICATION_WORD, flags};
 use super::tcb::register;
-use super::tcb::{ThreadState, layout};
-use super::{ObjectSpace, PhysicalMemory};
+use super::tcb::{BUFFER_SLOT, ThreadState, layout};
+use super::{ObjectSpace, PhysicalMemory, Slot};
 use crate::addr::PhysAddr;
 
 const BUFFER_MESSAGE: u64 = core::mem::offset_of!(IpcBuffer, message) as u64;
+/// The extra-capability count in a message info word.
+const INFO_EXTRA_CAPS: u64 = 0x3 << 7;
+/// The length in a message info word.
+const INFO_LENGTH: u64 = 0x7f;
+/// An endpoint's queue: head and tail words.
+const QUEUE_HEAD: u64 = 0;
+const QUEUE_TAIL: u64 = 8;
+
+/// Object memory seen through one base pointer, which the compiler keeps
+/// in a register for the whole fastpath (the general path's accessors go
+/// through `PhysicalMemory`, whose base it must reload after every write).
+#[derive(Clone, Copy)]
+struct Words(*mut u8);
+
+impl Words {
+    #[inline(always)]
+    fn get(self, object: PhysAddr, offset: u64) -> u64 {
+        // SAFETY: `window` makes `base + physical address` the word of every
+        // address the object layer uses; every address here is a live,
+        // 8-byte aligned object word found through a capability or a link
+        // the kernel keeps.
+        unsafe { self.0.wrapping_add((object.get() + offset) as usize).cast::<u64>().read() }
+    }
+
+    #[inline(always)]
+    fn set(self, object: PhysAddr, offset: u64, value: u64) {
+        // SAFETY: as for `get`.
+        unsafe { self.0.wrapping_add((object.get() + offset) as usize).cast::<u64>().write(value) }
+    }
+
+    #[inline(always)]
+    fn slot(self, slot: Slot) -> [u64; 2] {
+        [self.get(slot.0, 0), self.get(slot.0, 8)]
+    }
+}
+
+/// How the run queues change when one thread blocks and another wakes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Handover {
+    /// The woken thread takes the blocking one's place, alone at the top
+    /// priority: two stores.
+    Replace,
+    /// The scheduler would still pick the woken thread, but the queues need
+    /// the general dequeue and enqueue.
+    Requeue,
+}
 
 impl<M: PhysicalMemory> ObjectSpace<M> {
     /// Completes the system call the running thread `current` made (its
@@ -36,46 +83,56 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// the common case, and returns the thread to switch to. `None`: the
     /// general path must handle it, and nothing has been changed.
     pub fn fastpath(&mut self, current: PhysAddr) -> Option<PhysAddr> {
-        let number = self.field(current, register::RAX);
+        let words = Words(self.memory.window());
+        let number = words.get(current, register::RAX);
         if number == Syscall::Call as u64 {
-            self.fast_call(current)
+            self.fast_call(words, current)
         } else if number == Syscall::ReplyRecv as u64 {
-            self.fast_reply_recv(current)
+            self.fast_reply_recv(words, current)
         } else {
             None
         }
     }
 
     /// `Call` on an endpoint a server waits on.
-    fn fast_call(&mut self, caller: PhysAddr) -> Option<PhysAddr> {
-        let info = MessageInfo::decode(self.field(caller, register::RSI));
-        if info.extra_caps != 0 {
+    #[inline(always)]
+    fn fast_call(&mut self, m: Words, caller: PhysAddr) -> Option<PhysAddr> {
+        let info = m.get(caller, register::RSI);
+        if info & INFO_EXTRA_CAPS != 0 {
             return None;
         }
-        let (endpoint, badge, rights) = self.fast_endpoint(caller)?;
+        let (endpoint, badge, rights) = self.fast_endpoint(m, caller)?;
         if !rights.contains(Rights::WRITE) || !rights.intersects(Rights::GRANT | Rights::GRANT_REPLY) {
             return None;
         }
-        let receiver = self.queue_head(endpoint)?;
-        if self.thread_state(receiver) != ThreadState::BlockedOnReceive
-            || !self.would_run_next(receiver, caller)
-        {
+        let receiver = match m.get(endpoint, QUEUE_HEAD) {
+            0 => return None,
+            head => PhysAddr(head),
+        };
+        if m.get(receiver, layout::STATE) != ThreadState::BlockedOnReceive as u64 {
             return None;
         }
-        let length = self.fast_message_length(caller, receiver, info.length)?;
+        let handover = self.fast_handover(m, caller, receiver)?;
+        let length = Self::fast_message_length(m, caller, receiver, info)?;
 
-        self.queue_remove(endpoint, receiver);
-        self.move_message(caller, receiver, length);
-        self.set_field(receiver, register::RDI, badge);
-        self.set_field(
-            receiver,
-            register::RSI,
-            MessageInfo { label: info.label, length, ..Default::default() }.encode().unwrap_or(0),
-        );
-        if self.hand_over(caller, receiver) {
-            self.set_thread_state(caller, ThreadState::BlockedOnReply);
-            self.set_field(caller, layout::REPLIER, receiver.get());
-            self.set_field(receiver, layout::REPLY_TO, caller.get());
+        // The receiver heads the endpoint's queue (its previous link is 0).
+        let next = m.get(receiver, layout::QUEUE_NEXT);
+        m.set(endpoint, QUEUE_HEAD, next);
+        if next == 0 {
+            m.set(endpoint, QUEUE_TAIL, 0);
+        } else {
+            m.set(PhysAddr(next), layout::QUEUE_PREV, 0);
+        }
+        m.set(receiver, layout::QUEUE_NEXT, 0);
+        m.set(receiver, layout::QUEUE_PREV, 0);
+        Self::move_message(m, caller, receiver, length);
+        m.set(receiver, register::RDI, badge);
+        m.set(receiver, register::RSI, info & !0xfff | length);
+        if handover == Handover::Replace {
+            self.replace(m, caller, receiver);
+            m.set(caller, layout::STATE, ThreadState::BlockedOnReply as u64);
+            m.set(caller, layout::REPLIER, receiver.get());
+            m.set(receiver, layout::REPLY_TO, caller.get());
         } else {
             self.wake(receiver);
             // The call has grant or grant-reply (checked above), so
@@ -87,120 +144,130 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// `ReplyRecv` by a server whose caller waits for the reply, on an
     /// endpoint with no sender waiting.
-    fn fast_reply_recv(&mut self, server: PhysAddr) -> Option<PhysAddr> {
-        let caller = match self.field(server, layout::REPLY_TO) {
+    #[inline(always)]
+    fn fast_reply_recv(&mut self, m: Words, server: PhysAddr) -> Option<PhysAddr> {
+        let caller = match m.get(server, layout::REPLY_TO) {
             0 => return None,
             caller => PhysAddr(caller),
         };
-        if self.thread_state(caller) != ThreadState::BlockedOnReply
-            || self.field(caller, layout::REPLIER) != server.get()
-            || self.field(caller, layout::SEND_FLAGS) & flags::FAULT != 0
-            || !self.would_run_next(caller, server)
+        if m.get(caller, layout::STATE) != ThreadState::BlockedOnReply as u64
+            || m.get(caller, layout::REPLIER) != server.get()
+            || m.get(caller, layout::SEND_FLAGS) & flags::FAULT != 0
         {
             return None;
         }
-        let (endpoint, _, rights) = self.fast_endpoint(server)?;
+        let (endpoint, _, rights) = self.fast_endpoint(m, server)?;
         if !rights.contains(Rights::READ) {
             return None;
         }
-        if let Some(head) = self.queue_head(endpoint)
-            && self.thread_state(head) == ThreadState::BlockedOnSend
-        {
+        // Senders waiting (a queue holds senders or receivers, never both).
+        let head = m.get(endpoint, QUEUE_HEAD);
+        if head != 0 && m.get(PhysAddr(head), layout::STATE) == ThreadState::BlockedOnSend as u64 {
             return None;
         }
-        if let Some(notification) = self.bound(server)
-            && self.memory.read(notification.offset(super::ipc::NOTIFICATION_WORD)) != 0
-        {
+        let notification = m.get(server, layout::BOUND_NOTIFICATION);
+        if notification != 0 && m.get(PhysAddr(notification), NOTIFICATION_WORD) != 0 {
             return None;
         }
+        let handover = self.fast_handover(m, server, caller)?;
         // A reply transfers no capabilities: extra capabilities are ignored.
-        let info = MessageInfo::decode(self.field(server, register::RSI));
-        let length = self.fast_message_length(server, caller, info.length)?;
+        let info = m.get(server, register::RSI);
+        let length = Self::fast_message_length(m, server, caller, info)?;
 
-        self.set_field(server, layout::REPLY_TO, 0);
-        self.set_field(caller, layout::REPLIER, 0);
-        self.set_field(caller, layout::SEND_FLAGS, 0);
-        self.move_message(server, caller, length);
-        self.set_field(caller, register::RDI, 0);
-        self.set_field(
-            caller,
-            register::RSI,
-            MessageInfo { label: info.label, length, ..Default::default() }.encode().unwrap_or(0),
-        );
-        if self.hand_over(server, caller) {
-            self.set_thread_state(server, ThreadState::BlockedOnReceive);
-            self.set_field(server, layout::BLOCKED_ON, endpoint.get());
+        m.set(server, layout::REPLY_TO, 0);
+        m.set(caller, layout::REPLIER, 0);
+        m.set(caller, layout::SEND_FLAGS, 0);
+        Self::move_message(m, server, caller, length);
+        m.set(caller, register::RDI, 0);
+        m.set(caller, register::RSI, info & !0xfff | length);
+        if handover == Handover::Replace {
+            self.replace(m, server, caller);
+            m.set(server, layout::STATE, ThreadState::BlockedOnReceive as u64);
+            m.set(server, layout::BLOCKED_ON, endpoint.get());
         } else {
             self.wake(caller);
             self.block(server, ThreadState::BlockedOnReceive, endpoint.get());
         }
-        self.queue_append(endpoint, server);
+        // Append the server to the endpoint's queue.
+        let tail = m.get(endpoint, QUEUE_TAIL);
+        m.set(server, layout::QUEUE_NEXT, 0);
+        m.set(server, layout::QUEUE_PREV, tail);
+        if tail == 0 {
+            m.set(endpoint, QUEUE_HEAD, server.get());
+        } else {
+            m.set(PhysAddr(tail), layout::QUEUE_NEXT, server.get());
+        }
+        m.set(endpoint, QUEUE_TAIL, server.get());
         Some(caller)
     }
 
-    /// The common case of the run-queue update: `from` (running, so
-    /// queued) blocks and `to` (blocked, so in no run queue) becomes
-    /// runnable at the same priority, where `from` was alone. `to` then
-    /// simply takes `from`'s place, which is what dequeuing one and
-    /// enqueuing the other leaves. Returns whether that applied (`to` is
-    /// then runnable, `from` out of its queue with its state still to set).
+    /// Whether the scheduler would pick `to` once `from` (running) blocks
+    /// and `to` wakes, and how the run queues then change; `None` if it
+    /// would not pick `to`.
     #[inline(always)]
-    fn hand_over(&mut self, from: PhysAddr, to: PhysAddr) -> bool {
-        let (priority, _) = self.priority(from);
-        if self.priority(to).0 != priority || !self.scheduler.replace_alone(from, to, priority) {
-            return false;
+    fn fast_handover(&self, m: Words, from: PhysAddr, to: PhysAddr) -> Option<Handover> {
+        let priority = m.get(from, layout::PRIORITY) as u8;
+        let to_priority = m.get(to, layout::PRIORITY) as u8;
+        if to_priority == priority && self.scheduler.alone_at_top(from, priority) {
+            Some(Handover::Replace)
+        } else if self.scheduler.would_choose(to_priority, from, priority) {
+            Some(Handover::Requeue)
+        } else {
+            None
         }
-        // Both threads' queue links are clear: `from` was alone, and `to`
-        // left its endpoint queue (or was waiting for a reply, in none).
-        self.set_field(to, layout::BLOCKED_ON, 0);
-        self.set_thread_state(to, ThreadState::Runnable);
-        true
+    }
+
+    /// [`Handover::Replace`]: `to` takes `from`'s place in the run queue.
+    /// Both threads' queue links are clear: `from` was alone, and `to` left
+    /// its endpoint queue (or was waiting for a reply, in none).
+    #[inline(always)]
+    fn replace(&mut self, m: Words, from: PhysAddr, to: PhysAddr) {
+        self.scheduler.replace_alone(m.get(from, layout::PRIORITY) as u8, to);
+        m.set(to, layout::BLOCKED_ON, 0);
+        m.set(to, layout::STATE, ThreadState::Runnable as u64);
     }
 
     /// The endpoint capability the thread's RDI names: object, badge, rights.
     #[inline(always)]
-    fn fast_endpoint(&self, tcb: PhysAddr) -> Option<(PhysAddr, u64, Rights)> {
-        let root = self.slot_words(Self::tcb_slot(tcb, 0));
-        let (_, words) = self.lookup_words(root, self.field(tcb, register::RDI))?;
-        super::cap::raw::endpoint(words)
+    fn fast_endpoint(&self, m: Words, tcb: PhysAddr) -> Option<(PhysAddr, u64, Rights)> {
+        let root = m.slot(Self::tcb_slot(tcb, 0));
+        raw::endpoint(self.lookup_words(root, m.get(tcb, register::RDI))?.1)
     }
 
-    /// Whether the scheduler would pick `next` once `current` blocks and
-    /// `next` is made runnable: `next` outranks every other runnable thread.
-    #[inline(always)]
-    fn would_run_next(&self, next: PhysAddr, current: PhysAddr) -> bool {
-        let (next_priority, _) = self.priority(next);
-        let (current_priority, _) = self.priority(current);
-        self.scheduler.would_choose(next_priority, current, current_priority)
-    }
-
-    /// The length of a `length`-word message as the receiver gets it, or
+    /// The length of the message in `info` as the receiver gets it, or
     /// `None` for the general path: words past the registers come from
     /// the sender's IPC buffer, which must exist, and reach the receiver
     /// only if it has one.
-    fn fast_message_length(&self, sender: PhysAddr, receiver: PhysAddr, length: u8) -> Option<u8> {
-        if usize::from(length) <= REGISTER_WORDS {
+    #[inline(always)]
+    fn fast_message_length(m: Words, sender: PhysAddr, receiver: PhysAddr, info: u64) -> Option<u64> {
+        let length = (info & INFO_LENGTH).min(MAX_LENGTH);
+        if length <= REGISTER_WORDS as u64 {
             return Some(length);
         }
-        self.ipc_buffer(sender)?;
-        Some(if self.ipc_buffer(receiver).is_some() { length } else { REGISTER_WORDS as u8 })
+        Self::fast_buffer(m, sender)?;
+        Some(if Self::fast_buffer(m, receiver).is_some() { length } else { REGISTER_WORDS as u64 })
+    }
+
+    /// The thread's IPC buffer (physical), as `ipc_buffer` finds it.
+    #[inline(always)]
+    fn fast_buffer(m: Words, tcb: PhysAddr) -> Option<PhysAddr> {
+        let frame = raw::frame(m.slot(Self::tcb_slot(tcb, BUFFER_SLOT)))?;
+        Some(frame.offset(m.get(tcb, layout::IPC_BUFFER) & 0xfff))
     }
 
     /// Copies the first `length` message words from `sender` to `receiver`:
     /// registers to registers, and the rest IPC buffer to IPC buffer (both
     /// exist when `length` exceeds the registers).
-    fn move_message(&mut self, sender: PhysAddr, receiver: PhysAddr, length: u8) {
-        let length = usize::from(length);
-        for &register in &register::MESSAGE[..length.min(REGISTER_WORDS)] {
-            let word = self.field(sender, register);
-            self.set_field(receiver, register, word);
+    #[inline(always)]
+    fn move_message(m: Words, sender: PhysAddr, receiver: PhysAddr, length: u64) {
+        for &register in register::MESSAGE.iter().take(length as usize) {
+            m.set(receiver, register, m.get(sender, register));
         }
-        if length > REGISTER_WORDS {
-            let buffer = |tcb| self.ipc_buffer(tcb).map_or(PhysAddr(0), |(buffer, _)| buffer);
-            let (from, to) = (buffer(sender).offset(BUFFER_MESSAGE), buffer(receiver).offset(BUFFER_MESSAGE));
-            for i in REGISTER_WORDS as u64..length as u64 {
-                let word = self.memory.read(from.offset(8 * i));
-                self.memory.write(to.offset(8 * i), word);
+        if length > REGISTER_WORDS as u64 {
+            let buffer = |tcb| Self::fast_buffer(m, tcb).map_or(PhysAddr(0), |b| b.offset(BUFFER_MESSAGE));
+            let (from, to) = (buffer(sender), buffer(receiver));
+            for offset in (8 * REGISTER_WORDS as u64..8 * length).step_by(8) {
+                m.set(to, offset, m.get(from, offset));
             }
         }
     }

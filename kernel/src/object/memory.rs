@@ -23,6 +23,11 @@ pub trait PhysicalMemory {
             self.write(to.offset(8 * i), word);
         }
     }
+    /// Where physical address 0 would be in the kernel's view: physical
+    /// address `p` is at `window() + p` (wrapping) for every address the
+    /// object layer uses. The IPC fastpath reads and writes words through
+    /// it, with the base in a register.
+    fn window(&mut self) -> *mut u8;
     /// Drops cached translations of `address` in address space `asid` (all
     /// of the address space for `u64::MAX`) after a mapping was removed or
     /// changed.
@@ -126,12 +131,12 @@ impl PhysicalMemory for DirectMapMemory {
         // SAFETY: the direct map covers every address the object layer uses
         // (constructor precondition); addresses come from capabilities the
         // kernel created, are 8-byte aligned and name kernel-owned memory.
-        unsafe { self.map.to_virtual(address).as_mut_ptr::<u64>().read_volatile() }
+        unsafe { self.map.to_virtual(address).as_mut_ptr::<u64>().read() }
     }
 
     fn write(&mut self, address: PhysAddr, value: u64) {
         // SAFETY: as for `read`.
-        unsafe { self.map.to_virtual(address).as_mut_ptr::<u64>().write_volatile(value) }
+        unsafe { self.map.to_virtual(address).as_mut_ptr::<u64>().write(value) }
     }
 
     fn zero(&mut self, address: PhysAddr, bytes: u64) {
@@ -145,6 +150,10 @@ impl PhysicalMemory for DirectMapMemory {
         // SAFETY: as for `read` and `write`: both ranges are kernel-owned
         // objects the direct map covers; they do not overlap (precondition).
         unsafe { to.write(from.read()) }
+    }
+
+    fn window(&mut self) -> *mut u8 {
+        self.map.to_virtual(PhysAddr(0)).as_mut_ptr()
     }
 
     fn flush_translation(&mut self, asid: u16, address: u64) {
@@ -270,6 +279,10 @@ impl PhysicalMemory for Arena {
     fn zero(&mut self, address: PhysAddr, bytes: u64) {
         let start = self.index(address);
         self.words[start..start + (bytes / 8) as usize].fill(0);
+    }
+
+    fn window(&mut self) -> *mut u8 {
+        self.words.as_mut_ptr().cast::<u8>().wrapping_sub(self.base as usize)
     }
 
     fn flush_translation(&mut self, asid: u16, address: u64) {

@@ -321,8 +321,10 @@ impl ThreadState {
 /// The run queues.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scheduler {
-    heads: [Option<PhysAddr>; 256],
-    tails: [Option<PhysAddr>; 256],
+    /// The first and last TCB of each queue, 0 for none (no TCB lies at
+    /// physical address 0; the TCBs' own queue links use 0 the same way).
+    heads: [u64; 256],
+    tails: [u64; 256],
     /// Bit p set: queue p is not empty.
     nonempty: [u64; 4],
 }
@@ -336,13 +338,13 @@ impl Default for Scheduler {
 impl Scheduler {
     /// Empty queues.
     pub const fn new() -> Self {
-        Self { heads: [None; 256], tails: [None; 256], nonempty: [0; 4] }
+        Self { heads: [0; 256], tails: [0; 256], nonempty: [0; 4] }
     }
 
     /// The heads of the non-empty run queues (tests and fuzzing).
     #[cfg(any(test, feature = "fuzzing"))]
     pub fn heads(&self) -> impl Iterator<Item = PhysAddr> + '_ {
-        self.heads.iter().flatten().copied()
+        self.heads.iter().filter(|&&head| head != 0).map(|&head| PhysAddr(head))
     }
 
     /// The highest priority with a runnable thread.
@@ -359,7 +361,7 @@ impl Scheduler {
             return true;
         }
         let p = usize::from(priority);
-        if priority != highest || self.heads[p] != Some(current) || self.tails[p] != Some(current) {
+        if priority != highest || self.heads[p] != current.get() || self.tails[p] != current.get() {
             // Another thread is runnable at `highest`, which `next` does not exceed.
             return false;
         }
@@ -367,18 +369,26 @@ impl Scheduler {
         next == highest || self.highest_below(highest).is_none_or(|other| next > other)
     }
 
-    /// If `out` is the only thread queued at `priority`, puts `into` in its
-    /// place (the queue links of both must be clear) and returns `true`:
-    /// what dequeuing `out` and enqueuing `into` at `priority` would do,
-    /// with the bitmap untouched. Otherwise changes nothing.
-    pub fn replace_alone(&mut self, out: PhysAddr, into: PhysAddr, priority: u8) -> bool {
+    /// Whether `tcb` is the only thread queued at `priority` and no thread
+    /// is runnable above it.
+    #[inline(always)]
+    pub fn alone_at_top(&self, tcb: PhysAddr, priority: u8) -> bool {
         let p = usize::from(priority);
-        if self.heads[p] != Some(out) || self.tails[p] != Some(out) {
-            return false;
-        }
-        self.heads[p] = Some(into);
-        self.tails[p] = Some(into);
-        true
+        let word = p / 64;
+        self.heads[p] == tcb.get()
+            && self.tails[p] == tcb.get()
+            && self.nonempty[word] >> (p % 64) == 1
+            && self.nonempty[word + 1..].iter().all(|&bits| bits == 0)
+    }
+
+    /// Puts `into` in place of the only thread queued at `priority` (the
+    /// queue links of both must be clear): what dequeuing that thread and
+    /// enqueuing `into` at `priority` would do, with the bitmap untouched.
+    #[inline(always)]
+    pub fn replace_alone(&mut self, priority: u8, into: PhysAddr) {
+        let p = usize::from(priority);
+        self.heads[p] = into.get();
+        self.tails[p] = into.get();
     }
 
     /// The highest priority below `priority` with a runnable thread.
@@ -519,12 +529,13 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let p = usize::from(priority);
         self.memory.write(tcb.offset(layout::STATE), ThreadState::Runnable as u64);
         self.memory.write(tcb.offset(layout::QUEUE_NEXT), 0);
-        self.memory.write(tcb.offset(layout::QUEUE_PREV), self.scheduler.tails[p].map_or(0, PhysAddr::get));
-        match self.scheduler.tails[p] {
-            Some(tail) => self.memory.write(tail.offset(layout::QUEUE_NEXT), tcb.get()),
-            None => self.scheduler.heads[p] = Some(tcb),
+        let tail = self.scheduler.tails[p];
+        self.memory.write(tcb.offset(layout::QUEUE_PREV), tail);
+        match tail {
+            0 => self.scheduler.heads[p] = tcb.get(),
+            tail => self.memory.write(PhysAddr(tail).offset(layout::QUEUE_NEXT), tcb.get()),
         }
-        self.scheduler.tails[p] = Some(tcb);
+        self.scheduler.tails[p] = tcb.get();
         self.scheduler.nonempty[p / 64] |= 1 << (p % 64);
     }
 
@@ -535,18 +546,17 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         }
         let (priority, _) = self.priority(tcb);
         let p = usize::from(priority);
-        let link = |word: u64| (word != 0).then_some(PhysAddr(word));
-        let next = link(self.memory.read(tcb.offset(layout::QUEUE_NEXT)));
-        let prev = link(self.memory.read(tcb.offset(layout::QUEUE_PREV)));
+        let next = self.memory.read(tcb.offset(layout::QUEUE_NEXT));
+        let prev = self.memory.read(tcb.offset(layout::QUEUE_PREV));
         match prev {
-            Some(prev) => self.memory.write(prev.offset(layout::QUEUE_NEXT), next.map_or(0, PhysAddr::get)),
-            None => self.scheduler.heads[p] = next,
+            0 => self.scheduler.heads[p] = next,
+            prev => self.memory.write(PhysAddr(prev).offset(layout::QUEUE_NEXT), next),
         }
         match next {
-            Some(next) => self.memory.write(next.offset(layout::QUEUE_PREV), prev.map_or(0, PhysAddr::get)),
-            None => self.scheduler.tails[p] = prev,
+            0 => self.scheduler.tails[p] = prev,
+            next => self.memory.write(PhysAddr(next).offset(layout::QUEUE_PREV), prev),
         }
-        if self.scheduler.heads[p].is_none() {
+        if self.scheduler.heads[p] == 0 {
             self.scheduler.nonempty[p / 64] &= !(1 << (p % 64));
         }
         self.memory.write(tcb.offset(layout::STATE), ThreadState::Inactive as u64);
@@ -558,7 +568,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// `None` if nothing is runnable.
     pub fn choose_thread(&self) -> Option<PhysAddr> {
         let priority = self.scheduler.highest()?;
-        self.scheduler.heads[usize::from(priority)]
+        Some(PhysAddr(self.scheduler.heads[usize::from(priority)]))
     }
 
     /// The thread to run after a kernel entry by `current` (if any). With
@@ -578,11 +588,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// Whether `tcb` is the only runnable thread at the highest runnable
     /// priority: then a yield would choose it again, and is a no-op.
     pub fn runs_alone(&self, tcb: PhysAddr) -> bool {
-        let (priority, _) = self.priority(tcb);
-        let p = usize::from(priority);
-        self.scheduler.heads[p] == Some(tcb)
-            && self.scheduler.tails[p] == Some(tcb)
-            && self.scheduler.highest() == Some(priority)
+        self.scheduler.alone_at_top(tcb, self.priority(tcb).0)
     }
 
     /// Moves a runnable thread to the tail of its queue (it yielded or its
