@@ -9,9 +9,11 @@
 //! stub pushes the user registers straight into the current thread's TCB
 //! as a [`UserContext`] (whose tail is an IRET frame), saves the user FPU
 //! state into the thread's FXSAVE area, switches to the kernel stack and
-//! calls `syscall_handler` with the context. That function returns the
-//! context to run next (a TCB's, or the idle loop's), and
-//! `return_to_context` restores it with `iretq`. No context is copied on
+//! calls `ipc_fastpath` with the context. When that completes the call it
+//! returns another user thread's context, which the stub restores at once;
+//! otherwise `syscall_handler` takes the call and returns the context to
+//! run next (a TCB's, or the idle loop's), and `return_to_context`
+//! restores it with `iretq`. No context is copied on
 //! the way in or out. `sysretq` is not used: with a non-canonical RCX it
 //! would fault in ring 0.
 //!
@@ -128,16 +130,24 @@ syscall_entry:
     r#"
     movq %gs:16, %rax
     fxsave64 (%rax)
-    movq %rsp, %rbx             /* the saved context (RBX is saved in it) */
-    movq %rsp, %rdi
-    movq %gs:0, %rsp
-    cld
+    movq %rsp, %rdi             /* the saved context */
+    movq %gs:0, %rsp            /* (FMASK cleared DF: no `cld`) */
     call ipc_fastpath           /* Call or ReplyRecv in the common case? */
     testq %rax, %rax
-    jnz 3f
-    movq %rbx, %rdi
-    call syscall_handler
+    jz 3f
+    /* Done: RAX is the context of another user thread, now current. */
+    movq %rax, %rsp
+    movq %gs:16, %rax
+    fxrstor64 (%rax)
+    swapgs
+    "#,
+    pop_general_registers!(),
+    r#"
+    iretq
 3:
+    movq %gs:24, %rdi           /* the saved context again (the fastpath */
+    subq ${context_size}, %rdi  /* declined, so the thread is the same) */
+    call syscall_handler
     movq %rax, %rsp             /* the context to run */
 
     /* RSP points at the context to run: general registers, then an IRET frame. */
@@ -167,6 +177,7 @@ idle_loop:
     jmp idle_loop
 "#,
     yield_number = const strata_abi::syscall::Syscall::Yield as u64,
+    context_size = const core::mem::size_of::<UserContext>(),
     options(att_syntax)
 );
 
