@@ -67,13 +67,14 @@ fn measure(name: &str, overhead: u64, mut op: impl FnMut()) {
     );
 }
 
+/// Answers every call with as many words as it brought (at most 10).
 extern "C" fn echo_server() -> ! {
+    const ANSWER: [u64; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
     let endpoint = SERVER_ENDPOINT.load(Ordering::SeqCst);
     let mut message = recv(endpoint);
     loop {
-        let length = usize::from(message.length);
-        let words = [message.words[0]; 10];
-        message = reply_recv(endpoint, 0, &words[..length]);
+        let length = usize::from(message.length).min(ANSWER.len());
+        message = reply_recv(endpoint, 0, &ANSWER[..length]);
     }
 }
 
