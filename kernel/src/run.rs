@@ -262,6 +262,7 @@ impl Runtime {
         // Whether a host interrupt came: it may have woken someone.
         let mut interrupted = false;
         loop {
+            let previous = self.space.virt.last_run;
             let entry = match self.space.vm_prepare(tcb, flags) {
                 Ok(entry) => entry,
                 Err(VmEnterRefusal::Error(error)) => {
@@ -277,6 +278,20 @@ impl Runtime {
             };
             // The registers are in the VCPU now: a re-entry must not reload them.
             flags = 0;
+            if previous != Some(entry.vcpu) {
+                let debug =
+                    |vcpu: PhysAddr| self.direct_map.to_virtual(vcpu.offset(layout::DEBUG)).as_mut_ptr();
+                let vmx = self.space.virt.backend == crate::object::vcpu::Backend::Vmx;
+                // SAFETY: both areas are in live VCPUs (deleting the last to
+                // have run clears `last_run`); the kernel sets no breakpoints.
+                unsafe {
+                    crate::arch::x86_64::cpu::swap_debug_registers(
+                        previous.map(debug),
+                        debug(entry.vcpu),
+                        vmx,
+                    )
+                };
+            }
             if self.space.virt.backend == crate::object::vcpu::Backend::Vmx {
                 if let Err(exit) = self.run_vmx(entry.vcpu, entry.flush) {
                     self.space.reply_vm_exit(tcb, exit);

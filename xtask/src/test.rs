@@ -488,7 +488,7 @@ const SYSTEM_LINES: [&str; 14] = [
 
 /// What the VM image must log: each check of each test guest, through
 /// the VMM's UART with the guest's name, then how each guest ended.
-const VM_LINES: [&str; 25] = [
+const VM_LINES: [&str; 27] = [
     "[guest-basic] ok multiboot",
     "[guest-basic] ok multiboot-module",
     "[guest-basic] ok long-mode",
@@ -503,6 +503,7 @@ const VM_LINES: [&str; 25] = [
     "[guest-basic] ok injected-interrupt",
     "[guest-basic] ok hlt-timer-wakeup",
     "[guest-basic] ok fpu-sse-across-exits",
+    "[guest-basic] ok debug-registers-across-exits",
     "vmm: guest-basic: exited with status 0x0 through isa-debug-exit",
     "vmm: guest-junk: not started: no multiboot header (magic 0x1badb002) in the first 8 KiB",
     "[guest-bootsector] ok real-mode",
@@ -512,6 +513,7 @@ const VM_LINES: [&str; 25] = [
     "[guest-elf64] ok paging-on",
     "[guest-elf64] ok long-mode-active",
     "[guest-elf64] ok code-segment-0x08",
+    "[guest-elf64] ok debug-registers-own",
     "vmm: guest-elf64: exited with status 0x0 through isa-debug-exit",
     "vmm: 4 guest module(s), 3 started",
 ];

@@ -51,6 +51,10 @@ pub mod layout {
     pub const CR8: u64 = 0x10b8;
     /// VMX: the guest's STAR, LSTAR, CSTAR, SFMASK and KernelGSbase.
     pub const SYSCALL_MSRS: u64 = 0x10c0;
+    /// The guest's DR0–DR3, and DR6 on VMX: neither the VMCB nor the VMCS
+    /// holds them, so they stay in the CPU while this VCPU is the last to
+    /// have run, and are saved here when another VCPU runs.
+    pub const DEBUG: u64 = 0x10e8;
     /// VMX: VMLAUNCH succeeded; VMRESUME from now on.
     pub const FLAG_LAUNCHED: u64 = 1 << 0;
     /// VMX: the VMCS has this CPU's host state.

@@ -56,3 +56,33 @@ pub fn wait_for_interrupt() {
     // included, may change here.
     unsafe { core::arch::asm!("sti", "hlt", "cli", clobber_abi("C"), options(nostack)) };
 }
+
+/// Puts the debug registers a guest uses directly and neither the VMCB nor
+/// the VMCS switches (DR0–DR3, and DR6 with `dr6`) into `save`, if given,
+/// then loads them from `load`: another VCPU's guest runs next, and must
+/// neither see nor keep the last one's breakpoints (AMD APM vol. 2
+/// §15.5.1 lists what VMRUN switches; Intel SDM vol. 3C §27.3.1 and
+/// §28.3.1, what VM entry and exit switch).
+///
+/// # Safety
+/// The pointers are valid for reads (`load`) and writes (`save`); the
+/// host uses no breakpoints (DR7 is the guest's only inside VMRUN or VM
+/// entry, and the hardware disables them at the exit).
+pub unsafe fn swap_debug_registers(save: Option<*mut [u64; 5]>, load: *const [u64; 5], dr6: bool) {
+    use x86::debugregs::{dr0, dr0_write, dr1, dr1_write, dr2, dr2_write, dr3, dr3_write};
+    // SAFETY: ring 0; the registers have no effect while DR7 disables them.
+    unsafe {
+        let read6 = || if dr6 { x86::debugregs::dr6().bits() as u64 } else { 0 };
+        if let Some(save) = save {
+            save.write([dr0() as u64, dr1() as u64, dr2() as u64, dr3() as u64, read6()]);
+        }
+        let [d0, d1, d2, d3, d6] = load.read().map(|word| word as usize);
+        dr0_write(d0);
+        dr1_write(d1);
+        dr2_write(d2);
+        dr3_write(d3);
+        if dr6 {
+            x86::debugregs::dr6_write(x86::debugregs::Dr6::from_bits_truncate(d6));
+        }
+    }
+}

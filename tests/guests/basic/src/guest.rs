@@ -498,12 +498,39 @@ extern "C" fn guest_main() -> ! {
         format_args!("mask of changed registers {fpu_mismatches:#x}"),
     );
 
+    // Breakpoint addresses stay put across exits (DR7 leaves them disabled).
+    // They are left set: the next guest, on another VCPU, must not see them.
+    let written = [0x1000u64, 0x2000, 0x3000, 0x4000];
+    let read = debug_registers_across_exits(written);
+    checks.check(
+        "debug-registers-across-exits",
+        read == written,
+        format_args!("wrote DR0-DR3 {written:x?}, read back {read:x?}"),
+    );
+
     let _ = writeln!(Serial, "guest-basic: {} passed, {} failed", checks.passed, checks.failed);
     outl(DEBUG_EXIT, checks.failed);
     loop {
         // SAFETY: halting with interrupts off ends the guest for the VMM.
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
     }
+}
+
+/// Writes DR0–DR3, makes exits (CPUID), and reads them back.
+fn debug_registers_across_exits(values: [u64; 4]) -> [u64; 4] {
+    let mut read = [0u64; 4];
+    // SAFETY: the guest runs at CPL 0; with DR7 at its reset value the
+    // addresses arm no breakpoint.
+    unsafe {
+        asm!("mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}",
+            in(reg) values[0], in(reg) values[1], in(reg) values[2], in(reg) values[3], options(nostack));
+        for leaf in 0..4u32 {
+            core::arch::x86_64::__cpuid(leaf);
+        }
+        asm!("mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3",
+            out(reg) read[0], out(reg) read[1], out(reg) read[2], out(reg) read[3], options(nostack));
+    }
+    read
 }
 
 /// Compares XMM`i` with pattern `i` at `{n}`; sets bit `i` of `{m}` if it changed.

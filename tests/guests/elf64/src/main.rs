@@ -66,6 +66,17 @@ mod guest {
         check("paging-on", cr0 & (1 << 31 | 1) == (1 << 31 | 1), &mut failures);
         check("long-mode-active", efer & (1 << 10 | 1 << 8) == (1 << 10 | 1 << 8), &mut failures);
         check("code-segment-0x08", cs == 0x08, &mut failures);
+        let debug: [u64; 4];
+        // SAFETY: reading debug registers at CPL 0 has no side effects.
+        unsafe {
+            let (d0, d1, d2, d3): (u64, u64, u64, u64);
+            asm!("mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3",
+                out(reg) d0, out(reg) d1, out(reg) d2, out(reg) d3, options(nomem, nostack));
+            debug = [d0, d1, d2, d3];
+        }
+        // A fresh VCPU starts with DR0-DR3 at 0 (SDM vol. 3A §10.1.1), not
+        // with what an earlier guest left in the CPU.
+        check("debug-registers-own", debug == [0; 4], &mut failures);
         print("elf64 done\n");
         // SAFETY: the isa-debug-exit port ends the guest.
         unsafe { asm!("out dx, eax", in("dx") 0xf4u16, in("eax") failures, options(nomem, nostack)) };
