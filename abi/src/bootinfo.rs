@@ -19,7 +19,8 @@ pub mod slot {
     pub const TCB: u64 = 3;
     /// Authority to create ASID pools.
     pub const ASID_CONTROL: u64 = 4;
-    /// The first ASID pool (the root task's address space has an ASID from it).
+    /// The first ASID pool (the root task's address space has an ASID from
+    /// it); in a child that runs guests, an ASID pool of its own.
     pub const ASID_POOL: u64 = 5;
     /// The frame holding the root task's IPC buffer.
     pub const IPC_BUFFER: u64 = 6;
@@ -35,6 +36,10 @@ pub mod slot {
     /// A child process: its fault endpoint, an endpoint to its parent with
     /// the parent's fault badge (empty in the root task).
     pub const FAULT_HANDLER: u64 = 11;
+    /// A child process: the I/O ports its system description gives it.
+    pub const IO_PORTS: u64 = 12;
+    /// A child process: the IRQ handler its system description gives it.
+    pub const IRQ: u64 = 13;
     /// First slot of the variable part (image frames, then Untypeds).
     pub const FIRST_VARIABLE: u64 = 16;
 }

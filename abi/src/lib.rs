@@ -28,4 +28,5 @@ pub mod ktest;
 pub mod message;
 pub mod object;
 pub mod syscall;
+pub mod system;
 pub mod vcpu;

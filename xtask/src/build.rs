@@ -25,8 +25,9 @@ pub enum Flavor {
     SelfTest,
     /// The self-test kernel with the benchmark root task.
     Bench,
-    /// The kernel with the debug exit, `strata-vmm` as the root task, and
-    /// the test guests.
+    /// The kernel with the debug exit, the root task ending the run when
+    /// its children are done, `strata-vmm` (one per tenant) and the test
+    /// guests.
     Vm,
 }
 
@@ -180,9 +181,10 @@ pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
             let elf = bare("strata-guest-bootsector", &[], "guest", false, BOOT_SECTOR_SCRIPT)?;
             programs.push(("guest-bootsector", boot_sector(&elf)?));
             programs.push(("guest-elf64", bare("strata-guest-elf64", &[], "guest", false, ELF64_SCRIPT)?));
+            programs.push(("vmm", user("strata-vmm", &[])?));
             (
                 bare("strata-kernel", &["debug-exit"], "kernel-system", true, KERNEL_SCRIPT)?,
-                Some(user("strata-vmm", &[])?),
+                Some(bare("strata-root", &["exit-when-done"], "user-system", false, USER_SCRIPT)?),
             )
         }
     };

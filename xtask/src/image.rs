@@ -11,12 +11,13 @@ use strata_abi::ktest::{PATTERN_LEN, PATTERN_MODULE, pattern_byte};
 
 use crate::build::{self, Flavor};
 use crate::step::{self, Result};
-use crate::{fail, root};
+use crate::{fail, root, system};
 
 /// Which image to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
-    /// `target/image/`: the production kernel, `log=info`.
+    /// `target/image/`: the production kernel, `log=info`, and what
+    /// `systems/demo.toml` describes.
     Production,
     /// `target/image-test/`: the self-test kernel and the test module;
     /// `cmdline` goes into the ISO's GRUB entry.
@@ -28,23 +29,29 @@ pub enum Kind {
     },
     /// `target/image-bench/`: the self-test kernel and the benchmark root task.
     Bench,
-    /// `target/image-system/`: the self-test kernel, the root task and its
-    /// child processes (one of which crashes), and a module that is not an
-    /// executable.
+    /// `target/image-system/`: the self-test kernel, the root task and the
+    /// children `systems/system-test.toml` describes (one of which
+    /// crashes, and one of which is not an executable).
     System,
-    /// `target/image-vm/`: the kernel, `strata-vmm` as the root task, the
-    /// test guests, and a module that is not a guest kernel.
+    /// `target/image-vm/`: the kernel, the root task, and the two tenants
+    /// `systems/tenants.toml` describes, each a `strata-vmm` with its own
+    /// test guests (one of which is not a guest kernel).
     Vm,
+}
+
+/// The system description an image of `kind` is built from, if any.
+pub fn description(kind: &Kind) -> Option<PathBuf> {
+    let name = match kind {
+        Kind::Production => "demo",
+        Kind::System => "system-test",
+        Kind::Vm => "tenants",
+        Kind::SelfTest { .. } | Kind::Bench => return None,
+    };
+    Some(root().join("systems").join(format!("{name}.toml")))
 }
 
 /// The module of the self-test image holding the system-call fuzzer's seed.
 pub const FUZZ_SEED_MODULE: &str = "fuzz-seed";
-
-/// The module of the system image that is not an executable.
-pub const JUNK_MODULE: &str = "junk";
-
-/// The module of the VM image that is not a guest kernel.
-pub const JUNK_GUEST_MODULE: &str = "guest-junk";
 
 /// A built image.
 pub struct Image {
@@ -99,26 +106,32 @@ pub fn build(kind: Kind) -> Result<Image> {
         let image = fs::read(root_task).map_err(|e| fail!("reading {}: {e}", root_task.display()))?;
         archive.add(EntryKind::Module, "root", "", &image).map_err(|e| fail!("boot archive: {e}"))?;
     }
-    for (name, program) in &binaries.programs {
-        let image = fs::read(program).map_err(|e| fail!("reading {}: {e}", program.display()))?;
-        archive.add(EntryKind::Module, name, "", &image).map_err(|e| fail!("boot archive: {e}"))?;
+    if let Some(path) = description(&kind) {
+        let programs: Vec<&str> = binaries.programs.iter().map(|(name, _)| *name).collect();
+        let system = system::load(&path, &programs).map_err(|e| fail!("system description {e}"))?;
+        archive
+            .add(EntryKind::Module, strata_abi::system::MODULE, "", system.manifest_bytes())
+            .map_err(|e| fail!("boot archive: {e}"))?;
+        for (name, source) in &system.modules {
+            let bytes = match source {
+                system::Source::Text(text) => text.clone().into_bytes(),
+                system::Source::Program(program) => {
+                    let path = binaries.programs.iter().find(|(n, _)| n == program).map(|(_, p)| p);
+                    let path = path.ok_or_else(|| fail!("program {program} was not built"))?;
+                    fs::read(path).map_err(|e| fail!("reading {}: {e}", path.display()))?
+                }
+            };
+            archive.add(EntryKind::Module, name, "", &bytes).map_err(|e| fail!("boot archive: {e}"))?;
+        }
+    } else {
+        for (name, program) in &binaries.programs {
+            let image = fs::read(program).map_err(|e| fail!("reading {}: {e}", program.display()))?;
+            archive.add(EntryKind::Module, name, "", &image).map_err(|e| fail!("boot archive: {e}"))?;
+        }
     }
     if let Kind::SelfTest { fuzz_seed, .. } = &kind {
         archive
             .add(EntryKind::Module, FUZZ_SEED_MODULE, "", format!("{fuzz_seed:x}\n").as_bytes())
-            .map_err(|e| fail!("boot archive: {e}"))?;
-    }
-    if flavor == Flavor::Vm {
-        archive
-            .add(EntryKind::Module, "guest-basic+greeting", "", b"hello from a multiboot module\n")
-            .map_err(|e| fail!("boot archive: {e}"))?;
-        archive
-            .add(EntryKind::Module, JUNK_GUEST_MODULE, "", b"this guest is text, not a multiboot kernel\n")
-            .map_err(|e| fail!("boot archive: {e}"))?;
-    }
-    if flavor == Flavor::System {
-        archive
-            .add(EntryKind::Module, JUNK_MODULE, "", b"this module is text, not an executable\n")
             .map_err(|e| fail!("boot archive: {e}"))?;
     }
     if matches!(flavor, Flavor::SelfTest | Flavor::Bench) {

@@ -14,6 +14,7 @@ mod image;
 mod run;
 mod setup;
 mod step;
+mod system;
 mod tcb;
 mod test;
 

@@ -469,8 +469,9 @@ fn run_boot_suite(suite: &BootSuite, token: &str, totals: &mut Totals) -> Result
 /// What the system image must print: the root task reports its modules,
 /// starts the children, carries their log lines, ends the one that exits,
 /// restarts the one that crashes once, and finishes.
-const SYSTEM_LINES: [&str; 14] = [
-    "3 boot module(s)",
+const SYSTEM_LINES: [&str; 15] = [
+    "4 boot module(s)",
+    "[root] INFO  system description: 3 process(es)",
     "[root] INFO  started hello: entry 0x",
     "[root] INFO  started crasher: entry 0x",
     "[root] ERROR junk: not started: not a loadable executable: not an ELF file",
@@ -487,35 +488,38 @@ const SYSTEM_LINES: [&str; 14] = [
 ];
 
 /// What the VM image must log: each check of each test guest, through
-/// the VMM's UART with the guest's name, then how each guest ended.
-const VM_LINES: [&str; 27] = [
-    "[guest-basic] ok multiboot",
-    "[guest-basic] ok multiboot-module",
-    "[guest-basic] ok long-mode",
-    "[guest-basic] ok cpuid",
-    "[guest-basic] ok port-io",
-    "[guest-basic] rep outsb reached the UART",
-    "[guest-basic] ok string-io",
-    "[guest-basic] ok msr",
-    "[guest-basic] ok msr-unknown-gp",
-    "[guest-basic] ok exceptions-in-guest",
-    "[guest-basic] ok mmio",
-    "[guest-basic] ok injected-interrupt",
-    "[guest-basic] ok hlt-timer-wakeup",
-    "[guest-basic] ok fpu-sse-across-exits",
-    "[guest-basic] ok debug-registers-across-exits",
-    "vmm: guest-basic: exited with status 0x0 through isa-debug-exit",
-    "vmm: guest-junk: not started: no multiboot header (magic 0x1badb002) in the first 8 KiB",
-    "[guest-bootsector] ok real-mode",
-    "[guest-bootsector] ok cpuid-in-real-mode",
-    "[guest-bootsector] ok protected-mode",
-    "vmm: guest-bootsector: exited with status 0x0 through isa-debug-exit",
-    "[guest-elf64] ok paging-on",
-    "[guest-elf64] ok long-mode-active",
-    "[guest-elf64] ok code-segment-0x08",
-    "[guest-elf64] ok debug-registers-own",
-    "vmm: guest-elf64: exited with status 0x0 through isa-debug-exit",
-    "vmm: 4 guest module(s), 3 started",
+/// its tenant's VMM's UART with the tenant's and the guest's names, then
+/// how each guest ended, and that both tenants finished.
+const VM_LINES: [&str; 29] = [
+    "[alpha] [guest-basic] ok multiboot",
+    "[alpha] [guest-basic] ok multiboot-module",
+    "[alpha] [guest-basic] ok long-mode",
+    "[alpha] [guest-basic] ok cpuid",
+    "[alpha] [guest-basic] ok port-io",
+    "[alpha] [guest-basic] rep outsb reached the UART",
+    "[alpha] [guest-basic] ok string-io",
+    "[alpha] [guest-basic] ok msr",
+    "[alpha] [guest-basic] ok msr-unknown-gp",
+    "[alpha] [guest-basic] ok exceptions-in-guest",
+    "[alpha] [guest-basic] ok mmio",
+    "[alpha] [guest-basic] ok injected-interrupt",
+    "[alpha] [guest-basic] ok hlt-timer-wakeup",
+    "[alpha] [guest-basic] ok fpu-sse-across-exits",
+    "[alpha] [guest-basic] ok debug-registers-across-exits",
+    "[alpha] vmm: guest-basic: exited with status 0x0 through isa-debug-exit",
+    "[alpha] vmm: guest-junk: not started: no multiboot header (magic 0x1badb002) in the first 8 KiB",
+    "[beta] [guest-bootsector] ok real-mode",
+    "[beta] [guest-bootsector] ok cpuid-in-real-mode",
+    "[beta] [guest-bootsector] ok protected-mode",
+    "[beta] vmm: guest-bootsector: exited with status 0x0 through isa-debug-exit",
+    "[beta] [guest-elf64] ok paging-on",
+    "[beta] [guest-elf64] ok long-mode-active",
+    "[beta] [guest-elf64] ok code-segment-0x08",
+    "[beta] [guest-elf64] ok debug-registers-own",
+    "[beta] vmm: guest-elf64: exited with status 0x0 through isa-debug-exit",
+    "[alpha] vmm: 2 guest module(s), 1 started",
+    "[beta] vmm: 2 guest module(s), 2 started",
+    "[root] INFO  all children have finished",
 ];
 
 /// Boots the VM image (the VMM and its test guests) and checks its log.

@@ -1,11 +1,15 @@
 //! Starting, serving and supervising the children.
 
-use strata_abi::bootinfo;
+use strata_abi::bootinfo::{self, slot};
+use strata_abi::error::InvocationError;
 use strata_abi::fault;
+use strata_abi::invocation::Label;
 use strata_abi::object::ObjectType;
-use strata_rt::cap::{Cap, Untyped};
+use strata_abi::system::{self, Manifest, decode_name};
+use strata_rt::cap::{AsidPool, Cap, Untyped};
 use strata_rt::logger::{self, Output};
 use strata_rt::parent::{self, FAULT_BADGE};
+use strata_rt::process::Grants;
 use strata_rt::process::{self, Process, SpawnError};
 use strata_rt::server::{self, Request, Response};
 use strata_rt::{debug, root, sys};
@@ -22,11 +26,16 @@ const CHILD_PRIORITY: u8 = 100;
 /// How often a child that faults is restarted.
 const RESTARTS: u32 = 1;
 
-/// A child the root started, and its state.
+/// A child the root started, what it is given, and its state.
 struct Child {
     name: &'static str,
     image: &'static [u8],
     memory: Cap<Untyped>,
+    own_memory_bits: Option<u8>,
+    priority: u8,
+    /// Boot modules it may read (indexes in the root's list).
+    modules: heapless::Vec<usize, { system::MAX_SHARED }>,
+    grants: Grants,
     process: Option<Process>,
     restarts: u32,
 }
@@ -51,8 +60,11 @@ fn main() -> ! {
         Err(error) => stop(format_args!("cannot make the endpoint children talk to: {error}")),
     };
     let mut supervisor = Supervisor { endpoint, children: heapless::Vec::new() };
-    for index in 0..info.modules().len() {
-        supervisor.start_module(index);
+    match module_named(system::MODULE) {
+        // The system description says what to start.
+        Some(index) => supervisor.start_described(index),
+        // Without one, every module is a child.
+        None => (0..info.modules().len()).for_each(|index| supervisor.start_module(index)),
     }
     supervisor.check_done();
     server::serve(endpoint, |request| supervisor.handle(request))
@@ -64,29 +76,60 @@ fn stop(why: core::fmt::Arguments<'_>) -> ! {
     debug::shutdown(strata_abi::exit::ExitCode::KernelFailure)
 }
 
+/// The index of the boot module called `name`.
+fn module_named(name: &str) -> Option<usize> {
+    (0..strata_rt::boot_info().modules().len())
+        .find(|&i| sys::module(i).and_then(|(d, _)| d.name()) == Some(name))
+}
+
 impl Supervisor {
+    /// Starts module `index` as a child with the default memory and priority.
     fn start_module(&mut self, index: usize) {
         let Some((descriptor, image)) = sys::module(index) else { return };
         let name = descriptor.name().unwrap_or("(unnamed)");
-        let memory = match root::retype(ObjectType::Untyped, u64::from(CHILD_MEMORY_BITS)) {
-            Ok(memory) => Cap::from_raw(memory),
-            Err(error) => {
-                log::error!(
-                    "{name}: not started: no {} KiB of memory for it: {error}",
-                    1 << (CHILD_MEMORY_BITS - 10)
-                );
-                return;
-            }
+        let Some(memory) = memory_for(name, CHILD_MEMORY_BITS) else { return };
+        let child = Child {
+            name,
+            image,
+            memory,
+            own_memory_bits: Some(CHILD_OWN_MEMORY_BITS),
+            priority: CHILD_PRIORITY,
+            modules: heapless::Vec::new(),
+            grants: Grants::default(),
+            process: None,
+            restarts: 0,
         };
+        self.launch(child, CHILD_MEMORY_BITS);
+    }
+
+    /// Starts the processes the system description in module `index` lists.
+    fn start_described(&mut self, index: usize) {
+        let Some((_, bytes)) = sys::module(index) else { return };
+        let manifest = match Manifest::read(bytes) {
+            Ok(manifest) => manifest,
+            Err(error) => stop(format_args!("the `{}` module: {error}", system::MODULE)),
+        };
+        log::info!("system description: {} process(es)", manifest.count);
+        for entry in manifest.processes() {
+            let name = decode_name(&entry.name).unwrap_or("(unnamed)");
+            match describe(name, entry) {
+                Ok(child) => self.launch(child, entry.memory_bits),
+                Err(why) => log::error!("{name}: not started: {why}"),
+            }
+        }
+    }
+
+    /// Spawns `child` (made from `memory_bits` of memory) and keeps it.
+    fn launch(&mut self, mut child: Child, memory_bits: u8) {
         let badge = self.children.len() as u64 + 1;
-        let mut child = Child { name, image, memory, process: None, restarts: 0 };
+        let name = child.name;
         match spawn(&child, self.endpoint, badge) {
             Ok(process) => {
                 log::info!(
                     "started {name}: entry {:#x}, {} image pages, {} KiB of memory",
                     process.entry,
                     process.image_pages,
-                    1 << (CHILD_MEMORY_BITS - 10)
+                    1u64 << (memory_bits - 10)
                 );
                 child.process = Some(process);
             }
@@ -191,14 +234,102 @@ impl Supervisor {
     }
 }
 
+/// An Untyped of `bits` for child `name`, or `None` (reported).
+fn memory_for(name: &str, bits: u8) -> Option<Cap<Untyped>> {
+    root::retype(ObjectType::Untyped, u64::from(bits))
+        .map(Cap::from_raw)
+        .inspect_err(|error| {
+            log::error!("{name}: not started: no {} KiB of memory for it: {error}", 1u64 << (bits - 10))
+        })
+        .ok()
+}
+
+/// Why a described process was not started.
+enum Refusal {
+    NoModule(&'static str),
+    AsidPool(InvocationError),
+    Ports([u16; 2], InvocationError),
+    Irq(u8, InvocationError),
+    Memory(u8, InvocationError),
+}
+
+impl core::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoModule(name) => write!(f, "there is no boot module `{name}`"),
+            Self::AsidPool(e) => write!(f, "no ASID pool for its guests: {e}"),
+            Self::Ports([first, last], e) => {
+                write!(f, "I/O ports {first:#x}-{last:#x} are not available: {e}")
+            }
+            Self::Irq(line, e) => write!(f, "IRQ {line} is not available: {e}"),
+            Self::Memory(bits, e) => write!(f, "no {} KiB of memory for it: {e}", 1u64 << (bits - 10)),
+        }
+    }
+}
+
+/// The child a description entry asks for: its program and modules found,
+/// the devices and ASID pool it owns obtained, and its memory made.
+fn describe(name: &'static str, entry: &'static system::Process) -> Result<Child, Refusal> {
+    let module = |wanted: &'static system::Name| {
+        let wanted = decode_name(wanted).unwrap_or("(unnamed)");
+        module_named(wanted).ok_or(Refusal::NoModule(wanted))
+    };
+    let image = sys::module(module(&entry.program)?).map_or(&[][..], |(_, image)| image);
+    let mut modules = heapless::Vec::new();
+    for wanted in entry.modules.iter().filter(|m| m[0] != 0) {
+        let _ = modules.push(module(wanted)?);
+    }
+    let mut grants = Grants::default();
+    if entry.guests != 0 {
+        grants.asid_pool = Some(asid_pool().map_err(Refusal::AsidPool)?);
+    }
+    if entry.has_ports != 0 {
+        let [first, last] = entry.ports;
+        grants.io_ports =
+            Some(strata_rt::io::issue(first, last).map_err(|e| Refusal::Ports(entry.ports, e))?.0);
+    }
+    if entry.has_irq != 0 {
+        grants.irq = Some(strata_rt::irq::isa(entry.irq).map_err(|e| Refusal::Irq(entry.irq, e))?.0);
+    }
+    let memory = root::retype(ObjectType::Untyped, u64::from(entry.memory_bits))
+        .map(Cap::from_raw)
+        .map_err(|e| Refusal::Memory(entry.memory_bits, e))?;
+    Ok(Child {
+        name,
+        image,
+        memory,
+        own_memory_bits: (entry.own_memory_bits != 0).then_some(entry.own_memory_bits),
+        priority: entry.priority,
+        modules,
+        grants,
+        process: None,
+        restarts: 0,
+    })
+}
+
+/// A new ASID pool (512 ASIDs) from a 4 KiB Untyped.
+fn asid_pool() -> Result<Cap<AsidPool>, InvocationError> {
+    let untyped = root::retype(ObjectType::Untyped, 12)?;
+    let destination = root::fresh_slot();
+    strata_rt::call(
+        slot::ASID_CONTROL,
+        Label::AsidControlMakePool,
+        &[destination, root::DEPTH],
+        &[untyped, slot::CNODE],
+    )?;
+    Ok(Cap::from_raw(destination))
+}
+
 fn spawn(child: &Child, endpoint: u64, badge: u64) -> Result<Process, SpawnError> {
     process::spawn(&process::Spec {
         image: child.image,
         memory: child.memory,
-        child_memory_bits: Some(CHILD_OWN_MEMORY_BITS),
-        priority: CHILD_PRIORITY,
+        child_memory_bits: child.own_memory_bits,
+        priority: child.priority,
         parent_endpoint: endpoint,
         badge,
         asid_pool: strata_rt::cap::own::ASID_POOL,
+        modules: &child.modules,
+        grants: child.grants,
     })
 }

@@ -53,6 +53,25 @@ pub struct Spec<'a> {
     pub badge: u64,
     /// Where the parent's ASIDs come from.
     pub asid_pool: Cap<AsidPool>,
+    /// Boot modules of this task the child may read, by index in this
+    /// task's module list: mapped read-only into the child and listed in
+    /// its boot-info page, with copies of their frame capabilities.
+    pub modules: &'a [usize],
+    /// What else the child gets, each copied into its own slot: an ASID
+    /// pool for its guests' GuestSpaces (`slot::ASID_POOL`), I/O ports
+    /// (`slot::IO_PORTS`) and an IRQ handler (`slot::IRQ`).
+    pub grants: Grants,
+}
+
+/// Capabilities (in the parent's CSpace) a child gets copies of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// An ASID pool of its own, for GuestSpaces.
+    pub asid_pool: Option<Cap<AsidPool>>,
+    /// An I/O-port capability.
+    pub io_ports: Option<CPtr>,
+    /// An IRQ handler capability.
+    pub irq: Option<CPtr>,
 }
 
 /// Why a child could not be started.
@@ -64,6 +83,11 @@ pub enum SpawnError {
     Invocation(&'static str, InvocationError),
     /// The parent's CSpace is too fragmented to record the child's slots.
     TooLarge,
+    /// The modules it is to read take more frames than its CNode has slots.
+    ModulesTooLarge {
+        /// Frames needed.
+        frames: u64,
+    },
 }
 
 impl fmt::Display for SpawnError {
@@ -74,6 +98,11 @@ impl fmt::Display for SpawnError {
             Self::TooLarge => {
                 write!(f, "its objects are spread over more than {MAX_SLOT_RUNS} runs of slots")
             }
+            Self::ModulesTooLarge { frames } => write!(
+                f,
+                "its modules take {frames} frames, more than the free slots of its {}-slot CNode",
+                1 << CHILD_CNODE_RADIX
+            ),
         }
     }
 }
@@ -208,6 +237,27 @@ impl Builder {
         Ok(frame)
     }
 
+    /// Maps a read-only copy of the parent's frame `frame` at `address` in
+    /// the child and moves it into the child's CNode at `to`, where it goes
+    /// with the child.
+    fn share_frame(
+        &mut self,
+        vspace: Cap<Pml4>,
+        address: u64,
+        frame: CPtr,
+        (cnode, index): (Cap<CNode>, u64),
+    ) -> Result<(), SpawnError> {
+        self.tables_for(vspace, address)?;
+        let copy = step("copying a module frame", crate::root::mint(frame, Rights::READ, 0))?;
+        let mapped = Cap::<Frame>::from_raw(copy).map(vspace, address, Rights::READ, 0);
+        let moved = mapped.and_then(|()| cnode.move_from(index, u64::from(CHILD_CNODE_RADIX), copy));
+        if moved.is_err() {
+            let _ = own::CNODE.delete(copy, DEPTH);
+        }
+        slots::free(copy);
+        step("sharing a module frame", moved)
+    }
+
     fn build(&mut self, spec: &Spec<'_>, plan: &elf::LoadPlan) -> Result<Cap<Tcb>, SpawnError> {
         let vspace: Cap<Pml4> = Cap::from_raw(self.make(ObjectType::Pml4, 0, "making the address space")?);
         step("assigning an ASID", spec.asid_pool.assign(vspace))?;
@@ -246,22 +296,48 @@ impl Builder {
             "giving the fault endpoint",
             cnode.mint(slot::FAULT_HANDLER, depth, spec.parent_endpoint, to_parent, fault_badge),
         )?;
+        for (grant, child_slot) in [
+            (spec.grants.asid_pool.map(Cap::raw), slot::ASID_POOL),
+            (spec.grants.io_ports, slot::IO_PORTS),
+            (spec.grants.irq, slot::IRQ),
+        ] {
+            if let Some(grant) = grant {
+                step("giving a granted capability", cnode.copy(child_slot, depth, grant))?;
+            }
+        }
+        let mut modules = [ModuleDescriptor::default(); bootinfo::MAX_MODULES];
+        // The modules' frame capabilities follow its own Untyped's slot.
+        let untyped_count = u64::from(spec.child_memory_bits.is_some());
+        let mut next_slot = slot::FIRST_VARIABLE + untyped_count;
+        let mut address = layout::MODULES_ADDRESS;
+        for (&index, described) in spec.modules.iter().zip(&mut modules) {
+            let Some((descriptor, _)) = sys::module(index) else { continue };
+            let frames = descriptor.frames.end - descriptor.frames.start;
+            if next_slot + frames > 1 << CHILD_CNODE_RADIX {
+                return Err(SpawnError::ModulesTooLarge { frames });
+            }
+            *described = ModuleDescriptor {
+                address,
+                frames: SlotRange { start: next_slot, end: next_slot + frames },
+                ..*descriptor
+            };
+            for frame in descriptor.frames.start..descriptor.frames.end {
+                self.share_frame(vspace, address, frame, (cnode, next_slot))?;
+                (address, next_slot) = (address + 4096, next_slot + 1);
+            }
+        }
+
         let mut untypeds = [UntypedDescriptor::default(); bootinfo::MAX_UNTYPEDS];
-        let mut untyped_count = 0;
         if let Some(bits) = spec.child_memory_bits {
-            let untyped = self.make(ObjectType::Untyped, u64::from(bits), "making the child's memory")?;
-            step("giving the child its memory", cnode.move_from(slot::FIRST_VARIABLE, depth, untyped))?;
             // Physical addresses of Untypeds made by retype are not known here.
             untypeds[0] =
                 UntypedDescriptor { physical_address: 0, size_bits: bits, device: 0, reserved: [0; 6] };
-            untyped_count = 1;
         }
-
         // The boot-info page.
         let info = BootInfo {
             magic: bootinfo::MAGIC,
             version: bootinfo::VERSION,
-            first_free_slot: slot::FIRST_VARIABLE + untyped_count,
+            first_free_slot: next_slot,
             ipc_buffer_address: layout::IPC_BUFFER_ADDRESS,
             image_frames: SlotRange::default(),
             untyped_slots: SlotRange {
@@ -269,16 +345,22 @@ impl Builder {
                 end: slot::FIRST_VARIABLE + untyped_count,
             },
             untyped_count,
-            module_count: 0,
+            module_count: spec.modules.len().min(bootinfo::MAX_MODULES) as u64,
             cnode_radix: depth,
             reserved: [0; 5],
             untypeds,
-            modules: [ModuleDescriptor::default(); bootinfo::MAX_MODULES],
+            modules,
         };
         let mut page = [0u8; 4096];
         let bytes = zerocopy::IntoBytes::as_bytes(&info);
         page[..bytes.len()].copy_from_slice(bytes);
         self.page(vspace, layout::BOOT_INFO_ADDRESS, Some(&page), Rights::READ, 0)?;
+
+        // Last: its own memory, which takes the (aligned) rest of `memory`.
+        if let Some(bits) = spec.child_memory_bits {
+            let untyped = self.make(ObjectType::Untyped, u64::from(bits), "making the child's memory")?;
+            step("giving the child its memory", cnode.move_from(slot::FIRST_VARIABLE, depth, untyped))?;
+        }
 
         // The thread.
         step(

@@ -142,6 +142,12 @@ fn find_header(image: &[u8]) -> Result<(usize, [u32; 8]), LoadError> {
     Ok((offset, words))
 }
 
+/// Whether `image` has a valid multiboot header (checked before a guest's
+/// memory is made, so that a malformed image costs nothing).
+pub fn check_multiboot(image: &[u8]) -> Result<(), LoadError> {
+    find_header(image).map(drop)
+}
+
 /// Checks that `start..end` is RAM and clear of the information structure.
 fn check_range(memory: &GuestMemory<'_>, start: u64, end: u64) -> Result<(), LoadError> {
     let overlaps_info = start < INFO_ADDRESS + INFO_SIZE && INFO_ADDRESS < end;
@@ -449,6 +455,7 @@ mod tests {
         let mut ram = vec![0u8; 4 << 20];
         let mut memory = GuestMemory::new(&mut ram);
         assert_eq!(load(&[0; 100], &mut memory, "", &[]), Err(LoadError::NoHeader));
+        assert_eq!(check_multiboot(&[0; 100]), Err(LoadError::NoHeader));
         let mut bad = kludge(0, 0x1000, 0, 0x10_0000);
         bad[8] ^= 1;
         assert_eq!(load(&bad, &mut memory, "", &[]), Err(LoadError::BadChecksum));

@@ -21,7 +21,7 @@ strata_rt::entry!(main);
 static HEAP: strata_rt::heap::Heap<{ 2 << 20 }> = strata_rt::heap::Heap::new();
 
 /// Guest RAM.
-const RAM_SIZE: u64 = 16 << 20;
+const RAM_SIZE: u64 = 4 << 20;
 /// The guest's COM1.
 const COM1: u16 = 0x3f8;
 /// QEMU's isa-debug-exit device: a write ends the guest with that status.
@@ -51,7 +51,9 @@ const EVENT_VALID: u64 = 1 << 31;
 const EVENT_ERROR_CODE: u64 = 1 << 11;
 
 /// The host's clock for guest timers: PIT channel 0 in one-shot mode,
-/// its interrupt (ISA IRQ 0) signalling a notification.
+/// its interrupt (ISA IRQ 0) signalling a notification. The ports and the
+/// interrupt are the devices this tenant's system description gives it
+/// (`io_ports = [0x40, 0x43]`, `irq = 0`).
 #[derive(Clone, Copy)]
 struct HostTimer {
     pit: strata_rt::io::IoPorts,
@@ -61,8 +63,8 @@ struct HostTimer {
 
 impl HostTimer {
     fn new() -> Result<Self, InvocationError> {
-        let pit = strata_rt::io::issue(0x40, 0x43)?;
-        let irq = strata_rt::irq::isa(0)?;
+        use strata_abi::bootinfo::slot;
+        let (pit, irq) = (strata_rt::io::IoPorts(slot::IO_PORTS), strata_rt::irq::IrqHandler(slot::IRQ));
         let notification = strata_rt::root::retype(ObjectType::Notification, 0)?;
         irq.set_notification(notification)?;
         Ok(Self { pit, irq, notification })
@@ -86,11 +88,9 @@ impl HostTimer {
 }
 
 fn main() -> ! {
-    strata_rt::logger::init(strata_rt::logger::Output::Console(""), log::LevelFilter::Info);
+    strata_rt::logger::init(strata_rt::logger::Output::Parent, log::LevelFilter::Info);
     let timer = HostTimer::new()
-        .inspect_err(|e| {
-            strata_rt::debug::print_line(&format!("vmm: no host timer ({e:?}): guest timers off"))
-        })
+        .inspect_err(|e| log_line(&format!("vmm: no host timer ({e:?}): guest timers off")))
         .ok();
     let mut guests = 0;
     let mut started = 0;
@@ -110,10 +110,16 @@ fn main() -> ! {
             }
             Err(why) => format!("not started: {why}"),
         };
-        strata_rt::debug::print_line(&format!("vmm: {name}: {outcome}"));
+        log_line(&format!("vmm: {name}: {outcome}"));
     }
-    strata_rt::debug::print_line(&format!("vmm: {guests} guest module(s), {started} started"));
-    strata_rt::debug::shutdown(strata_abi::exit::ExitCode::Success)
+    log_line(&format!("vmm: {guests} guest module(s), {started} started"));
+    strata_rt::parent::exit(0)
+}
+
+/// One line for this tenant's log: the root task prints it with the
+/// tenant's name.
+fn log_line(line: &str) {
+    strata_rt::parent::log_line(line);
 }
 
 /// A running guest.
@@ -141,6 +147,9 @@ fn failed(what: &str, error: InvocationError) -> String {
 impl Machine {
     /// Makes the GuestSpace, RAM and VCPU, and loads `image`.
     fn new(name: &'static str, image: &[u8], host_timer: Option<HostTimer>) -> Result<Self, String> {
+        if !loader::is_boot_sector(image) && !loader::is_plain_elf64(image) {
+            loader::check_multiboot(image).map_err(|e| format!("{e}"))?;
+        }
         let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(RAM_SIZE).map_err(|e| format!("{e}"))?;
         let mut memory = GuestMemory::new(ram.bytes());
         let registers = if loader::is_boot_sector(image) {
@@ -304,7 +313,7 @@ impl Machine {
     }
 
     fn log_line(&self, line: &str) {
-        strata_rt::debug::print_line(&format!("[{}] {line}", self.name));
+        log_line(&format!("[{}] {line}", self.name));
     }
 
     /// Emulates what the exit asks for; `Err` with the outcome when the guest is done.

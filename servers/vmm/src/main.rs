@@ -1,10 +1,13 @@
-//! strata-vmm as a program. In this first version it is the root task of
-//! its image: every boot module named `guest-*` is a guest (a multiboot
-//! kernel, whose modules are the boot modules named `guest-*+<name>`; a
-//! plain 64-bit ELF kernel; or a boot sector), run in turn in a fresh
-//! GuestSpace with 16 MiB of RAM on one VCPU. The
-//! guest's COM1 output is logged with the guest's name as prefix, and how
-//! each guest ended is reported. On a test kernel the run then ends.
+//! strata-vmm as a program: one tenant's VMM, a child process the root
+//! task starts from the system description (`systems/tenants.toml`). Every
+//! boot module it is given named `guest-*` is a guest (a multiboot kernel,
+//! whose modules are the modules named `guest-*+<name>`; a plain 64-bit
+//! ELF kernel; or a boot sector), run in turn in a fresh GuestSpace with
+//! 4 MiB of RAM on one VCPU. The guest's COM1 output goes to the root
+//! task's log with the guest's name as prefix (the root adds the
+//! tenant's), how each guest ended is reported, and the VMM then exits.
+//! Its guest timers use the PIT when the description gives it the PIT's
+//! ports and interrupt.
 
 #![cfg_attr(strata_baremetal, no_std, no_main)]
 #![deny(unsafe_code)]
