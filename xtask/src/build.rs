@@ -26,8 +26,8 @@ pub enum Flavor {
     /// The self-test kernel with the benchmark root task.
     Bench,
     /// The kernel with the debug exit, the root task ending the run when
-    /// its children are done, `strata-vmm` (one per tenant) and the test
-    /// guests.
+    /// its children are done, `strata-vmm` (one per tenant), `hello` and
+    /// the test guests.
     Vm,
 }
 
@@ -175,6 +175,7 @@ pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
             Some(bare("strata-tests-bench", &[], "user", false, USER_SCRIPT)?),
         ),
         Flavor::Vm => {
+            programs.push(("hello", user("strata-hello", &[])?));
             for (name, package) in GUESTS {
                 programs.push((name, bare(package, &[], "guest", false, GUEST_SCRIPT)?));
             }

@@ -37,11 +37,18 @@ pub enum Kind {
     /// `systems/tenants.toml` describes, each a `strata-vmm` with its own
     /// test guests (one of which is not a guest kernel).
     Vm,
+    /// `target/image-custom/`: the VM image's kernel and programs, packed
+    /// as the given description says (`cargo xtask run --system`).
+    Custom {
+        /// The description.
+        description: PathBuf,
+    },
 }
 
 /// The system description an image of `kind` is built from, if any.
 pub fn description(kind: &Kind) -> Option<PathBuf> {
     let name = match kind {
+        Kind::Custom { description } => return Some(description.clone()),
         Kind::Production => "demo",
         Kind::System => "system-test",
         Kind::Vm => "tenants",
@@ -91,6 +98,7 @@ pub fn build(kind: Kind) -> Result<Image> {
         }
         Kind::System => (Flavor::System, root().join("target/image-system"), "log=info".to_owned()),
         Kind::Vm => (Flavor::Vm, root().join("target/image-vm"), "log=info".to_owned()),
+        Kind::Custom { .. } => (Flavor::Vm, root().join("target/image-custom"), "log=info".to_owned()),
     };
     let binaries = build::bare_metal(flavor)?;
     let started = step::begin(format!("packing the boot image in {}", dir.display()));

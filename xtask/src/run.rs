@@ -22,16 +22,27 @@ pub struct RunArgs {
     /// Kernel command line for the direct boot (the ISO carries its own).
     #[arg(long, default_value = image::DEFAULT_CMDLINE)]
     append: String,
-    /// Boot strata-vmm with the test guests instead of the root task and
-    /// `hello` (the run ends when the guests have).
-    #[arg(long)]
+    /// Boot the two tenants of `systems/tenants.toml`, each a strata-vmm
+    /// with its own test guests, instead of the root task and `hello` (the
+    /// run ends when the tenants have).
+    #[arg(long, conflicts_with = "system")]
     vm: bool,
+    /// Boot the system this description (TOML, see
+    /// docs/system-description.md) describes; the run ends when its
+    /// processes have.
+    #[arg(long, value_name = "FILE")]
+    system: Option<std::path::PathBuf>,
 }
 
 /// Builds the image and boots it until QEMU exits or Ctrl-C.
 pub fn run(args: &RunArgs) -> Result {
     setup::ensure()?;
-    let image = image::build(if args.vm { Kind::Vm } else { Kind::Production })?;
+    let kind = match (&args.system, args.vm) {
+        (Some(path), _) => Kind::Custom { description: path.clone() },
+        (None, true) => Kind::Vm,
+        (None, false) => Kind::Production,
+    };
+    let image = image::build(kind)?;
     let boot = if args.iso {
         QemuBoot::Iso { iso: image.iso.clone() }
     } else {

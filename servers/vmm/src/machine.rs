@@ -90,7 +90,12 @@ impl HostTimer {
 fn main() -> ! {
     strata_rt::logger::init(strata_rt::logger::Output::Parent, log::LevelFilter::Info);
     let timer = HostTimer::new()
-        .inspect_err(|e| log_line(&format!("vmm: no host timer ({e:?}): guest timers off")))
+        .inspect_err(|e| {
+            log_line(&format!(
+                "vmm: no host timer ({e}; the description gives a tenant the PIT with \
+                 io_ports = [0x40, 0x43] and irq = 0): guest timers off"
+            ))
+        })
         .ok();
     let mut guests = 0;
     let mut started = 0;
