@@ -89,13 +89,19 @@ pub enum Exit {
     Xsetbv = 19,
     /// Anything else. Word 1: the vendor's exit code.
     Unsupported = 20,
+    /// Not the guest's doing: the notification bound to the VMM's thread
+    /// was signalled (before the entry, or while the guest ran), as seL4's
+    /// `VMEnter` returns. Word 1: the notification word (the signallers'
+    /// badges ORed), which is taken. The guest's state is as it was; the
+    /// next `VmEnter` goes on from there. The instruction length is 0.
+    Notification = 21,
 }
 
 impl TryFrom<u64> for Exit {
     type Error = u64;
 
     fn try_from(value: u64) -> Result<Self, u64> {
-        const ALL: [Exit; 21] = [
+        const ALL: [Exit; 22] = [
             Exit::Cpuid,
             Exit::Io,
             Exit::MsrRead,
@@ -117,6 +123,7 @@ impl TryFrom<u64> for Exit {
             Exit::Pause,
             Exit::Xsetbv,
             Exit::Unsupported,
+            Exit::Notification,
         ];
         usize::try_from(value).ok().and_then(|i| ALL.get(i).copied()).ok_or(value)
     }

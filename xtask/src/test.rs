@@ -55,7 +55,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 70] = [
+const BOOT_CASES: [&str; 71] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -126,6 +126,7 @@ const BOOT_CASES: [&str; 70] = [
     "user.vm_exits",
     "user.vm_exit_restores_gdt",
     "user.vm_host_interrupts",
+    "user.vm_enter_ends_on_signal",
     "user.syscall_fuzz",
 ];
 
@@ -490,7 +491,7 @@ const SYSTEM_LINES: [&str; 15] = [
 /// What the VM image must log: each check of each test guest, through
 /// its tenant's VMM's UART with the tenant's and the guest's names, then
 /// how each guest ended, and that both tenants finished.
-const VM_LINES: [&str; 29] = [
+const VM_LINES: [&str; 31] = [
     "[alpha] [guest-basic] ok multiboot",
     "[alpha] [guest-basic] ok multiboot-module",
     "[alpha] [guest-basic] ok long-mode",
@@ -503,6 +504,8 @@ const VM_LINES: [&str; 29] = [
     "[alpha] [guest-basic] ok exceptions-in-guest",
     "[alpha] [guest-basic] ok mmio",
     "[alpha] [guest-basic] ok injected-interrupt",
+    "[alpha] [guest-basic] ok pic-init",
+    "[alpha] [guest-basic] ok pit-counts-down",
     "[alpha] [guest-basic] ok hlt-timer-wakeup",
     "[alpha] [guest-basic] ok fpu-sse-across-exits",
     "[alpha] [guest-basic] ok debug-registers-across-exits",

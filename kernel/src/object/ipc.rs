@@ -362,8 +362,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.memory.write(notification.offset(NOTIFICATION_WORD), word | badge);
     }
 
-    /// The bound notification's word, if non-zero (it is then cleared).
-    fn take_bound_signal(&mut self, tcb: PhysAddr) -> Option<u64> {
+    /// The bound notification's word, if non-zero (it is then cleared): a
+    /// receive takes it, and a VMM's `VmEnter` ends on it.
+    pub fn take_bound_signal(&mut self, tcb: PhysAddr) -> Option<u64> {
         let notification = self.field(tcb, layout::BOUND_NOTIFICATION);
         if notification == 0 {
             return None;

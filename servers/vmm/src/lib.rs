@@ -7,6 +7,8 @@
 //!   information structure, memory map and command line.
 //! - [`cpuid`]: the virtual CPU model the guest sees.
 //! - [`uart`]: a 16550 UART whose output becomes log lines.
+//! - [`pic`]: the PC's cascaded 8259A interrupt controllers.
+//! - [`pit`]: the 8254 interval timer's channel 0, on guest time.
 //! - [`memory`]: guest-physical memory and guest page-table walks.
 //! - [`mmio`]: decoding the instruction behind a nested page fault.
 
@@ -19,4 +21,6 @@ pub mod cpuid;
 pub mod loader;
 pub mod memory;
 pub mod mmio;
+pub mod pic;
+pub mod pit;
 pub mod uart;

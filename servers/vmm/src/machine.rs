@@ -12,6 +12,8 @@ use strata_abi::vcpu::{Exit, Field, Segment, SegmentPart, io, segment_field};
 use strata_rt::cap::{Cap, Vcpu};
 use strata_rt::vm::{self, GuestRam, VmExit};
 use strata_vmm::memory::{GuestMemory, Paging};
+use strata_vmm::pic::Pic;
+use strata_vmm::pit::{self, Pit};
 use strata_vmm::uart::Uart;
 use strata_vmm::{cpuid, loader, mmio};
 
@@ -36,11 +38,6 @@ const TEST_SCRATCH: u64 = 0x8;
 const TEST_INVERTED: u64 = 0x10;
 /// Port through which the guest asks for an external interrupt (the vector is the value).
 const DOORBELL: u16 = 0x510;
-/// The test timer: a 32-bit write of `vector | milliseconds << 8` raises
-/// that interrupt once the time has passed (waking a halted guest).
-const TIMER: u16 = 0x511;
-/// PIT input clock, Hz.
-const PIT_HZ: u64 = 1_193_182;
 /// Longest one-shot PIT wait, in milliseconds (the counter is 16 bits).
 const PIT_SHOT_MS: u64 = 50;
 /// Exception type for a pending event (the `Field::PendingEvent` layout).
@@ -54,12 +51,19 @@ const EVENT_ERROR_CODE: u64 = 1 << 11;
 /// its interrupt (ISA IRQ 0) signalling a notification. The ports and the
 /// interrupt are the devices this tenant's system description gives it
 /// (`io_ports = [0x40, 0x43]`, `irq = 0`).
+/// Guest time is the TSC, measured against the PIT once at start.
 #[derive(Clone, Copy)]
 struct HostTimer {
     pit: strata_rt::io::IoPorts,
     irq: strata_rt::irq::IrqHandler,
     notification: strata_rt::CPtr,
+    /// TSC ticks per second, and the TSC at guest time 0.
+    tsc_hz: u64,
+    tsc_start: u64,
 }
+
+/// How long the TSC is measured against the PIT.
+const CALIBRATION_MS: u64 = 50;
 
 impl HostTimer {
     fn new() -> Result<Self, InvocationError> {
@@ -67,14 +71,26 @@ impl HostTimer {
         let (pit, irq) = (strata_rt::io::IoPorts(slot::IO_PORTS), strata_rt::irq::IrqHandler(slot::IRQ));
         let notification = strata_rt::root::retype(ObjectType::Notification, 0)?;
         irq.set_notification(notification)?;
-        Ok(Self { pit, irq, notification })
+        let mut timer = Self { pit, irq, notification, tsc_hz: 0, tsc_start: 0 };
+        let start = strata_rt::sys::timestamp();
+        timer.sleep(CALIBRATION_MS)?;
+        let end = strata_rt::sys::timestamp();
+        (timer.tsc_hz, timer.tsc_start) = ((end - start).max(1) * 1000 / CALIBRATION_MS, end);
+        log_line(&format!("vmm: guest clock: TSC at {} kHz against the PIT", timer.tsc_hz / 1000));
+        Ok(timer)
+    }
+
+    /// Guest time in PIT input clocks.
+    fn now(self) -> u64 {
+        let ticks = u128::from(strata_rt::sys::timestamp().saturating_sub(self.tsc_start));
+        (ticks * u128::from(pit::HZ) / u128::from(self.tsc_hz)) as u64
     }
 
     /// Blocks for `milliseconds`, in one-shot PIT periods of at most 50 ms.
     fn sleep(self, mut milliseconds: u64) -> Result<(), InvocationError> {
         while milliseconds > 0 {
             let shot = milliseconds.min(PIT_SHOT_MS);
-            let count = (PIT_HZ * shot / 1000) as u16;
+            let count = (pit::HZ * shot / 1000) as u16;
             // Channel 0, low then high byte, mode 0 (interrupt on terminal count).
             self.pit.write_u8(0x43, 0x30)?;
             self.irq.ack()?;
@@ -141,8 +157,11 @@ struct Machine {
     scratch: u64,
     /// The host clock, if there is one.
     host_timer: Option<HostTimer>,
-    /// The test timer, when armed: vector and milliseconds.
-    timer: Option<(u8, u64)>,
+    /// The 8259A pair and the 8254, on guest time (`HostTimer::now`).
+    pic: Pic,
+    pit: Pit,
+    /// An interrupt window is asked for.
+    window: bool,
 }
 
 fn failed(what: &str, error: InvocationError) -> String {
@@ -189,7 +208,9 @@ impl Machine {
             pending_interrupt: None,
             scratch: 0,
             host_timer,
-            timer: None,
+            pic: Pic::new(),
+            pit: Pit::new(),
+            window: false,
         })
     }
 }
@@ -308,7 +329,7 @@ impl Machine {
                 Err(error) => return failed("VmEnter refused", error),
             };
             self.registers = vm::registers();
-            if let Err(outcome) = self.handle(exit) {
+            if let Err(outcome) = self.handle(exit).and_then(|()| self.deliver_interrupts()) {
                 if let Some(line) = self.uart.pending() {
                     self.log_line(&line);
                 }
@@ -364,7 +385,9 @@ impl Machine {
             }
             Exit::NestedPageFault => self.device_memory(exit)?,
             Exit::InterruptWindow => {
-                if let Some(vector) = self.pending_interrupt.take() {
+                self.window = false;
+                // The doorbell's vector, else what the 8259As present (INTA).
+                if let Some(vector) = self.pending_interrupt.take().or_else(|| self.pic.acknowledge()) {
                     self.vcpu
                         .write(&[(Field::PendingEvent as u64, u64::from(vector) | EVENT_VALID)])
                         .map_err(|e| failed("injecting an interrupt", e))?;
@@ -372,24 +395,30 @@ impl Machine {
             }
             Exit::Hlt => {
                 let interrupts = self.register(Field::Rflags) & (1 << 9) != 0;
-                if let (true, Some((vector, milliseconds)), Some(clock)) =
-                    (interrupts, self.timer.take(), self.host_timer)
-                {
-                    // Halted until the timer fires: wait, then deliver its interrupt.
-                    clock.sleep(milliseconds).map_err(|e| failed("waiting on the host timer", e))?;
-                    self.advance(exit.length);
-                    // The STI shadow covered the HLT, which is done: the
-                    // interrupt is taken before the next instruction.
-                    self.vcpu
-                        .write(&[(Field::Interruptibility as u64, 0)])
-                        .map_err(|e| failed("ending the interrupt shadow", e))?;
-                    self.raise(vector)?;
-                    return Ok(());
+                if !interrupts {
+                    return Err(format!("halted at {rip:#x} with interrupts off"));
                 }
-                return Err(format!(
-                    "halted at {rip:#x} with interrupts {} and nothing to wake it",
-                    if interrupts { "on" } else { "off" }
-                ));
+                // Halted until an interrupt: the PIT's next one, waited for
+                // on the host timer.
+                loop {
+                    self.update_timer();
+                    if self.pending_interrupt.is_some() || self.pic.pending().is_some() {
+                        break;
+                    }
+                    let (Some(clock), Some(deadline)) = (self.host_timer, self.pit.deadline(self.now()))
+                    else {
+                        return Err(format!("halted at {rip:#x} with nothing to wake it"));
+                    };
+                    let clocks = deadline.saturating_sub(self.now());
+                    let milliseconds = (clocks * 1000).div_ceil(pit::HZ).max(1);
+                    clock.sleep(milliseconds).map_err(|e| failed("waiting on the host timer", e))?;
+                }
+                self.advance(exit.length);
+                // The STI shadow covered the HLT, which is done: the
+                // interrupt is taken before the next instruction.
+                self.vcpu
+                    .write(&[(Field::Interruptibility as u64, 0)])
+                    .map_err(|e| failed("ending the interrupt shadow", e))?;
             }
             Exit::Shutdown => return Err(format!("shut down (triple fault) at {rip:#x}")),
             Exit::InvalidGuestState => {
@@ -423,13 +452,44 @@ impl Machine {
         Ok(())
     }
 
-    /// Raises external interrupt `vector`: it is injected as soon as the
-    /// guest can take it (an interrupt-window exit).
+    /// Raises external interrupt `vector` (the doorbell, outside the
+    /// 8259As): it is injected as soon as the guest can take it.
     fn raise(&mut self, vector: u8) -> Result<(), String> {
         self.pending_interrupt = Some(vector);
-        self.vcpu
-            .write(&[(Field::InterruptWindow as u64, 1)])
-            .map_err(|e| failed("requesting an interrupt window", e))
+        self.request_window()
+    }
+
+    /// Asks for an interrupt-window exit, unless one is asked for.
+    fn request_window(&mut self) -> Result<(), String> {
+        if !self.window {
+            self.window = true;
+            self.vcpu
+                .write(&[(Field::InterruptWindow as u64, 1)])
+                .map_err(|e| failed("requesting an interrupt window", e))?;
+        }
+        Ok(())
+    }
+
+    /// Guest time, in PIT input clocks (frozen without a host timer).
+    fn now(&self) -> u64 {
+        self.host_timer.map_or(0, HostTimer::now)
+    }
+
+    /// The PIT's output edges since the last look go to IRQ 0.
+    fn update_timer(&mut self) {
+        if self.pit.take_edges(self.now()) {
+            self.pic.pulse(0);
+        }
+    }
+
+    /// After each exit: a timer edge that came meanwhile, and an interrupt
+    /// the 8259As present, which waits for the guest to take interrupts.
+    fn deliver_interrupts(&mut self) -> Result<(), String> {
+        self.update_timer();
+        if self.pic.pending().is_some() {
+            self.request_window()?;
+        }
+        Ok(())
     }
 
     /// Injects exception `vector` (with `error` code) on the next entry.
@@ -546,6 +606,11 @@ impl Machine {
     fn port_in(&mut self, port: u16, size: u8) -> u64 {
         match port {
             COM1..=0x3ff if size == 1 => u64::from(self.uart.read(port - COM1)),
+            port if Pic::handles(port) && size == 1 => u64::from(self.pic.read(port)),
+            port if Pit::handles(port) && size == 1 => {
+                let now = self.now();
+                u64::from(self.pit.read(port, now))
+            }
             _ => u64::MAX,
         }
     }
@@ -565,7 +630,11 @@ impl Machine {
                 ));
             }
             DOORBELL => self.raise(value as u8)?,
-            TIMER if size == 4 => self.timer = Some((value as u8, value >> 8 & 0xff_ffff)),
+            port if Pic::handles(port) && size == 1 => self.pic.write(port, value as u8),
+            port if Pit::handles(port) && size == 1 => {
+                let now = self.now();
+                self.pit.write(port, value as u8, now);
+            }
             _ => {}
         }
         Ok(())

@@ -147,9 +147,14 @@ doorbell_handler:
     incq interrupt_count(%rip)
     iretq
 
+    /* IRQ 0 through the 8259A: count it, and end it at the PIC. */
     .global timer_handler
 timer_handler:
+    pushq %rax
     incq timer_count(%rip)
+    movb $0x20, %al
+    outb %al, $0x20
+    popq %rax
     iretq
 "#,
     options(att_syntax)
@@ -179,9 +184,10 @@ static TIMER_COUNT: AtomicU64 = AtomicU64::new(0);
 /// The vector the VMM raises through the doorbell.
 const DOORBELL_VECTOR: u8 = 0x30;
 const DOORBELL: u16 = 0x510;
-/// The VMM's test timer: `vector | milliseconds << 8`.
-const TIMER: u16 = 0x511;
-const TIMER_VECTOR: u8 = 0x31;
+/// Where the master 8259A's lines go (IRQ 0, the PIT, is this vector).
+const TIMER_VECTOR: u8 = 0x20;
+/// 8254 counts for 20 ms at 1,193,182 Hz.
+const PIT_20_MS: u16 = 23_864;
 const COM1: u16 = 0x3f8;
 const DEBUG_EXIT: u16 = 0xf4;
 const TEST_DEVICE: u64 = 0xfeb0_0000;
@@ -473,9 +479,50 @@ extern "C" fn guest_main() -> ! {
         format_args!("count {before} before STI, {after} after"),
     );
 
-    // Halt until the VMM's timer interrupt, 20 ms from now, wakes this CPU.
+    // The 8259As as every PC OS sets them up: vectors 20h and 28h, the
+    // slave on line 2, 8086 mode; everything masked but IRQ 0 (the PIT).
+    for (port, value) in [
+        (0x20, 0x11),
+        (0xa0, 0x11),
+        (0x21, TIMER_VECTOR),
+        (0xa1, TIMER_VECTOR + 8),
+        (0x21, 0x04),
+        (0xa1, 0x02),
+        (0x21, 0x01),
+        (0xa1, 0x01),
+        (0x21, 0xfe),
+        (0xa1, 0xff),
+    ] {
+        outb(port, value);
+    }
+    let masks = (inb(0x21), inb(0xa1));
+    checks.check("pic-init", masks == (0xfe, 0xff), format_args!("masks {masks:x?} after initialisation"));
+
+    // The 8254's channel 0 counts down: two latched reads, 1000 reads apart.
+    outb(0x43, 0x34); // channel 0, LSB then MSB, mode 2, binary
+    outb(0x40, 0xff);
+    outb(0x40, 0xff);
+    let latched = || {
+        outb(0x43, 0x00); // counter latch, channel 0
+        u16::from_le_bytes([inb(0x40), inb(0x40)])
+    };
+    let first = latched();
+    for _ in 0..1000 {
+        inb(0x61);
+    }
+    let second = latched();
+    checks.check(
+        "pit-counts-down",
+        second < first || first < 0x1000,
+        format_args!("latched {first:#x}, then {second:#x}"),
+    );
+
+    // Halt until the PIT's terminal count, 20 ms from now (mode 0), wakes
+    // this CPU through IRQ 0.
     TIMER_COUNT.store(0, Ordering::SeqCst);
-    outl(TIMER, u32::from(TIMER_VECTOR) | 20 << 8);
+    outb(0x43, 0x30); // channel 0, LSB then MSB, mode 0
+    outb(0x40, PIT_20_MS as u8);
+    outb(0x40, (PIT_20_MS >> 8) as u8);
     // SAFETY: RDTSC has no preconditions; the IDT has a gate for the
     // vector, and interrupts go back off after.
     let (start, end) = unsafe {

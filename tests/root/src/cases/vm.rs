@@ -15,6 +15,80 @@ pub(super) fn run(suite: &mut Suite) {
     suite.case("user.vm_exits", vm_exits);
     suite.case("user.vm_exit_restores_gdt", vm_exit_restores_gdt);
     suite.case("user.vm_host_interrupts", vm_host_interrupts);
+    suite.case("user.vm_enter_ends_on_signal", vm_enter_ends_on_signal);
+}
+
+static SIGNAL_TO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Signals `SIGNAL_TO` once, then waits for good on a notification nobody signals.
+extern "C" fn signaller() -> ! {
+    signal(SIGNAL_TO.load(Ordering::SeqCst));
+    let idle = strata_rt::root::retype(ObjectType::Notification, 0).unwrap_or(0);
+    loop {
+        let _ = recv(idle);
+    }
+}
+
+/// A signal on the notification bound to the VMM's thread ends `VmEnter`
+/// with a `Notification` exit (as seL4's `VMEnter` does): at once if it is
+/// already pending, and while a guest that never exits runs, when another
+/// thread signals it. The guest's state survives either way.
+fn vm_enter_ends_on_signal() -> Outcome {
+    let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
+    // 1: jmp 1b (at 0x3000); hlt (at 0x3002)
+    ram.bytes()[0x3000..0x3003].copy_from_slice(&[0xeb, 0xfe, 0xf4]);
+    let cs = |part| segment_field(Segment::Cs, part);
+    vcpu.write(&[
+        (cs(SegmentPart::Selector), 0),
+        (cs(SegmentPart::Base), 0),
+        (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
+    ])
+    .map_err(|e| detail!("state: {e}"))?;
+    let notification = make(ObjectType::Notification, 0)?;
+    check("bind", call(slot::TCB, Label::TcbBindNotification, &[], &[notification]))?;
+    let outcome = signalled_entries(notification);
+    check("unbind", call(slot::TCB, Label::TcbUnbindNotification, &[], &[]))?;
+    outcome
+}
+
+fn signalled_entries(notification: CPtr) -> Outcome {
+    let mut registers = [0u64; REGISTER_BLOCK_WORDS];
+    registers[Field::Rip as usize] = 0x3000;
+    registers[Field::Rflags as usize] = 2;
+    registers[Field::Rbx as usize] = 0x5eed;
+    // Pending before the entry: back at once, nothing run.
+    signal(badged(notification, 0x11)?);
+    let (exit, after) = enter(&registers)?;
+    if (exit.reason, exit.qualification, exit.length) != (Exit::Notification, 0x11, 0) {
+        return Err(detail!("with a signal pending: {exit:?}"));
+    }
+    if after[Field::Rip as usize] != 0x3000 || after[Field::Rbx as usize] != 0x5eed {
+        return Err(detail!(
+            "registers changed: RIP {:#x}, RBX {:#x}",
+            after[Field::Rip as usize],
+            after[Field::Rbx as usize]
+        ));
+    }
+    // While the guest spins: a thread at the same priority gets its turn
+    // at a host tick, signals, and the VMM's `VmEnter` ends.
+    SIGNAL_TO.store(badged(notification, 0x20)?, Ordering::SeqCst);
+    let worker = spawn_in(signaller, slot::VSPACE, 0)?;
+    let (exit, after) = enter(&after)?;
+    check("delete the signaller", cnode_op(Label::CNodeDelete, &[worker, DEPTH]))?;
+    if (exit.reason, exit.qualification) != (Exit::Notification, 0x20) {
+        return Err(detail!("while the guest ran: {exit:?}"));
+    }
+    if after[Field::Rip as usize] != 0x3000 {
+        return Err(detail!("the spinning guest stopped at {:#x}", after[Field::Rip as usize]));
+    }
+    // The word was taken: the next entry runs the guest, now to its HLT.
+    let mut registers = after;
+    registers[Field::Rip as usize] = 0x3002;
+    let (exit, after) = enter(&registers)?;
+    if exit.reason != Exit::Hlt || after[Field::Rbx as usize] != 0x5eed {
+        return Err(detail!("after the signals: {exit:?}, RBX {:#x}", after[Field::Rbx as usize]));
+    }
+    Ok(detail!("pending signal 0x11 ended VmEnter at once; 0x20 from another thread ended a spinning guest"))
 }
 
 static SPINS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
