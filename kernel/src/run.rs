@@ -279,6 +279,8 @@ impl Runtime {
             // The registers are in the VCPU now: a re-entry must not reload them.
             flags = 0;
             if let Some(word) = self.space.take_bound_signal(tcb) {
+                // Not entered: the next entry makes the flush this one would have.
+                self.space.virt.last_run = previous;
                 let exit = crate::object::vcpu::NeutralExit {
                     reason: strata_abi::vcpu::Exit::Notification,
                     qualification: word,
