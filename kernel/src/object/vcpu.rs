@@ -999,6 +999,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// Replies to `VmEnter`: the exit in the message registers, the
     /// guest's registers in the IPC buffer (as reading fields 0–17 would).
+    #[inline(always)]
     pub fn vm_reply(&mut self, tcb: PhysAddr, entry: &VmEntry, exit: NeutralExit) {
         let (vcpu, block) = (entry.vcpu, entry.buffer.offset(REGISTER_BLOCK_OFFSET));
         {
