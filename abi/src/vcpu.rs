@@ -405,7 +405,8 @@ mod tests {
                 assert_eq!(exit as u64, n);
             }
         }
-        assert_eq!(Exit::try_from(21), Err(21));
+        assert_eq!(Exit::try_from(21), Ok(Exit::Notification));
+        assert_eq!(Exit::try_from(22), Err(22));
     }
 
     #[test]

@@ -491,7 +491,7 @@ const SYSTEM_LINES: [&str; 15] = [
 /// What the VM image must log: each check of each test guest, through
 /// its tenant's VMM's UART with the tenant's and the guest's names, then
 /// how each guest ended, and that both tenants finished.
-const VM_LINES: [&str; 31] = [
+const VM_LINES: [&str; 32] = [
     "[alpha] [guest-basic] ok multiboot",
     "[alpha] [guest-basic] ok multiboot-module",
     "[alpha] [guest-basic] ok long-mode",
@@ -507,6 +507,7 @@ const VM_LINES: [&str; 31] = [
     "[alpha] [guest-basic] ok pic-init",
     "[alpha] [guest-basic] ok pit-counts-down",
     "[alpha] [guest-basic] ok hlt-timer-wakeup",
+    "[alpha] [guest-basic] ok pit-periodic-while-running",
     "[alpha] [guest-basic] ok fpu-sse-across-exits",
     "[alpha] [guest-basic] ok debug-registers-across-exits",
     "[alpha] vmm: guest-basic: exited with status 0x0 through isa-debug-exit",

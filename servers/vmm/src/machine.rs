@@ -70,13 +70,17 @@ impl HostTimer {
         use strata_abi::bootinfo::slot;
         let (pit, irq) = (strata_rt::io::IoPorts(slot::IO_PORTS), strata_rt::irq::IrqHandler(slot::IRQ));
         let notification = strata_rt::root::retype(ObjectType::Notification, 0)?;
-        irq.set_notification(notification)?;
+        // A badge, so that a signal while nobody waits leaves a mark in the
+        // word (which ends `VmEnter`): a badge of 0 ORs nothing in.
+        let badged = strata_rt::root::mint(notification, strata_abi::object::Rights::all(), 1)?;
+        irq.set_notification(badged)?;
         let mut timer = Self { pit, irq, notification, tsc_hz: 0, tsc_start: 0 };
         let start = strata_rt::sys::timestamp();
         timer.sleep(CALIBRATION_MS)?;
         let end = strata_rt::sys::timestamp();
         (timer.tsc_hz, timer.tsc_start) = ((end - start).max(1) * 1000 / CALIBRATION_MS, end);
         log_line(&format!("vmm: guest clock: TSC at {} kHz against the PIT", timer.tsc_hz / 1000));
+        strata_rt::cap::own::TCB.bind_notification(Cap::from_raw(notification))?;
         Ok(timer)
     }
 
@@ -86,16 +90,23 @@ impl HostTimer {
         (ticks * u128::from(pit::HZ) / u128::from(self.tsc_hz)) as u64
     }
 
+    /// Starts a one-shot of `clocks` PIT clocks (at most 65535) on the host
+    /// PIT; at its end the interrupt signals the notification, which is
+    /// bound to this thread, so that it also ends a `VmEnter`.
+    fn arm(self, clocks: u64) -> Result<(), InvocationError> {
+        let count = clocks.clamp(1, 0xffff) as u16;
+        // Channel 0, low then high byte, mode 0 (interrupt on terminal count).
+        self.pit.write_u8(0x43, 0x30)?;
+        self.irq.ack()?;
+        self.pit.write_u8(0x40, count as u8)?;
+        self.pit.write_u8(0x40, (count >> 8) as u8)
+    }
+
     /// Blocks for `milliseconds`, in one-shot PIT periods of at most 50 ms.
     fn sleep(self, mut milliseconds: u64) -> Result<(), InvocationError> {
         while milliseconds > 0 {
             let shot = milliseconds.min(PIT_SHOT_MS);
-            let count = (pit::HZ * shot / 1000) as u16;
-            // Channel 0, low then high byte, mode 0 (interrupt on terminal count).
-            self.pit.write_u8(0x43, 0x30)?;
-            self.irq.ack()?;
-            self.pit.write_u8(0x40, count as u8)?;
-            self.pit.write_u8(0x40, (count >> 8) as u8)?;
+            self.arm(pit::HZ * shot / 1000)?;
             let _ = strata_rt::recv(self.notification);
             milliseconds -= shot;
         }
@@ -162,6 +173,8 @@ struct Machine {
     pit: Pit,
     /// An interrupt window is asked for.
     window: bool,
+    /// A host one-shot runs for the guest PIT's next edge.
+    armed: bool,
 }
 
 fn failed(what: &str, error: InvocationError) -> String {
@@ -211,6 +224,7 @@ impl Machine {
             pic: Pic::new(),
             pit: Pit::new(),
             window: false,
+            armed: false,
         })
     }
 }
@@ -320,6 +334,9 @@ impl Machine {
     fn run(&mut self) -> String {
         let mut first = true;
         loop {
+            if let Err(outcome) = self.arm_host_timer() {
+                return outcome;
+            }
             let entered =
                 if first || self.dirty { vm::enter(Some(&self.registers)) } else { vm::enter(None) };
             first = false;
@@ -384,6 +401,8 @@ impl Machine {
                 }
             }
             Exit::NestedPageFault => self.device_memory(exit)?,
+            // The host one-shot ended (its edges are looked at below).
+            Exit::Notification => self.armed = false,
             Exit::InterruptWindow => {
                 self.window = false;
                 // The doorbell's vector, else what the 8259As present (INTA).
@@ -412,6 +431,7 @@ impl Machine {
                     let clocks = deadline.saturating_sub(self.now());
                     let milliseconds = (clocks * 1000).div_ceil(pit::HZ).max(1);
                     clock.sleep(milliseconds).map_err(|e| failed("waiting on the host timer", e))?;
+                    self.armed = false;
                 }
                 self.advance(exit.length);
                 // The STI shadow covered the HLT, which is done: the
@@ -473,6 +493,18 @@ impl Machine {
     /// Guest time, in PIT input clocks (frozen without a host timer).
     fn now(&self) -> u64 {
         self.host_timer.map_or(0, HostTimer::now)
+    }
+
+    /// While the guest runs, a host one-shot ends `VmEnter` at the guest
+    /// PIT's next edge (or after 55 ms, and then again).
+    fn arm_host_timer(&mut self) -> Result<(), String> {
+        let (Some(clock), false) = (self.host_timer, self.armed) else { return Ok(()) };
+        let now = self.now();
+        if let Some(deadline) = self.pit.deadline(now) {
+            clock.arm(deadline - now).map_err(|e| failed("arming the host timer", e))?;
+            self.armed = true;
+        }
+        Ok(())
     }
 
     /// The PIT's output edges since the last look go to IRQ 0.

@@ -186,8 +186,9 @@ const DOORBELL_VECTOR: u8 = 0x30;
 const DOORBELL: u16 = 0x510;
 /// Where the master 8259A's lines go (IRQ 0, the PIT, is this vector).
 const TIMER_VECTOR: u8 = 0x20;
-/// 8254 counts for 20 ms at 1,193,182 Hz.
+/// 8254 counts for 20 ms and 10 ms at 1,193,182 Hz.
 const PIT_20_MS: u16 = 23_864;
+const PIT_10_MS: u16 = 11_932;
 const COM1: u16 = 0x3f8;
 const DEBUG_EXIT: u16 = 0xf4;
 const TEST_DEVICE: u64 = 0xfeb0_0000;
@@ -536,6 +537,28 @@ extern "C" fn guest_main() -> ! {
         "hlt-timer-wakeup",
         woken == 1 && elapsed > 0,
         format_args!("{woken} timer interrupts after HLT, {elapsed} TSC ticks"),
+    );
+
+    // A periodic PIT (mode 2, 10 ms) while the guest computes and makes
+    // no exits at all: its ticks still come, each at its time.
+    TIMER_COUNT.store(0, Ordering::SeqCst);
+    outb(0x43, 0x34);
+    outb(0x40, PIT_10_MS as u8);
+    outb(0x40, (PIT_10_MS >> 8) as u8);
+    let mut spins = 0u64;
+    // SAFETY: the IDT has the timer's gate; interrupts go back off after.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+    while TIMER_COUNT.load(Ordering::SeqCst) < 3 && spins < 1 << 28 {
+        spins += 1;
+    }
+    // SAFETY: as above.
+    unsafe { asm!("cli", options(nomem, nostack)) };
+    outb(0x43, 0x30); // a control word stops channel 0
+    let ticks = TIMER_COUNT.load(Ordering::SeqCst);
+    checks.check(
+        "pit-periodic-while-running",
+        ticks >= 3,
+        format_args!("{ticks} ticks in {spins} loop iterations without an exit"),
     );
 
     let fpu_mismatches = fpu_survives_exits();
