@@ -176,6 +176,7 @@ pub fn bare_metal(flavor: Flavor) -> Result<BareMetal> {
         ),
         Flavor::Vm => {
             programs.push(("hello", user("strata-hello", &[])?));
+            programs.push(("crasher", user("strata-tests-crasher", &[])?));
             for (name, package) in GUESTS {
                 programs.push((name, bare(package, &[], "guest", false, GUEST_SCRIPT)?));
             }
