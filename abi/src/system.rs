@@ -54,8 +54,8 @@ pub struct Process {
     pub irq: u8,
     /// Non-zero: it owns the I/O ports `ports[0]..=ports[1]`.
     pub has_ports: u8,
-    /// Zero.
-    pub reserved: u8,
+    /// How often it is restarted after a fault.
+    pub restarts: u8,
     /// First and last I/O port it owns.
     pub ports: [u16; 2],
     /// Zero.
@@ -155,7 +155,7 @@ mod tests {
             has_irq: 0,
             irq: 0,
             has_ports: 1,
-            reserved: 0,
+            restarts: 1,
             ports: [0x40, 0x43],
             reserved2: [0; 4],
         }

@@ -36,6 +36,7 @@ struct ProcessEntry {
     modules: Vec<String>,
     io_ports: Option<[u16; 2]>,
     irq: Option<u8>,
+    restarts: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +73,8 @@ impl System {
 
 /// Priority of a process that does not say (below the root task's).
 const DEFAULT_PRIORITY: u8 = 100;
+/// How often a process that does not say is restarted after a fault.
+const DEFAULT_RESTARTS: u8 = 1;
 
 /// Reads and checks the description at `path`; `programs` are the program
 /// modules the image's build makes.
@@ -204,7 +207,7 @@ pub fn parse(text: &str, programs: &[&str]) -> Result<System, String> {
             has_irq,
             irq,
             has_ports,
-            reserved: 0,
+            restarts: entry.restarts.unwrap_or(DEFAULT_RESTARTS),
             ports,
             reserved2: [0; 4],
         };
@@ -261,7 +264,7 @@ fn empty_process() -> Process {
         has_irq: 0,
         irq: 0,
         has_ports: 0,
-        reserved: 0,
+        restarts: 0,
         ports: [0, 0],
         reserved2: [0; 4],
     }
@@ -290,6 +293,7 @@ mod tests {
         program = "vmm"
         memory_mib = 32
         priority = 90
+        restarts = 3
         guests = true
         modules = ["guest-basic"]
 
@@ -307,6 +311,7 @@ mod tests {
         assert_eq!((alpha.memory_bits, alpha.own_memory_bits, alpha.priority), (25, 24, 100));
         assert_eq!((alpha.has_ports, alpha.ports, alpha.has_irq, alpha.irq), (1, [0x40, 0x43], 1, 0));
         assert_eq!((beta.priority, beta.own_memory_bits, beta.has_ports, beta.guests), (90, 0, 0, 1));
+        assert_eq!((alpha.restarts, beta.restarts), (1, 3));
         assert_eq!(decode_name(&alpha.modules[1]), Some("greeting"));
         // Each module once, programs and text alike.
         assert_eq!(

@@ -23,7 +23,7 @@ const CHILD_MEMORY_BITS: u8 = 22;
 const CHILD_OWN_MEMORY_BITS: u8 = 20;
 /// Children run below the root, which must always be able to serve them.
 const CHILD_PRIORITY: u8 = 100;
-/// How often a child that faults is restarted.
+/// How often a child that faults is restarted, unless its description says.
 const RESTARTS: u32 = 1;
 
 /// A child the root started, what it is given, and its state.
@@ -37,7 +37,9 @@ struct Child {
     modules: heapless::Vec<usize, { system::MAX_SHARED }>,
     grants: Grants,
     process: Option<Process>,
+    /// Restarts made, and allowed.
     restarts: u32,
+    max_restarts: u32,
 }
 
 struct Supervisor {
@@ -98,6 +100,7 @@ impl Supervisor {
             grants: Grants::default(),
             process: None,
             restarts: 0,
+            max_restarts: RESTARTS,
         };
         self.launch(child, CHILD_MEMORY_BITS);
     }
@@ -193,15 +196,16 @@ impl Supervisor {
         }
         self.end(index);
         let child = &mut self.children[index];
-        if child.restarts >= RESTARTS {
-            log::warn!("{name} is not restarted again ({} of {RESTARTS} restarts used)", child.restarts);
+        let allowed = child.max_restarts;
+        if child.restarts >= allowed {
+            log::warn!("{name} is not restarted again ({} of {allowed} restarts used)", child.restarts);
             self.check_done();
             return;
         }
         child.restarts += 1;
         match spawn(child, self.endpoint, index as u64 + 1) {
             Ok(process) => {
-                log::info!("restarted {name} ({} of {RESTARTS}), in the same memory", child.restarts);
+                log::info!("restarted {name} ({} of {allowed}), in the same memory", child.restarts);
                 child.process = Some(process);
             }
             Err(error) => {
@@ -304,6 +308,7 @@ fn describe(name: &'static str, entry: &'static system::Process) -> Result<Child
         grants,
         process: None,
         restarts: 0,
+        max_restarts: u32::from(entry.restarts),
     })
 }
 
