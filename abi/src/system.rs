@@ -62,6 +62,34 @@ pub struct Process {
     pub reserved2: [u8; 4],
 }
 
+impl Process {
+    /// Whether the record is one `cargo xtask` can write: named, with a
+    /// program, memory of 1 MiB to 128 TiB and less of it its own, a
+    /// priority below the root task's, an ISA line and an ordered port
+    /// range.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if decode_name(&self.name).is_none() || decode_name(&self.program).is_none() {
+            return Err("a name or program name that is empty or not UTF-8");
+        }
+        if !(20..=47).contains(&self.memory_bits) {
+            return Err("memory outside 1 MiB to 128 TiB");
+        }
+        if self.own_memory_bits != 0 && !(12..self.memory_bits).contains(&self.own_memory_bits) {
+            return Err("its own memory is not smaller than its memory");
+        }
+        if self.priority == u8::MAX {
+            return Err("priority 255, the root task's");
+        }
+        if self.has_irq != 0 && self.irq > 15 {
+            return Err("an IRQ above 15");
+        }
+        if self.has_ports != 0 && self.ports[0] > self.ports[1] {
+            return Err("an I/O port range whose first port is above its last");
+        }
+        Ok(())
+    }
+}
+
 /// The description: [`MAGIC`], then `count` processes.
 #[derive(Debug, Clone, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -86,6 +114,13 @@ pub enum ManifestError {
     Magic,
     /// More processes than [`MAX_PROCESSES`].
     Count(u64),
+    /// Process `index` has a field no description can hold.
+    Process {
+        /// Its place in the list.
+        index: usize,
+        /// What is wrong.
+        what: &'static str,
+    },
 }
 
 impl core::fmt::Display for ManifestError {
@@ -98,6 +133,7 @@ impl core::fmt::Display for ManifestError {
             ),
             Self::Magic => write!(f, "not a system description (no magic {:?})", b"strsys01"),
             Self::Count(count) => write!(f, "{count} processes, more than {MAX_PROCESSES}"),
+            Self::Process { index, what } => write!(f, "process {index}: {what}"),
         }
     }
 }
@@ -112,6 +148,9 @@ impl Manifest {
         }
         if manifest.count > MAX_PROCESSES as u64 {
             return Err(ManifestError::Count(manifest.count));
+        }
+        for (index, process) in manifest.processes().iter().enumerate() {
+            process.check().map_err(|what| ManifestError::Process { index, what })?;
         }
         Ok(manifest)
     }
@@ -181,6 +220,27 @@ mod tests {
         let mut wrong = manifest.clone();
         wrong.magic ^= 1;
         assert_eq!(Manifest::read(wrong.as_bytes()).expect_err("invalid"), ManifestError::Magic);
+    }
+
+    /// A change that breaks a record, and what the error must say.
+    type Breakage = (fn(&mut Process), &'static str);
+
+    #[test]
+    fn records_no_description_holds_are_refused() {
+        let broken: [Breakage; 5] = [
+            (|p| p.memory_bits = 5, "memory outside"),
+            (|p| p.own_memory_bits = p.memory_bits, "own memory"),
+            (|p| p.priority = 255, "priority 255"),
+            (|p| (p.has_irq, p.irq) = (1, 16), "IRQ above 15"),
+            (|p| p.program = [0; NAME_BYTES], "program name"),
+        ];
+        for (breaks, message) in broken {
+            let mut manifest = Manifest { magic: MAGIC, count: 2, processes: [process("a"); MAX_PROCESSES] };
+            breaks(&mut manifest.processes[1]);
+            let error = Manifest::read(manifest.as_bytes()).expect_err("invalid");
+            assert!(matches!(error, ManifestError::Process { index: 1, .. }), "{error:?}");
+            assert!(error.to_string().contains(message), "{error}");
+        }
     }
 
     #[test]
