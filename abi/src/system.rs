@@ -181,22 +181,20 @@ pub fn decode_name(name: &Name) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zerocopy::FromZeros;
 
     fn process(name: &str) -> Process {
         Process {
             name: encode_name(name).expect("short"),
             program: encode_name("vmm").expect("short"),
-            modules: [[0; NAME_BYTES]; MAX_SHARED],
             memory_bits: 25,
             own_memory_bits: 24,
             priority: 100,
             guests: 1,
-            has_irq: 0,
-            irq: 0,
             has_ports: 1,
             restarts: 1,
             ports: [0x40, 0x43],
-            reserved2: [0; 4],
+            ..Process::new_zeroed()
         }
     }
 

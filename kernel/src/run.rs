@@ -275,21 +275,13 @@ impl Runtime {
                     self.space.reply_vm_exit(tcb, exit);
                     return Some(false);
                 }
+                Err(VmEnterRefusal::Signal(entry, exit)) => {
+                    self.space.vm_reply(tcb, &entry, exit);
+                    return if interrupted { Some(false) } else { None };
+                }
             };
             // The registers are in the VCPU now: a re-entry must not reload them.
             flags = 0;
-            if let Some(word) = self.space.take_bound_signal(tcb) {
-                // Not entered: the next entry makes the flush this one would have.
-                self.space.virt.last_run = previous;
-                let exit = crate::object::vcpu::NeutralExit {
-                    reason: strata_abi::vcpu::Exit::Notification,
-                    qualification: word,
-                    qualification2: 0,
-                    length: 0,
-                };
-                self.space.vm_reply(tcb, &entry, exit);
-                return if interrupted { Some(false) } else { None };
-            }
             if previous != Some(entry.vcpu) {
                 let debug =
                     |vcpu: PhysAddr| self.direct_map.to_virtual(vcpu.offset(layout::DEBUG)).as_mut_ptr();

@@ -131,11 +131,6 @@ pub fn build(kind: Kind) -> Result<Image> {
             };
             archive.add(EntryKind::Module, name, "", &bytes).map_err(|e| fail!("boot archive: {e}"))?;
         }
-    } else {
-        for (name, program) in &binaries.programs {
-            let image = fs::read(program).map_err(|e| fail!("reading {}: {e}", program.display()))?;
-            archive.add(EntryKind::Module, name, "", &image).map_err(|e| fail!("boot archive: {e}"))?;
-        }
     }
     if let Kind::SelfTest { fuzz_seed, .. } = &kind {
         archive

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 use strata_abi::bootinfo::MAX_MODULES;
 use strata_abi::system::{self, MAX_PROCESSES, MAX_SHARED, Manifest, NAME_BYTES, Process, encode_name};
-use zerocopy::IntoBytes;
+use zerocopy::{FromZeros, IntoBytes};
 
 /// A description as written.
 #[derive(Debug, Deserialize)]
@@ -118,7 +118,7 @@ pub fn parse(text: &str, programs: &[&str]) -> Result<System, String> {
     let mut manifest = Manifest {
         magic: system::MAGIC,
         count: description.process.len() as u64,
-        processes: [empty_process(); MAX_PROCESSES],
+        processes: [Process::new_zeroed(); MAX_PROCESSES],
     };
     let mut used: Vec<String> = Vec::new();
     let mut names = BTreeSet::new();
@@ -250,24 +250,6 @@ fn mib_bits(key: &str, mib: u64) -> Result<u8, String> {
         return Err(format!("{key} = {mib}: a power of two (MiB) is needed, at most 1048576"));
     }
     Ok(20 + mib.trailing_zeros() as u8)
-}
-
-fn empty_process() -> Process {
-    Process {
-        name: [0; NAME_BYTES],
-        program: [0; NAME_BYTES],
-        modules: [[0; NAME_BYTES]; MAX_SHARED],
-        memory_bits: 0,
-        own_memory_bits: 0,
-        priority: 0,
-        guests: 0,
-        has_irq: 0,
-        irq: 0,
-        has_ports: 0,
-        restarts: 0,
-        ports: [0, 0],
-        reserved2: [0; 4],
-    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use strata_abi::syscall::Syscall;
 use super::cap::raw;
 use super::ipc::{NOTIFICATION_WORD, flags};
 use super::tcb::register;
-use super::tcb::{BUFFER_SLOT, ThreadState, layout};
+use super::tcb::{ThreadState, layout};
 use super::{ObjectSpace, PhysicalMemory, Slot};
 use crate::addr::PhysAddr;
 
@@ -113,9 +113,10 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             return None;
         }
         let handover = self.fast_handover(m, caller, receiver)?;
-        let length = Self::fast_message_length(m, caller, receiver, info)?;
+        let length = self.fast_message_length(caller, receiver, info)?;
 
-        // The receiver heads the endpoint's queue (its previous link is 0).
+        // The receiver heads the endpoint's queue (its previous link is 0):
+        // taking the head is cheaper than `queue_remove`'s general unlink.
         let next = m.get(receiver, layout::QUEUE_NEXT);
         m.set(endpoint, QUEUE_HEAD, next);
         if next == 0 {
@@ -125,7 +126,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         }
         m.set(receiver, layout::QUEUE_NEXT, 0);
         m.set(receiver, layout::QUEUE_PREV, 0);
-        Self::move_message(m, caller, receiver, length);
+        self.move_message(m, caller, receiver, length);
         m.set(receiver, register::RDI, badge);
         m.set(receiver, register::RSI, info & !0xfff | length);
         if handover == Handover::Replace {
@@ -172,12 +173,12 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let handover = self.fast_handover(m, server, caller)?;
         // A reply transfers no capabilities: extra capabilities are ignored.
         let info = m.get(server, register::RSI);
-        let length = Self::fast_message_length(m, server, caller, info)?;
+        let length = self.fast_message_length(server, caller, info)?;
 
         m.set(server, layout::REPLY_TO, 0);
         m.set(caller, layout::REPLIER, 0);
         m.set(caller, layout::SEND_FLAGS, 0);
-        Self::move_message(m, server, caller, length);
+        self.move_message(m, server, caller, length);
         m.set(caller, register::RDI, 0);
         m.set(caller, register::RSI, info & !0xfff | length);
         if handover == Handover::Replace {
@@ -188,16 +189,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             self.wake(caller);
             self.block(server, ThreadState::BlockedOnReceive, endpoint.get());
         }
-        // Append the server to the endpoint's queue.
-        let tail = m.get(endpoint, QUEUE_TAIL);
-        m.set(server, layout::QUEUE_NEXT, 0);
-        m.set(server, layout::QUEUE_PREV, tail);
-        if tail == 0 {
-            m.set(endpoint, QUEUE_HEAD, server.get());
-        } else {
-            m.set(PhysAddr(tail), layout::QUEUE_NEXT, server.get());
-        }
-        m.set(endpoint, QUEUE_TAIL, server.get());
+        self.queue_append(endpoint, server);
         Some(caller)
     }
 
@@ -239,32 +231,25 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// the sender's IPC buffer, which must exist, and reach the receiver
     /// only if it has one.
     #[inline(always)]
-    fn fast_message_length(m: Words, sender: PhysAddr, receiver: PhysAddr, info: u64) -> Option<u64> {
+    fn fast_message_length(&self, sender: PhysAddr, receiver: PhysAddr, info: u64) -> Option<u64> {
         let length = (info & INFO_LENGTH).min(MAX_LENGTH);
         if length <= REGISTER_WORDS as u64 {
             return Some(length);
         }
-        Self::fast_buffer(m, sender)?;
-        Some(if Self::fast_buffer(m, receiver).is_some() { length } else { REGISTER_WORDS as u64 })
-    }
-
-    /// The thread's IPC buffer (physical), as `ipc_buffer` finds it.
-    #[inline(always)]
-    fn fast_buffer(m: Words, tcb: PhysAddr) -> Option<PhysAddr> {
-        let frame = raw::frame(m.slot(Self::tcb_slot(tcb, BUFFER_SLOT)))?;
-        Some(frame.offset(m.get(tcb, layout::IPC_BUFFER) & 0xfff))
+        self.ipc_buffer(sender)?;
+        Some(if self.ipc_buffer(receiver).is_some() { length } else { REGISTER_WORDS as u64 })
     }
 
     /// Copies the first `length` message words from `sender` to `receiver`:
     /// registers to registers, and the rest IPC buffer to IPC buffer (both
     /// exist when `length` exceeds the registers).
     #[inline(always)]
-    fn move_message(m: Words, sender: PhysAddr, receiver: PhysAddr, length: u64) {
+    fn move_message(&self, m: Words, sender: PhysAddr, receiver: PhysAddr, length: u64) {
         for &register in register::MESSAGE.iter().take(length as usize) {
             m.set(receiver, register, m.get(sender, register));
         }
         if length > REGISTER_WORDS as u64 {
-            let buffer = |tcb| Self::fast_buffer(m, tcb).map_or(PhysAddr(0), |b| b.offset(BUFFER_MESSAGE));
+            let buffer = |tcb| self.ipc_buffer(tcb).map_or(PhysAddr(0), |(b, _)| b.offset(BUFFER_MESSAGE));
             let (from, to) = (buffer(sender), buffer(receiver));
             for offset in (8 * REGISTER_WORDS as u64..8 * length).step_by(8) {
                 m.set(to, offset, m.get(from, offset));

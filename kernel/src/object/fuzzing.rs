@@ -241,6 +241,9 @@ pub fn syscalls(data: &[u8]) -> Stats {
                             }
                         }
                         Err(super::vcpu::VmEnterRefusal::Exit(exit)) => space.reply_vm_exit(tcb, exit),
+                        Err(super::vcpu::VmEnterRefusal::Signal(entry, exit)) => {
+                            space.vm_reply(tcb, &entry, exit)
+                        }
                         Err(super::vcpu::VmEnterRefusal::Error(_)) => {}
                     },
                     _ if space.context(tcb).rip == 0x40_1000 => {

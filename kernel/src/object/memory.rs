@@ -131,6 +131,9 @@ impl PhysicalMemory for DirectMapMemory {
         // SAFETY: the direct map covers every address the object layer uses
         // (constructor precondition); addresses come from capabilities the
         // kernel created, are 8-byte aligned and name kernel-owned memory.
+        // Plain (not volatile) accesses suffice: the hardware reads these
+        // words (page tables, VMCBs) only at an `asm!` block (MOV CR3,
+        // INVLPG, VMRUN), which the compiler treats as reading all memory.
         unsafe { self.map.to_virtual(address).as_mut_ptr::<u64>().read() }
     }
 

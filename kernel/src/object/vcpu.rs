@@ -894,6 +894,13 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         if flags & vcpu::enter::LOAD_REGISTERS != 0 {
             self.load_registers(vcpu, buffer)?;
         }
+        // A signal on the thread's bound notification ends `VmEnter` before
+        // anything of the entry (space, flushes) is committed.
+        if let Some(word) = self.take_bound_signal(tcb) {
+            let exit =
+                NeutralExit { reason: Exit::Notification, qualification: word, qualification2: 0, length: 0 };
+            return Err(VmEnterRefusal::Signal(VmEntry { vcpu, flush: false, buffer }, exit));
+        }
         // The GuestSpace is the thread's (a capability in its TCB), alive
         // as long as that capability is.
         let Some((root, asid)) =
@@ -1053,4 +1060,7 @@ pub enum VmEnterRefusal {
     Error(InvocationError),
     /// Reply with this exit (the guest cannot be entered as configured).
     Exit(NeutralExit),
+    /// The bound notification was signalled (its word taken): reply with
+    /// this `Notification` exit and the registers, through [`ObjectSpace::vm_reply`].
+    Signal(VmEntry, NeutralExit),
 }

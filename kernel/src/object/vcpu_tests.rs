@@ -304,6 +304,22 @@ fn vm_enter_needs_a_vcpu_a_buffer_and_a_live_guestspace() {
         |space: &mut ObjectSpace<Arena>, flags| space.vm_prepare(tcb, flags).map(|e| (e.vcpu, e.flush));
     assert_eq!(prepare(&mut space, 0), Ok((vcpu, true)), "first entry flushes");
     assert_eq!(prepare(&mut space, 0), Ok((vcpu, false)), "then it does not");
+    // A signal on the bound notification refuses the entry with its word,
+    // before the flush a removed guest mapping asks for is spent.
+    retype(&mut space, ObjectType::Notification, 0, 56, 1);
+    let Capability::Notification { object: notification, .. } = space.cap(slot(56)) else {
+        panic!("a notification")
+    };
+    space.bind_notification(tcb, notification);
+    space.signal(notification, 0x24);
+    space.virt.generation += 1;
+    let signalled = space.vm_prepare(tcb, 0);
+    assert!(
+        matches!(signalled, Err(VmEnterRefusal::Signal(entry, exit))
+            if entry.vcpu == vcpu && (exit.reason, exit.qualification) == (Exit::Notification, 0x24)),
+        "{signalled:?}"
+    );
+    assert_eq!(prepare(&mut space, 0), Ok((vcpu, true)), "the word was taken; the flush is still owed");
     // Registers from the IPC buffer: a non-canonical RIP is refused.
     let (buffer, _) = space.ipc_buffer(tcb).expect("buffer");
     let message = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, message) as u64;

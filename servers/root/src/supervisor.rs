@@ -1,6 +1,6 @@
 //! Starting, serving and supervising the children.
 
-use strata_abi::bootinfo::{self, slot};
+use strata_abi::bootinfo::slot;
 use strata_abi::error::InvocationError;
 use strata_abi::fault;
 use strata_abi::invocation::Label;
@@ -16,15 +16,8 @@ use strata_rt::{debug, root, sys};
 
 strata_rt::entry!(main);
 
-/// Memory each child is made from: its objects, image, stack and buffers,
-/// and the memory it gets for its own use.
-const CHILD_MEMORY_BITS: u8 = 22;
-/// Memory a child gets for its own objects (from the above).
-const CHILD_OWN_MEMORY_BITS: u8 = 20;
-/// Children run below the root, which must always be able to serve them.
-const CHILD_PRIORITY: u8 = 100;
-/// How often a child that faults is restarted, unless its description says.
-const RESTARTS: u32 = 1;
+/// How many children can be supervised.
+const MAX_CHILDREN: usize = system::MAX_PROCESSES;
 
 /// A child the root started, what it is given, and its state.
 struct Child {
@@ -44,7 +37,7 @@ struct Child {
 
 struct Supervisor {
     endpoint: u64,
-    children: heapless::Vec<Child, { bootinfo::MAX_MODULES }>,
+    children: heapless::Vec<Child, MAX_CHILDREN>,
 }
 
 fn main() -> ! {
@@ -63,10 +56,11 @@ fn main() -> ! {
     };
     let mut supervisor = Supervisor { endpoint, children: heapless::Vec::new() };
     match module_named(system::MODULE) {
-        // The system description says what to start.
         Some(index) => supervisor.start_described(index),
-        // Without one, every module is a child.
-        None => (0..info.modules().len()).for_each(|index| supervisor.start_module(index)),
+        None => stop(format_args!(
+            "no system description (boot module `{}`): nothing to start; `cargo xtask` builds images from systems/*.toml",
+            system::MODULE
+        )),
     }
     supervisor.check_done();
     server::serve(endpoint, |request| supervisor.handle(request))
@@ -85,26 +79,6 @@ fn module_named(name: &str) -> Option<usize> {
 }
 
 impl Supervisor {
-    /// Starts module `index` as a child with the default memory and priority.
-    fn start_module(&mut self, index: usize) {
-        let Some((descriptor, image)) = sys::module(index) else { return };
-        let name = descriptor.name().unwrap_or("(unnamed)");
-        let Some(memory) = memory_for(name, CHILD_MEMORY_BITS) else { return };
-        let child = Child {
-            name,
-            image,
-            memory,
-            own_memory_bits: Some(CHILD_OWN_MEMORY_BITS),
-            priority: CHILD_PRIORITY,
-            modules: heapless::Vec::new(),
-            grants: Grants::default(),
-            process: None,
-            restarts: 0,
-            max_restarts: RESTARTS,
-        };
-        self.launch(child, CHILD_MEMORY_BITS);
-    }
-
     /// Starts the processes the system description in module `index` lists.
     fn start_described(&mut self, index: usize) {
         let Some((_, bytes)) = sys::module(index) else { return };
@@ -236,16 +210,6 @@ impl Supervisor {
             debug::shutdown(strata_abi::exit::ExitCode::Success);
         }
     }
-}
-
-/// An Untyped of `bits` for child `name`, or `None` (reported).
-fn memory_for(name: &str, bits: u8) -> Option<Cap<Untyped>> {
-    root::retype(ObjectType::Untyped, u64::from(bits))
-        .map(Cap::from_raw)
-        .inspect_err(|error| {
-            log::error!("{name}: not started: no {} KiB of memory for it: {error}", 1u64 << (bits - 10))
-        })
-        .ok()
 }
 
 /// Why a described process was not started.

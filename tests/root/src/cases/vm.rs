@@ -34,17 +34,8 @@ extern "C" fn signaller() -> ! {
 /// already pending, and while a guest that never exits runs, when another
 /// thread signals it. The guest's state survives either way.
 fn vm_enter_ends_on_signal() -> Outcome {
-    let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
-    // mov ecx, 7fffffffh (at 0x3000); 1: dec ecx; jnz 1b; hlt (at 0x300a)
-    let code = [0x66, 0xb9, 0xff, 0xff, 0xff, 0x7f, 0x66, 0x49, 0x75, 0xfc, 0xf4];
-    ram.bytes()[0x3000..0x3000 + code.len()].copy_from_slice(&code);
-    let cs = |part| segment_field(Segment::Cs, part);
-    vcpu.write(&[
-        (cs(SegmentPart::Selector), 0),
-        (cs(SegmentPart::Base), 0),
-        (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
-    ])
-    .map_err(|e| detail!("state: {e}"))?;
+    // Counts down from 7fffffffh at 0x3000; its HLT is at 0x300a.
+    counting_guest(0x3000, 0x7fff_ffff)?;
     let notification = make(ObjectType::Notification, 0)?;
     check("bind", call(slot::TCB, Label::TcbBindNotification, &[], &[notification]))?;
     let outcome = signalled_entries(notification);
@@ -110,21 +101,28 @@ extern "C" fn spinner() -> ! {
     }
 }
 
-/// A guest that runs for 20 million instructions spans many host timer
-/// ticks: the kernel takes each, the thread at the VMM's priority gets its
-/// turns, and the guest goes on where it was each time, to its HLT.
-fn vm_host_interrupts() -> Outcome {
+/// A real-mode guest (CS at 0, HLT exiting) for this thread's VCPU, whose
+/// code at `at` counts ECX down from `count` and halts (the HLT is at
+/// `at + 10`): `mov ecx, count; 1: dec ecx; jnz 1b; hlt`.
+fn counting_guest(at: usize, count: u32) -> Result<(), Detail> {
     let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
-    // mov ecx, 20000000; 1: dec ecx; jnz 1b; hlt
-    let code = [0x66, 0xb9, 0x00, 0x2d, 0x31, 0x01, 0x66, 0x49, 0x75, 0xfc, 0xf4];
-    ram.bytes()[0x2000..0x2000 + code.len()].copy_from_slice(&code);
+    let [c0, c1, c2, c3] = count.to_le_bytes();
+    let code = [0x66, 0xb9, c0, c1, c2, c3, 0x66, 0x49, 0x75, 0xfc, 0xf4];
+    ram.bytes()[at..at + code.len()].copy_from_slice(&code);
     let cs = |part| segment_field(Segment::Cs, part);
     vcpu.write(&[
         (cs(SegmentPart::Selector), 0),
         (cs(SegmentPart::Base), 0),
         (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
     ])
-    .map_err(|e| detail!("state: {e}"))?;
+    .map_err(|e| detail!("state: {e}"))
+}
+
+/// A guest that runs for 20 million instructions spans many host timer
+/// ticks: the kernel takes each, the thread at the VMM's priority gets its
+/// turns, and the guest goes on where it was each time, to its HLT.
+fn vm_host_interrupts() -> Outcome {
+    counting_guest(0x2000, 20_000_000)?;
     let worker = spawn_in(spinner, slot::VSPACE, 0)?;
     let mut registers = [0u64; REGISTER_BLOCK_WORDS];
     registers[Field::Rip as usize] = 0x2000;
