@@ -86,7 +86,7 @@ fn cannot_start(reason: core::fmt::Arguments<'_>) -> ! {
 
 /// Brings the boot CPU up and returns the established state.
 pub fn start(responses: BootResponses) -> Kernel {
-    cpu::enable_sse();
+    let fpu = cpu::enable_fpu();
     let cmdline_text = responses.cmdline.map(|r| r.cmdline().to_str().unwrap_or("")).unwrap_or("");
     let cmdline = cmdline::parse(cmdline_text);
     crate::console::init(cmdline.log_level);
@@ -102,6 +102,13 @@ pub fn start(responses: BootResponses) -> Kernel {
         if cfg!(feature = "selftest") { "self-test build" } else { "kernel" },
     );
     log::info!("command line: \"{cmdline_text}\"");
+    match fpu {
+        Ok(xcr0) => log::info!(
+            "FPU state switched with XSAVE: XCR0 {xcr0:#x} (x87, SSE{})",
+            ["", ", AVX"][xcr0 as usize >> 2 & 1]
+        ),
+        Err(reason) => cannot_start(format_args!("{reason}")),
+    }
     for warning in &cmdline.warnings {
         match warning {
             CmdlineWarning::UnknownKey(key) => {

@@ -36,9 +36,9 @@ static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 
 /// Address-space switches (CR3 writes) since boot.
 static CR3_WRITES: AtomicU64 = AtomicU64::new(0);
-/// User FPU-state saves (FXSAVE on entry from user mode) since boot.
+/// User FPU-state saves (XSAVE on entry from user mode) since boot.
 static FPU_SAVES: AtomicU64 = AtomicU64::new(0);
-/// User FPU-state restores (FXRSTOR on return to user mode) since boot.
+/// User FPU-state restores (XRSTOR on return to user mode) since boot.
 static FPU_RESTORES: AtomicU64 = AtomicU64::new(0);
 /// System calls the IPC fastpath completed since boot.
 static FASTPATH_CALLS: AtomicU64 = AtomicU64::new(0);

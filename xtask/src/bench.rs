@@ -25,7 +25,7 @@ struct Metric {
     heavy: BTreeMap<&'static str, f64>,
 }
 
-/// Parses `BENCH name instructions=N ... cr3=x fxsave=y fxrstor=z` lines.
+/// Parses `BENCH name instructions=N ... cr3=x xsave=y xrstor=z` lines.
 fn parse(serial: &str) -> Result<BTreeMap<String, Metric>> {
     let mut metrics = BTreeMap::new();
     let mut done = false;
@@ -48,8 +48,8 @@ fn parse(serial: &str) -> Result<BTreeMap<String, Metric>> {
         };
         let heavy = BTreeMap::from([
             ("MOV CR3", number("cr3")?),
-            ("FXSAVE64", number("fxsave")?),
-            ("FXRSTOR64", number("fxrstor")?),
+            ("XSAVE64", number("xsave")?),
+            ("XRSTOR64", number("xrstor")?),
         ]);
         metrics.insert(name.to_owned(), Metric { instructions: number("instructions")? as u64, heavy });
     }
@@ -109,15 +109,15 @@ pub fn run() -> Result {
     }
     let mut first = first;
     first.extend(run_bochs(&image)?);
-    println!("    {:<32} {:>12} {:>8} {:>8} {:>9}", "metric", "instructions", "MOV CR3", "FXSAVE", "FXRSTOR");
+    println!("    {:<32} {:>12} {:>8} {:>8} {:>9}", "metric", "instructions", "MOV CR3", "XSAVE", "XRSTOR");
     for (name, metric) in &first {
         println!(
             "    {:<32} {:>12} {:>8} {:>8} {:>9}",
             name,
             metric.instructions,
             metric.heavy["MOV CR3"],
-            metric.heavy["FXSAVE64"],
-            metric.heavy["FXRSTOR64"]
+            metric.heavy["XSAVE64"],
+            metric.heavy["XRSTOR64"]
         );
     }
     let json: serde_json::Map<String, serde_json::Value> = first
@@ -141,12 +141,12 @@ mod tests {
 
     #[test]
     fn bench_lines_parse_and_a_missing_done_line_fails() {
-        let log = "noise\nBENCH null_syscall instructions=120 min=119 max=130 cr3=0.0 fxsave=1.0 fxrstor=1.0\nBENCH done\n";
+        let log = "noise\nBENCH null_syscall instructions=120 min=119 max=130 cr3=0.0 xsave=1.0 xrstor=1.0\nBENCH done\n";
         let metrics = parse(log).expect("parses");
         assert_eq!(metrics["null_syscall"].instructions, 120);
-        assert_eq!(metrics["null_syscall"].heavy["FXSAVE64"], 1.0);
-        assert!(parse("BENCH null_syscall instructions=1 cr3=0 fxsave=1 fxrstor=1\n").is_err());
-        assert!(parse("BENCH x instructions=oops cr3=0 fxsave=0 fxrstor=0\nBENCH done\n").is_err());
+        assert_eq!(metrics["null_syscall"].heavy["XSAVE64"], 1.0);
+        assert!(parse("BENCH null_syscall instructions=1 cr3=0 xsave=1 xrstor=1\n").is_err());
+        assert!(parse("BENCH x instructions=oops cr3=0 xsave=0 xrstor=0\nBENCH done\n").is_err());
         assert!(parse("BENCH error endpoint: boom\nBENCH done\n").is_err());
     }
 }

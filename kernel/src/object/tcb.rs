@@ -20,7 +20,7 @@
 //! | 0x108 | 48 | a queued fault message: five words and the label |
 //! | 0x138 | 8 | the bound VCPU (0: none) |
 //! | 0x180 | 128 | four capability slots: CSpace root, VSpace root, IPC buffer frame, GuestSpace |
-//! | 0x200 | 512 | FXSAVE area for the thread's x87/SSE state |
+//! | 0x200 | 3584 | XSAVE area for the thread's x87, SSE and AVX state |
 //!
 //! The capability slots are real slots in the derivation tree. The IPC
 //! buffer's frame is held there as a capability, so the frame cannot be
@@ -77,7 +77,7 @@ pub mod layout {
     pub const VCPU: u64 = 0x138;
     /// The capability slots: CSpace root, VSpace root, IPC buffer frame, GuestSpace.
     pub const SLOTS: u64 = 0x180;
-    /// The FXSAVE area (16-byte aligned).
+    /// The XSAVE area (64-byte aligned, to the end of the TCB).
     pub const FPU: u64 = 0x200;
 }
 
@@ -603,7 +603,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// Prepares a newly retyped TCB (memory is already zero): priority 0,
     /// inactive, FPU state at its reset values.
     pub(super) fn init_tcb(&mut self, tcb: PhysAddr) {
-        // FXSAVE image of the reset state: FCW 0x37f, MXCSR 0x1f80 with its mask.
+        // Reset state: FCW 0x37f, MXCSR 0x1f80 with its mask; the zero XSAVE
+        // header marks every component as in its initial state.
         self.memory.write(tcb.offset(layout::FPU), 0x037f);
         self.memory.write(tcb.offset(layout::FPU + 24), 0x0000_ffff_0000_1f80);
         self.set_context(tcb, &UserContext::default().sanitised());

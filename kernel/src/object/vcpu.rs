@@ -3,7 +3,7 @@
 //! A VCPU is 8 KiB: the hardware's control block in the first page (the
 //! VMCB on AMD SVM, APM vol. 2 §15.5 and appendix B; the VMCS region on
 //! Intel VMX, SDM vol. 3C ch. 25), the guest's general registers, its
-//! FXSAVE image and the kernel's bookkeeping in the second. It is bound to
+//! XSAVE area and the kernel's bookkeeping in the second. It is bound to
 //! one thread (`VcpuSetTcb`), whose `VmEnter` runs it. The guest runs in
 //! that thread's GuestSpace (`VcpuSetSpace` puts a copy of its capability
 //! in the TCB, as seL4 keeps a thread's EPT root), a root table that page
@@ -61,7 +61,7 @@ pub mod layout {
     pub const FLAG_HOST_STATE: u64 = 1 << 1;
     /// VMX: an interrupt window was asked for.
     pub const FLAG_WINDOW: u64 = 1 << 2;
-    /// The guest's FXSAVE image (512 bytes, 16-byte aligned).
+    /// The guest's XSAVE area (64-byte aligned, to the end of the VCPU).
     pub const FPU: u64 = 0x1200;
 }
 
@@ -741,7 +741,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.vcpu_write(vcpu, Field::Efer as u64, 0);
         self.vcpu_write(vcpu, Field::Dr7 as u64, 0x400);
         self.vcpu_write(vcpu, Field::Pat as u64, 0x0007_0406_0007_0406);
-        // FXSAVE image of the reset state: FCW 0x37f, MXCSR 0x1f80 with its mask.
+        // Reset state: FCW 0x37f, MXCSR 0x1f80 with its mask; the zero XSAVE
+        // header marks every component as in its initial state.
         self.set_vcpu_word(vcpu, layout::FPU, 0x037f);
         self.set_vcpu_word(vcpu, layout::FPU + 24, 0x0000_ffff_0000_1f80);
     }

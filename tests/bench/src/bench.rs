@@ -54,7 +54,7 @@ fn measure(name: &str, overhead: u64, mut op: impl FnMut()) {
     // Counters are whole events over SAMPLES runs: print with one decimal.
     let tenths = |i: usize| ((per_run(i) * 10.0) + 0.5) as u64;
     println!(
-        "BENCH {name} instructions={} min={} max={} cr3={}.{} fxsave={}.{} fxrstor={}.{}",
+        "BENCH {name} instructions={} min={} max={} cr3={}.{} xsave={}.{} xrstor={}.{}",
         samples[SAMPLES / 2],
         samples[0],
         samples[SAMPLES - 1],
@@ -149,7 +149,7 @@ fn guest_exits(overhead: u64) {
         }
         kernel.sort_unstable();
         println!(
-            "BENCH {name}_kernel instructions={} min={} max={} cr3=0.0 fxsave=0.0 fxrstor=0.0",
+            "BENCH {name}_kernel instructions={} min={} max={} cr3=0.0 xsave=0.0 xrstor=0.0",
             kernel[SAMPLES / 2],
             kernel[0],
             kernel[SAMPLES - 1]

@@ -326,57 +326,91 @@ fn spawn_thread(spec: ThreadSpec) -> Result<CPtr, Detail> {
     strata_rt::root::spawn(spec).map_err(|e| detail!("spawn: {e}"))
 }
 
-/// Makes system call `number` (RDI = `rdi`, message info 0) with xmm6 set
-/// to `xmm6` going in, and returns xmm6 as it comes back: the kernel must
-/// have kept this thread's SSE state whatever ran in between.
-fn syscall_keeping_xmm6(number: strata_abi::syscall::Syscall, rdi: u64, xmm6: u64) -> u64 {
-    let seen: u64;
-    // SAFETY: sets xmm6, makes the system call and reads xmm6 back,
-    // declaring every register the kernel may change on return.
+/// Whether user threads can use AVX: the CPU has it (CPUID.01H:ECX bit
+/// 28), the kernel turned on XSAVE (OSXSAVE, bit 27), and XCR0 enables SSE
+/// and AVX state (Intel SDM vol. 1 §14.3). The kernel must, on every CPU
+/// the tests run on, or it could not keep AVX state across switches.
+fn avx_usable() -> Result<(), Detail> {
+    let ecx = core::arch::x86_64::__cpuid(1).ecx;
+    if ecx & (1 << 28) == 0 {
+        return Err(detail!(
+            "the CPU has no AVX (CPUID.01H:ECX bit 28): run under QEMU -cpu max or Bochs Skylake-X"
+        ));
+    }
+    if ecx & (1 << 27) == 0 {
+        return Err(detail!("CPUID.01H:ECX.OSXSAVE is clear: the kernel did not set CR4.OSXSAVE"));
+    }
+    // SAFETY: XGETBV with ECX = 0 reads XCR0; CR4.OSXSAVE is set (above).
+    let xcr0 = unsafe { core::arch::x86_64::_xgetbv(0) };
+    if xcr0 & 0b110 != 0b110 {
+        return Err(detail!("XCR0 is {xcr0:#x}: the kernel did not enable SSE and AVX state"));
+    }
+    Ok(())
+}
+
+/// Makes system call `number` (RDI = `rdi`, message info 0) with ymm6 set
+/// to `ymm6[0]` in its low quadword and `ymm6[1]` in its upper lane's low
+/// quadword going in, and returns those two quadwords as they come back:
+/// the kernel must have kept this thread's SSE and AVX state whatever ran
+/// in between. Needs [`avx_usable`].
+fn syscall_keeping_ymm6(number: strata_abi::syscall::Syscall, rdi: u64, ymm6: [u64; 2]) -> [u64; 2] {
+    use core::arch::x86_64::{__m128i, _mm_cvtsi64_si128, _mm_cvtsi128_si64};
+    let (low, high): (__m128i, __m128i);
+    // SAFETY: sets ymm6 from xmm6 and xmm7, makes the system call and reads
+    // ymm6 back into them, declaring every register the kernel may change
+    // on return (AVX is usable: callers check `avx_usable` first).
+    // (The SSE2 conversions need `unsafe` only for their target feature,
+    // which every x86-64 CPU has.)
     unsafe {
         core::arch::asm!(
-            "movq xmm6, {value}",
+            "vinsertf128 ymm6, ymm6, xmm7, 1",
             "syscall",
-            "movq {seen}, xmm6",
-            value = in(reg) xmm6,
-            seen = lateout(reg) seen,
+            "vextractf128 xmm7, ymm6, 1",
+            "vzeroupper",
+            inout("xmm6") _mm_cvtsi64_si128(ymm6[0] as i64) => low,
+            inout("xmm7") _mm_cvtsi64_si128(ymm6[1] as i64) => high,
             inlateout("rax") number as u64 => _,
             inlateout("rdi") rdi => _,
             inlateout("rsi") 0u64 => _,
             out("rdx") _, out("r8") _, out("r9") _, out("r10") _,
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
-            out("xmm6") _, lateout("rcx") _, lateout("r11") _,
+            lateout("rcx") _, lateout("r11") _,
         );
+        [_mm_cvtsi128_si64(low) as u64, _mm_cvtsi128_si64(high) as u64]
     }
-    seen
 }
+
+/// What the root puts in ymm6, and what other threads put there.
+const YMM_MINE: [u64; 2] = [0xaaaa_aaaa_aaaa_aaaa, 0xa5a5_a5a5_a5a5_a5a5];
+const YMM_THEIRS: [u64; 2] = [0xbbbb_bbbb_bbbb_bbbb, 0x5b5b_5b5b_5b5b_5b5b];
 
 extern "C" fn yielding_worker() -> ! {
     FLAG.store(1, Ordering::SeqCst);
     loop {
-        // Another pattern in xmm6 at every switch.
-        syscall_keeping_xmm6(strata_abi::syscall::Syscall::Yield, 0, 0xbbbb_bbbb_bbbb_bbbb);
+        // Another pattern in ymm6 at every switch.
+        syscall_keeping_ymm6(strata_abi::syscall::Syscall::Yield, 0, YMM_THEIRS);
     }
 }
 
 fn thread_switch() -> Outcome {
+    avx_usable()?;
     let worker = spawn(yielding_worker)?;
-    let mut seen = 0xaaaa_aaaa_aaaa_aaaau64;
+    let mut seen = YMM_MINE;
     let mut yields = 0;
     // The timer may preempt the worker before it sets the flag, so yield
     // until it has (round robin runs it on every yield).
-    while FLAG.load(Ordering::SeqCst) != 1 && yields < MAX_YIELDS && seen == 0xaaaa_aaaa_aaaa_aaaa {
+    while FLAG.load(Ordering::SeqCst) != 1 && yields < MAX_YIELDS && seen == YMM_MINE {
         yields += 1;
-        seen = syscall_keeping_xmm6(strata_abi::syscall::Syscall::Yield, 0, 0xaaaa_aaaa_aaaa_aaaa);
+        seen = syscall_keeping_ymm6(strata_abi::syscall::Syscall::Yield, 0, YMM_MINE);
     }
     check("suspend worker", call(worker, Label::TcbSuspend, &[], &[]))?;
     if FLAG.load(Ordering::SeqCst) != 1 {
         return Err(detail!("the worker did not run in {yields} yields"));
     }
-    if seen != 0xaaaa_aaaa_aaaa_aaaa {
-        return Err(detail!("xmm6 is {seen:#x} after a switch: another thread's SSE state leaked in"));
+    if seen != YMM_MINE {
+        return Err(detail!("ymm6 is {seen:x?} after a switch: another thread's SSE or AVX state leaked in"));
     }
-    Ok(detail!("worker_ran=1 xmm6_preserved=1"))
+    Ok(detail!("worker_ran=1 ymm6_preserved=1"))
 }
 
 extern "C" fn spinning_worker() -> ! {

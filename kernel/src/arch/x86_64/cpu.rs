@@ -1,20 +1,43 @@
 //! Processor state the kernel sets up once, and the idle wait.
 
-/// Enables SSE for the kernel's own use and clears what must be clear
-/// (CR0.EM, CR0.TS); idempotent. The entry stub already did this before any
-/// Rust ran; this records the policy in one place for later CPUs.
-pub fn enable_sse() {
-    use x86::controlregs::{Cr0, Cr4, cr0, cr0_write, cr4, cr4_write};
-    // SAFETY: setting MP/NE and OSFXSR/OSXMMEXCPT and clearing EM/TS only
-    // enables SSE instructions and native FPU error reporting.
+/// The bytes of a thread's or guest's FPU area: room for the XSAVE image
+/// of every component [`enable_fpu`] turns on.
+pub const FPU_AREA_BYTES: u32 = 0xe00;
+
+/// XCR0 bits: x87, SSE and AVX state (Intel SDM vol. 1 §13.1).
+const XCR0_X87_SSE_AVX: u64 = 0b111;
+
+/// Enables the FPU for the kernel's own SSE use and for user threads and
+/// guests: clears CR0.EM and CR0.TS, sets CR4.OSFXSR, CR4.OSXMMEXCPT and
+/// CR4.OSXSAVE, and XCR0 to x87, SSE and AVX where the CPU has AVX (SDM
+/// vol. 1 §13.3, vol. 3A §2.6). The entry stubs switch state with XSAVE and
+/// XRSTOR, so the CPU must have them (CPUID.01H:ECX bit 26), and their
+/// image must fit an FPU area. Returns XCR0.
+pub fn enable_fpu() -> Result<u64, &'static str> {
+    use x86::controlregs::{Cr0, Cr4, cr0, cr0_write, cr4, cr4_write, xcr0_write};
+    if core::arch::x86_64::__cpuid(1).ecx & (1 << 26) == 0 {
+        return Err("the CPU has no XSAVE (CPUID.01H:ECX bit 26), which strata switches FPU state with");
+    }
+    // SAFETY: setting MP/NE, OSFXSR/OSXMMEXCPT and OSXSAVE and clearing
+    // EM/TS only enables SSE, XSAVE and native FPU error reporting (the
+    // CPU has XSAVE); XCR0 gets x87 (which it must have) and only bits the
+    // CPU reports (CPUID.(EAX=0DH,ECX=0):EAX), AVX only with SSE.
     unsafe {
         cr0_write(
             (cr0() | Cr0::CR0_MONITOR_COPROCESSOR | Cr0::CR0_NUMERIC_ERROR)
                 - Cr0::CR0_EMULATE_COPROCESSOR
                 - Cr0::CR0_TASK_SWITCHED,
         );
-        cr4_write(cr4() | Cr4::CR4_ENABLE_SSE | Cr4::CR4_UNMASKED_SSE);
+        cr4_write(cr4() | Cr4::CR4_ENABLE_SSE | Cr4::CR4_UNMASKED_SSE | Cr4::CR4_ENABLE_OS_XSAVE);
+        let xcr0 = u64::from(core::arch::x86_64::__cpuid_count(0xd, 0).eax) & XCR0_X87_SSE_AVX;
+        xcr0_write(x86::controlregs::Xcr0::from_bits_truncate(xcr0));
     }
+    // With XCR0 set, EBX is the size of the image it makes.
+    if core::arch::x86_64::__cpuid_count(0xd, 0).ebx > FPU_AREA_BYTES {
+        return Err("the XSAVE image of x87, SSE and AVX state is larger than a thread's FPU area");
+    }
+    // SAFETY: reading XCR0 has no side effects (CR4.OSXSAVE is set).
+    Ok(unsafe { x86::controlregs::xcr0() }.bits())
 }
 
 /// Turns on process-context identifiers (CR4.PCIDE; Intel SDM vol. 3A

@@ -54,8 +54,9 @@ interrupt_common:
     testb $3, 144(%rsp)
     jz 1f
     swapgs
-    movq %gs:16, %rax
-    fxsave64 (%rax)
+    movq %gs:16, %rcx
+    movl $-1, %eax
+    xsave64 (%rcx)
 1:
     /* The CPU aligned RSP to 16 before pushing its 5-word frame; with the
        error code, vector and 15 registers the stack is aligned again. */

@@ -26,7 +26,11 @@ macro_rules! push_syscall_frame {
 /// (from the area at `%gs:16`) and the user GS.
 macro_rules! restore_user_state {
     ($cs:literal) => {
-        concat!("testb $3, ", $cs, "(%rsp)\n jz 9f\n movq %gs:16, %rax\n fxrstor64 (%rax)\n swapgs\n9:\n")
+        concat!(
+            "testb $3, ",
+            $cs,
+            "(%rsp)\n jz 9f\n movq %gs:16, %rcx\n movl $-1, %eax\n xrstor64 (%rcx)\n swapgs\n9:\n"
+        )
     };
 }
 

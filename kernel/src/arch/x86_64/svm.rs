@@ -6,7 +6,7 @@
 //! selectors. The rest that a guest loads (FS, GS, TR, LDTR with their
 //! hidden parts, KernelGsBase, STAR, LSTAR, CSTAR, SFMASK and the SYSENTER
 //! MSRs) is swapped with VMSAVE and VMLOAD around the run, the other
-//! general registers by hand, and the FPU with FXRSTOR and FXSAVE.
+//! general registers by hand, and the FPU with XRSTOR and XSAVE.
 //!
 //! Interrupts: the global interrupt flag is cleared before any of this and
 //! RFLAGS.IF set, so with V_INTR_MASKING a physical interrupt that arrives
@@ -33,7 +33,7 @@ pub static AREAS: Once<HostAreas> = Once::new();
 ///
 /// `vmcb` is the VMCB's physical address; `registers` the guest's 16
 /// general registers in encoding order (the RAX and RSP words are not
-/// used: the VMCB has them); `fpu` its 512-byte FXSAVE image; `host_state`
+/// used: the VMCB has them); `fpu` its XSAVE area (64-byte aligned); `host_state`
 /// the physical address of the host's VMSAVE area.
 ///
 /// # Safety
@@ -51,7 +51,8 @@ pub unsafe extern "sysv64" fn run(vmcb: u64, registers: *mut u64, fpu: *mut u8, 
         "push rdx", // [rsp]: the guest's FPU image
         "clgi",
         "sti",
-        "fxrstor64 [rdx]",
+        "mov eax, -1", // every component XCR0 enables (EDX: XCR0 has no high bits)
+        "xrstor64 [rdx]",
         "mov rax, rcx",
         "vmsave rax",
         "mov rax, rdi",
@@ -78,8 +79,9 @@ pub unsafe extern "sysv64" fn run(vmcb: u64, registers: *mut u64, fpu: *mut u8, 
         "mov rax, [rsp + 8]",
         "vmload rax",
         "cli",
-        "mov rax, [rsp]",
-        "fxsave64 [rax]",
+        "mov rcx, [rsp]",
+        "mov eax, -1",
+        "xsave64 [rcx]",
         // The kernel's own FPU use starts from the reset state.
         "fninit",
         "mov dword ptr [rsp], 0x1f80",

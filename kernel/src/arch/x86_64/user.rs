@@ -8,7 +8,7 @@
 //! arrives with interrupts off (FMASK clears IF) on the user stack. The
 //! stub pushes the user registers straight into the current thread's TCB
 //! as a [`UserContext`] (whose tail is an IRET frame), saves the user FPU
-//! state into the thread's FXSAVE area, switches to the kernel stack and
+//! state (x87, SSE and AVX) into the thread's XSAVE area, switches to the kernel stack and
 //! calls `ipc_fastpath` with the context. When that completes the call it
 //! returns another user thread's context, which the stub restores at once;
 //! otherwise `syscall_handler` takes the call and returns the context to
@@ -38,7 +38,7 @@ pub struct PerCpu {
     pub kernel_stack_top: u64,
     /// Scratch: the user stack pointer during `syscall` entry.
     pub user_stack: u64,
-    /// The current thread's FXSAVE area (direct-map address).
+    /// The current thread's XSAVE area (direct-map address).
     pub fpu_area: u64,
     /// The end of the current thread's saved context (direct-map address):
     /// `syscall` entry pushes the registers below it.
@@ -51,6 +51,10 @@ pub struct PerCpu {
 
 const STACK_SIZE: usize = 64 * 1024;
 
+/// An XSAVE image's memory (XSAVE needs 64-byte alignment).
+#[repr(C, align(64))]
+struct FpuArea([u8; super::cpu::FPU_AREA_BYTES as usize]);
+
 #[repr(C, align(16))]
 struct Stack([u8; STACK_SIZE]);
 
@@ -59,8 +63,8 @@ struct BootCpu {
     kernel_stack: UnsafeCell<Stack>,
     idle_stack: UnsafeCell<Stack>,
     per_cpu: UnsafeCell<PerCpu>,
-    /// FXSAVE area used while no thread runs (16-byte aligned).
-    idle_fpu: UnsafeCell<[u128; 32]>,
+    /// The FPU area used while no thread runs.
+    idle_fpu: UnsafeCell<FpuArea>,
     /// The idle loop's context.
     idle_context: UnsafeCell<UserContext>,
 }
@@ -72,36 +76,12 @@ unsafe impl Sync for BootCpu {}
 static BOOT_CPU: BootCpu = BootCpu {
     kernel_stack: UnsafeCell::new(Stack([0; STACK_SIZE])),
     idle_stack: UnsafeCell::new(Stack([0; STACK_SIZE])),
-    per_cpu: UnsafeCell::new(PerCpu {
-        kernel_stack_top: 0,
-        user_stack: 0,
-        fpu_area: 0,
-        context_end: 0,
-        yield_alone: 0,
-    }),
-    idle_fpu: UnsafeCell::new([0; 32]),
-    idle_context: UnsafeCell::new(UserContext {
-        rax: 0,
-        rbx: 0,
-        rcx: 0,
-        rdx: 0,
-        rsi: 0,
-        rdi: 0,
-        rbp: 0,
-        r8: 0,
-        r9: 0,
-        r10: 0,
-        r11: 0,
-        r12: 0,
-        r13: 0,
-        r14: 0,
-        r15: 0,
-        rip: 0,
-        cs: 0,
-        rflags: 0,
-        rsp: 0,
-        ss: 0,
-    }),
+    idle_fpu: UnsafeCell::new(FpuArea([0; super::cpu::FPU_AREA_BYTES as usize])),
+    // SAFETY: the per-CPU block is plain words, for which all zero is a
+    // valid value (`init` fills it in).
+    per_cpu: UnsafeCell::new(unsafe { core::mem::zeroed() }),
+    // SAFETY: as for the per-CPU block: a context is twenty plain words.
+    idle_context: UnsafeCell::new(unsafe { core::mem::zeroed() }),
 };
 
 core::arch::global_asm!(
@@ -128,8 +108,9 @@ syscall_entry:
     push_syscall_frame!(),
     push_general_registers!(),
     r#"
-    movq %gs:16, %rax
-    fxsave64 (%rax)
+    movq %gs:16, %rcx
+    movl $-1, %eax              /* every component XCR0 enables */
+    xsave64 (%rcx)
     movq %rsp, %rdi             /* the saved context */
     movq %gs:0, %rsp            /* (FMASK cleared DF: no `cld`) */
     call ipc_fastpath           /* Call or ReplyRecv in the common case? */
@@ -137,8 +118,9 @@ syscall_entry:
     jz 3f
     /* Done: RAX is the context of another user thread, now current. */
     movq %rax, %rsp
-    movq %gs:16, %rax
-    fxrstor64 (%rax)
+    movq %gs:16, %rcx
+    movl $-1, %eax
+    xrstor64 (%rcx)
     swapgs
     "#,
     pop_general_registers!(),
@@ -231,7 +213,7 @@ pub unsafe fn init() {
 }
 
 /// Makes `context` (a thread's saved context in its TCB) and `fpu_area`
-/// (its FXSAVE area), both direct-map addresses, the ones the entry and
+/// (its XSAVE area), both direct-map addresses, the ones the entry and
 /// exit paths save to and restore from.
 pub fn switch_thread(context: *mut UserContext, fpu_area: u64) {
     // SAFETY: interrupts are off in the kernel; nothing else writes the block now.

@@ -202,7 +202,7 @@ unsafe extern "C" {
 ///
 /// `state` is the VCPU's state page: the 16 general registers in encoding
 /// order (the RSP word unused: the VMCS has it) and, at byte 0xb0, CR2.
-/// `fpu` is the guest's FXSAVE image; `launched` whether to VMRESUME.
+/// `fpu` is the guest's XSAVE area (64-byte aligned); `launched` whether to VMRESUME.
 ///
 /// # Safety
 /// VMX is on and the VMCS current, with valid host state (RIP `vmx_exit`);
@@ -214,7 +214,8 @@ pub unsafe extern "sysv64" fn run(state: *mut u64, fpu: *mut u8, launched: u64) 
         push_callee_saved!(),
         "push rdi", // [rsp + 8]: the state page
         "push rsi", // [rsp]: the FPU image
-        "fxrstor64 [rsi]",
+        "mov eax, -1", // every component XCR0 enables (EDX: XCR0 has no high bits)
+        "xrstor64 [rsi]",
         "mov rax, [rdi + 0xb0]",
         "mov cr2, rax",
         "mov rax, {host_rsp}",
@@ -259,7 +260,10 @@ pub unsafe extern "sysv64" fn run(state: *mut u64, fpu: *mut u8, launched: u64) 
         "xor eax, eax",
         "6:",
         "mov rcx, [rsp]",
-        "fxsave64 [rcx]",
+        "mov r8, rax",
+        "mov eax, -1",
+        "xsave64 [rcx]",
+        "mov rax, r8",
         // The kernel's own FPU use starts from the reset state.
         "fninit",
         "push 0x1f80",

@@ -440,46 +440,57 @@ fn delete_running_thread() -> Outcome {
 
 extern "C" fn sse_spinner() -> ! {
     let counter = SPIN_COUNT.as_ptr();
-    // SAFETY: sets xmm6 and bumps a counter forever; the counter is a static.
+    // SAFETY: sets ymm6 (AVX is usable: the test checked) and bumps a
+    // counter forever; the counter is a static.
     unsafe {
         core::arch::asm!(
             "2:",
-            "movq xmm6, {b}",
+            "vmovq xmm7, {c}",
+            "vmovq xmm6, {b}",
+            "vinsertf128 ymm6, ymm6, xmm7, 1",
             "lock inc qword ptr [{counter}]",
             "jmp 2b",
-            b = in(reg) 0xbbbb_bbbb_bbbb_bbbbu64,
+            b = in(reg) YMM_THEIRS[0],
+            c = in(reg) YMM_THEIRS[1],
             counter = in(reg) counter,
             options(noreturn),
         )
     }
 }
 
-/// xmm6 survives timer preemption: the root spins with xmm6 set until a
-/// thread that sets its own xmm6 has run (only the timer can switch).
+/// ymm6 (SSE and AVX state) survives timer preemption: the root spins
+/// with ymm6 set until a thread that sets its own ymm6 has run (only the
+/// timer can switch).
 fn fpu_across_preemption() -> Outcome {
+    avx_usable()?;
     SPIN_COUNT.store(0, Ordering::SeqCst);
     let thread = spawn(sse_spinner)?;
     let counter = SPIN_COUNT.as_ptr();
-    let seen: u64;
-    // SAFETY: sets xmm6, spins reading a static until it changes, and reads
-    // xmm6 back; all registers used are declared.
+    let (low, high): (u64, u64);
+    // SAFETY: sets ymm6 (AVX is usable), spins reading a static until it
+    // changes, and reads ymm6 back; all registers used are declared.
     unsafe {
         core::arch::asm!(
-            "movq xmm6, {a}",
+            "vmovq xmm7, {high}",
+            "vmovq xmm6, {low}",
+            "vinsertf128 ymm6, ymm6, xmm7, 1",
             "2:",
             "pause",
             "cmp qword ptr [{counter}], 0",
             "je 2b",
-            "movq {seen}, xmm6",
-            a = in(reg) 0xaaaa_aaaa_aaaa_aaaau64,
+            "vmovq {low}, xmm6",
+            "vextractf128 xmm7, ymm6, 1",
+            "vmovq {high}, xmm7",
+            "vzeroupper",
+            low = inout(reg) YMM_MINE[0] => low,
+            high = inout(reg) YMM_MINE[1] => high,
             counter = in(reg) counter,
-            seen = lateout(reg) seen,
-            out("xmm6") _,
+            out("xmm6") _, out("xmm7") _,
         );
     }
     check("suspend", call(thread, Label::TcbSuspend, &[], &[]))?;
-    if seen != 0xaaaa_aaaa_aaaa_aaaa {
-        return Err(detail!("xmm6 is {seen:#x} after preemption"));
+    if [low, high] != YMM_MINE {
+        return Err(detail!("ymm6 is {:x?} after preemption", [low, high]));
     }
-    Ok(detail!("xmm6 preserved across preemption"))
+    Ok(detail!("ymm6 (low and upper lane) preserved across preemption"))
 }

@@ -451,29 +451,30 @@ fn nb_send_drops() -> Outcome {
     Ok(detail!("dropped=0xdead delivered=0xbeef"))
 }
 
-/// A server that clobbers xmm6 before each ReplyRecv.
+/// A server that clobbers ymm6 before each ReplyRecv.
 extern "C" fn sse_server() -> ! {
     let endpoint = ENDPOINT.load(Ordering::SeqCst);
     recv(endpoint);
     loop {
-        syscall_keeping_xmm6(strata_abi::syscall::Syscall::ReplyRecv, endpoint, 0xbbbb_bbbb_bbbb_bbbb);
+        syscall_keeping_ymm6(strata_abi::syscall::Syscall::ReplyRecv, endpoint, YMM_THEIRS);
     }
 }
 
-/// xmm6 survives a Call to a server that sets its own xmm6.
+/// ymm6 (SSE and AVX state) survives a Call to a server that sets its own.
 fn fpu_across_ipc() -> Outcome {
+    avx_usable()?;
     let endpoint = make(ObjectType::Endpoint, 0)?;
     ENDPOINT.store(endpoint, Ordering::SeqCst);
     let server = spawn(sse_server)?;
-    let mut seen = [0u64; 3];
+    let mut seen = [[0u64; 2]; 3];
     for value in seen.iter_mut() {
-        *value = syscall_keeping_xmm6(strata_abi::syscall::Syscall::Call, endpoint, 0xaaaa_aaaa_aaaa_aaaa);
+        *value = syscall_keeping_ymm6(strata_abi::syscall::Syscall::Call, endpoint, YMM_MINE);
     }
     check("suspend", call(server, Label::TcbSuspend, &[], &[]))?;
-    if seen.iter().any(|&v| v != 0xaaaa_aaaa_aaaa_aaaa) {
-        return Err(detail!("xmm6 after calls: {seen:x?}"));
+    if seen.iter().any(|&v| v != YMM_MINE) {
+        return Err(detail!("ymm6 after calls: {seen:x?}"));
     }
-    Ok(detail!("xmm6 preserved across 3 calls"))
+    Ok(detail!("ymm6 (low and upper lane) preserved across 3 calls"))
 }
 
 extern "C" fn bad_syscall() -> ! {
