@@ -302,6 +302,11 @@ pub enum Field {
     /// 1: exit with [`Exit::InterruptWindow`] as soon as the guest can take an
     /// external interrupt. Cleared by that exit.
     InterruptWindow = 41,
+    /// XCR0 (reset value 1). Bit 0 must be set, AVX (bit 2) needs SSE
+    /// (bit 1), and only components the host's XCR0 enables are allowed.
+    /// The kernel loads it while the guest runs; XSETBV always exits, for
+    /// the VMM to check and write here.
+    Xcr0 = 42,
 }
 
 /// First segment field.

@@ -154,6 +154,8 @@ fn virt_config() -> crate::object::vcpu::VirtConfig {
     use crate::arch::x86_64::{svm, virt};
     use crate::object::vcpu::{Backend, VirtConfig};
     let mut config = VirtConfig::none();
+    // SAFETY: reading XCR0 has no side effects (`enable_fpu` set CR4.OSXSAVE).
+    config.xcr0 = unsafe { x86::controlregs::xcr0() }.bits();
     match virt::STATE.get() {
         Some((virt::Backend::Svm(svm), Ok(()))) if svm.nested_paging => {
             if let Some(areas) = svm::AREAS.get() {
@@ -296,8 +298,10 @@ impl Runtime {
                     )
                 };
             }
+            let host_xcr0 = self.space.virt.xcr0;
+            let xcr0 = self.direct_map.to_virtual(entry.vcpu.offset(layout::XCR0)).as_mut_ptr::<u64>();
             if self.space.virt.backend == crate::object::vcpu::Backend::Vmx {
-                if let Err(exit) = self.run_vmx(entry.vcpu, entry.flush) {
+                if let Err(exit) = self.run_vmx(entry.vcpu, entry.flush, (xcr0, host_xcr0)) {
                     self.space.reply_vm_exit(tcb, exit);
                     return Some(false);
                 }
@@ -312,7 +316,14 @@ impl Runtime {
                 // permission maps and a live GuestSpace; the pointers are into
                 // the VCPU through the direct map; SVM is on (else no VCPU exists).
                 unsafe {
-                    crate::arch::x86_64::svm::run(vcpu.get() + layout::CONTROL, registers, fpu, host_state)
+                    crate::arch::x86_64::svm::run(
+                        vcpu.get() + layout::CONTROL,
+                        registers,
+                        fpu,
+                        host_state,
+                        xcr0,
+                        host_xcr0,
+                    )
                 };
             }
             if let Some(exit) = self.space.vm_exit(entry.vcpu) {
@@ -343,7 +354,12 @@ impl Runtime {
     /// CR3 into the VMCS, the guest's system-call MSRs in, EPT
     /// translations flushed if asked. `Err` with the exit to report if
     /// the entry failed.
-    fn run_vmx(&mut self, vcpu: PhysAddr, flush: bool) -> Result<(), crate::object::vcpu::NeutralExit> {
+    fn run_vmx(
+        &mut self,
+        vcpu: PhysAddr,
+        flush: bool,
+        xcr0: (*mut u64, u64),
+    ) -> Result<(), crate::object::vcpu::NeutralExit> {
         use crate::arch::x86_64::vmx;
         use crate::object::vcpu::{NeutralExit, layout};
         let vmcs = vcpu.get() + layout::CONTROL;
@@ -367,7 +383,7 @@ impl Runtime {
         let result = unsafe {
             let host = vmx::swap_syscall_msrs(msrs.read());
             let tables = vmx::descriptor_tables();
-            let result = vmx::run(state, fpu, flags & layout::FLAG_LAUNCHED);
+            let result = vmx::run(state, fpu, flags & layout::FLAG_LAUNCHED, xcr0.0, xcr0.1);
             // A VM exit leaves the GDTR and IDTR limits at FFFFh (SDM vol.
             // 3C §28.5.2): past the GDT's end lie user-influenced words.
             vmx::restore_descriptor_tables(&tables);

@@ -57,9 +57,14 @@ pub fn count_code(text: &str) -> (usize, Vec<String>) {
             }
             continue;
         }
-        // Test-only items: `#[cfg(test)]`, and the object layer's fuzzing
-        // support (compiled for the host fuzz targets, never into the kernel).
-        if line == "#[cfg(test)]" || line == "#[cfg(any(test, feature = \"fuzzing\"))]" {
+        // Test-only items: `#[cfg(test)]`, the object layer's fuzzing
+        // support (compiled for the host fuzz targets, never into the
+        // kernel), and the self-test harness (only in test images' kernel;
+        // the production kernel, whose sections are reported, has none).
+        if line == "#[cfg(test)]"
+            || line == "#[cfg(any(test, feature = \"fuzzing\"))]"
+            || line == "#[cfg(feature = \"selftest\")]"
+        {
             test_item_pending = true;
             continue;
         }
@@ -324,6 +329,14 @@ fn after() {}
         // use, fn real, let, '{', }, fn after
         assert_eq!(code, 6);
         assert_eq!(test_modules, ["more_tests"]);
+    }
+
+    #[test]
+    fn the_self_test_harness_is_test_code() {
+        let source = "#[cfg(feature = \"selftest\")]\npub mod selftest;\npub mod real;\n";
+        assert_eq!(count_code(source), (1, vec!["selftest".to_owned()]));
+        let inline = "fn f() {\n    #[cfg(feature = \"selftest\")]\n    check();\n    real();\n}\n";
+        assert_eq!(count_code(inline).0, 3);
     }
 
     #[test]

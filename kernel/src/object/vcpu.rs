@@ -55,6 +55,10 @@ pub mod layout {
     /// holds them, so they stay in the CPU while this VCPU is the last to
     /// have run, and are saved here when another VCPU runs.
     pub const DEBUG: u64 = 0x10e8;
+    /// The guest's XCR0, which VM entry and exit do not switch: the kernel
+    /// loads it around the guest's run when it differs from the host's (the
+    /// guest's FPU state is saved under the host's, every component).
+    pub const XCR0: u64 = 0x1110;
     /// VMX: VMLAUNCH succeeded; VMRESUME from now on.
     pub const FLAG_LAUNCHED: u64 = 1 << 0;
     /// VMX: the VMCS has this CPU's host state.
@@ -88,6 +92,8 @@ pub struct VirtConfig {
     /// Bumped whenever a guest mapping is removed or changed: a VCPU that
     /// last ran with an older value has its guest TLB entries flushed.
     pub generation: u64,
+    /// The host's XCR0: the state components a guest may enable.
+    pub xcr0: u64,
     /// The VCPU that last ran on this CPU (its TLB entries are the ones
     /// tagged with the guest ASID).
     pub last_run: Option<PhysAddr>,
@@ -103,6 +109,7 @@ impl VirtConfig {
             io_permissions: PhysAddr(0),
             msr_permissions: PhysAddr(0),
             generation: 0,
+            xcr0: 0b111,
             last_run: None,
             vmx: super::vmx::VmxConfig {
                 revision: 0,
@@ -455,7 +462,7 @@ const RFLAGS_DEFINED: u64 = 0x003f_7fd5;
 /// have no selector or attributes).
 fn field_exists(field: u64) -> bool {
     match field.checked_sub(vcpu::SEGMENTS) {
-        None => field <= Field::InterruptWindow as u64,
+        None => field <= Field::Xcr0 as u64,
         Some(segment) => field < vcpu::FIELD_LIMIT && !(segment / 4 >= 8 && matches!(segment % 4, 0 | 3)),
     }
 }
@@ -560,6 +567,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// The value of guest-state `field`.
     pub fn vcpu_read(&self, vcpu: PhysAddr, field: u64) -> u64 {
+        if field == Field::Xcr0 as u64 {
+            return self.vcpu_word(vcpu, layout::XCR0);
+        }
         match self.virt.backend {
             Backend::Vmx => self.vmx_read(vcpu, field),
             _ => self.svm_read(vcpu, field),
@@ -570,6 +580,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     fn vcpu_write(&mut self, vcpu: PhysAddr, field: u64, value: u64) {
         // RFLAGS bit 1 always reads as 1 (SDM vol. 1 §3.4.3).
         let value = if field == Field::Rflags as u64 { value | 2 } else { value };
+        if field == Field::Xcr0 as u64 {
+            return self.set_vcpu_word(vcpu, layout::XCR0, value);
+        }
         match self.virt.backend {
             Backend::Vmx => self.vmx_write(vcpu, field, value),
             _ => self.svm_write(vcpu, field, value),
@@ -593,7 +606,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     }
 
     /// Checks a write of `value` to `field`.
-    fn check_vcpu_write(field: u64, value: u64) -> Result<(), InvocationError> {
+    fn check_vcpu_write(&self, field: u64, value: u64) -> Result<(), InvocationError> {
         let bad = Err(InvocationError::InvalidArgument { index: 1 });
         let segment = field.checked_sub(vcpu::SEGMENTS).map(|f| (f / 4, f % 4));
         let ok = match field {
@@ -616,6 +629,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             }
             37 | 40 => value >> 32 == 0,
             39 => value & !vcpu::intercept::ALL == 0,
+            // XSETBV's rules (SDM vol. 2B, XSETBV): x87 always, AVX only
+            // with SSE, and only components the host enabled.
+            42 => value & 1 == 1 && value & 0b110 != 0b100 && value & !self.virt.xcr0 == 0,
             _ => match segment {
                 Some((_, 0)) => value >> 16 == 0,
                 Some((index, 1)) if index < 4 => value >> 32 == 0,
@@ -740,6 +756,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.vcpu_write(vcpu, Field::Cr4 as u64, 0);
         self.vcpu_write(vcpu, Field::Efer as u64, 0);
         self.vcpu_write(vcpu, Field::Dr7 as u64, 0x400);
+        self.vcpu_write(vcpu, Field::Xcr0 as u64, 1);
         self.vcpu_write(vcpu, Field::Pat as u64, 0x0007_0406_0007_0406);
         // Reset state: FCW 0x37f, MXCSR 0x1f80 with its mask; the zero XSAVE
         // header marks every component as in its initial state.
@@ -836,7 +853,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     if !field_exists(field) {
                         return Err(InvocationError::InvalidArgument { index: 2 * i as u8 });
                     }
-                    Self::check_vcpu_write(field, value)
+                    self.check_vcpu_write(field, value)
                         .map_err(|_| InvocationError::InvalidArgument { index: 2 * i as u8 + 1 })?;
                     pairs[i] = (field, value);
                 }

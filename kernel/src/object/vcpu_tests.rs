@@ -392,3 +392,27 @@ fn svm_exits_translate_to_the_neutral_reasons() {
         Some((Exit::Unsupported, 0x3ff))
     );
 }
+
+#[test]
+fn xcr0_follows_xsetbv_rules() {
+    for backend in [Backend::Svm, Backend::Vmx] {
+        let (mut space, _, _) = machine(backend);
+        space.virt.xcr0 = 0b111;
+        let xcr0 = Field::Xcr0 as u64;
+        assert_eq!(read(&mut space, xcr0), 1, "x87 only after reset");
+        let write = |space: &mut ObjectSpace<Arena>, value| {
+            vcpu_call(space, Label::VcpuWriteState, &[xcr0, value], &[]).map(|_| ())
+        };
+        let refused = Err(InvocationError::InvalidArgument { index: 1 });
+        assert_eq!(write(&mut space, 0), refused, "x87 is always on");
+        assert_eq!(write(&mut space, 0b101), refused, "AVX without SSE");
+        assert_eq!(write(&mut space, 0b1111), refused, "a component the host did not enable");
+        write(&mut space, 0b111).expect("x87, SSE and AVX");
+        assert_eq!(read(&mut space, xcr0), 0b111);
+        write(&mut space, 0b011).expect("AVX off");
+        assert_eq!(read(&mut space, xcr0), 0b011);
+        // On a host without AVX, a guest cannot have it.
+        space.virt.xcr0 = 0b011;
+        assert_eq!(write(&mut space, 0b111), refused);
+    }
+}

@@ -40,6 +40,8 @@ const TEST_INVERTED: u64 = 0x10;
 const DOORBELL: u16 = 0x510;
 /// Longest one-shot PIT wait, in milliseconds (the counter is 16 bits).
 const PIT_SHOT_MS: u64 = 50;
+/// CR4.OSXSAVE (bit 18): XSAVE, XSETBV and AVX are enabled.
+const CR4_OSXSAVE: u64 = 1 << 18;
 /// Exception type for a pending event (the `Field::PendingEvent` layout).
 const EVENT_EXCEPTION: u64 = 3 << 8;
 /// Valid bit of a pending event.
@@ -175,6 +177,8 @@ struct Machine {
     window: bool,
     /// A host one-shot runs for the guest PIT's next edge.
     armed: bool,
+    /// The guest's CR4.OSXSAVE and XCR0 as last read, and the host's XCR0.
+    xsave: cpuid::XsaveState,
 }
 
 fn failed(what: &str, error: InvocationError) -> String {
@@ -225,6 +229,13 @@ impl Machine {
             pit: Pit::new(),
             window: false,
             armed: false,
+            // The kernel's XCR0 is every x87, SSE and AVX component the CPU
+            // has (CPUID.(EAX=0DH,ECX=0):EAX).
+            xsave: cpuid::XsaveState {
+                osxsave: false,
+                xcr0: 1,
+                host_xcr0: u64::from(core::arch::x86_64::__cpuid_count(0xd, 0).eax) & cpuid::XCR0_X87_SSE_AVX,
+            },
         })
     }
 }
@@ -366,7 +377,14 @@ impl Machine {
             Exit::Cpuid => {
                 let leaf = self.register(Field::Rax) as u32;
                 let subleaf = self.register(Field::Rcx) as u32;
-                let values = cpuid::model(leaf, subleaf, |leaf, subleaf| {
+                if matches!(leaf, 1 | 0xd) {
+                    // The kernel keeps the guest's XCR0 as the CPU has it,
+                    // even after an XSETBV the CPU did not report.
+                    self.xsave.osxsave = self.osxsave()?;
+                    self.xsave.xcr0 =
+                        self.vcpu.read(Field::Xcr0 as u64).map_err(|e| failed("reading XCR0", e))?;
+                }
+                let values = cpuid::model(leaf, subleaf, self.xsave, |leaf, subleaf| {
                     let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
                     [r.eax, r.ebx, r.ecx, r.edx]
                 });
@@ -400,6 +418,7 @@ impl Machine {
                     self.inject_exception(13, Some(0))?;
                 }
             }
+            Exit::Xsetbv => self.xsetbv(exit.length)?,
             Exit::NestedPageFault => self.device_memory(exit)?,
             // The host one-shot ended (its edges are looked at below).
             Exit::Notification => self.armed = false,
@@ -521,6 +540,34 @@ impl Machine {
         if self.pic.pending().is_some() {
             self.request_window()?;
         }
+        Ok(())
+    }
+
+    /// The guest's CR4.OSXSAVE.
+    fn osxsave(&self) -> Result<bool, String> {
+        let cr4 = self.vcpu.read(Field::Cr4 as u64).map_err(|e| failed("reading CR4", e))?;
+        Ok(cr4 & CR4_OSXSAVE != 0)
+    }
+
+    /// XSETBV (Intel SDM vol. 2B): #UD unless CR4.OSXSAVE is set; #GP(0)
+    /// outside ring 0, for an XCR other than XCR0, or for a value XCR0
+    /// cannot hold; else the kernel loads the value whenever the guest runs.
+    fn xsetbv(&mut self, length: u64) -> Result<(), String> {
+        if !self.osxsave()? {
+            return self.inject_exception(6, None);
+        }
+        let ss = self
+            .vcpu
+            .read(segment_field(Segment::Ss, SegmentPart::Attributes))
+            .map_err(|e| failed("reading SS", e))?;
+        let value = self.register(Field::Rdx) << 32 | self.register(Field::Rax) & 0xffff_ffff;
+        let cpl = ss >> 5 & 3;
+        if cpl != 0 || !self.xsave.xsetbv_allowed(self.register(Field::Rcx) as u32, value) {
+            return self.inject_exception(13, Some(0));
+        }
+        self.vcpu.write(&[(Field::Xcr0 as u64, value)]).map_err(|e| failed("setting XCR0", e))?;
+        self.xsave.xcr0 = value;
+        self.advance(length);
         Ok(())
     }
 

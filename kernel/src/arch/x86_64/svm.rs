@@ -34,17 +34,33 @@ pub static AREAS: Once<HostAreas> = Once::new();
 /// `vmcb` is the VMCB's physical address; `registers` the guest's 16
 /// general registers in encoding order (the RAX and RSP words are not
 /// used: the VMCB has them); `fpu` its XSAVE area (64-byte aligned); `host_state`
-/// the physical address of the host's VMSAVE area.
+/// the physical address of the host's VMSAVE area. `xcr0` points at the
+/// guest's XCR0: VMRUN switches neither it nor the host's (`host_xcr0`;
+/// APM vol. 2 §15.5.1), so it is loaded just before VMRUN if it differs,
+/// and read back and the host's restored just after #VMEXIT: a guest
+/// XSETBV the CPU let through without an exit (QEMU 7.2's TCG does) is
+/// then the guest's, never the host's. The guest's FPU state is restored
+/// and saved under the host's XCR0, every component.
 ///
 /// # Safety
 /// SVM is on (EFER.SVME); interrupts are off; `vmcb` is a VMCB whose
 /// intercepts include VMRUN, INTR, NMI, SHUTDOWN, I/O and MSR accesses
-/// with all-ones permission maps; the pointers are valid and aligned.
+/// with all-ones permission maps; the pointers are valid and aligned;
+/// `*xcr0` is a value XSETBV accepts with the host's XCR0 in force.
 #[cfg(strata_baremetal)]
 #[unsafe(naked)]
-pub unsafe extern "sysv64" fn run(vmcb: u64, registers: *mut u64, fpu: *mut u8, host_state: u64) {
+pub unsafe extern "sysv64" fn run(
+    vmcb: u64,
+    registers: *mut u64,
+    fpu: *mut u8,
+    host_state: u64,
+    xcr0: *mut u64,
+    host_xcr0: u64,
+) {
     core::arch::naked_asm!(
         push_callee_saved!(),
+        "push r9",  // [rsp + 40]: the host's XCR0
+        "push r8",  // [rsp + 32]: the guest's XCR0 word
         "push rsi", // [rsp + 24]: the guest's registers
         "push rdi", // [rsp + 16]: the VMCB
         "push rcx", // [rsp + 8]: the host's VMSAVE area
@@ -53,7 +69,14 @@ pub unsafe extern "sysv64" fn run(vmcb: u64, registers: *mut u64, fpu: *mut u8, 
         "sti",
         "mov eax, -1", // every component XCR0 enables (EDX: XCR0 has no high bits)
         "xrstor64 [rdx]",
-        "mov rax, rcx",
+        "mov rax, [r8]",
+        "cmp rax, r9",
+        "je 2f",
+        "xor ecx, ecx",
+        "xor edx, edx",
+        "xsetbv",
+        "2:",
+        "mov rax, [rsp + 8]",
         "vmsave rax",
         "mov rax, rdi",
         "vmload rax",
@@ -79,6 +102,17 @@ pub unsafe extern "sysv64" fn run(vmcb: u64, registers: *mut u64, fpu: *mut u8, 
         "mov rax, [rsp + 8]",
         "vmload rax",
         "cli",
+        "xor ecx, ecx",
+        "xgetbv",
+        "mov rcx, [rsp + 32]",
+        "mov [rcx], rax",
+        "cmp rax, [rsp + 40]",
+        "je 3f",
+        "mov eax, [rsp + 40]",
+        "xor ecx, ecx",
+        "xor edx, edx",
+        "xsetbv",
+        "3:",
         "mov rcx, [rsp]",
         "mov eax, -1",
         "xsave64 [rcx]",
@@ -87,7 +121,7 @@ pub unsafe extern "sysv64" fn run(vmcb: u64, registers: *mut u64, fpu: *mut u8, 
         "mov dword ptr [rsp], 0x1f80",
         "ldmxcsr [rsp]",
         "stgi",
-        "add rsp, 32",
+        "add rsp, 48",
         pop_callee_saved_and_return!(),
     )
 }
@@ -97,4 +131,4 @@ pub unsafe extern "sysv64" fn run(vmcb: u64, registers: *mut u64, fpu: *mut u8, 
 /// # Safety
 /// None needed: it does nothing.
 #[cfg(not(strata_baremetal))]
-pub unsafe extern "sysv64" fn run(_vmcb: u64, _registers: *mut u64, _fpu: *mut u8, _host_state: u64) {}
+pub unsafe extern "sysv64" fn run(_: u64, _: *mut u64, _: *mut u8, _: u64, _: *mut u64, _: u64) {}

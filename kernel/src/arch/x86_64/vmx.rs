@@ -202,25 +202,47 @@ unsafe extern "C" {
 ///
 /// `state` is the VCPU's state page: the 16 general registers in encoding
 /// order (the RSP word unused: the VMCS has it) and, at byte 0xb0, CR2.
-/// `fpu` is the guest's XSAVE area (64-byte aligned); `launched` whether to VMRESUME.
+/// `fpu` is the guest's XSAVE area (64-byte aligned); `launched` whether to
+/// VMRESUME. `xcr0` points at the guest's XCR0: VM entry and exit switch
+/// neither it nor the host's (`host_xcr0`), so it is loaded (if it
+/// differs) after the guest's FPU state is restored, and read back and the
+/// host's restored before that state is saved, both under the host's XCR0
+/// (every component).
 ///
 /// # Safety
 /// VMX is on and the VMCS current, with valid host state (RIP `vmx_exit`);
-/// interrupts are off; the pointers are valid and aligned.
+/// interrupts are off; the pointers are valid and aligned; `*xcr0` is a
+/// value XSETBV accepts with the host's XCR0 in force.
 #[cfg(strata_baremetal)]
 #[unsafe(naked)]
-pub unsafe extern "sysv64" fn run(state: *mut u64, fpu: *mut u8, launched: u64) -> u64 {
+pub unsafe extern "sysv64" fn run(
+    state: *mut u64,
+    fpu: *mut u8,
+    launched: u64,
+    xcr0: *mut u64,
+    host_xcr0: u64,
+) -> u64 {
     core::arch::naked_asm!(
         push_callee_saved!(),
+        "push r8",  // [rsp + 24]: the host's XCR0
+        "push rcx", // [rsp + 16]: the guest's XCR0 word
         "push rdi", // [rsp + 8]: the state page
         "push rsi", // [rsp]: the FPU image
+        "mov r12, rdx", // launched (R12 was saved; the guest's is loaded after the test)
         "mov eax, -1", // every component XCR0 enables (EDX: XCR0 has no high bits)
         "xrstor64 [rsi]",
+        "mov rax, [rcx]",
+        "cmp rax, r8",
+        "je 1f",
+        "xor ecx, ecx",
+        "xor edx, edx",
+        "xsetbv",
+        "1:",
         "mov rax, [rdi + 0xb0]",
         "mov cr2, rax",
         "mov rax, {host_rsp}",
         "vmwrite rax, rsp",
-        "test rdx, rdx",
+        "test r12, r12",
         "mov rax, [rdi]",
         "mov rcx, [rdi + 8]",
         "mov rdx, [rdi + 16]",
@@ -259,8 +281,19 @@ pub unsafe extern "sysv64" fn run(state: *mut u64, fpu: *mut u8, launched: u64) 
         "mov [rax + 0xb0], rcx",
         "xor eax, eax",
         "6:",
-        "mov rcx, [rsp]",
         "mov r8, rax",
+        "xor ecx, ecx",
+        "xgetbv",
+        "mov rcx, [rsp + 16]",
+        "mov [rcx], rax",
+        "cmp rax, [rsp + 24]",
+        "je 7f",
+        "mov eax, [rsp + 24]",
+        "xor ecx, ecx",
+        "xor edx, edx",
+        "xsetbv",
+        "7:",
+        "mov rcx, [rsp]",
         "mov eax, -1",
         "xsave64 [rcx]",
         "mov rax, r8",
@@ -268,7 +301,7 @@ pub unsafe extern "sysv64" fn run(state: *mut u64, fpu: *mut u8, launched: u64) 
         "fninit",
         "push 0x1f80",
         "ldmxcsr [rsp]",
-        "add rsp, 24",
+        "add rsp, 40",
         pop_callee_saved_and_return!(),
         host_rsp = const field::HOST_RSP,
     )
@@ -279,7 +312,7 @@ pub unsafe extern "sysv64" fn run(state: *mut u64, fpu: *mut u8, launched: u64) 
 /// # Safety
 /// None needed: it does nothing.
 #[cfg(not(strata_baremetal))]
-pub unsafe extern "sysv64" fn run(_state: *mut u64, _fpu: *mut u8, _launched: u64) -> u64 {
+pub unsafe extern "sysv64" fn run(_: *mut u64, _: *mut u8, _: u64, _: *mut u64, _: u64) -> u64 {
     0
 }
 

@@ -568,6 +568,8 @@ extern "C" fn guest_main() -> ! {
         format_args!("mask of changed registers {fpu_mismatches:#x}"),
     );
 
+    xsave_and_avx(&mut checks);
+
     // Breakpoint addresses stay put across exits (DR7 leaves them disabled).
     // They are left set: the next guest, on another VCPU, must not see them.
     let written = [0x1000u64, 0x2000, 0x3000, 0x4000];
@@ -584,6 +586,105 @@ extern "C" fn guest_main() -> ! {
         // SAFETY: halting with interrupts off ends the guest for the VMM.
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
     }
+}
+
+/// XSAVE and AVX as an OS turns them on: offered by CPUID; XSETBV is #UD
+/// until CR4.OSXSAVE is set, then loads XCR0 (through the VMM) and refuses
+/// AVX without SSE with #GP(0); the XSAVE size follows XCR0; and YMM state
+/// survives exits.
+fn xsave_and_avx(checks: &mut Checks) {
+    const XSAVE: u32 = 1 << 26;
+    const OSXSAVE: u32 = 1 << 27;
+    const AVX: u32 = 1 << 28;
+    let offered = cpuid(1)[2];
+    let early = expect_exception!("xor ecx, ecx", "mov eax, 7", "xor edx, edx", "xsetbv",);
+    // SAFETY: CR4.OSXSAVE may be set: CPUID offers XSAVE (checked below
+    // before anything depends on it).
+    unsafe {
+        asm!("mov {t}, cr4", "or {t}, {bit}", "mov cr4, {t}", t = out(reg) _, bit = const 1 << 18, options(nostack))
+    };
+    let enabled = cpuid(1)[2];
+    let refused = expect_exception!("xor ecx, ecx", "mov eax, 5", "xor edx, edx", "xsetbv",);
+    let avx = core::arch::x86_64::__cpuid_count(0xd, 2);
+    let xcr0 = |value: u64| {
+        // SAFETY: XSETBV with a value CPUID allows (x87, SSE, AVX); XGETBV
+        // reads it back (CR4.OSXSAVE is set).
+        unsafe {
+            asm!("xsetbv", in("ecx") 0, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack));
+            core::arch::x86_64::_xgetbv(0)
+        }
+    };
+    let sse_only = (xcr0(0b011), cpuid(0xd)[1]);
+    let with_avx = (xcr0(0b111), cpuid(0xd)[1]);
+    checks.check(
+        "xsave-offered",
+        offered & (XSAVE | AVX | OSXSAVE) == XSAVE | AVX && enabled & OSXSAVE != 0,
+        format_args!("leaf 1 ECX {offered:#x}, then {enabled:#x} with CR4.OSXSAVE"),
+    );
+    checks.check(
+        "xsetbv",
+        early.0 == 1 && early.1 == 6 && refused == (1, 13, 0),
+        format_args!(
+            "before OSXSAVE: {early:?} (#UD expected); AVX without SSE: {refused:?} (#GP(0) expected)"
+        ),
+    );
+    let full = avx.ebx + avx.eax;
+    checks.check(
+        "xcr0-and-xsave-size",
+        sse_only == (0b011, 576) && with_avx == (0b111, full),
+        format_args!("(XCR0, size) {sse_only:?} then {with_avx:?}; expected (3, 576), (7, {full})"),
+    );
+    let ymm = avx_survives_exits();
+    checks.check("avx-across-exits", ymm == 0, format_args!("mask of changed YMM registers {ymm:#x}"));
+}
+
+/// Room for the sixteen YMM registers, aligned for AVX memory operands.
+#[repr(C, align(32))]
+struct Ymm([u64; 64]);
+
+/// Fills YMM0–YMM15 with known values, makes 64 exits (CPUID and port
+/// I/O), stores them, and returns a bit per register that changed.
+fn avx_survives_exits() -> u32 {
+    let patterns =
+        Ymm(core::array::from_fn(|i| 0x0303_0303_0303_0303u64.wrapping_mul(i as u64 + 5) ^ 0xc3c3_0000_3c3c));
+    let mut after = Ymm([0; 64]);
+    // SAFETY: AVX is on (CR4.OSXSAVE and XCR0 bits 1-2: the caller set
+    // them); everything the block touches is declared: the vector
+    // registers (their upper halves cleared with VZEROUPPER) and the
+    // registers CPUID and OUT use.
+    unsafe {
+        asm!(
+            "vmovdqa ymm0, [{p}]", "vmovdqa ymm1, [{p} + 32]", "vmovdqa ymm2, [{p} + 64]", "vmovdqa ymm3, [{p} + 96]",
+            "vmovdqa ymm4, [{p} + 128]", "vmovdqa ymm5, [{p} + 160]", "vmovdqa ymm6, [{p} + 192]", "vmovdqa ymm7, [{p} + 224]",
+            "vmovdqa ymm8, [{p} + 256]", "vmovdqa ymm9, [{p} + 288]", "vmovdqa ymm10, [{p} + 320]", "vmovdqa ymm11, [{p} + 352]",
+            "vmovdqa ymm12, [{p} + 384]", "vmovdqa ymm13, [{p} + 416]", "vmovdqa ymm14, [{p} + 448]", "vmovdqa ymm15, [{p} + 480]",
+            "mov {n:e}, 32",
+            "3:",
+            "push rbx",
+            "mov eax, 1",
+            "cpuid",
+            "pop rbx",
+            "mov dx, 0x3ff",
+            "mov al, 0x3c",
+            "out dx, al",
+            "dec {n:e}",
+            "jnz 3b",
+            "vmovdqa [{a}], ymm0", "vmovdqa [{a} + 32], ymm1", "vmovdqa [{a} + 64], ymm2", "vmovdqa [{a} + 96], ymm3",
+            "vmovdqa [{a} + 128], ymm4", "vmovdqa [{a} + 160], ymm5", "vmovdqa [{a} + 192], ymm6", "vmovdqa [{a} + 224], ymm7",
+            "vmovdqa [{a} + 256], ymm8", "vmovdqa [{a} + 288], ymm9", "vmovdqa [{a} + 320], ymm10", "vmovdqa [{a} + 352], ymm11",
+            "vmovdqa [{a} + 384], ymm12", "vmovdqa [{a} + 416], ymm13", "vmovdqa [{a} + 448], ymm14", "vmovdqa [{a} + 480], ymm15",
+            "vzeroupper",
+            p = in(reg) patterns.0.as_ptr(),
+            a = in(reg) after.0.as_mut_ptr(),
+            n = out(reg) _,
+            out("eax") _, out("ecx") _, out("edx") _,
+            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+            out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _, out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+        );
+    }
+    (0..16)
+        .filter(|&i| after.0[4 * i..4 * i + 4] != patterns.0[4 * i..4 * i + 4])
+        .fold(0, |mask, i| mask | 1 << i)
 }
 
 /// Writes DR0–DR3, makes exits (CPUID), and reads them back.

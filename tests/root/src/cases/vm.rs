@@ -16,6 +16,7 @@ pub(super) fn run(suite: &mut Suite) {
     suite.case("user.vm_exit_restores_gdt", vm_exit_restores_gdt);
     suite.case("user.vm_host_interrupts", vm_host_interrupts);
     suite.case("user.vm_enter_ends_on_signal", vm_enter_ends_on_signal);
+    suite.case("user.vm_guest_xcr0", vm_guest_xcr0);
 }
 
 static SIGNAL_TO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -83,6 +84,60 @@ fn signalled_entries(notification: CPtr) -> Outcome {
         return Err(detail!("after the signals: {exit:?}, RBX {:#x}", after[Field::Rbx as usize]));
     }
     Ok(detail!("pending signal 0x11 ended VmEnter at once; 0x20 from another thread ended a spinning guest"))
+}
+
+/// A guest's XSETBV is the guest's alone: XCR0 is the VCPU's (reset value
+/// 1, then what the guest set) and the host's is back after the exit, so
+/// the VMM's AVX state still works and survives. The XSETBV exits where the
+/// CPU intercepts it (Bochs, hardware: the VMM writes the field) and runs
+/// in the guest where it does not (QEMU 7.2's TCG): the kernel keeps the
+/// guest's XCR0 either way.
+fn vm_guest_xcr0() -> Outcome {
+    avx_usable()?;
+    let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
+    // At 0x4000, in real mode: xsetbv; cpuid; hlt.
+    ram.bytes()[0x4000..0x4006].copy_from_slice(&[0x0f, 0x01, 0xd1, 0x0f, 0xa2, 0xf4]);
+    let cs = |part| segment_field(Segment::Cs, part);
+    vcpu.write(&[
+        (cs(SegmentPart::Selector), 0),
+        (cs(SegmentPart::Base), 0),
+        (Field::Cr4 as u64, 1 << 18),
+        (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
+    ])
+    .map_err(|e| detail!("state: {e}"))?;
+    let reset = vcpu.read(Field::Xcr0 as u64).map_err(|e| detail!("XCR0: {e}"))?;
+    let mut registers = [0u64; REGISTER_BLOCK_WORDS];
+    registers[Field::Rip as usize] = 0x4000;
+    registers[Field::Rflags as usize] = 2;
+    registers[Field::Rax as usize] = 0b011;
+    let (mut exit, mut after) = enter(&registers)?;
+    let intercepted = exit.reason == Exit::Xsetbv;
+    if intercepted {
+        vcpu.write(&[(Field::Xcr0 as u64, after[Field::Rax as usize])]).map_err(|e| detail!("XCR0: {e}"))?;
+        after[Field::Rip as usize] += exit.length;
+        (exit, after) = enter(&after)?;
+    }
+    if exit.reason != Exit::Cpuid || after[Field::Rip as usize] != 0x4003 {
+        return Err(detail!("expected CPUID after XSETBV: {exit:?} at {:#x}", after[Field::Rip as usize]));
+    }
+    let guest = vcpu.read(Field::Xcr0 as u64).map_err(|e| detail!("XCR0: {e}"))?;
+    // The host's XCR0 is back: AVX works here, and keeps its state.
+    avx_usable()?;
+    let seen = syscall_keeping_ymm6(strata_abi::syscall::Syscall::Yield, 0, YMM_MINE);
+    if (reset, guest, seen) != (1, 0b011, YMM_MINE) {
+        return Err(detail!(
+            "XCR0 {reset:#x} at reset, {guest:#x} after the guest's XSETBV (3 expected); ymm6 {seen:x?}"
+        ));
+    }
+    after[Field::Rip as usize] += exit.length;
+    let (exit, _) = enter(&after)?;
+    if exit.reason != Exit::Hlt {
+        return Err(detail!("expected HLT: {exit:?}"));
+    }
+    Ok(detail!(
+        "guest XCR0 1 -> 3 (XSETBV {}); host AVX intact",
+        if intercepted { "exited" } else { "ran in the guest" }
+    ))
 }
 
 /// RFLAGS for a guest that host interrupts must stop: IF set. Bochs 2.7
