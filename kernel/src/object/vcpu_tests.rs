@@ -172,7 +172,8 @@ fn bad_state_is_refused_and_nothing_of_the_request_is_written() {
         assert_eq!(write(&[Field::ActivityState as u64, 1]), bad(1));
         assert_eq!(write(&[Field::Sfmask as u64, 1 << 32]), bad(1), "SFMASK reserved half");
         assert_eq!(write(&[Field::SysenterCs as u64, 1 << 32]), bad(1));
-        assert_eq!(write(&[42, 0]), bad(0), "no field 42");
+        assert_eq!(write(&[43, 0]), bad(0), "no field 43");
+        assert_eq!(write(&[Field::Xcr0 as u64, 0]), bad(1), "XCR0 without x87");
         assert_eq!(write(&[vcpu::FIELD_LIMIT, 0]), bad(0));
         assert_eq!(write(&[rip]), Err(InvocationError::TruncatedMessage { needed: 2 }));
         // A valid pair before an invalid one is not written either.
