@@ -104,8 +104,9 @@ pub fn start(responses: BootResponses) -> Kernel {
     log::info!("command line: \"{cmdline_text}\"");
     match fpu {
         Ok(xcr0) => log::info!(
-            "FPU state switched with XSAVE: XCR0 {xcr0:#x} (x87, SSE{})",
-            ["", ", AVX"][xcr0 as usize >> 2 & 1]
+            "FPU state switched with XSAVE: XCR0 {xcr0:#x} (x87, SSE{}{})",
+            ["", ", AVX"][xcr0 as usize >> 2 & 1],
+            ["", ", PKRU"][xcr0 as usize >> 9 & 1]
         ),
         Err(reason) => cannot_start(format_args!("{reason}")),
     }

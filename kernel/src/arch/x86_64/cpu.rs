@@ -4,12 +4,14 @@
 /// of every component [`enable_fpu`] turns on.
 pub const FPU_AREA_BYTES: u32 = 0xe00;
 
-/// XCR0 bits: x87, SSE and AVX state (Intel SDM vol. 1 §13.1).
-const XCR0_X87_SSE_AVX: u64 = 0b111;
+/// XCR0 bits: x87, SSE and AVX state, and PKRU (Intel SDM vol. 1 §13.1).
+/// PKRU is in so that XSAVE switches it: a guest may turn on CR4.PKE and
+/// write it, and the next guest to run must not read it.
+const XCR0_WANTED: u64 = 0b111 | 1 << 9;
 
 /// Enables the FPU for the kernel's own SSE use and for user threads and
 /// guests: clears CR0.EM and CR0.TS, sets CR4.OSFXSR, CR4.OSXMMEXCPT and
-/// CR4.OSXSAVE, and XCR0 to x87, SSE and AVX where the CPU has AVX (SDM
+/// CR4.OSXSAVE, and XCR0 to x87, SSE, and AVX and PKRU where the CPU has them (SDM
 /// vol. 1 §13.3, vol. 3A §2.6). The entry stubs switch state with XSAVE and
 /// XRSTOR, so the CPU must have them (CPUID.01H:ECX bit 26), and their
 /// image must fit an FPU area. Returns XCR0.
@@ -29,12 +31,12 @@ pub fn enable_fpu() -> Result<u64, &'static str> {
                 - Cr0::CR0_TASK_SWITCHED,
         );
         cr4_write(cr4() | Cr4::CR4_ENABLE_SSE | Cr4::CR4_UNMASKED_SSE | Cr4::CR4_ENABLE_OS_XSAVE);
-        let xcr0 = u64::from(core::arch::x86_64::__cpuid_count(0xd, 0).eax) & XCR0_X87_SSE_AVX;
+        let xcr0 = u64::from(core::arch::x86_64::__cpuid_count(0xd, 0).eax) & XCR0_WANTED;
         xcr0_write(x86::controlregs::Xcr0::from_bits_truncate(xcr0));
     }
     // With XCR0 set, EBX is the size of the image it makes.
     if core::arch::x86_64::__cpuid_count(0xd, 0).ebx > FPU_AREA_BYTES {
-        return Err("the XSAVE image of x87, SSE and AVX state is larger than a thread's FPU area");
+        return Err("the XSAVE image of x87, SSE, AVX and PKRU state is larger than a thread's FPU area");
     }
     // SAFETY: reading XCR0 has no side effects (CR4.OSXSAVE is set).
     Ok(unsafe { x86::controlregs::xcr0() }.bits())

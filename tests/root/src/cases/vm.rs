@@ -17,6 +17,7 @@ pub(super) fn run(suite: &mut Suite) {
     suite.case("user.vm_host_interrupts", vm_host_interrupts);
     suite.case("user.vm_enter_ends_on_signal", vm_enter_ends_on_signal);
     suite.case("user.vm_guest_xcr0", vm_guest_xcr0);
+    suite.case("user.vm_pkru_is_the_guests", vm_pkru_is_the_guests);
 }
 
 static SIGNAL_TO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -138,6 +139,46 @@ fn vm_guest_xcr0() -> Outcome {
         "guest XCR0 1 -> 3 (XSETBV {}); host AVX intact",
         if intercepted { "exited" } else { "ran in the guest" }
     ))
+}
+
+/// A real-mode guest on a new VCPU with CR4.PKE set, running `code` at
+/// 0x5000 with RAX `rax` (RCX and RDX 0) to its HLT; returns RAX then.
+fn pkru_guest(code: &[u8], rax: u64) -> Result<u64, Detail> {
+    let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
+    ram.bytes()[0x5000..0x5000 + code.len()].copy_from_slice(code);
+    let cs = |part| segment_field(Segment::Cs, part);
+    vcpu.write(&[
+        (cs(SegmentPart::Selector), 0),
+        (cs(SegmentPart::Base), 0),
+        (Field::Cr4 as u64, 1 << 22),
+        (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
+    ])
+    .map_err(|e| detail!("state: {e}"))?;
+    let mut registers = [0u64; REGISTER_BLOCK_WORDS];
+    registers[Field::Rip as usize] = 0x5000;
+    registers[Field::Rflags as usize] = 2;
+    registers[Field::Rax as usize] = rax;
+    let (exit, after) = enter(&registers)?;
+    if exit.reason != Exit::Hlt {
+        return Err(detail!("expected HLT: {exit:?} at {:#x}", after[Field::Rip as usize]));
+    }
+    Ok(after[Field::Rax as usize])
+}
+
+/// PKRU, which a guest can write once it sets CR4.PKE, is switched with
+/// its FPU state: a guest on another VCPU (another tenant's, say) reads
+/// its own, not the last guest's.
+fn vm_pkru_is_the_guests() -> Outcome {
+    if core::arch::x86_64::__cpuid_count(7, 0).ecx & 1 << 3 == 0 {
+        return Ok(detail!("the CPU has no protection keys (CPUID.07H:ECX.PKU): no PKRU to keep apart"));
+    }
+    // wrpkru; hlt — then rdpkru; hlt on a fresh VCPU.
+    pkru_guest(&[0x0f, 0x01, 0xef, 0xf4], 0x5555_0000)?;
+    let seen = pkru_guest(&[0x0f, 0x01, 0xee, 0xf4], 0)?;
+    if seen != 0 {
+        return Err(detail!("a new guest read PKRU {seen:#x}: the last guest's"));
+    }
+    Ok(detail!("one guest wrote PKRU 0x55550000; the next read 0"))
 }
 
 /// RFLAGS for a guest that host interrupts must stop: IF set. Bochs 2.7
