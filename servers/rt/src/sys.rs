@@ -172,25 +172,42 @@ pub fn fill_frame(frame: u64, bytes: &[u8; 4096]) -> Result<(), InvocationError>
 pub const GUEST_RAM_BASE: u64 = strata_abi::bootinfo::layout::GUEST_RAM_ADDRESS;
 /// How many windows there are.
 pub const GUEST_RAM_WINDOWS: u64 = 64;
-/// The next free window.
-static NEXT_WINDOW: AtomicU64 = AtomicU64::new(0);
+/// The windows in use, a bit each.
+static WINDOWS: AtomicU64 = AtomicU64::new(0);
 
-/// Claims a fresh 1 GiB window for guest RAM; `None` when all are taken.
+/// Claims a free 1 GiB window for guest RAM; `None` when all are taken.
 pub(crate) fn claim_guest_window() -> Option<u64> {
-    let n = NEXT_WINDOW.fetch_add(1, Ordering::Relaxed);
-    (n < GUEST_RAM_WINDOWS).then(|| GUEST_RAM_BASE + (n << 30))
+    let mut taken = WINDOWS.load(Ordering::Relaxed);
+    loop {
+        let n = u64::from((!taken).trailing_zeros());
+        if n >= GUEST_RAM_WINDOWS {
+            return None;
+        }
+        match WINDOWS.compare_exchange(taken, taken | 1 << n, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(GUEST_RAM_BASE + (n << 30)),
+            Err(now) => taken = now,
+        }
+    }
+}
+
+/// Gives back a window whose mappings are gone (its `GuestRam` released).
+pub(crate) fn release_guest_window(window: u64) {
+    let n = (window - GUEST_RAM_BASE) >> 30;
+    WINDOWS.fetch_and(!(1 << n), Ordering::Relaxed);
 }
 
 /// The bytes at `window..window + size`, which the caller has mapped
 /// read-write in this task's address space.
 ///
 /// Only [`crate::vm::GuestRam`] calls this, once per window it claimed
-/// with [`claim_guest_window`] and mapped in full, so the slice is the only
-/// reference to that memory in this program (the guest, which shares the
-/// frames, runs only while its VMM is in `VmEnter`).
+/// with [`claim_guest_window`] and mapped in full, and keeps the slice
+/// private (lent out only for as long as the `GuestRam` is borrowed), so it
+/// is the only reference to that memory in this program (the guest, which
+/// shares the frames, runs only while its VMM is in `VmEnter`). The
+/// mappings go only when `Guest::release` consumes the `GuestRam`.
 pub(crate) fn guest_window(window: u64, size: u64) -> &'static mut [u8] {
     // SAFETY: per the contract above: mapped, read-write, exclusive,
-    // `size` bytes long, and never unmapped while the program runs.
+    // `size` bytes long, and unmapped only once the `GuestRam` is gone.
     unsafe { core::slice::from_raw_parts_mut(window as *mut u8, size as usize) }
 }
 
@@ -283,4 +300,21 @@ macro_rules! entry {
             $main()
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_windows_are_claimed_lowest_first_and_given_back() {
+        let first = claim_guest_window();
+        assert_eq!(first, Some(GUEST_RAM_BASE));
+        assert_eq!(claim_guest_window(), Some(GUEST_RAM_BASE + (1 << 30)));
+        release_guest_window(GUEST_RAM_BASE);
+        assert_eq!(claim_guest_window(), first, "the freed window is used again");
+        let rest: Vec<_> = core::iter::from_fn(claim_guest_window).collect();
+        assert_eq!(rest.len() as u64, GUEST_RAM_WINDOWS - 2, "every window, then none");
+        assert_eq!(rest.last(), Some(&(GUEST_RAM_BASE + ((GUEST_RAM_WINDOWS - 1) << 30))));
+    }
 }

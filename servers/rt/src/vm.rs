@@ -8,8 +8,8 @@ use strata_abi::object::Rights;
 use strata_abi::syscall::Syscall;
 use strata_abi::vcpu::{self, Exit, RegisterBlock};
 
-use crate::cap::{AsidPool, Cap, Frame, GuestSpace, PageTable, Tcb, Vcpu};
-use crate::{call, sys};
+use crate::cap::{AsidPool, Cap, Frame, GuestSpace, PageTable, Tcb, Untyped, Vcpu};
+use crate::{CPtr, call, sys};
 
 impl Cap<Vcpu> {
     /// Binds the VCPU to `thread`: that thread's [`enter`] runs it.
@@ -124,11 +124,103 @@ impl core::fmt::Display for GuestRamError {
     }
 }
 
+/// The largest RAM a guest made in [`GuestMemory`] can have: its
+/// capabilities are recorded to be given back, two per 2 MiB frame.
+pub const MAX_RELEASABLE_RAM: u64 = 64 << 20;
+
+/// A 2 MiB frame.
+const LARGE: u64 = 2 << 20;
+
+/// The capabilities a guest's objects were made into: the GuestSpace, the
+/// VCPU, four page tables, and two per frame of RAM.
+type GuestSlots = heapless::Vec<CPtr, { 6 + 2 * (MAX_RELEASABLE_RAM / LARGE) as usize }>;
+
+/// Where a guest's objects come from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The task's Untypeds, for good.
+    Task,
+    /// A [`GuestMemory`], given back by [`Guest::release`].
+    Reusable(GuestMemory),
+}
+
+impl Source {
+    fn retype(self, kind: strata_abi::object::ObjectType, large: bool) -> Result<CPtr, InvocationError> {
+        match self {
+            Self::Task => crate::root::retype(kind, 0),
+            Self::Reusable(memory) => if large { memory.ram } else { memory.objects }.retype_type(kind, 0),
+        }
+    }
+}
+
+/// Memory for one guest at a time, used again for each: two Untypeds of
+/// the task's own, one the guest's RAM is made from (its size) and one for
+/// its VCPU, GuestSpace and page tables (64 KiB). [`Guest::release`] resets
+/// both, which deletes every object of the guest, its mappings in the
+/// GuestSpace and in this task, and the capabilities to them.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestMemory {
+    ram: Cap<Untyped>,
+    objects: Cap<Untyped>,
+    ram_size: u64,
+}
+
+impl GuestMemory {
+    /// Untyped memory for the small objects of a guest.
+    const OBJECTS_BITS: u64 = 16;
+
+    /// Makes the two Untypeds from the task's, for guests of `ram_size`
+    /// bytes of RAM (a power of two, 2 MiB to [`MAX_RELEASABLE_RAM`]).
+    pub fn new(ram_size: u64) -> Result<Self, GuestRamError> {
+        use strata_abi::object::ObjectType;
+        let step = |what: &'static str| move |error| GuestRamError { step: what, error };
+        if !ram_size.is_power_of_two() || !(LARGE..=MAX_RELEASABLE_RAM).contains(&ram_size) {
+            return Err(step("checking the size")(InvocationError::InvalidArgument { index: 0 }));
+        }
+        let untyped = |bits| {
+            crate::root::retype(ObjectType::Untyped, bits)
+                .map(Cap::<Untyped>::from_raw)
+                .map_err(step("making guest memory"))
+        };
+        // What every guest's window needs first, while the task has memory.
+        window_pdpt().map_err(step("mapping a PDPT for the window"))?;
+        // The small one first: Untypeds are used from a watermark up, and
+        // the large one's alignment would leave the memory below it unused.
+        let objects = untyped(Self::OBJECTS_BITS)?;
+        let ram = untyped(u64::from(ram_size.trailing_zeros()))?;
+        Ok(Self { ram, objects, ram_size })
+    }
+}
+
 /// Guest RAM: frames mapped both at guest-physical 0 in a GuestSpace and in
 /// this task, so the VMM can load images and emulate devices that access
 /// guest memory. At most 1 GiB, in 2 MiB frames.
 pub struct GuestRam {
     bytes: &'static mut [u8],
+    window: u64,
+    slots: GuestSlots,
+}
+
+/// Whether the page-directory-pointer table covering the guest RAM
+/// windows is in this task's address space.
+static WINDOW_PDPT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Makes sure the page-directory-pointer table covering every guest RAM
+/// window (they share 512 GiB) is in this task's address space: made once,
+/// from the task's Untypeds, and kept for good.
+fn window_pdpt() -> Result<(), InvocationError> {
+    use core::sync::atomic::Ordering;
+    if WINDOW_PDPT.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let pdpt: Cap<PageTable> = Cap::from_raw(crate::root::retype(strata_abi::object::ObjectType::Pdpt, 0)?);
+    match pdpt.map(crate::cap::own::VSPACE, sys::GUEST_RAM_BASE) {
+        Ok(()) | Err(InvocationError::DeleteFirst) => {
+            WINDOW_PDPT.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
 }
 
 impl GuestRam {
@@ -136,46 +228,64 @@ impl GuestRam {
     /// the task's Untypeds and maps them at guest-physical 0 in `space`,
     /// which must have an ASID and nothing mapped below 1 GiB.
     pub fn new(space: Cap<GuestSpace>, size: u64) -> Result<Self, GuestRamError> {
+        Self::make(space, size, Source::Task)
+    }
+
+    fn make(space: Cap<GuestSpace>, size: u64, source: Source) -> Result<Self, GuestRamError> {
         use strata_abi::object::{ObjectType, VmAttributes};
-        const LARGE: u64 = 2 << 20;
         let step = |what: &'static str| move |error| GuestRamError { step: what, error };
-        if size == 0 || !size.is_multiple_of(LARGE) || size > 1 << 30 {
+        let limit = match source {
+            Source::Task => 1 << 30,
+            Source::Reusable(memory) => memory.ram_size,
+        };
+        if size == 0 || !size.is_multiple_of(LARGE) || size > limit {
             return Err(step("checking the size")(InvocationError::InvalidArgument { index: 1 }));
         }
         let window = sys::claim_guest_window()
             .ok_or(InvocationError::NotEnoughMemory { available: 0 })
             .map_err(step("claiming an address range"))?;
-        let table = |kind: ObjectType| {
-            crate::root::retype(kind, 0).map(Cap::<PageTable>::from_raw).map_err(step("making a page table"))
+        let mut ram = Self { bytes: &mut [], window, slots: GuestSlots::new() };
+        // Recorded only for a reusable source (bounded by its RAM size).
+        let mut record = |slot: CPtr| {
+            if let Source::Reusable(_) = source {
+                let _ = ram.slots.push(slot);
+            }
+            slot
         };
-        // This task: a PDPT (shared by every window under the same 512 GiB) and a directory.
-        match table(ObjectType::Pdpt)?.map(crate::cap::own::VSPACE, window) {
-            Ok(()) | Err(InvocationError::DeleteFirst) => {}
-            Err(error) => return Err(step("mapping a PDPT for the window")(error)),
-        }
-        table(ObjectType::PageDirectory)?
+        let table = |kind: ObjectType, record: &mut dyn FnMut(CPtr) -> CPtr| {
+            source
+                .retype(kind, false)
+                .map(|slot| Cap::<PageTable>::from_raw(record(slot)))
+                .map_err(step("making a page table"))
+        };
+        // This task: one PDPT for every window, and a directory per window.
+        window_pdpt().map_err(step("mapping a PDPT for the window"))?;
+        table(ObjectType::PageDirectory, &mut record)?
             .map(crate::cap::own::VSPACE, window)
             .map_err(step("mapping a page directory for the window"))?;
-        table(ObjectType::Pdpt)?.map_guest(space, 0).map_err(step("mapping the guest's PDPT"))?;
-        table(ObjectType::PageDirectory)?
+        table(ObjectType::Pdpt, &mut record)?
+            .map_guest(space, 0)
+            .map_err(step("mapping the guest's PDPT"))?;
+        table(ObjectType::PageDirectory, &mut record)?
             .map_guest(space, 0)
             .map_err(step("mapping the guest's page directory"))?;
         let read_write = Rights::READ | Rights::WRITE;
         for offset in (0..size).step_by(LARGE as usize) {
-            let frame: Cap<Frame> = Cap::from_raw(
-                crate::root::retype(ObjectType::Frame2M, 0).map_err(step("making a 2 MiB frame"))?,
-            );
+            let frame: Cap<Frame> = Cap::from_raw(record(
+                source.retype(ObjectType::Frame2M, true).map_err(step("making a 2 MiB frame"))?,
+            ));
             frame
                 .map(crate::cap::own::VSPACE, window + offset, read_write, 0)
                 .map_err(step("mapping RAM in the VMM"))?;
             // The guest's own page tables decide what it may execute.
-            let copy: Cap<Frame> = Cap::from_raw(
+            let copy: Cap<Frame> = Cap::from_raw(record(
                 crate::root::mint(frame.raw(), Rights::all(), 0).map_err(step("copying a frame cap"))?,
-            );
+            ));
             copy.map_guest(space, offset, read_write, VmAttributes::EXECUTABLE.bits())
                 .map_err(step("mapping RAM in the guest"))?;
         }
-        Ok(Self { bytes: sys::guest_window(window, size) })
+        ram.bytes = sys::guest_window(window, size);
+        Ok(ram)
     }
 
     /// The RAM, guest-physical `0..len`.
@@ -197,17 +307,48 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// Makes a guest with `ram` bytes of RAM (see [`GuestRam::new`]).
+    /// Makes a guest with `ram` bytes of RAM (see [`GuestRam::new`]) from
+    /// the task's Untypeds, for good.
     pub fn new(ram: u64) -> Result<Self, GuestRamError> {
+        Self::make(ram, Source::Task)
+    }
+
+    /// Makes a guest with `ram` bytes of RAM (at most `memory`'s size)
+    /// from `memory`, which must not hold another guest: [`Self::release`]
+    /// gives it back for the next.
+    pub fn new_in(memory: GuestMemory, ram: u64) -> Result<Self, GuestRamError> {
+        Self::make(ram, Source::Reusable(memory))
+    }
+
+    fn make(ram: u64, source: Source) -> Result<Self, GuestRamError> {
         use strata_abi::object::ObjectType;
         let step = |what: &'static str| move |error| GuestRamError { step: what, error };
-        let make = |kind| crate::root::retype(kind, 0).map_err(step("making guest objects"));
+        let make = |kind| source.retype(kind, false).map_err(step("making guest objects"));
         let space: Cap<GuestSpace> = Cap::from_raw(make(ObjectType::GuestSpace)?);
         crate::cap::own::ASID_POOL.assign_guest(space).map_err(step("assigning an ASID"))?;
-        let ram = GuestRam::new(space, ram)?;
+        let mut ram = GuestRam::make(space, ram, source)?;
         let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu)?);
+        if let Source::Reusable(_) = source {
+            // Room for both is part of `GuestSlots`.
+            let _ = ram.slots.push(space.raw());
+            let _ = ram.slots.push(vcpu.raw());
+        }
         vcpu.set_tcb(crate::cap::own::TCB).map_err(step("binding the VCPU"))?;
         vcpu.set_space(space).map_err(step("setting the GuestSpace"))?;
         Ok(Self { space, ram, vcpu })
+    }
+
+    /// Deletes the guest made by [`Self::new_in`] from `memory`: every
+    /// object of it (VCPU, GuestSpace, tables, RAM) and every capability
+    /// to them, its mappings here and in the GuestSpace, and its address
+    /// range here; `memory` is then empty, for the next guest.
+    pub fn release(self, memory: GuestMemory) -> Result<(), InvocationError> {
+        memory.objects.reset()?;
+        memory.ram.reset()?;
+        for &slot in &self.ram.slots {
+            crate::slots::free(slot);
+        }
+        sys::release_guest_window(self.ram.window);
+        Ok(())
     }
 }

@@ -9,7 +9,7 @@ use alloc::string::String;
 use strata_abi::error::InvocationError;
 use strata_abi::object::ObjectType;
 use strata_abi::vcpu::{Exit, Field, Segment, SegmentPart, io, segment_field};
-use strata_rt::cap::{Cap, Vcpu};
+use strata_rt::cap::{Cap, GuestSpace, Vcpu};
 use strata_rt::vm::{self, GuestRam, VmExit};
 use strata_vmm::memory::{GuestMemory, Paging};
 use strata_vmm::pic::Pic;
@@ -126,6 +126,14 @@ fn main() -> ! {
             ))
         })
         .ok();
+    // One guest at a time, each in the same memory.
+    let memory = match vm::GuestMemory::new(RAM_SIZE) {
+        Ok(memory) => memory,
+        Err(e) => {
+            log_line(&format!("vmm: no memory for guests: {e}"));
+            strata_rt::parent::exit(1)
+        }
+    };
     let mut guests = 0;
     let mut started = 0;
     let mut index = 0;
@@ -137,10 +145,15 @@ fn main() -> ! {
             continue;
         }
         guests += 1;
-        let outcome = match Machine::new(name, image, timer) {
+        let outcome = match Machine::new(name, image, timer, memory) {
             Ok(mut machine) => {
                 started += 1;
-                machine.run()
+                let outcome = machine.run();
+                if let Err(why) = machine.release(memory) {
+                    log_line(&format!("vmm: {name}: {outcome}; then {why}"));
+                    strata_rt::parent::exit(1)
+                }
+                outcome
             }
             Err(why) => format!("not started: {why}"),
         };
@@ -159,6 +172,7 @@ fn log_line(line: &str) {
 /// A running guest.
 struct Machine {
     name: &'static str,
+    space: Cap<GuestSpace>,
     vcpu: Cap<Vcpu>,
     ram: GuestRam,
     uart: Uart,
@@ -186,12 +200,67 @@ fn failed(what: &str, error: InvocationError) -> String {
 }
 
 impl Machine {
-    /// Makes the GuestSpace, RAM and VCPU, and loads `image`.
-    fn new(name: &'static str, image: &[u8], host_timer: Option<HostTimer>) -> Result<Self, String> {
+    /// Makes the GuestSpace, RAM and VCPU in `memory`, and loads `image`;
+    /// on failure, `memory` is empty again.
+    fn new(
+        name: &'static str,
+        image: &[u8],
+        host_timer: Option<HostTimer>,
+        memory: vm::GuestMemory,
+    ) -> Result<Self, String> {
         if !loader::is_boot_sector(image) && !loader::is_plain_elf64(image) {
             loader::check_multiboot(image).map_err(|e| format!("{e}"))?;
         }
-        let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(RAM_SIZE).map_err(|e| format!("{e}"))?;
+        let vm::Guest { space, mut ram, vcpu } =
+            vm::Guest::new_in(memory, RAM_SIZE).map_err(|e| format!("{e}"))?;
+        let registers = match Self::load(name, image, &mut ram, vcpu) {
+            Ok(registers) => registers,
+            Err(why) => {
+                vm::Guest { space, ram, vcpu }
+                    .release(memory)
+                    .map_err(|e| failed("giving back the guest's memory", e))?;
+                return Err(why);
+            }
+        };
+        Ok(Self {
+            name,
+            space,
+            vcpu,
+            ram,
+            uart: Uart::new(),
+            registers,
+            dirty: true,
+            pending_interrupt: None,
+            scratch: 0,
+            host_timer,
+            pic: Pic::new(),
+            pit: Pit::new(),
+            window: false,
+            armed: false,
+            // The kernel's XCR0 is every x87, SSE and AVX component the CPU
+            // has (CPUID.(EAX=0DH,ECX=0):EAX).
+            xsave: cpuid::XsaveState {
+                osxsave: false,
+                xcr0: 1,
+                host_xcr0: u64::from(core::arch::x86_64::__cpuid_count(0xd, 0).eax) & cpuid::XCR0_X87_SSE_AVX,
+            },
+        })
+    }
+
+    /// Deletes the guest, giving its memory back for the next.
+    fn release(self, memory: vm::GuestMemory) -> Result<(), String> {
+        vm::Guest { space: self.space, ram: self.ram, vcpu: self.vcpu }
+            .release(memory)
+            .map_err(|e| failed("giving back the guest's memory", e))
+    }
+
+    /// Loads `image` into `ram` and sets `vcpu`'s entry state for it.
+    fn load(
+        name: &str,
+        image: &[u8],
+        ram: &mut GuestRam,
+        vcpu: Cap<Vcpu>,
+    ) -> Result<strata_abi::vcpu::RegisterBlock, String> {
         let mut memory = GuestMemory::new(ram.bytes());
         let registers = if loader::is_boot_sector(image) {
             let entry = loader::load_boot_sector(image, &mut memory).map_err(|e| format!("{e}"))?;
@@ -215,28 +284,7 @@ impl Machine {
             let boot = loader::load(image, &mut memory, name, &modules).map_err(|e| format!("{e}"))?;
             multiboot_state(vcpu, boot).map_err(|e| failed("setting the entry state", e))?
         };
-        Ok(Self {
-            name,
-            vcpu,
-            ram,
-            uart: Uart::new(),
-            registers,
-            dirty: true,
-            pending_interrupt: None,
-            scratch: 0,
-            host_timer,
-            pic: Pic::new(),
-            pit: Pit::new(),
-            window: false,
-            armed: false,
-            // The kernel's XCR0 is every x87, SSE and AVX component the CPU
-            // has (CPUID.(EAX=0DH,ECX=0):EAX).
-            xsave: cpuid::XsaveState {
-                osxsave: false,
-                xcr0: 1,
-                host_xcr0: u64::from(core::arch::x86_64::__cpuid_count(0xd, 0).eax) & cpuid::XCR0_X87_SSE_AVX,
-            },
-        })
+        Ok(registers)
     }
 }
 

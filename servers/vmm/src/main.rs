@@ -3,7 +3,8 @@
 //! boot module it is given named `guest-*` is a guest (a multiboot kernel,
 //! whose modules are the modules named `guest-*+<name>`; a plain 64-bit
 //! ELF kernel; or a boot sector), run in turn in a fresh GuestSpace with
-//! 4 MiB of RAM on one VCPU. The guest's COM1 output goes to the root
+//! 4 MiB of RAM on one VCPU, all made in the same memory
+//! (`strata_rt::vm::GuestMemory`), which each guest gives back when it ends. The guest's COM1 output goes to the root
 //! task's log with the guest's name as prefix (the root adds the
 //! tenant's), how each guest ended is reported, and the VMM then exits.
 //! Its guest timers use the PIT when the description gives it the PIT's
