@@ -114,7 +114,7 @@ pub fn start(kernel: &Kernel) {
     let memory = unsafe { DirectMapMemory::new(kernel.direct_map) };
     let mut space = ObjectSpace::new(memory);
     space.irqs = crate::interrupts::discover(kernel);
-    space.virt = virt_config();
+    space.virt = virt_config(kernel.calibration.tsc_hz / u64::from(kernel.cmdline.timer_hz.max(1)));
     if crate::arch::x86_64::cpu::enable_pcid() {
         space.memory.use_pcids();
         log::info!("PCIDs on: each ASID keeps its TLB entries across address-space switches");
@@ -150,7 +150,7 @@ pub fn start(kernel: &Kernel) {
 }
 
 /// What the object layer needs to know about virtualization.
-fn virt_config() -> crate::object::vcpu::VirtConfig {
+fn virt_config(slice_tsc: u64) -> crate::object::vcpu::VirtConfig {
     use crate::arch::x86_64::{svm, virt};
     use crate::object::vcpu::{Backend, VirtConfig};
     let mut config = VirtConfig::none();
@@ -166,7 +166,8 @@ fn virt_config() -> crate::object::vcpu::VirtConfig {
         }
         Some((virt::Backend::Vmx(_), Ok(()))) => {
             // SAFETY: VMX exists (CPUID), so its capability MSRs do.
-            match crate::object::vmx::VmxConfig::from_capabilities(|msr| unsafe { x86::msr::rdmsr(msr) }) {
+            let read = |msr| unsafe { x86::msr::rdmsr(msr) };
+            match crate::object::vmx::VmxConfig::from_capabilities(read, slice_tsc) {
                 Ok(vmx) => {
                     config.backend = Backend::Vmx;
                     config.vmx = vmx;

@@ -121,6 +121,7 @@ impl VirtConfig {
                 entry: 0,
                 cr0_fixed0: 0,
                 cr4_fixed0: 0,
+                preemption_timer: 0,
             },
         }
     }

@@ -37,6 +37,7 @@ fn machine(backend: Backend) -> (ObjectSpace<Arena>, PhysAddr, PhysAddr) {
         entry: 0xc004,
         cr0_fixed0: 0x20,
         cr4_fixed0: 0x2000,
+        preemption_timer: 0,
     };
     retype(&mut space, ObjectType::Vcpu, 0, VCPU, 1);
     retype(&mut space, ObjectType::GuestSpace, 0, SPACE, 1);

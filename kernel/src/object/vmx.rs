@@ -26,6 +26,8 @@ pub mod vmcs {
     pub const GUEST_ACTIVITY: u32 = 0x4826;
     /// Guest IA32_SYSENTER_CS.
     pub const GUEST_SYSENTER_CS: u32 = 0x482a;
+    /// VMX-preemption timer value.
+    pub const PREEMPTION_TIMER: u32 = 0x482e;
     /// Guest CR0.
     pub const GUEST_CR0: u32 = 0x6800;
     /// Guest CR3.
@@ -108,6 +110,9 @@ pub mod control {
     pub const EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
     /// Pin-based: NMIs exit.
     pub const NMI_EXITING: u32 = 1 << 3;
+    /// Pin-based: the VMX-preemption timer counts down in non-root
+    /// operation and exits at 0 (SDM vol. 3C §26.5.1).
+    pub const PREEMPTION_TIMER: u32 = 1 << 6;
     /// Primary: interrupt-window exiting.
     pub const INTERRUPT_WINDOW: u32 = 1 << 2;
     /// Primary: use TSC offsetting.
@@ -182,6 +187,9 @@ pub struct VmxConfig {
     pub cr0_fixed0: u64,
     /// CR4 bits that must be 1 in VMX operation.
     pub cr4_fixed0: u64,
+    /// The VMX-preemption timer's start value, one time slice; 0 when the
+    /// CPU has no such timer.
+    pub preemption_timer: u32,
 }
 
 /// A control value: the `wanted` bits and those the capability MSR value
@@ -197,16 +205,25 @@ impl VmxConfig {
     /// The controls for a CPU whose capability MSRs `read_msr` reads
     /// (IA32_VMX_BASIC 480h and the TRUE control MSRs 48Dh–490h when BASIC
     /// bit 55 says they exist, else 481h–484h; 48Bh for the secondary
-    /// controls; 486h and 488h for the fixed CR bits). Fails with what is
-    /// missing.
-    pub fn from_capabilities(read_msr: impl Fn(u32) -> u64) -> Result<Self, &'static str> {
+    /// controls; 486h and 488h for the fixed CR bits; 485h for the
+    /// preemption timer's rate, a time slice being `slice_tsc` TSC ticks).
+    /// Fails with what is missing.
+    pub fn from_capabilities(read_msr: impl Fn(u32) -> u64, slice_tsc: u64) -> Result<Self, &'static str> {
         use control::*;
         let basic = read_msr(0x480);
         let true_msrs = basic & (1 << 55) != 0;
         let msr = |plain: u32, truer: u32| read_msr(if true_msrs { truer } else { plain });
         let proc_caps = msr(0x482, 0x48e);
-        let pin = adjust(EXTERNAL_INTERRUPT_EXITING | NMI_EXITING, msr(0x481, 0x48d))
+        // The preemption timer where there is one: a guest's run is bounded
+        // even where an external interrupt would not end it (Bochs 2.7
+        // holds them while the guest's IF is clear).
+        let pin_caps = msr(0x481, 0x48d);
+        let timer = PREEMPTION_TIMER & (pin_caps >> 32) as u32;
+        let pin = adjust(EXTERNAL_INTERRUPT_EXITING | NMI_EXITING | timer, pin_caps)
             .map_err(|_| "VMX cannot make external interrupts and NMIs exit")?;
+        // IA32_VMX_MISC bits 4:0: the timer counts once every 2^rate TSC ticks.
+        let ticks = slice_tsc >> (read_msr(0x485) & 0x1f);
+        let preemption_timer = if timer == 0 { 0 } else { ticks.clamp(1, u64::from(u32::MAX)) as u32 };
         let primary = adjust(
             TSC_OFFSETTING | CR8_LOAD | CR8_STORE | UNCONDITIONAL_IO | MWAIT | MONITOR | RDPMC | SECONDARY,
             proc_caps,
@@ -239,6 +256,7 @@ impl VmxConfig {
             entry,
             cr0_fixed0: read_msr(0x486) & !(1 | 1 << 31),
             cr4_fixed0: read_msr(0x488),
+            preemption_timer,
         })
     }
 }
@@ -290,7 +308,8 @@ pub fn classify_vmx(raw: VmxExit) -> Option<NeutralExit> {
                 address,
             )
         }
-        1 => None,
+        // An external interrupt, or the preemption timer: the kernel's.
+        1 | 52 => None,
         2 => exit(Exit::Shutdown, 0, 0, 0),
         3 => exit(Exit::Init, 0, 0, 0),
         4 => exit(Exit::Sipi, raw.qualification & 0xff, 0, 0),
@@ -531,6 +550,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.memory.vmcs_init(Self::vmcs(vcpu), config.revision);
         self.vmcs_set(vcpu, vmcs::LINK_POINTER, u64::MAX);
         self.vmcs_set(vcpu, vmcs::PIN_CONTROLS, u64::from(config.pin));
+        // Not saved at exits: every entry starts a whole slice again.
+        self.vmcs_set(vcpu, vmcs::PREEMPTION_TIMER, u64::from(config.preemption_timer));
         self.vmcs_set(vcpu, vmcs::SECONDARY_CONTROLS, u64::from(config.secondary));
         self.vmcs_set(vcpu, vmcs::EXIT_CONTROLS, u64::from(config.exit));
         self.vmcs_set(vcpu, vmcs::ENTRY_CONTROLS, u64::from(config.entry));
@@ -593,17 +614,23 @@ mod tests {
             0x48c => 1 << 6 | 1 << 14 | 1 << 20 | 1 << 25 | 1 << 26,
             _ => 0xffff_ffff_0000_0000,
         };
-        let config = VmxConfig::from_capabilities(msrs).expect("usable");
+        let config = VmxConfig::from_capabilities(|msr| if msr == 0x485 { 5 } else { msrs(msr) }, 64_000)
+            .expect("usable");
         assert_eq!(config.revision, 0x2b);
+        assert_ne!(config.pin & control::PREEMPTION_TIMER, 0);
+        assert_eq!(config.preemption_timer, 2_000, "a slice of 64,000 TSC ticks at one count per 32");
+        let no_timer = |msr: u32| if msr == 0x48d { 0x0000_00bf_0000_0000 } else { msrs(msr) };
+        let config = VmxConfig::from_capabilities(no_timer, 64_000).expect("usable without the timer");
+        assert_eq!((config.pin & control::PREEMPTION_TIMER, config.preemption_timer), (0, 0));
         assert_eq!(config.cr0_fixed0, 0x20, "PE and PG are the unrestricted guest's to choose");
         assert_ne!(config.primary & control::UNCONDITIONAL_IO, 0);
         assert_ne!(config.secondary & (control::EPT | control::UNRESTRICTED_GUEST), 0);
         let no_ept = |msr: u32| if msr == 0x48b { 0 } else { msrs(msr) };
-        assert!(VmxConfig::from_capabilities(no_ept).is_err());
+        assert!(VmxConfig::from_capabilities(no_ept, 1).is_err());
         // Without all-context INVEPT a removed mapping could not be flushed.
         let single_only =
             |msr: u32| if msr == 0x48c { 1 << 6 | 1 << 14 | 1 << 20 | 1 << 25 } else { msrs(msr) };
-        assert!(VmxConfig::from_capabilities(single_only).is_err());
+        assert!(VmxConfig::from_capabilities(single_only, 1).is_err());
     }
 
     #[test]

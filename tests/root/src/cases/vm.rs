@@ -68,7 +68,7 @@ fn signalled_entries(notification: CPtr) -> Outcome {
     SIGNAL_TO.store(badged(notification, 0x20)?, Ordering::SeqCst);
     let worker = spawn_in(signaller, slot::VSPACE, 0)?;
     let mut after = after;
-    after[Field::Rflags as usize] = BOCHS_NEEDS_IF;
+    after[Field::Rflags as usize] = INTERRUPTS_OFF;
     let (exit, after) = enter(&after)?;
     check("delete the signaller", cnode_op(Label::CNodeDelete, &[worker, DEPTH]))?;
     if (exit.reason, exit.qualification) != (Exit::Notification, 0x20) {
@@ -181,13 +181,13 @@ fn vm_pkru_is_the_guests() -> Outcome {
     Ok(detail!("one guest wrote PKRU 0x55550000; the next read 0"))
 }
 
-/// RFLAGS for a guest that host interrupts must stop: IF set. Bochs 2.7
-/// keeps external interrupts masked in VMX non-root operation while the
-/// guest's IF is clear, even with external-interrupt exiting on (where the
-/// guest's IF should not matter, Intel SDM vol. 3C §26.2), so a guest with
-/// IF clear runs there until it exits by itself. Nothing interrupts these
-/// guests either way: their interrupts all exit to the kernel.
-const BOCHS_NEEDS_IF: u64 = 0x202;
+/// RFLAGS for a guest that host interrupts must stop: IF clear, so that
+/// the guest's own interrupt flag cannot be what lets the host in. (Bochs
+/// 2.7 holds external interrupts in VMX non-root operation while the
+/// guest's IF is clear, where the SDM, vol. 3C §26.2, says it does not
+/// matter: there the VMX-preemption timer, one time slice per entry, ends
+/// the guest's run, and the kernel then takes the pending tick.)
+const INTERRUPTS_OFF: u64 = 0x2;
 
 static SPINS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
@@ -222,7 +222,7 @@ fn vm_host_interrupts() -> Outcome {
     let worker = spawn_in(spinner, slot::VSPACE, 0)?;
     let mut registers = [0u64; REGISTER_BLOCK_WORDS];
     registers[Field::Rip as usize] = 0x2000;
-    registers[Field::Rflags as usize] = BOCHS_NEEDS_IF;
+    registers[Field::Rflags as usize] = INTERRUPTS_OFF;
     let before = SPINS.load(Ordering::Relaxed);
     let (exit, after) = enter(&registers)?;
     let spins = SPINS.load(Ordering::Relaxed) - before;
