@@ -188,6 +188,10 @@ pub struct IpcBuffer {
     pub receive_index: u64,
     /// Depth for a received capability.
     pub receive_depth: u64,
+    /// The register block of `VmEnter` (`vcpu::RegisterBlock`): what the
+    /// kernel loads with `LOAD_REGISTERS` and writes at every exit. No
+    /// message reaches it, so a VMM can work on it in place between exits.
+    pub vcpu: [u64; 18],
 }
 
 #[cfg(test)]
@@ -201,7 +205,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<ModuleDescriptor>(), 64);
         assert_eq!(core::mem::offset_of!(BootInfo, untyped_count), 64);
         assert_eq!(core::mem::offset_of!(BootInfo, untypeds), 128);
-        assert_eq!(core::mem::size_of::<IpcBuffer>(), 8 * 128);
+        assert_eq!(core::mem::size_of::<IpcBuffer>(), 8 * 146);
+        assert_eq!(core::mem::offset_of!(IpcBuffer, vcpu), 8 * 128);
+        assert_eq!(core::mem::size_of::<[u64; 18]>(), 8 * crate::vcpu::REGISTER_BLOCK_WORDS);
         assert_eq!(core::mem::offset_of!(IpcBuffer, caps_or_badges), 8 * 122);
         assert_eq!(MAGIC.to_le_bytes(), *b"STRATABI");
     }

@@ -666,7 +666,11 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                                 strata_abi::object::Rights::READ | strata_abi::object::Rights::WRITE,
                             ) =>
                     {
-                        if ipc_buffer % 8 != 0 || (ipc_buffer & 0xfff) + 1024 > 4096 {
+                        if ipc_buffer % 8 != 0
+                            || (ipc_buffer & 0xfff)
+                                + core::mem::size_of::<strata_abi::bootinfo::IpcBuffer>() as u64
+                                > 4096
+                        {
                             return Err(InvocationError::AlignmentError);
                         }
                         Some(frame)

@@ -188,6 +188,17 @@ fn tcb_decode_errors() {
         Err(InvocationError::AlignmentError),
         "the IPC buffer must fit in its frame"
     );
+    // All of it, the VCPU register block at its end included (1,168 bytes).
+    let last_fit = 0x11000 - core::mem::size_of::<strata_abi::bootinfo::IpcBuffer>() as u64;
+    assert_eq!(
+        space.decode_tcb(fresh, Label::TcbConfigure, &[last_fit + 8], &[slot(17), slot(18), slot(19)]),
+        Err(InvocationError::AlignmentError),
+        "its last word would be past the frame"
+    );
+    assert_ne!(
+        space.decode_tcb(fresh, Label::TcbConfigure, &[last_fit], &[slot(17), slot(18), slot(19)]),
+        Err(InvocationError::AlignmentError),
+    );
     assert_eq!(space.decode_tcb(fresh, Label::TcbResume, &[], &[]), Err(InvocationError::IllegalOperation));
     // Priority is limited by the authority's maximum controlled priority (0 for a new TCB).
     assert_eq!(

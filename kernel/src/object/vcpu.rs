@@ -23,8 +23,8 @@ use strata_abi::vcpu::{self, Exit, Field};
 use super::{Capability, ObjectSpace, PhysicalMemory, Slot, tcb};
 use crate::addr::PhysAddr;
 
-/// Where the register block is in the IPC buffer: message words 0–17.
-const REGISTER_BLOCK_OFFSET: u64 = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, message) as u64;
+/// Where the register block is in the IPC buffer: after everything a message uses.
+const REGISTER_BLOCK_OFFSET: u64 = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, vcpu) as u64;
 
 /// Offsets within a VCPU.
 pub mod layout {

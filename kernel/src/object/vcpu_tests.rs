@@ -324,7 +324,7 @@ fn vm_enter_needs_a_vcpu_a_buffer_and_a_live_guestspace() {
     assert_eq!(prepare(&mut space, 0), Ok((vcpu, true)), "the word was taken; the flush is still owed");
     // Registers from the IPC buffer: a non-canonical RIP is refused.
     let (buffer, _) = space.ipc_buffer(tcb).expect("buffer");
-    let message = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, message) as u64;
+    let message = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, vcpu) as u64;
     space.memory.write(buffer.offset(message + 8 * 16), 0xdead_0000_0000_0000);
     assert_eq!(
         space.vm_prepare(tcb, vcpu::enter::LOAD_REGISTERS),
@@ -358,7 +358,7 @@ fn an_exit_reply_carries_the_reason_and_the_registers() {
     assert_eq!(context.rsi >> 12, 0, "success label");
     assert_eq!([context.rdx, context.r8, context.r10], [Exit::MsrRead as u64, 0x277, 2]);
     let (buffer, _) = space.ipc_buffer(tcb).expect("buffer");
-    let message = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, message) as u64;
+    let message = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, vcpu) as u64;
     assert_eq!(space.memory.read(buffer.offset(message)), 9, "RAX");
     assert_eq!(space.memory.read(buffer.offset(message + 8)), 0x277, "RCX");
     assert_eq!(space.memory.read(buffer.offset(message + 8 * 16)), 0xfff0, "RIP");

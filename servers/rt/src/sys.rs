@@ -103,6 +103,23 @@ pub fn set_message_words(first: usize, words: &[u64]) {
     }
 }
 
+/// Word `index` (below 18) of the IPC buffer's VCPU register block.
+#[inline(always)]
+pub(crate) fn vcpu_word(index: usize) -> u64 {
+    assert!(index < strata_abi::vcpu::REGISTER_BLOCK_WORDS, "field {index} is not in the register block");
+    // SAFETY: the kernel maps the IPC buffer read-write at the address the
+    // boot info gives; `vcpu` is inside it and `index` inside `vcpu`.
+    unsafe { (&raw mut (*ipc_buffer()).vcpu).cast::<u64>().add(index).read_volatile() }
+}
+
+/// Sets word `index` (below 18) of the IPC buffer's VCPU register block.
+#[inline(always)]
+pub(crate) fn set_vcpu_word(index: usize, value: u64) {
+    assert!(index < strata_abi::vcpu::REGISTER_BLOCK_WORDS, "field {index} is not in the register block");
+    // SAFETY: as for `vcpu_word`.
+    unsafe { (&raw mut (*ipc_buffer()).vcpu).cast::<u64>().add(index).write_volatile(value) }
+}
+
 /// Reads message words `first..` of the last received message or reply
 /// from the IPC buffer into `out` (those past the 120th are left alone).
 #[inline(always)]

@@ -87,11 +87,31 @@ pub struct VmExit {
 pub fn enter(registers: Option<&RegisterBlock>) -> Result<VmExit, InvocationError> {
     let flags = match registers {
         Some(block) => {
-            sys::set_message_words(0, block);
+            set_registers(block);
             vcpu::enter::LOAD_REGISTERS
         }
         None => 0,
     };
+    enter_with(flags)
+}
+
+/// Fills the IPC buffer's register block, for [`enter_in_place`].
+pub fn set_registers(block: &RegisterBlock) {
+    for (index, &word) in block.iter().enumerate() {
+        sys::set_vcpu_word(index, word);
+    }
+}
+
+/// Runs the calling thread's VCPU until its next exit, its general
+/// registers, RIP and RFLAGS set first from the register block as it is
+/// in the IPC buffer: those of the last exit, with what [`set_register`]
+/// changed since. Nothing is copied.
+#[inline]
+pub fn enter_in_place() -> Result<VmExit, InvocationError> {
+    enter_with(vcpu::enter::LOAD_REGISTERS)
+}
+
+fn enter_with(flags: u64) -> Result<VmExit, InvocationError> {
     let (label, words) = sys::syscall(Syscall::VmEnter, 0, 0, [flags, 0, 0, 0, 0, 0, 0, 0]);
     let label = label >> 12;
     if label != 0 {
@@ -102,11 +122,32 @@ pub fn enter(registers: Option<&RegisterBlock>) -> Result<VmExit, InvocationErro
     Ok(VmExit { reason, qualification: words[1], qualification2: words[2], length: words[3] })
 }
 
-/// The guest's registers at the last exit.
+/// The guest's registers at the last exit (a copy of the IPC buffer's
+/// register block).
 pub fn registers() -> RegisterBlock {
-    let mut block = [0; vcpu::REGISTER_BLOCK_WORDS];
-    sys::message_words(0, &mut block);
-    block
+    core::array::from_fn(sys::vcpu_word)
+}
+
+/// One of the guest's registers (a general register, RIP or RFLAGS: fields
+/// 0–17) as the last exit left it in the IPC buffer's register block, or as
+/// [`set_register`] changed it since. No IPC message touches the block, so
+/// it stays valid across other calls until the next `VmEnter`.
+///
+/// # Panics
+/// For a field outside the block (read those with [`Cap::<Vcpu>::read`]).
+#[inline(always)]
+pub fn register(field: vcpu::Field) -> u64 {
+    sys::vcpu_word(field as usize)
+}
+
+/// Changes one register in the IPC buffer's register block, for
+/// [`enter_in_place`] to load.
+///
+/// # Panics
+/// For a field outside the block (write those with [`Cap::<Vcpu>::write`]).
+#[inline(always)]
+pub fn set_register(field: vcpu::Field, value: u64) {
+    sys::set_vcpu_word(field as usize, value);
 }
 
 /// Why [`GuestRam::new`] failed: the step, and the kernel's error.

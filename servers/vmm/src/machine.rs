@@ -176,7 +176,9 @@ struct Machine {
     vcpu: Cap<Vcpu>,
     ram: GuestRam,
     uart: Uart,
-    registers: strata_abi::vcpu::RegisterBlock,
+    /// The registers of the first entry (after it, the guest's registers
+    /// are worked on in place, in the IPC buffer's register block).
+    initial: strata_abi::vcpu::RegisterBlock,
     /// The register block was changed and must go back with the next entry.
     dirty: bool,
     /// A vector the doorbell asked for, waiting for the guest to take interrupts.
@@ -228,7 +230,7 @@ impl Machine {
             vcpu,
             ram,
             uart: Uart::new(),
-            registers,
+            initial: registers,
             dirty: true,
             pending_interrupt: None,
             scratch: 0,
@@ -376,11 +378,11 @@ fn multiboot_state(
 
 impl Machine {
     fn register(&self, field: Field) -> u64 {
-        self.registers[field as usize]
+        vm::register(field)
     }
 
     fn set_register(&mut self, field: Field, value: u64) {
-        self.registers[field as usize] = value;
+        vm::set_register(field, value);
         self.dirty = true;
     }
 
@@ -396,15 +398,19 @@ impl Machine {
             if let Err(outcome) = self.arm_host_timer() {
                 return outcome;
             }
-            let entered =
-                if first || self.dirty { vm::enter(Some(&self.registers)) } else { vm::enter(None) };
+            let entered = if first {
+                vm::enter(Some(&self.initial))
+            } else if self.dirty {
+                vm::enter_in_place()
+            } else {
+                vm::enter(None)
+            };
             first = false;
             self.dirty = false;
             let exit = match entered {
                 Ok(exit) => exit,
                 Err(error) => return failed("VmEnter refused", error),
             };
-            self.registers = vm::registers();
             if let Err(outcome) = self.handle(exit).and_then(|()| self.deliver_interrupts()) {
                 if let Some(line) = self.uart.pending() {
                     self.log_line(&line);

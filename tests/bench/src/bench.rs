@@ -111,12 +111,15 @@ fn guest_exits(overhead: u64) {
     for (name, start, expected) in
         [("vmexit_cpuid_roundtrip", 0x1000, Exit::Cpuid), ("vmexit_io_roundtrip", 0x1010, Exit::Io)]
     {
-        let mut registers = [0u64; REGISTER_BLOCK_WORDS];
-        registers[Field::Rip as usize] = start;
-        registers[Field::Rflags as usize] = 2;
+        // The VMM works on the guest's registers in place, in the IPC
+        // buffer's register block, which `VmEnter` loads and fills.
+        use strata_rt::vm::{register, set_register};
+        let mut initial = [0u64; REGISTER_BLOCK_WORDS];
+        initial[Field::Rip as usize] = start;
+        initial[Field::Rflags as usize] = 2;
+        strata_rt::vm::set_registers(&initial);
         // One round trip: enter with the registers, then emulate the exit.
-        let round_trip = |registers: &mut [u64; REGISTER_BLOCK_WORDS], timed: bool| -> u64 {
-            strata_rt::sys::set_message_words(0, registers);
+        let round_trip = |timed: bool| -> u64 {
             let start = rdtsc();
             let (_, words) = strata_rt::sys::syscall(
                 strata_abi::syscall::Syscall::VmEnter,
@@ -129,23 +132,25 @@ fn guest_exits(overhead: u64) {
                 println!("BENCH error {name}: exit {:#x} ({:#x}), expected {expected:?}", words[0], words[1]);
                 debug::shutdown(ExitCode::KernelFailure);
             }
-            *registers = strata_rt::vm::registers();
             if words[0] == Exit::Cpuid as u64 {
-                let leaf = core::arch::x86_64::__cpuid_count(registers[0] as u32, registers[1] as u32);
-                registers[0] = u64::from(leaf.eax);
-                registers[3] = u64::from(leaf.ebx);
-                registers[1] = u64::from(leaf.ecx);
-                registers[2] = u64::from(leaf.edx);
+                let leaf = core::arch::x86_64::__cpuid_count(
+                    register(Field::Rax) as u32,
+                    register(Field::Rcx) as u32,
+                );
+                set_register(Field::Rax, u64::from(leaf.eax));
+                set_register(Field::Rbx, u64::from(leaf.ebx));
+                set_register(Field::Rcx, u64::from(leaf.ecx));
+                set_register(Field::Rdx, u64::from(leaf.edx));
             }
-            registers[Field::Rip as usize] += words[3];
+            set_register(Field::Rip, register(Field::Rip) + words[3]);
             if timed { kernel } else { 0 }
         };
         measure(name, overhead, || {
-            round_trip(&mut registers, false);
+            round_trip(false);
         });
         let mut kernel = [0u64; SAMPLES];
         for sample in &mut kernel {
-            *sample = round_trip(&mut registers, true).saturating_sub(overhead + GUEST_INSTRUCTIONS);
+            *sample = round_trip(true).saturating_sub(overhead + GUEST_INSTRUCTIONS);
         }
         kernel.sort_unstable();
         println!(

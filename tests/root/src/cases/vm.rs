@@ -354,6 +354,14 @@ fn vm_exits() -> Outcome {
     if after[Field::Rax as usize] != 0x4000_0000 {
         return Err(detail!("the leaf in RAX came back as {:#x}", after[Field::Rax as usize]));
     }
+    // The register block is not in the message words: a long reply (18
+    // words, 10 of them through the IPC buffer) leaves it as it was.
+    let mut read = [0u64; 18];
+    strata_rt::call_long(slot::TCB, Label::TcbReadRegisters, &[], &[], &mut read)
+        .map_err(|e| detail!("TcbReadRegisters: {e}"))?;
+    if vm::registers() != after {
+        return Err(detail!("a long reply changed the register block: {:x?}", vm::registers()));
+    }
     registers = after;
     registers[Field::Rip as usize] += exit.length;
     let (exit, after) = enter(&registers)?;
