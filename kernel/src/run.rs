@@ -300,29 +300,30 @@ impl Runtime {
                 };
             }
             let host_xcr0 = self.space.virt.xcr0;
-            let xcr0 = self.direct_map.to_virtual(entry.vcpu.offset(layout::XCR0)).as_mut_ptr::<u64>();
+            let load = self.direct_map.to_virtual(entry.registers).as_mut_ptr::<u64>().cast_const();
             if self.space.virt.backend == crate::object::vcpu::Backend::Vmx {
-                if let Err(exit) = self.run_vmx(entry.vcpu, entry.flush, (xcr0, host_xcr0)) {
+                if let Err(exit) = self.run_vmx(entry.vcpu, entry.flush, (load, host_xcr0)) {
                     self.space.reply_vm_exit(tcb, exit);
                     return Some(false);
                 }
             } else {
                 let host_state = crate::arch::x86_64::svm::AREAS.get().map_or(0, |a| a.host_state);
                 let vcpu = entry.vcpu;
-                let registers =
-                    self.direct_map.to_virtual(vcpu.offset(layout::REGISTERS)).as_mut_ptr::<u64>();
+                let state = self.direct_map.to_virtual(vcpu.offset(layout::REGISTERS)).as_mut_ptr::<u64>();
                 let fpu = self.direct_map.to_virtual(vcpu.offset(layout::FPU)).as_mut_ptr::<u8>();
                 // SAFETY: `vm_prepare` checked the VCPU is set up to run: its
                 // VMCB has the forced intercepts (kept by `vcpu_write`), the
                 // permission maps and a live GuestSpace; the pointers are into
-                // the VCPU through the direct map; SVM is on (else no VCPU exists).
+                // the VCPU, or (`load`) the caller's IPC buffer frame, which
+                // its TCB holds, through the direct map; SVM is on (else no
+                // VCPU exists).
                 unsafe {
                     crate::arch::x86_64::svm::run(
                         vcpu.get() + layout::CONTROL,
-                        registers,
+                        load,
                         fpu,
                         host_state,
-                        xcr0,
+                        state,
                         host_xcr0,
                     )
                 };
@@ -359,7 +360,7 @@ impl Runtime {
         &mut self,
         vcpu: PhysAddr,
         flush: bool,
-        xcr0: (*mut u64, u64),
+        (load, host_xcr0): (*const u64, u64),
     ) -> Result<(), crate::object::vcpu::NeutralExit> {
         use crate::arch::x86_64::vmx;
         use crate::object::vcpu::{NeutralExit, layout};
@@ -384,7 +385,7 @@ impl Runtime {
         let result = unsafe {
             let host = vmx::swap_syscall_msrs(msrs.read());
             let tables = vmx::descriptor_tables();
-            let result = vmx::run(state, fpu, flags & layout::FLAG_LAUNCHED, xcr0.0, xcr0.1);
+            let result = vmx::run(state, fpu, flags & layout::FLAG_LAUNCHED, load, host_xcr0);
             // A VM exit leaves the GDTR and IDTR limits at FFFFh (SDM vol.
             // 3C §28.5.2): past the GDT's end lie user-influenced words.
             vmx::restore_descriptor_tables(&tables);

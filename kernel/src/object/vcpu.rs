@@ -910,15 +910,23 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let vcpu = self.bound_vcpu(tcb).ok_or(VmEnterRefusal::Error(InvocationError::IllegalOperation))?;
         let (buffer, _) =
             self.ipc_buffer(tcb).ok_or(VmEnterRefusal::Error(InvocationError::IllegalOperation))?;
-        if flags & vcpu::enter::LOAD_REGISTERS != 0 {
+        let block = buffer.offset(REGISTER_BLOCK_OFFSET);
+        let load = flags & vcpu::enter::LOAD_REGISTERS != 0;
+        if load {
             self.load_registers(vcpu, buffer)?;
         }
+        // The entry code loads the general registers from the block itself.
+        let registers = if load { block } else { vcpu.offset(layout::REGISTERS) };
         // A signal on the thread's bound notification ends `VmEnter` before
-        // anything of the entry (space, flushes) is committed.
+        // anything of the entry (space, flushes) is committed; the reply
+        // then gives back the registers it was asked to load.
         if let Some(word) = self.take_bound_signal(tcb) {
+            if load {
+                self.memory.copy_words::<16>(block, vcpu.offset(layout::REGISTERS));
+            }
             let exit =
                 NeutralExit { reason: Exit::Notification, qualification: word, qualification2: 0, length: 0 };
-            return Err(VmEnterRefusal::Signal(VmEntry { vcpu, flush: false, buffer }, exit));
+            return Err(VmEnterRefusal::Signal(VmEntry { vcpu, flush: false, buffer, registers }, exit));
         }
         // The GuestSpace is the thread's (a capability in its TCB), alive
         // as long as that capability is.
@@ -955,7 +963,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             let tlb = if flush { 1 << 32 } else { 0 };
             self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::ASID_TLB, 1 | tlb);
         }
-        Ok(VmEntry { vcpu, flush, buffer })
+        Ok(VmEntry { vcpu, flush, buffer, registers })
     }
 
     /// After the guest of `vcpu` stopped: the exit in neutral terms, or
@@ -994,10 +1002,10 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         classify_svm(raw)
     }
 
-    /// Loads the register block from the IPC buffer at `buffer` into the
-    /// VCPU: the same as writing fields 0–17, without looking each up. The
-    /// 16 general registers are copied whole; RAX (SVM), RSP, RIP and
-    /// RFLAGS then go to the control block, which holds them.
+    /// Loads RIP, RSP and RFLAGS (and RAX on SVM) of the register block in
+    /// the IPC buffer at `buffer` into the control block, which holds
+    /// them, as writing those fields would (the entry code loads the
+    /// general registers from the block itself).
     fn load_registers(&mut self, vcpu: PhysAddr, buffer: PhysAddr) -> Result<(), VmEnterRefusal> {
         let block = buffer.offset(REGISTER_BLOCK_OFFSET);
         let word = |this: &Self, field: Field| this.memory.read(block.offset(8 * field as u64));
@@ -1007,7 +1015,6 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         }
         let rflags = word(self, Field::Rflags) & RFLAGS_DEFINED | 2;
         let (rax, rsp) = (word(self, Field::Rax), word(self, Field::Rsp));
-        self.memory.copy_words::<16>(block, vcpu.offset(layout::REGISTERS));
         if self.virt.backend == Backend::Vmx {
             let vmcs = vcpu.offset(layout::CONTROL);
             self.memory.vmcs_write(vmcs, super::vmx::vmcs::GUEST_RSP, rsp);
@@ -1070,6 +1077,10 @@ pub struct VmEntry {
     pub flush: bool,
     /// The caller's IPC buffer, where the register block is.
     pub buffer: PhysAddr,
+    /// Where the entry code loads the guest's general registers from: the
+    /// register block (`LOAD_REGISTERS`) or the VCPU's own, where it always
+    /// stores them at the exit.
+    pub registers: PhysAddr,
 }
 
 /// Why `VmEnter` did not run the guest.

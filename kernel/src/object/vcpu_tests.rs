@@ -332,8 +332,18 @@ fn vm_enter_needs_a_vcpu_a_buffer_and_a_live_guestspace() {
     );
     space.memory.write(buffer.offset(message + 8 * 16), 0x7c00);
     space.memory.write(buffer.offset(message + 8 * 3), 0x1234);
-    assert!(space.vm_prepare(tcb, vcpu::enter::LOAD_REGISTERS).is_ok());
-    assert_eq!(read(&mut space, Field::Rip as u64), 0x7c00);
+    let entry = space.vm_prepare(tcb, vcpu::enter::LOAD_REGISTERS).expect("prepared");
+    assert_eq!(read(&mut space, Field::Rip as u64), 0x7c00, "RIP goes to the VMCB");
+    // The entry code loads the general registers from the block itself;
+    // without LOAD_REGISTERS, from the VCPU, where every exit stores them.
+    assert_eq!(entry.registers, buffer.offset(message));
+    let own = space.vm_prepare(tcb, 0).map(|entry| entry.registers);
+    assert_eq!(own, Ok(vcpu.offset(layout::REGISTERS)));
+    assert_ne!(read(&mut space, Field::Rbx as u64), 0x1234, "not copied");
+    // Refused for a signal, the entry copies them, for the reply to give back.
+    space.signal(notification, 0x1);
+    let signalled = space.vm_prepare(tcb, vcpu::enter::LOAD_REGISTERS);
+    assert!(matches!(signalled, Err(VmEnterRefusal::Signal(..))), "{signalled:?}");
     assert_eq!(read(&mut space, Field::Rbx as u64), 0x1234);
     // The thread holds the GuestSpace: deleting the capability it was set
     // from changes nothing; revoking the GuestSpace takes the thread's copy.
@@ -352,7 +362,9 @@ fn an_exit_reply_carries_the_reason_and_the_registers() {
     vcpu_call(&mut space, Label::VcpuWriteState, &[Field::Rcx as u64, 0x277, Field::Rax as u64, 9], &[])
         .expect("ok");
     let exit = NeutralExit { reason: Exit::MsrRead, qualification: 0x277, qualification2: 0, length: 2 };
-    let entry = super::vcpu::VmEntry { vcpu, flush: false, buffer: space.ipc_buffer(tcb).expect("buffer").0 };
+    let buffer = space.ipc_buffer(tcb).expect("buffer").0;
+    let entry =
+        super::vcpu::VmEntry { vcpu, flush: false, buffer, registers: vcpu.offset(layout::REGISTERS) };
     space.vm_reply(tcb, &entry, exit);
     let context = space.context(tcb);
     assert_eq!(context.rsi >> 12, 0, "success label");

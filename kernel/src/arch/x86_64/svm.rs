@@ -31,37 +31,41 @@ pub static AREAS: Once<HostAreas> = Once::new();
 
 /// Runs a guest until its next #VMEXIT.
 ///
-/// `vmcb` is the VMCB's physical address; `registers` the guest's 16
-/// general registers in encoding order (the RAX and RSP words are not
-/// used: the VMCB has them); `fpu` its XSAVE area (64-byte aligned); `host_state`
-/// the physical address of the host's VMSAVE area. `xcr0` points at the
-/// guest's XCR0: VMRUN switches neither it nor the host's (`host_xcr0`;
-/// APM vol. 2 §15.5.1), so it is loaded just before VMRUN if it differs,
-/// and read back and the host's restored just after #VMEXIT: a guest
-/// XSETBV the CPU let through without an exit (QEMU 7.2's TCG does) is
-/// then the guest's, never the host's. The guest's FPU state is restored
-/// and saved under the host's XCR0, every component.
+/// `vmcb` is the VMCB's physical address; `state` the VCPU's state page
+/// (`vcpu::layout::REGISTERS`), where the guest's 16 general registers
+/// are stored in encoding order at the exit (the RAX and RSP words are
+/// not used: the VMCB has them) and its XCR0 is; `load` where they are
+/// loaded from at the entry (the state page, or the caller's register
+/// block); `fpu` the guest's XSAVE area (64-byte aligned); `host_state` the
+/// physical address of the host's VMSAVE area. VMRUN switches neither the
+/// guest's XCR0 nor the host's (`host_xcr0`; APM vol. 2 §15.5.1), so the
+/// guest's is loaded just before VMRUN if it differs, and read back and the
+/// host's restored just after #VMEXIT: a guest XSETBV the CPU let through
+/// without an exit (QEMU 7.2's TCG does) is then the guest's, never the
+/// host's. The guest's FPU state is restored and saved under the host's
+/// XCR0, every component.
 ///
 /// # Safety
 /// SVM is on (EFER.SVME); interrupts are off; `vmcb` is a VMCB whose
 /// intercepts include VMRUN, INTR, NMI, SHUTDOWN, I/O and MSR accesses
 /// with all-ones permission maps; the pointers are valid and aligned;
-/// `*xcr0` is a value XSETBV accepts with the host's XCR0 in force.
+/// the XCR0 in the state page is a value XSETBV accepts with the host's
+/// XCR0 in force.
 #[cfg(strata_baremetal)]
 #[unsafe(naked)]
 pub unsafe extern "sysv64" fn run(
     vmcb: u64,
-    registers: *mut u64,
+    load: *const u64,
     fpu: *mut u8,
     host_state: u64,
-    xcr0: *mut u64,
+    state: *mut u64,
     host_xcr0: u64,
 ) {
     core::arch::naked_asm!(
         push_callee_saved!(),
         "push r9",  // [rsp + 40]: the host's XCR0
-        "push r8",  // [rsp + 32]: the guest's XCR0 word
-        "push rsi", // [rsp + 24]: the guest's registers
+        "push r8",  // [rsp + 32]: the state page
+        "push rsi", // [rsp + 24]: where the registers come from
         "push rdi", // [rsp + 16]: the VMCB
         "push rcx", // [rsp + 8]: the host's VMSAVE area
         "push rdx", // [rsp]: the guest's FPU image
@@ -69,7 +73,7 @@ pub unsafe extern "sysv64" fn run(
         "sti",
         "mov eax, -1", // every component XCR0 enables (EDX: XCR0 has no high bits)
         "xrstor64 [rdx]",
-        "mov rax, [r8]",
+        "mov rax, [r8 + {xcr0}]",
         "cmp rax, r9",
         "je 2f",
         "xor ecx, ecx",
@@ -97,7 +101,7 @@ pub unsafe extern "sysv64" fn run(
         "vmrun rax",
         // #VMEXIT: RAX (the VMCB) and RSP are the host's again.
         "vmsave rax",
-        "mov rax, [rsp + 24]",
+        "mov rax, [rsp + 32]",
         store_guest_registers!(),
         "mov rax, [rsp + 8]",
         "vmload rax",
@@ -105,7 +109,7 @@ pub unsafe extern "sysv64" fn run(
         "xor ecx, ecx",
         "xgetbv",
         "mov rcx, [rsp + 32]",
-        "mov [rcx], rax",
+        "mov [rcx + {xcr0}], rax",
         "cmp rax, [rsp + 40]",
         "je 3f",
         "mov eax, [rsp + 40]",
@@ -123,6 +127,7 @@ pub unsafe extern "sysv64" fn run(
         "stgi",
         "add rsp, 48",
         pop_callee_saved_and_return!(),
+        xcr0 = const crate::object::vcpu::layout::XCR0 - crate::object::vcpu::layout::REGISTERS,
     )
 }
 
@@ -131,4 +136,4 @@ pub unsafe extern "sysv64" fn run(
 /// # Safety
 /// None needed: it does nothing.
 #[cfg(not(strata_baremetal))]
-pub unsafe extern "sysv64" fn run(_: u64, _: *mut u64, _: *mut u8, _: u64, _: *mut u64, _: u64) {}
+pub unsafe extern "sysv64" fn run(_: u64, _: *const u64, _: *mut u8, _: u64, _: *mut u64, _: u64) {}

@@ -201,37 +201,39 @@ unsafe extern "C" {
 /// 0, or 1 for VMfailInvalid and 2 for VMfailValid (nothing ran).
 ///
 /// `state` is the VCPU's state page: the 16 general registers in encoding
-/// order (the RSP word unused: the VMCS has it) and, at byte 0xb0, CR2.
-/// `fpu` is the guest's XSAVE area (64-byte aligned); `launched` whether to
-/// VMRESUME. `xcr0` points at the guest's XCR0: VM entry and exit switch
-/// neither it nor the host's (`host_xcr0`), so it is loaded (if it
-/// differs) after the guest's FPU state is restored, and read back and the
+/// order (the RSP word unused: the VMCS has it), stored there at the exit;
+/// CR2 at byte 0xb0; the guest's XCR0. `load` is where the general
+/// registers are loaded from at the entry (the state page, or the caller's
+/// register block). `fpu` is the guest's XSAVE area (64-byte aligned);
+/// `launched` whether to VMRESUME. VM entry and exit switch neither the
+/// guest's XCR0 nor the host's (`host_xcr0`), so the guest's is loaded (if
+/// it differs) after its FPU state is restored, and read back and the
 /// host's restored before that state is saved, both under the host's XCR0
 /// (every component).
 ///
 /// # Safety
 /// VMX is on and the VMCS current, with valid host state (RIP `vmx_exit`);
-/// interrupts are off; the pointers are valid and aligned; `*xcr0` is a
-/// value XSETBV accepts with the host's XCR0 in force.
+/// interrupts are off; the pointers are valid and aligned; the XCR0 in the
+/// state page is a value XSETBV accepts with the host's XCR0 in force.
 #[cfg(strata_baremetal)]
 #[unsafe(naked)]
 pub unsafe extern "sysv64" fn run(
     state: *mut u64,
     fpu: *mut u8,
     launched: u64,
-    xcr0: *mut u64,
+    load: *const u64,
     host_xcr0: u64,
 ) -> u64 {
     core::arch::naked_asm!(
         push_callee_saved!(),
         "push r8",  // [rsp + 24]: the host's XCR0
-        "push rcx", // [rsp + 16]: the guest's XCR0 word
+        "push rcx", // [rsp + 16]: where the registers come from
         "push rdi", // [rsp + 8]: the state page
         "push rsi", // [rsp]: the FPU image
         "mov r12, rdx", // launched (R12 was saved; the guest's is loaded after the test)
         "mov eax, -1", // every component XCR0 enables (EDX: XCR0 has no high bits)
         "xrstor64 [rsi]",
-        "mov rax, [rcx]",
+        "mov rax, [rdi + {xcr0}]",
         "cmp rax, r8",
         "je 1f",
         "xor ecx, ecx",
@@ -242,6 +244,7 @@ pub unsafe extern "sysv64" fn run(
         "mov cr2, rax",
         "mov rax, {host_rsp}",
         "vmwrite rax, rsp",
+        "mov rdi, [rsp + 16]",
         "test r12, r12",
         "mov rax, [rdi]",
         "mov rcx, [rdi + 8]",
@@ -284,8 +287,8 @@ pub unsafe extern "sysv64" fn run(
         "mov r8, rax",
         "xor ecx, ecx",
         "xgetbv",
-        "mov rcx, [rsp + 16]",
-        "mov [rcx], rax",
+        "mov rcx, [rsp + 8]",
+        "mov [rcx + {xcr0}], rax",
         "cmp rax, [rsp + 24]",
         "je 7f",
         "mov eax, [rsp + 24]",
@@ -304,6 +307,7 @@ pub unsafe extern "sysv64" fn run(
         "add rsp, 40",
         pop_callee_saved_and_return!(),
         host_rsp = const field::HOST_RSP,
+        xcr0 = const crate::object::vcpu::layout::XCR0 - crate::object::vcpu::layout::REGISTERS,
     )
 }
 
@@ -312,7 +316,7 @@ pub unsafe extern "sysv64" fn run(
 /// # Safety
 /// None needed: it does nothing.
 #[cfg(not(strata_baremetal))]
-pub unsafe extern "sysv64" fn run(_: *mut u64, _: *mut u8, _: u64, _: *mut u64, _: u64) -> u64 {
+pub unsafe extern "sysv64" fn run(_: *mut u64, _: *mut u8, _: u64, _: *const u64, _: u64) -> u64 {
     0
 }
 
