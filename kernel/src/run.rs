@@ -307,6 +307,7 @@ impl Runtime {
             let load = self.direct_map.to_virtual(entry.registers).as_mut_ptr::<u64>().cast_const();
             if self.space.virt.backend == crate::object::vcpu::Backend::Vmx {
                 if let Err(exit) = self.run_vmx(entry.vcpu, entry.flush, (load, host_xcr0)) {
+                    self.space.vm_not_entered(&entry);
                     self.space.reply_vm_exit(tcb, exit);
                     return Some(false);
                 }

@@ -917,22 +917,22 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         }
         // The entry code loads the general registers from the block itself.
         let registers = if load { block } else { vcpu.offset(layout::REGISTERS) };
+        let entry = VmEntry { vcpu, flush: false, buffer, registers };
         // A signal on the thread's bound notification ends `VmEnter` before
         // anything of the entry (space, flushes) is committed; the reply
         // then gives back the registers it was asked to load.
         if let Some(word) = self.take_bound_signal(tcb) {
-            if load {
-                self.memory.copy_words::<16>(block, vcpu.offset(layout::REGISTERS));
-            }
+            self.vm_not_entered(&entry);
             let exit =
                 NeutralExit { reason: Exit::Notification, qualification: word, qualification2: 0, length: 0 };
-            return Err(VmEnterRefusal::Signal(VmEntry { vcpu, flush: false, buffer, registers }, exit));
+            return Err(VmEnterRefusal::Signal(entry, exit));
         }
         // The GuestSpace is the thread's (a capability in its TCB), alive
         // as long as that capability is.
         let Some((root, asid)) =
             super::cap::raw::guest_space(self.slot_words(Self::tcb_slot(tcb, tcb::SPACE_SLOT)))
         else {
+            self.vm_not_entered(&entry);
             return Err(VmEnterRefusal::Exit(NeutralExit {
                 reason: Exit::EntryFailure,
                 qualification: 0,
@@ -1000,6 +1000,16 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             self.set_vcpu_word(vcpu, control(vmcb::EVENT_INJECTION), interrupted);
         }
         classify_svm(raw)
+    }
+
+    /// An entry that was to load the general registers from the register
+    /// block did not run: they go into the VCPU as `load_registers` put
+    /// RIP, RSP and RFLAGS there, so that its state stays whole.
+    pub fn vm_not_entered(&mut self, entry: &VmEntry) {
+        let own = entry.vcpu.offset(layout::REGISTERS);
+        if entry.registers != own {
+            self.memory.copy_words::<16>(entry.registers, own);
+        }
     }
 
     /// Loads RIP, RSP and RFLAGS (and RAX on SVM) of the register block in

@@ -296,6 +296,14 @@ fn vm_enter_needs_a_vcpu_a_buffer_and_a_live_guestspace() {
         _ => false,
     };
     assert!(entry_failure(&mut space), "no GuestSpace yet");
+    // Refused with registers to load, the VCPU takes them all (RIP and
+    // RSP went to the control block; the general registers follow).
+    let (buffer, _) = space.ipc_buffer(tcb).expect("buffer");
+    let block = buffer.offset(core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, vcpu) as u64);
+    space.memory.write(block.offset(8 * Field::Rbx as u64), 0x5eed);
+    space.memory.write(block.offset(8 * Field::Rip as u64), 0x7000);
+    assert!(matches!(space.vm_prepare(tcb, vcpu::enter::LOAD_REGISTERS), Err(VmEnterRefusal::Exit(_))));
+    assert_eq!((read(&mut space, Field::Rip as u64), read(&mut space, Field::Rbx as u64)), (0x7000, 0x5eed));
     let unbound = {
         retype(&mut space, ObjectType::Vcpu, 0, 59, 1);
         space.decode_vcpu(space.cap(slot(59)), Label::VcpuSetSpace, &[], &[slot(SPACE)])

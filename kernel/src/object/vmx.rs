@@ -551,7 +551,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.vmcs_set(vcpu, vmcs::LINK_POINTER, u64::MAX);
         self.vmcs_set(vcpu, vmcs::PIN_CONTROLS, u64::from(config.pin));
         // Not saved at exits: every entry starts a whole slice again.
-        self.vmcs_set(vcpu, vmcs::PREEMPTION_TIMER, u64::from(config.preemption_timer));
+        if config.preemption_timer != 0 {
+            self.vmcs_set(vcpu, vmcs::PREEMPTION_TIMER, u64::from(config.preemption_timer));
+        }
         self.vmcs_set(vcpu, vmcs::SECONDARY_CONTROLS, u64::from(config.secondary));
         self.vmcs_set(vcpu, vmcs::EXIT_CONTROLS, u64::from(config.exit));
         self.vmcs_set(vcpu, vmcs::ENTRY_CONTROLS, u64::from(config.entry));

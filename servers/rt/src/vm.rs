@@ -181,25 +181,46 @@ type GuestSlots = heapless::Vec<CPtr, { 6 + 2 * (MAX_RELEASABLE_RAM / LARGE) as 
 enum Source {
     /// The task's Untypeds, for good.
     Task,
-    /// A [`GuestMemory`], given back by [`Guest::release`].
-    Reusable(GuestMemory),
+    /// The Untypeds of a [`GuestMemory`]: for RAM, for the rest, and the
+    /// largest RAM they hold.
+    Reusable(Cap<Untyped>, Cap<Untyped>, u64),
 }
 
 impl Source {
     fn retype(self, kind: strata_abi::object::ObjectType, large: bool) -> Result<CPtr, InvocationError> {
         match self {
             Self::Task => crate::root::retype(kind, 0),
-            Self::Reusable(memory) => if large { memory.ram } else { memory.objects }.retype_type(kind, 0),
+            Self::Reusable(ram, objects, _) => (if large { ram } else { objects }).retype_type(kind, 0),
         }
+    }
+}
+
+/// What a guest under construction has taken so far: the capabilities
+/// made from a reusable source (bounded by its RAM size), and its window.
+#[derive(Default)]
+struct Parts {
+    slots: GuestSlots,
+    window: Option<u64>,
+}
+
+impl Parts {
+    /// Notes `slot` if the guest's memory is to be given back.
+    fn record(&mut self, source: Source, slot: CPtr) -> CPtr {
+        if let Source::Reusable(..) = source {
+            // `GuestSlots` has room for every capability of the largest RAM.
+            let _ = self.slots.push(slot);
+        }
+        slot
     }
 }
 
 /// Memory for one guest at a time, used again for each: two Untypeds of
 /// the task's own, one the guest's RAM is made from (its size) and one for
-/// its VCPU, GuestSpace and page tables (64 KiB). [`Guest::release`] resets
-/// both, which deletes every object of the guest, its mappings in the
-/// GuestSpace and in this task, and the capabilities to them.
-#[derive(Debug, Clone, Copy)]
+/// its VCPU, GuestSpace and page tables (64 KiB). A guest made in it with
+/// [`Guest::new_in`] holds it until [`Guest::release`] resets both, which
+/// deletes every object of the guest, its mappings in the GuestSpace and in
+/// this task, and the capabilities to them, and hands it back.
+#[derive(Debug)]
 pub struct GuestMemory {
     ram: Cap<Untyped>,
     objects: Cap<Untyped>,
@@ -218,18 +239,36 @@ impl GuestMemory {
         if !ram_size.is_power_of_two() || !(LARGE..=MAX_RELEASABLE_RAM).contains(&ram_size) {
             return Err(step("checking the size")(InvocationError::InvalidArgument { index: 0 }));
         }
+        // What every guest's window needs first, while the task has memory.
+        window_pdpt().map_err(step("mapping a PDPT for the window"))?;
         let untyped = |bits| {
             crate::root::retype(ObjectType::Untyped, bits)
                 .map(Cap::<Untyped>::from_raw)
                 .map_err(step("making guest memory"))
         };
-        // What every guest's window needs first, while the task has memory.
-        window_pdpt().map_err(step("mapping a PDPT for the window"))?;
         // The small one first: Untypeds are used from a watermark up, and
         // the large one's alignment would leave the memory below it unused.
         let objects = untyped(Self::OBJECTS_BITS)?;
         let ram = untyped(u64::from(ram_size.trailing_zeros()))?;
         Ok(Self { ram, objects, ram_size })
+    }
+
+    fn source(&self) -> Source {
+        Source::Reusable(self.ram, self.objects, self.ram_size)
+    }
+
+    /// Deletes everything made from the memory, gives back the
+    /// capabilities' slots and the window `parts` took.
+    fn empty(&self, parts: &Parts) -> Result<(), InvocationError> {
+        self.objects.reset()?;
+        self.ram.reset()?;
+        for &slot in &parts.slots {
+            crate::slots::free(slot);
+        }
+        if let Some(window) = parts.window {
+            sys::release_guest_window(window);
+        }
+        Ok(())
     }
 }
 
@@ -238,8 +277,6 @@ impl GuestMemory {
 /// guest memory. At most 1 GiB, in 2 MiB frames.
 pub struct GuestRam {
     bytes: &'static mut [u8],
-    window: u64,
-    slots: GuestSlots,
 }
 
 /// Whether the page-directory-pointer table covering the guest RAM
@@ -269,15 +306,20 @@ impl GuestRam {
     /// the task's Untypeds and maps them at guest-physical 0 in `space`,
     /// which must have an ASID and nothing mapped below 1 GiB.
     pub fn new(space: Cap<GuestSpace>, size: u64) -> Result<Self, GuestRamError> {
-        Self::make(space, size, Source::Task)
+        Self::make(space, size, Source::Task, &mut Parts::default())
     }
 
-    fn make(space: Cap<GuestSpace>, size: u64, source: Source) -> Result<Self, GuestRamError> {
+    fn make(
+        space: Cap<GuestSpace>,
+        size: u64,
+        source: Source,
+        parts: &mut Parts,
+    ) -> Result<Self, GuestRamError> {
         use strata_abi::object::{ObjectType, VmAttributes};
         let step = |what: &'static str| move |error| GuestRamError { step: what, error };
         let limit = match source {
             Source::Task => 1 << 30,
-            Source::Reusable(memory) => memory.ram_size,
+            Source::Reusable(_, _, ram_size) => ram_size,
         };
         if size == 0 || !size.is_multiple_of(LARGE) || size > limit {
             return Err(step("checking the size")(InvocationError::InvalidArgument { index: 1 }));
@@ -285,48 +327,37 @@ impl GuestRam {
         let window = sys::claim_guest_window()
             .ok_or(InvocationError::NotEnoughMemory { available: 0 })
             .map_err(step("claiming an address range"))?;
-        let mut ram = Self { bytes: &mut [], window, slots: GuestSlots::new() };
-        // Recorded only for a reusable source (bounded by its RAM size).
-        let mut record = |slot: CPtr| {
-            if let Source::Reusable(_) = source {
-                let _ = ram.slots.push(slot);
-            }
-            slot
-        };
-        let table = |kind: ObjectType, record: &mut dyn FnMut(CPtr) -> CPtr| {
+        parts.window = Some(window);
+        let table = |kind: ObjectType, parts: &mut Parts| {
             source
                 .retype(kind, false)
-                .map(|slot| Cap::<PageTable>::from_raw(record(slot)))
+                .map(|slot| Cap::<PageTable>::from_raw(parts.record(source, slot)))
                 .map_err(step("making a page table"))
         };
         // This task: one PDPT for every window, and a directory per window.
         window_pdpt().map_err(step("mapping a PDPT for the window"))?;
-        table(ObjectType::PageDirectory, &mut record)?
+        table(ObjectType::PageDirectory, parts)?
             .map(crate::cap::own::VSPACE, window)
             .map_err(step("mapping a page directory for the window"))?;
-        table(ObjectType::Pdpt, &mut record)?
-            .map_guest(space, 0)
-            .map_err(step("mapping the guest's PDPT"))?;
-        table(ObjectType::PageDirectory, &mut record)?
+        table(ObjectType::Pdpt, parts)?.map_guest(space, 0).map_err(step("mapping the guest's PDPT"))?;
+        table(ObjectType::PageDirectory, parts)?
             .map_guest(space, 0)
             .map_err(step("mapping the guest's page directory"))?;
         let read_write = Rights::READ | Rights::WRITE;
         for offset in (0..size).step_by(LARGE as usize) {
-            let frame: Cap<Frame> = Cap::from_raw(record(
-                source.retype(ObjectType::Frame2M, true).map_err(step("making a 2 MiB frame"))?,
-            ));
+            let frame = source.retype(ObjectType::Frame2M, true).map_err(step("making a 2 MiB frame"))?;
+            let frame: Cap<Frame> = Cap::from_raw(parts.record(source, frame));
             frame
                 .map(crate::cap::own::VSPACE, window + offset, read_write, 0)
                 .map_err(step("mapping RAM in the VMM"))?;
             // The guest's own page tables decide what it may execute.
-            let copy: Cap<Frame> = Cap::from_raw(record(
-                crate::root::mint(frame.raw(), Rights::all(), 0).map_err(step("copying a frame cap"))?,
-            ));
+            let copy =
+                crate::root::mint(frame.raw(), Rights::all(), 0).map_err(step("copying a frame cap"))?;
+            let copy: Cap<Frame> = Cap::from_raw(parts.record(source, copy));
             copy.map_guest(space, offset, read_write, VmAttributes::EXECUTABLE.bits())
                 .map_err(step("mapping RAM in the guest"))?;
         }
-        ram.bytes = sys::guest_window(window, size);
-        Ok(ram)
+        Ok(Self { bytes: sys::guest_window(window, size) })
     }
 
     /// The RAM, guest-physical `0..len`.
@@ -338,58 +369,89 @@ impl GuestRam {
 /// A guest for this thread: a GuestSpace with an ASID from this task's
 /// pool, RAM at guest-physical 0, and a VCPU bound to this thread that runs
 /// in it. (For a root task: the objects come from its Untypeds.)
+///
+/// Its parts are reached through methods, not fields: the RAM's mappings
+/// belong to this guest, and [`Self::release`] removes them.
 pub struct Guest {
-    /// The guest-physical address space.
-    pub space: Cap<GuestSpace>,
-    /// Its RAM.
-    pub ram: GuestRam,
-    /// The VCPU; [`enter`] runs it.
-    pub vcpu: Cap<Vcpu>,
+    space: Cap<GuestSpace>,
+    ram: GuestRam,
+    vcpu: Cap<Vcpu>,
+    /// The memory it was made in, and what it took there.
+    memory: Option<(GuestMemory, Parts)>,
 }
 
 impl Guest {
+    /// The guest-physical address space.
+    pub fn space(&self) -> Cap<GuestSpace> {
+        self.space
+    }
+
+    /// The VCPU; [`enter`] runs it.
+    pub fn vcpu(&self) -> Cap<Vcpu> {
+        self.vcpu
+    }
+
+    /// The RAM, guest-physical `0..len`.
+    pub fn ram(&mut self) -> &mut [u8] {
+        self.ram.bytes()
+    }
+
     /// Makes a guest with `ram` bytes of RAM (see [`GuestRam::new`]) from
     /// the task's Untypeds, for good.
     pub fn new(ram: u64) -> Result<Self, GuestRamError> {
-        Self::make(ram, Source::Task)
+        let (space, ram, vcpu) = Self::make(ram, Source::Task, &mut Parts::default())?;
+        Ok(Self { space, ram, vcpu, memory: None })
     }
 
-    /// Makes a guest with `ram` bytes of RAM (at most `memory`'s size)
-    /// from `memory`, which must not hold another guest: [`Self::release`]
-    /// gives it back for the next.
-    pub fn new_in(memory: GuestMemory, ram: u64) -> Result<Self, GuestRamError> {
-        Self::make(ram, Source::Reusable(memory))
+    /// Makes a guest with `ram` bytes of RAM (at most `memory`'s size) in
+    /// `memory`, which it holds until [`Self::release`] hands it back. On
+    /// failure, everything made is deleted and `memory` comes back with the
+    /// error.
+    pub fn new_in(memory: GuestMemory, ram: u64) -> Result<Self, (GuestRamError, GuestMemory)> {
+        let mut parts = Parts::default();
+        match Self::make(ram, memory.source(), &mut parts) {
+            Ok((space, ram, vcpu)) => Ok(Self { space, ram, vcpu, memory: Some((memory, parts)) }),
+            Err(error) => match memory.empty(&parts) {
+                Ok(()) => Err((error, memory)),
+                Err(cleanup) => {
+                    Err((GuestRamError { step: "deleting a half-made guest", error: cleanup }, memory))
+                }
+            },
+        }
     }
 
-    fn make(ram: u64, source: Source) -> Result<Self, GuestRamError> {
+    fn make(
+        ram: u64,
+        source: Source,
+        parts: &mut Parts,
+    ) -> Result<(Cap<GuestSpace>, GuestRam, Cap<Vcpu>), GuestRamError> {
         use strata_abi::object::ObjectType;
         let step = |what: &'static str| move |error| GuestRamError { step: what, error };
-        let make = |kind| source.retype(kind, false).map_err(step("making guest objects"));
-        let space: Cap<GuestSpace> = Cap::from_raw(make(ObjectType::GuestSpace)?);
+        let make = |kind, parts: &mut Parts| {
+            source
+                .retype(kind, false)
+                .map(|slot| parts.record(source, slot))
+                .map_err(step("making guest objects"))
+        };
+        let space: Cap<GuestSpace> = Cap::from_raw(make(ObjectType::GuestSpace, parts)?);
         crate::cap::own::ASID_POOL.assign_guest(space).map_err(step("assigning an ASID"))?;
-        let mut ram = GuestRam::make(space, ram, source)?;
-        let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu)?);
-        if let Source::Reusable(_) = source {
-            // Room for both is part of `GuestSlots`.
-            let _ = ram.slots.push(space.raw());
-            let _ = ram.slots.push(vcpu.raw());
-        }
+        let ram = GuestRam::make(space, ram, source, parts)?;
+        let vcpu: Cap<Vcpu> = Cap::from_raw(make(ObjectType::Vcpu, parts)?);
         vcpu.set_tcb(crate::cap::own::TCB).map_err(step("binding the VCPU"))?;
         vcpu.set_space(space).map_err(step("setting the GuestSpace"))?;
-        Ok(Self { space, ram, vcpu })
+        Ok((space, ram, vcpu))
     }
 
-    /// Deletes the guest made by [`Self::new_in`] from `memory`: every
-    /// object of it (VCPU, GuestSpace, tables, RAM) and every capability
-    /// to them, its mappings here and in the GuestSpace, and its address
-    /// range here; `memory` is then empty, for the next guest.
-    pub fn release(self, memory: GuestMemory) -> Result<(), InvocationError> {
-        memory.objects.reset()?;
-        memory.ram.reset()?;
-        for &slot in &self.ram.slots {
-            crate::slots::free(slot);
-        }
-        sys::release_guest_window(self.ram.window);
-        Ok(())
+    /// Deletes a guest made by [`Self::new_in`]: every object of it (VCPU,
+    /// GuestSpace, tables, RAM) and every capability to them, its mappings
+    /// here and in the GuestSpace, and its address range here; and hands
+    /// back its memory, empty, for the next guest. A guest made by
+    /// [`Self::new`] is for good: `IllegalOperation`.
+    pub fn release(self) -> Result<GuestMemory, InvocationError> {
+        // `self` is consumed, its RAM with it: nothing can reach the
+        // mappings that go now.
+        let Some((memory, parts)) = self.memory else { return Err(InvocationError::IllegalOperation) };
+        memory.empty(&parts)?;
+        Ok(memory)
     }
 }

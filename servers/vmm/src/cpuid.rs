@@ -95,7 +95,9 @@ pub fn model(leaf: u32, subleaf: u32, xsave: XsaveState, host: impl Fn(u32, u32)
             let [_, b, c, d] = host(7, 0);
             let avx2 = if avx { 0 } else { 1 << 5 };
             let b = b & !(avx2 | 1 << 14 | 1 << 16 | 1 << 17 | 1 << 21 | 0x7 << 26 | 1 << 30 | 1 << 31);
-            let c = c & !(1 << 1 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 11 | 1 << 12 | 1 << 14);
+            // VAES and VPCLMULQDQ (ECX 9, 10) are VEX-encoded: AVX state.
+            let vex = if avx { 0 } else { 1 << 9 | 1 << 10 };
+            let c = c & !(vex | 1 << 1 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 11 | 1 << 12 | 1 << 14);
             let d = d & !(1 << 2 | 1 << 3 | 1 << 8 | 1 << 22 | 1 << 23 | 1 << 24 | 1 << 25);
             [0, b, c, d]
         }
@@ -177,6 +179,7 @@ mod tests {
         assert_eq!(super::model(1, 0, sse_only, host)[2] >> 28 & 0b11, 0, "no AVX or F16C");
         assert_eq!(super::model(1, 0, sse_only, host)[2] & 1 << 12, 0, "no FMA");
         assert_eq!(super::model(7, 0, sse_only, host)[1] & 1 << 5, 0, "no AVX2");
+        assert_eq!(super::model(7, 0, sse_only, host)[2] & (1 << 9 | 1 << 10), 0, "no VAES or VPCLMULQDQ");
         assert_eq!(super::model(0xd, 0, sse_only, host), [0b011, 576, 576, 0]);
         assert_eq!(super::model(0xd, 2, sse_only, host), [0; 4]);
     }

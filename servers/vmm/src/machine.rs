@@ -9,8 +9,8 @@ use alloc::string::String;
 use strata_abi::error::InvocationError;
 use strata_abi::object::ObjectType;
 use strata_abi::vcpu::{Exit, Field, Segment, SegmentPart, io, segment_field};
-use strata_rt::cap::{Cap, GuestSpace, Vcpu};
-use strata_rt::vm::{self, GuestRam, VmExit};
+use strata_rt::cap::{Cap, Vcpu};
+use strata_rt::vm::{self, VmExit};
 use strata_vmm::memory::{GuestMemory, Paging};
 use strata_vmm::pic::Pic;
 use strata_vmm::pit::{self, Pit};
@@ -127,7 +127,7 @@ fn main() -> ! {
         })
         .ok();
     // One guest at a time, each in the same memory.
-    let memory = match vm::GuestMemory::new(RAM_SIZE) {
+    let mut memory = match vm::GuestMemory::new(RAM_SIZE) {
         Ok(memory) => memory,
         Err(e) => {
             log_line(&format!("vmm: no memory for guests: {e}"));
@@ -149,13 +149,23 @@ fn main() -> ! {
             Ok(mut machine) => {
                 started += 1;
                 let outcome = machine.run();
-                if let Err(why) = machine.release(memory) {
-                    log_line(&format!("vmm: {name}: {outcome}; then {why}"));
-                    strata_rt::parent::exit(1)
+                match machine.release() {
+                    Ok(back) => memory = back,
+                    Err(why) => {
+                        log_line(&format!("vmm: {name}: {outcome}; then {why}"));
+                        strata_rt::parent::exit(1)
+                    }
                 }
                 outcome
             }
-            Err(why) => format!("not started: {why}"),
+            Err((why, Some(back))) => {
+                memory = back;
+                format!("not started: {why}")
+            }
+            Err((why, None)) => {
+                log_line(&format!("vmm: {name}: not started: {why}"));
+                strata_rt::parent::exit(1)
+            }
         };
         log_line(&format!("vmm: {name}: {outcome}"));
     }
@@ -172,9 +182,8 @@ fn log_line(line: &str) {
 /// A running guest.
 struct Machine {
     name: &'static str,
-    space: Cap<GuestSpace>,
+    guest: vm::Guest,
     vcpu: Cap<Vcpu>,
-    ram: GuestRam,
     uart: Uart,
     /// The registers of the first entry (after it, the guest's registers
     /// are worked on in place, in the IPC buffer's register block).
@@ -202,33 +211,34 @@ fn failed(what: &str, error: InvocationError) -> String {
 }
 
 impl Machine {
-    /// Makes the GuestSpace, RAM and VCPU in `memory`, and loads `image`;
-    /// on failure, `memory` is empty again.
+    /// Makes the GuestSpace, RAM and VCPU in `memory`, and loads `image`.
+    /// On failure, `memory` comes back with the error, empty (`None` only
+    /// if emptying it failed).
     fn new(
         name: &'static str,
         image: &[u8],
         host_timer: Option<HostTimer>,
         memory: vm::GuestMemory,
-    ) -> Result<Self, String> {
-        if !loader::is_boot_sector(image) && !loader::is_plain_elf64(image) {
-            loader::check_multiboot(image).map_err(|e| format!("{e}"))?;
+    ) -> Result<Self, (String, Option<vm::GuestMemory>)> {
+        let multiboot = !loader::is_boot_sector(image) && !loader::is_plain_elf64(image);
+        if let (true, Err(e)) = (multiboot, loader::check_multiboot(image)) {
+            return Err((format!("{e}"), Some(memory)));
         }
-        let vm::Guest { space, mut ram, vcpu } =
-            vm::Guest::new_in(memory, RAM_SIZE).map_err(|e| format!("{e}"))?;
-        let registers = match Self::load(name, image, &mut ram, vcpu) {
+        let mut guest =
+            vm::Guest::new_in(memory, RAM_SIZE).map_err(|(e, memory)| (format!("{e}"), Some(memory)))?;
+        let vcpu = guest.vcpu();
+        let registers = match Self::load(name, image, guest.ram(), vcpu) {
             Ok(registers) => registers,
             Err(why) => {
-                vm::Guest { space, ram, vcpu }
-                    .release(memory)
-                    .map_err(|e| failed("giving back the guest's memory", e))?;
-                return Err(why);
+                let back =
+                    guest.release().map_err(|e| (failed("giving back the guest's memory", e), None))?;
+                return Err((why, Some(back)));
             }
         };
         Ok(Self {
             name,
-            space,
+            guest,
             vcpu,
-            ram,
             uart: Uart::new(),
             initial: registers,
             dirty: true,
@@ -249,21 +259,19 @@ impl Machine {
         })
     }
 
-    /// Deletes the guest, giving its memory back for the next.
-    fn release(self, memory: vm::GuestMemory) -> Result<(), String> {
-        vm::Guest { space: self.space, ram: self.ram, vcpu: self.vcpu }
-            .release(memory)
-            .map_err(|e| failed("giving back the guest's memory", e))
+    /// Deletes the guest and hands back its memory, empty, for the next.
+    fn release(self) -> Result<vm::GuestMemory, String> {
+        self.guest.release().map_err(|e| failed("giving back the guest's memory", e))
     }
 
     /// Loads `image` into `ram` and sets `vcpu`'s entry state for it.
     fn load(
         name: &str,
         image: &[u8],
-        ram: &mut GuestRam,
+        ram: &mut [u8],
         vcpu: Cap<Vcpu>,
     ) -> Result<strata_abi::vcpu::RegisterBlock, String> {
-        let mut memory = GuestMemory::new(ram.bytes());
+        let mut memory = GuestMemory::new(ram);
         let registers = if loader::is_boot_sector(image) {
             let entry = loader::load_boot_sector(image, &mut memory).map_err(|e| format!("{e}"))?;
             boot_sector_state(vcpu, entry).map_err(|e| failed("setting the entry state", e))?
@@ -711,13 +719,13 @@ impl Machine {
         let mut address = self.register(index);
         for _ in 0..count {
             let linear = address & address_mask;
-            let mut memory = GuestMemory::new(self.ram.bytes());
+            let mut memory = GuestMemory::new(self.guest.ram());
             let mut bytes = [0u8; 4];
             let bytes = &mut bytes[..usize::from(size)];
             if input {
                 let value = self.port_in(port, size);
                 bytes.copy_from_slice(&value.to_le_bytes()[..usize::from(size)]);
-                let mut memory = GuestMemory::new(self.ram.bytes());
+                let mut memory = GuestMemory::new(self.guest.ram());
                 memory.write_linear(paging, linear, bytes).map_err(|e| format!("INS at {linear:#x}: {e}"))?;
             } else {
                 memory.read_linear(paging, linear, bytes).map_err(|e| format!("OUTS at {linear:#x}: {e}"))?;
@@ -794,7 +802,7 @@ impl Machine {
             16
         };
         let mut bytes = [0u8; 15];
-        let mut memory = GuestMemory::new(self.ram.bytes());
+        let mut memory = GuestMemory::new(self.guest.ram());
         // Fetch what can be fetched: the instruction may end before a page that is not mapped.
         let mut fetched = 0;
         while fetched < bytes.len()

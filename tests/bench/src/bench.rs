@@ -98,11 +98,11 @@ const GUEST_INSTRUCTIONS: u64 = 1;
 /// `jmp` taken out).
 fn guest_exits(overhead: u64) {
     use strata_abi::vcpu::{Field, REGISTER_BLOCK_WORDS, Segment, SegmentPart, enter, segment_field};
-    let strata_rt::vm::Guest { mut ram, vcpu, .. } =
-        strata_rt::vm::Guest::new(2 << 20).unwrap_or_else(|e| fail(e.step, e.error));
+    let mut guest = strata_rt::vm::Guest::new(2 << 20).unwrap_or_else(|e| fail(e.step, e.error));
+    let vcpu = guest.vcpu();
     // cpuid; jmp $-2 / out 0x80, al; jmp $-2
-    ram.bytes()[0x1000..0x1004].copy_from_slice(&[0x0f, 0xa2, 0xeb, 0xfc]);
-    ram.bytes()[0x1010..0x1014].copy_from_slice(&[0xe6, 0x80, 0xeb, 0xfc]);
+    guest.ram()[0x1000..0x1004].copy_from_slice(&[0x0f, 0xa2, 0xeb, 0xfc]);
+    guest.ram()[0x1010..0x1014].copy_from_slice(&[0xe6, 0x80, 0xeb, 0xfc]);
     // Real mode with CS at 0 (the reset state has it at FFFF0000h).
     let cs = |part| segment_field(Segment::Cs, part);
     vcpu.write(&[(cs(SegmentPart::Selector), 0), (cs(SegmentPart::Base), 0)])

@@ -108,8 +108,12 @@ pub unsafe extern "sysv64" fn run(
         "cli",
         "xor ecx, ecx",
         "xgetbv",
+        // Kept within the host's components (switched by XSAVE), whatever
+        // an XSETBV the CPU did not intercept set.
+        "mov rdx, [rsp + 40]",
+        "and rdx, rax",
         "mov rcx, [rsp + 32]",
-        "mov [rcx + {xcr0}], rax",
+        "mov [rcx + {xcr0}], rdx",
         "cmp rax, [rsp + 40]",
         "je 3f",
         "mov eax, [rsp + 40]",

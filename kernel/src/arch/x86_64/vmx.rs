@@ -287,8 +287,11 @@ pub unsafe extern "sysv64" fn run(
         "mov r8, rax",
         "xor ecx, ecx",
         "xgetbv",
+        // Kept within the host's components (switched by XSAVE).
+        "mov rdx, [rsp + 24]",
+        "and rdx, rax",
         "mov rcx, [rsp + 8]",
-        "mov [rcx + {xcr0}], rax",
+        "mov [rcx + {xcr0}], rdx",
         "cmp rax, [rsp + 24]",
         "je 7f",
         "mov eax, [rsp + 24]",

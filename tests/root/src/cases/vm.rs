@@ -95,9 +95,12 @@ fn signalled_entries(notification: CPtr) -> Outcome {
 /// guest's XCR0 either way.
 fn vm_guest_xcr0() -> Outcome {
     avx_usable()?;
-    let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
-    // At 0x4000, in real mode: xsetbv; cpuid; hlt.
-    ram.bytes()[0x4000..0x4006].copy_from_slice(&[0x0f, 0x01, 0xd1, 0x0f, 0xa2, 0xf4]);
+    let mut guest = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
+    let vcpu = guest.vcpu();
+    // At 0x4000, in real mode: xsetbv; xor ecx, ecx; xgetbv; cpuid; hlt
+    // (the guest reads its XCR0 itself, as the CPU has it, into EAX).
+    let code = [0x0f, 0x01, 0xd1, 0x66, 0x31, 0xc9, 0x0f, 0x01, 0xd0, 0x0f, 0xa2, 0xf4];
+    guest.ram()[0x4000..0x4000 + code.len()].copy_from_slice(&code);
     let cs = |part| segment_field(Segment::Cs, part);
     vcpu.write(&[
         (cs(SegmentPart::Selector), 0),
@@ -118,16 +121,18 @@ fn vm_guest_xcr0() -> Outcome {
         after[Field::Rip as usize] += exit.length;
         (exit, after) = enter(&after)?;
     }
-    if exit.reason != Exit::Cpuid || after[Field::Rip as usize] != 0x4003 {
+    if exit.reason != Exit::Cpuid || after[Field::Rip as usize] != 0x4009 {
         return Err(detail!("expected CPUID after XSETBV: {exit:?} at {:#x}", after[Field::Rip as usize]));
     }
+    let seen_by_guest = after[Field::Rax as usize];
     let guest = vcpu.read(Field::Xcr0 as u64).map_err(|e| detail!("XCR0: {e}"))?;
     // The host's XCR0 is back: AVX works here, and keeps its state.
     avx_usable()?;
     let seen = syscall_keeping_ymm6(strata_abi::syscall::Syscall::Yield, 0, YMM_MINE);
-    if (reset, guest, seen) != (1, 0b011, YMM_MINE) {
+    if (reset, guest, seen_by_guest, seen) != (1, 0b011, 0b011, YMM_MINE) {
         return Err(detail!(
-            "XCR0 {reset:#x} at reset, {guest:#x} after the guest's XSETBV (3 expected); ymm6 {seen:x?}"
+            "XCR0 {reset:#x} at reset, {guest:#x} after the guest's XSETBV, {seen_by_guest:#x} by its \
+             XGETBV (3 expected); ymm6 {seen:x?}"
         ));
     }
     after[Field::Rip as usize] += exit.length;
@@ -144,8 +149,9 @@ fn vm_guest_xcr0() -> Outcome {
 /// A real-mode guest on a new VCPU with CR4.PKE set, running `code` at
 /// 0x5000 with RAX `rax` (RCX and RDX 0) to its HLT; returns RAX then.
 fn pkru_guest(code: &[u8], rax: u64) -> Result<u64, Detail> {
-    let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
-    ram.bytes()[0x5000..0x5000 + code.len()].copy_from_slice(code);
+    let mut guest = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
+    let vcpu = guest.vcpu();
+    guest.ram()[0x5000..0x5000 + code.len()].copy_from_slice(code);
     let cs = |part| segment_field(Segment::Cs, part);
     vcpu.write(&[
         (cs(SegmentPart::Selector), 0),
@@ -201,10 +207,11 @@ extern "C" fn spinner() -> ! {
 /// code at `at` counts ECX down from `count` and halts (the HLT is at
 /// `at + 10`): `mov ecx, count; 1: dec ecx; jnz 1b; hlt`.
 fn counting_guest(at: usize, count: u32) -> Result<(), Detail> {
-    let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
+    let mut guest = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
+    let vcpu = guest.vcpu();
     let [c0, c1, c2, c3] = count.to_le_bytes();
     let code = [0x66, 0xb9, c0, c1, c2, c3, 0x66, 0x49, 0x75, 0xfc, 0xf4];
-    ram.bytes()[at..at + code.len()].copy_from_slice(&code);
+    guest.ram()[at..at + code.len()].copy_from_slice(&code);
     let cs = |part| segment_field(Segment::Cs, part);
     vcpu.write(&[
         (cs(SegmentPart::Selector), 0),
@@ -331,9 +338,10 @@ fn enter(registers: &[u64; REGISTER_BLOCK_WORDS]) -> Result<(VmExit, [u64; REGIS
 }
 
 fn vm_exits() -> Outcome {
-    let vm::Guest { mut ram, vcpu, .. } = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
+    let mut guest = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
+    let vcpu = guest.vcpu();
     // At 0x1000, in real mode: cpuid; hlt; mov [0], al (DS is moved past RAM first).
-    ram.bytes()[0x1000..0x1006].copy_from_slice(&[0x0f, 0xa2, 0xf4, 0xa2, 0x00, 0x00]);
+    guest.ram()[0x1000..0x1006].copy_from_slice(&[0x0f, 0xa2, 0xf4, 0xa2, 0x00, 0x00]);
     let cs = |part| segment_field(Segment::Cs, part);
     let ds = |part| segment_field(Segment::Ds, part);
     vcpu.write(&[
