@@ -287,7 +287,8 @@ impl Runtime {
                     return if interrupted { Some(false) } else { None };
                 }
             };
-            // The registers are in the VCPU now: a re-entry must not reload them.
+            // After this run the registers are in the VCPU: a re-entry must
+            // not reload them.
             flags = 0;
             if previous != Some(entry.vcpu) {
                 let debug =
@@ -306,7 +307,7 @@ impl Runtime {
             let host_xcr0 = self.space.virt.xcr0;
             let load = self.direct_map.to_virtual(entry.registers).as_mut_ptr::<u64>().cast_const();
             if self.space.virt.backend == crate::object::vcpu::Backend::Vmx {
-                if let Err(exit) = self.run_vmx(entry.vcpu, entry.flush, (load, host_xcr0)) {
+                if let Err(exit) = self.run_vmx(entry.vcpu, entry.flush, load, host_xcr0) {
                     self.space.vm_not_entered(&entry);
                     self.space.reply_vm_exit(tcb, exit);
                     return Some(false);
@@ -365,7 +366,8 @@ impl Runtime {
         &mut self,
         vcpu: PhysAddr,
         flush: bool,
-        (load, host_xcr0): (*const u64, u64),
+        load: *const u64,
+        host_xcr0: u64,
     ) -> Result<(), crate::object::vcpu::NeutralExit> {
         use crate::arch::x86_64::vmx;
         use crate::object::vcpu::{NeutralExit, layout};

@@ -178,19 +178,18 @@ type GuestSlots = heapless::Vec<CPtr, { 6 + 2 * (MAX_RELEASABLE_RAM / LARGE) as 
 
 /// Where a guest's objects come from.
 #[derive(Debug, Clone, Copy)]
-enum Source {
+enum Source<'a> {
     /// The task's Untypeds, for good.
     Task,
-    /// The Untypeds of a [`GuestMemory`]: for RAM, for the rest, and the
-    /// largest RAM they hold.
-    Reusable(Cap<Untyped>, Cap<Untyped>, u64),
+    /// A [`GuestMemory`]'s Untypeds.
+    Reusable(&'a GuestMemory),
 }
 
-impl Source {
+impl Source<'_> {
     fn retype(self, kind: strata_abi::object::ObjectType, large: bool) -> Result<CPtr, InvocationError> {
         match self {
             Self::Task => crate::root::retype(kind, 0),
-            Self::Reusable(ram, objects, _) => (if large { ram } else { objects }).retype_type(kind, 0),
+            Self::Reusable(memory) => (if large { memory.ram } else { memory.objects }).retype_type(kind, 0),
         }
     }
 }
@@ -251,10 +250,6 @@ impl GuestMemory {
         let objects = untyped(Self::OBJECTS_BITS)?;
         let ram = untyped(u64::from(ram_size.trailing_zeros()))?;
         Ok(Self { ram, objects, ram_size })
-    }
-
-    fn source(&self) -> Source {
-        Source::Reusable(self.ram, self.objects, self.ram_size)
     }
 
     /// Deletes everything made from the memory, gives back the
@@ -319,7 +314,7 @@ impl GuestRam {
         let step = |what: &'static str| move |error| GuestRamError { step: what, error };
         let limit = match source {
             Source::Task => 1 << 30,
-            Source::Reusable(_, _, ram_size) => ram_size,
+            Source::Reusable(memory) => memory.ram_size,
         };
         if size == 0 || !size.is_multiple_of(LARGE) || size > limit {
             return Err(step("checking the size")(InvocationError::InvalidArgument { index: 1 }));
@@ -409,7 +404,7 @@ impl Guest {
     /// error.
     pub fn new_in(memory: GuestMemory, ram: u64) -> Result<Self, (GuestRamError, GuestMemory)> {
         let mut parts = Parts::default();
-        match Self::make(ram, memory.source(), &mut parts) {
+        match Self::make(ram, Source::Reusable(&memory), &mut parts) {
             Ok((space, ram, vcpu)) => Ok(Self { space, ram, vcpu, memory: Some((memory, parts)) }),
             Err(error) => match memory.empty(&parts) {
                 Ok(()) => Err((error, memory)),

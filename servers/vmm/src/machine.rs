@@ -202,7 +202,7 @@ struct Machine {
     window: bool,
     /// A host one-shot runs for the guest PIT's next edge.
     armed: bool,
-    /// The guest's CR4.OSXSAVE and XCR0 as last read, and the host's XCR0.
+    /// The guest's CR4.OSXSAVE and XCR0 as last read (for CPUID), and the host's XCR0.
     xsave: cpuid::XsaveState,
 }
 
@@ -221,7 +221,7 @@ impl Machine {
         memory: vm::GuestMemory,
     ) -> Result<Self, (String, Option<vm::GuestMemory>)> {
         let multiboot = !loader::is_boot_sector(image) && !loader::is_plain_elf64(image);
-        if let (true, Err(e)) = (multiboot, loader::check_multiboot(image)) {
+        if let Some(Err(e)) = multiboot.then(|| loader::check_multiboot(image)) {
             return Err((format!("{e}"), Some(memory)));
         }
         let mut guest =
@@ -439,10 +439,12 @@ impl Machine {
             Exit::Cpuid => {
                 let leaf = self.register(Field::Rax) as u32;
                 let subleaf = self.register(Field::Rcx) as u32;
-                if matches!(leaf, 1 | 0xd) {
-                    // The kernel keeps the guest's XCR0 as the CPU has it,
-                    // even after an XSETBV the CPU did not report.
+                // Only these answers depend on guest state: leaf 1 on CR4,
+                // leaf 0Dh's size on XCR0, which the kernel keeps as the CPU
+                // has it (even after an XSETBV the CPU did not report).
+                if leaf == 1 {
                     self.xsave.osxsave = self.osxsave()?;
+                } else if (leaf, subleaf) == (0xd, 0) {
                     self.xsave.xcr0 =
                         self.vcpu.read(Field::Xcr0 as u64).map_err(|e| failed("reading XCR0", e))?;
                 }
@@ -628,7 +630,6 @@ impl Machine {
             return self.inject_exception(13, Some(0));
         }
         self.vcpu.write(&[(Field::Xcr0 as u64, value)]).map_err(|e| failed("setting XCR0", e))?;
-        self.xsave.xcr0 = value;
         self.advance(length);
         Ok(())
     }

@@ -58,6 +58,41 @@ macro_rules! pop_callee_saved_and_return {
     };
 }
 
+/// Before entering a guest: loads its XCR0 (at `{xcr0}` from the state
+/// page in register `$state`) if it differs from the host's (in register
+/// `$host`). VMRUN and VM entry switch neither (Intel syntax; clobbers
+/// RAX, RCX and RDX).
+#[cfg_attr(not(strata_baremetal), allow(unused_macros))]
+#[rustfmt::skip]
+macro_rules! load_guest_xcr0 {
+    ($state:literal, $host:literal) => {
+        concat!(
+            "mov rax, [", $state, " + {xcr0}]\n",
+            "cmp rax, ", $host, "\n",
+            "je 8f\n xor ecx, ecx\n xor edx, edx\n xsetbv\n 8:",
+        )
+    };
+}
+
+/// After the exit: reads the XCR0 the guest left into its state page (at
+/// `$state`, a memory operand, then `{xcr0}`), kept within the host's
+/// components (`$host`, a memory operand), and loads the host's if it
+/// differs: a guest XSETBV the CPU let through without an exit (QEMU 7.2's
+/// TCG does) stays the guest's (Intel syntax; clobbers RAX, RCX and RDX).
+#[cfg_attr(not(strata_baremetal), allow(unused_macros))]
+#[rustfmt::skip]
+macro_rules! restore_host_xcr0 {
+    ($state:literal, $host:literal) => {
+        concat!(
+            "xor ecx, ecx\n xgetbv\n",
+            "mov rdx, ", $host, "\n and rdx, rax\n",
+            "mov rcx, ", $state, "\n mov [rcx + {xcr0}], rdx\n",
+            "cmp rax, ", $host, "\n je 8f\n",
+            "mov eax, ", $host, "\n xor ecx, ecx\n xor edx, edx\n xsetbv\n 8:",
+        )
+    };
+}
+
 /// After a VM exit: stores the guest's general registers, other than RAX
 /// and RSP (which the VMCB or VMCS holds, or the caller saves), at
 /// `[rax + 8 × encoding]`, the VCPU's register words (Intel syntax).

@@ -638,6 +638,14 @@ fn xsave_and_avx(checks: &mut Checks) {
     checks.check("avx-across-exits", ymm == 0, format_args!("mask of changed YMM registers {ymm:#x}"));
 }
 
+/// 64 exits, 32 times CPUID and OUT to an unused port, counting in `{n}`
+/// (clobbers EAX, ECX and EDX; keeps RBX, which the compiler reserves).
+macro_rules! exits_64 {
+    () => {
+        "mov {n:e}, 32\n 3:\n push rbx\n mov eax, 1\n cpuid\n pop rbx\n mov dx, 0x3ff\n mov al, 0x3c\n out dx, al\n dec {n:e}\n jnz 3b"
+    };
+}
+
 /// Room for the sixteen YMM registers, aligned for AVX memory operands.
 #[repr(C, align(32))]
 struct Ymm([u64; 64]);
@@ -658,17 +666,7 @@ fn avx_survives_exits() -> u32 {
             "vmovdqa ymm4, [{p} + 128]", "vmovdqa ymm5, [{p} + 160]", "vmovdqa ymm6, [{p} + 192]", "vmovdqa ymm7, [{p} + 224]",
             "vmovdqa ymm8, [{p} + 256]", "vmovdqa ymm9, [{p} + 288]", "vmovdqa ymm10, [{p} + 320]", "vmovdqa ymm11, [{p} + 352]",
             "vmovdqa ymm12, [{p} + 384]", "vmovdqa ymm13, [{p} + 416]", "vmovdqa ymm14, [{p} + 448]", "vmovdqa ymm15, [{p} + 480]",
-            "mov {n:e}, 32",
-            "3:",
-            "push rbx",
-            "mov eax, 1",
-            "cpuid",
-            "pop rbx",
-            "mov dx, 0x3ff",
-            "mov al, 0x3c",
-            "out dx, al",
-            "dec {n:e}",
-            "jnz 3b",
+            exits_64!(),
             "vmovdqa [{a}], ymm0", "vmovdqa [{a} + 32], ymm1", "vmovdqa [{a} + 64], ymm2", "vmovdqa [{a} + 96], ymm3",
             "vmovdqa [{a} + 128], ymm4", "vmovdqa [{a} + 160], ymm5", "vmovdqa [{a} + 192], ymm6", "vmovdqa [{a} + 224], ymm7",
             "vmovdqa [{a} + 256], ymm8", "vmovdqa [{a} + 288], ymm9", "vmovdqa [{a} + 320], ymm10", "vmovdqa [{a} + 352], ymm11",
@@ -750,17 +748,7 @@ fn fpu_survives_exits() -> u32 {
             "movdqu xmm8, [{p} + 128]", "movdqu xmm9, [{p} + 144]", "movdqu xmm10, [{p} + 160]", "movdqu xmm11, [{p} + 176]",
             "movdqu xmm12, [{p} + 192]", "movdqu xmm13, [{p} + 208]", "movdqu xmm14, [{p} + 224]", "movdqu xmm15, [{p} + 240]",
             "fld qword ptr [{pi}]",
-            "mov {n:e}, 32",
-            "3:",
-            "push rbx",
-            "mov eax, 1",
-            "cpuid",
-            "pop rbx",
-            "mov dx, 0x3ff",
-            "mov al, 0x3c",
-            "out dx, al",
-            "dec {n:e}",
-            "jnz 3b",
+            exits_64!(),
             "fstp qword ptr [{x87}]",
             "xor {m:e}, {m:e}",
             // Compare each register with its pattern; a changed one sets its bit.

@@ -95,20 +95,10 @@ fn signalled_entries(notification: CPtr) -> Outcome {
 /// guest's XCR0 either way.
 fn vm_guest_xcr0() -> Outcome {
     avx_usable()?;
-    let mut guest = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
-    let vcpu = guest.vcpu();
     // At 0x4000, in real mode: xsetbv; xor ecx, ecx; xgetbv; cpuid; hlt
     // (the guest reads its XCR0 itself, as the CPU has it, into EAX).
     let code = [0x0f, 0x01, 0xd1, 0x66, 0x31, 0xc9, 0x0f, 0x01, 0xd0, 0x0f, 0xa2, 0xf4];
-    guest.ram()[0x4000..0x4000 + code.len()].copy_from_slice(&code);
-    let cs = |part| segment_field(Segment::Cs, part);
-    vcpu.write(&[
-        (cs(SegmentPart::Selector), 0),
-        (cs(SegmentPart::Base), 0),
-        (Field::Cr4 as u64, 1 << 18),
-        (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
-    ])
-    .map_err(|e| detail!("state: {e}"))?;
+    let vcpu = real_mode_guest(0x4000, &code, 1 << 18)?;
     let reset = vcpu.read(Field::Xcr0 as u64).map_err(|e| detail!("XCR0: {e}"))?;
     let mut registers = [0u64; REGISTER_BLOCK_WORDS];
     registers[Field::Rip as usize] = 0x4000;
@@ -149,17 +139,7 @@ fn vm_guest_xcr0() -> Outcome {
 /// A real-mode guest on a new VCPU with CR4.PKE set, running `code` at
 /// 0x5000 with RAX `rax` (RCX and RDX 0) to its HLT; returns RAX then.
 fn pkru_guest(code: &[u8], rax: u64) -> Result<u64, Detail> {
-    let mut guest = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
-    let vcpu = guest.vcpu();
-    guest.ram()[0x5000..0x5000 + code.len()].copy_from_slice(code);
-    let cs = |part| segment_field(Segment::Cs, part);
-    vcpu.write(&[
-        (cs(SegmentPart::Selector), 0),
-        (cs(SegmentPart::Base), 0),
-        (Field::Cr4 as u64, 1 << 22),
-        (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
-    ])
-    .map_err(|e| detail!("state: {e}"))?;
+    real_mode_guest(0x5000, code, 1 << 22)?;
     let mut registers = [0u64; REGISTER_BLOCK_WORDS];
     registers[Field::Rip as usize] = 0x5000;
     registers[Field::Rflags as usize] = 2;
@@ -203,22 +183,29 @@ extern "C" fn spinner() -> ! {
     }
 }
 
-/// A real-mode guest (CS at 0, HLT exiting) for this thread's VCPU, whose
-/// code at `at` counts ECX down from `count` and halts (the HLT is at
-/// `at + 10`): `mov ecx, count; 1: dec ecx; jnz 1b; hlt`.
-fn counting_guest(at: usize, count: u32) -> Result<(), Detail> {
+/// A real-mode guest (CS at 0, HLT exiting, CR4 `cr4`) for this thread's
+/// VCPU, on a new VCPU with 2 MiB of RAM, with `code` at `at`.
+fn real_mode_guest(at: usize, code: &[u8], cr4: u64) -> Result<Cap<Vcpu>, Detail> {
     let mut guest = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
-    let vcpu = guest.vcpu();
-    let [c0, c1, c2, c3] = count.to_le_bytes();
-    let code = [0x66, 0xb9, c0, c1, c2, c3, 0x66, 0x49, 0x75, 0xfc, 0xf4];
-    guest.ram()[at..at + code.len()].copy_from_slice(&code);
+    guest.ram()[at..at + code.len()].copy_from_slice(code);
     let cs = |part| segment_field(Segment::Cs, part);
-    vcpu.write(&[
-        (cs(SegmentPart::Selector), 0),
-        (cs(SegmentPart::Base), 0),
-        (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
-    ])
-    .map_err(|e| detail!("state: {e}"))
+    guest
+        .vcpu()
+        .write(&[
+            (cs(SegmentPart::Selector), 0),
+            (cs(SegmentPart::Base), 0),
+            (Field::Cr4 as u64, cr4),
+            (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
+        ])
+        .map_err(|e| detail!("state: {e}"))?;
+    Ok(guest.vcpu())
+}
+
+/// A real-mode guest whose code at `at` counts ECX down from `count` and
+/// halts (the HLT is at `at + 10`): `mov ecx, count; 1: dec ecx; jnz 1b; hlt`.
+fn counting_guest(at: usize, count: u32) -> Result<(), Detail> {
+    let [c0, c1, c2, c3] = count.to_le_bytes();
+    real_mode_guest(at, &[0x66, 0xb9, c0, c1, c2, c3, 0x66, 0x49, 0x75, 0xfc, 0xf4], 0).map(drop)
 }
 
 /// A guest that runs for 20 million instructions spans many host timer
