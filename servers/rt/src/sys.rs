@@ -63,6 +63,33 @@ pub fn raw_syscall(number: u64, rdi: u64, rsi: u64, words: [u64; 8]) -> (u64, u6
     (badge, info, [w0, w1, w2, w3, w4, w5, w6, w7])
 }
 
+/// `VmEnter` with `flags` in RDX: returns RSI (the reply's message info)
+/// and its four words (RDX, R8, R9, R10). The kernel changes no other
+/// register but RAX, RCX and R11, so unlike [`syscall`] this neither
+/// sets nor reads the other message registers.
+#[inline(always)]
+pub fn vm_enter(flags: u64) -> (u64, [u64; 4]) {
+    let (info, w0, w1, w2, w3);
+    // SAFETY: as for `raw_syscall`; `VmEnter` writes RSI and message words
+    // 0–3 and nothing else (docs/abi.md), and RDI is declared changed too.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") Syscall::VmEnter as u64 => _,
+            inlateout("rdx") flags => w0,
+            lateout("rdi") _,
+            lateout("rsi") info,
+            lateout("r8") w1,
+            lateout("r9") w2,
+            lateout("r10") w3,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    (info, [w0, w1, w2, w3])
+}
+
 /// The time-stamp counter (under QEMU `-icount shift=0`: instructions executed).
 pub fn timestamp() -> u64 {
     // SAFETY: RDTSC has no preconditions in user mode while CR4.TSD is clear,
@@ -70,11 +97,13 @@ pub fn timestamp() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+#[inline(always)]
 fn ipc_buffer() -> *mut IpcBuffer {
     IPC_BUFFER.load(Ordering::Relaxed) as *mut IpcBuffer
 }
 
 /// The address every thread of this program keeps its IPC buffer at.
+#[inline]
 pub fn ipc_buffer_address() -> u64 {
     IPC_BUFFER.load(Ordering::Relaxed)
 }

@@ -5,7 +5,6 @@
 use strata_abi::error::InvocationError;
 use strata_abi::invocation::Label;
 use strata_abi::object::Rights;
-use strata_abi::syscall::Syscall;
 use strata_abi::vcpu::{self, Exit, RegisterBlock};
 
 use crate::cap::{AsidPool, Cap, Frame, GuestSpace, PageTable, Tcb, Untyped, Vcpu};
@@ -112,8 +111,8 @@ pub fn enter_in_place() -> Result<VmExit, InvocationError> {
 }
 
 fn enter_with(flags: u64) -> Result<VmExit, InvocationError> {
-    let (label, words) = sys::syscall(Syscall::VmEnter, 0, 0, [flags, 0, 0, 0, 0, 0, 0, 0]);
-    let label = label >> 12;
+    let (info, words) = sys::vm_enter(flags);
+    let label = info >> 12;
     if label != 0 {
         return Err(InvocationError::decode(label, [words[0], words[1], words[2], words[3]])
             .unwrap_or(InvocationError::IllegalOperation));

@@ -121,12 +121,7 @@ fn guest_exits(overhead: u64) {
         // One round trip: enter with the registers, then emulate the exit.
         let round_trip = |timed: bool| -> u64 {
             let start = rdtsc();
-            let (_, words) = strata_rt::sys::syscall(
-                strata_abi::syscall::Syscall::VmEnter,
-                0,
-                0,
-                [enter::LOAD_REGISTERS, 0, 0, 0, 0, 0, 0, 0],
-            );
+            let (_, words) = strata_rt::sys::vm_enter(enter::LOAD_REGISTERS);
             let kernel = rdtsc() - start;
             if words[0] != expected as u64 {
                 println!("BENCH error {name}: exit {:#x} ({:#x}), expected {expected:?}", words[0], words[1]);
