@@ -166,6 +166,7 @@ fn virt_config(slice_tsc: u64) -> crate::object::vcpu::VirtConfig {
                 config.backend = Backend::Svm;
                 config.io_permissions = PhysAddr(areas.io_permissions);
                 config.msr_permissions = PhysAddr(areas.msr_permissions);
+                config.host_state = PhysAddr(areas.host_state);
             }
         }
         Some((virt::Backend::Vmx(_), Ok(()))) => {
@@ -290,30 +291,29 @@ impl Runtime {
             // After this run the registers are in the VCPU: a re-entry must
             // not reload them.
             flags = 0;
-            if previous != Some(entry.vcpu) {
+            if previous != entry.vcpu {
                 let debug =
                     |vcpu: PhysAddr| self.direct_map.to_virtual(vcpu.offset(layout::DEBUG)).as_mut_ptr();
-                let vmx = self.space.virt.backend == crate::object::vcpu::Backend::Vmx;
                 // SAFETY: both areas are in live VCPUs (deleting the last to
                 // have run clears `last_run`); the kernel sets no breakpoints.
                 unsafe {
                     crate::arch::x86_64::cpu::swap_debug_registers(
-                        previous.map(debug),
+                        (previous != PhysAddr(0)).then(|| debug(previous)),
                         debug(entry.vcpu),
-                        vmx,
+                        entry.vmx,
                     )
                 };
             }
             let host_xcr0 = self.space.virt.xcr0;
             let load = self.direct_map.to_virtual(entry.registers).as_mut_ptr::<u64>().cast_const();
-            if self.space.virt.backend == crate::object::vcpu::Backend::Vmx {
+            if entry.vmx {
                 if let Err(exit) = self.run_vmx(entry.vcpu, entry.flush, load, host_xcr0) {
                     self.space.vm_not_entered(&entry);
                     self.space.reply_vm_exit(tcb, exit);
                     return Some(false);
                 }
             } else {
-                let host_state = crate::arch::x86_64::svm::AREAS.get().map_or(0, |a| a.host_state);
+                let host_state = self.space.virt.host_state.get();
                 let vcpu = entry.vcpu;
                 let state = self.direct_map.to_virtual(vcpu.offset(layout::REGISTERS)).as_mut_ptr::<u64>();
                 let fpu = self.direct_map.to_virtual(vcpu.offset(layout::FPU)).as_mut_ptr::<u8>();
@@ -334,7 +334,7 @@ impl Runtime {
                     )
                 };
             }
-            if let Some(exit) = self.space.vm_exit(entry.vcpu) {
+            if let Some(exit) = self.space.vm_exit(&entry) {
                 self.space.vm_reply(tcb, &entry, exit);
                 return if interrupted { Some(false) } else { None };
             }

@@ -236,7 +236,7 @@ pub fn syscalls(data: &[u8]) -> Stats {
                     // report whatever exit the control block holds.
                     Outcome::VmEnter(flags) => match space.vm_prepare(tcb, flags) {
                         Ok(entry) => {
-                            if let Some(exit) = space.vm_exit(entry.vcpu) {
+                            if let Some(exit) = space.vm_exit(&entry) {
                                 space.vm_reply(tcb, &entry, exit);
                             }
                         }

@@ -95,8 +95,11 @@ pub struct VirtConfig {
     /// The host's XCR0: the state components a guest may enable.
     pub xcr0: u64,
     /// The VCPU that last ran on this CPU (its TLB entries are the ones
-    /// tagged with the guest ASID).
-    pub last_run: Option<PhysAddr>,
+    /// tagged with the guest ASID), or 0. A plain word, which the entry
+    /// path compares in one instruction.
+    pub last_run: PhysAddr,
+    /// SVM: where VMSAVE keeps the host's state during a run (4 KiB).
+    pub host_state: PhysAddr,
     /// VMX: the controls every VMCS starts with.
     pub vmx: super::vmx::VmxConfig,
 }
@@ -110,7 +113,8 @@ impl VirtConfig {
             msr_permissions: PhysAddr(0),
             generation: 0,
             xcr0: 0b111,
-            last_run: None,
+            last_run: PhysAddr(0),
+            host_state: PhysAddr(0),
             vmx: super::vmx::VmxConfig {
                 revision: 0,
                 pin: 0,
@@ -796,8 +800,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             if self.virt.backend == Backend::Vmx {
                 self.memory.vmcs_release(object.offset(layout::CONTROL));
             }
-            if self.virt.last_run == Some(object) {
-                self.virt.last_run = None;
+            if self.virt.last_run == object {
+                self.virt.last_run = PhysAddr(0);
             }
         }
     }
@@ -912,12 +916,15 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             self.ipc_buffer(tcb).ok_or(VmEnterRefusal::Error(InvocationError::IllegalOperation))?;
         let block = buffer.offset(REGISTER_BLOCK_OFFSET);
         let load = flags & vcpu::enter::LOAD_REGISTERS != 0;
+        // Read once: the entry, the exit and the reply branch on it, and a
+        // local lets the compiler take the branch once.
+        let vmx = self.virt.backend == Backend::Vmx;
         if load {
-            self.load_registers(vcpu, buffer)?;
+            self.load_registers(vcpu, buffer, vmx)?;
         }
         // The entry code loads the general registers from the block itself.
         let registers = if load { block } else { vcpu.offset(layout::REGISTERS) };
-        let entry = VmEntry { vcpu, flush: false, buffer, registers };
+        let entry = VmEntry { vcpu, flush: false, buffer, registers, vmx };
         // A signal on the thread's bound notification ends `VmEnter` before
         // anything of the entry (space, flushes) is committed; the reply
         // then gives back the registers it was asked to load.
@@ -945,7 +952,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         if changed {
             self.set_vcpu_word(vcpu, layout::SPACE, root.get());
             self.set_vcpu_word(vcpu, layout::SPACE_ASID, u64::from(asid));
-            if self.virt.backend == Backend::Vmx {
+            if vmx {
                 self.vmx_set_space(vcpu, root);
             } else {
                 self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::NESTED_CR3, root.get());
@@ -954,25 +961,23 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         // The guest's cached translations may be of another VCPU, another
         // space, or mappings since removed.
         let flush = changed
-            || self.virt.last_run != Some(vcpu)
+            || self.virt.last_run != vcpu
             || self.vcpu_word(vcpu, layout::GENERATION) != self.virt.generation;
-        self.virt.last_run = Some(vcpu);
+        self.virt.last_run = vcpu;
         self.set_vcpu_word(vcpu, layout::GENERATION, self.virt.generation);
-        if self.virt.backend == Backend::Svm {
+        if !vmx {
             // TLB_CONTROL 1 flushes every entry (APM vol. 2 §15.16.1).
             let tlb = if flush { 1 << 32 } else { 0 };
             self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::ASID_TLB, 1 | tlb);
         }
-        Ok(VmEntry { vcpu, flush, buffer, registers })
+        Ok(VmEntry { vcpu, flush, buffer, registers, vmx })
     }
 
-    /// After the guest of `vcpu` stopped: the exit in neutral terms, or
+    /// After the guest of `entry` stopped: the exit in neutral terms, or
     /// `None` if it was a host interrupt for the kernel.
-    pub fn vm_exit(&mut self, vcpu: PhysAddr) -> Option<NeutralExit> {
-        let mut exit = match self.virt.backend {
-            Backend::Vmx => self.vmx_exit(vcpu)?,
-            _ => self.svm_exit(vcpu)?,
-        };
+    pub fn vm_exit(&mut self, entry: &VmEntry) -> Option<NeutralExit> {
+        let vcpu = entry.vcpu;
+        let mut exit = if entry.vmx { self.vmx_exit(vcpu)? } else { self.svm_exit(vcpu)? };
         match exit.reason {
             Exit::MsrRead | Exit::MsrWrite => {
                 exit.qualification = self.vcpu_word(vcpu, layout::REGISTERS + 8) & 0xffff_ffff;
@@ -1016,7 +1021,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// the IPC buffer at `buffer` into the control block, which holds
     /// them, as writing those fields would (the entry code loads the
     /// general registers from the block itself).
-    fn load_registers(&mut self, vcpu: PhysAddr, buffer: PhysAddr) -> Result<(), VmEnterRefusal> {
+    fn load_registers(&mut self, vcpu: PhysAddr, buffer: PhysAddr, vmx: bool) -> Result<(), VmEnterRefusal> {
         let block = buffer.offset(REGISTER_BLOCK_OFFSET);
         let word = |this: &Self, field: Field| this.memory.read(block.offset(8 * field as u64));
         let rip = word(self, Field::Rip);
@@ -1025,7 +1030,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         }
         let rflags = word(self, Field::Rflags) & RFLAGS_DEFINED | 2;
         let (rax, rsp) = (word(self, Field::Rax), word(self, Field::Rsp));
-        if self.virt.backend == Backend::Vmx {
+        if vmx {
             let vmcs = vcpu.offset(layout::CONTROL);
             self.memory.vmcs_write(vmcs, super::vmx::vmcs::GUEST_RSP, rsp);
             self.memory.vmcs_write(vmcs, super::vmx::vmcs::GUEST_RIP, rip);
@@ -1047,7 +1052,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         let (vcpu, block) = (entry.vcpu, entry.buffer.offset(REGISTER_BLOCK_OFFSET));
         {
             self.memory.copy_words::<16>(vcpu.offset(layout::REGISTERS), block);
-            let (rax, rsp, rip, rflags) = if self.virt.backend == Backend::Vmx {
+            let (rax, rsp, rip, rflags) = if entry.vmx {
                 let vmcs = vcpu.offset(layout::CONTROL);
                 let get = |field| self.memory.vmcs_read(vmcs, field);
                 use super::vmx::vmcs::{GUEST_RFLAGS, GUEST_RIP, GUEST_RSP};
@@ -1091,6 +1096,8 @@ pub struct VmEntry {
     /// register block (`LOAD_REGISTERS`) or the VCPU's own, where it always
     /// stores them at the exit.
     pub registers: PhysAddr,
+    /// Whether the backend is VMX (else SVM).
+    pub vmx: bool,
 }
 
 /// Why `VmEnter` did not run the guest.

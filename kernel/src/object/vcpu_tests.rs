@@ -113,7 +113,8 @@ fn svm_keeps_its_forced_intercepts_whatever_the_vmm_asks() {
     assert_eq!(read(&mut space, Field::InterruptWindow as u64), 1);
     assert_ne!(control(&space, vmcb::INTERRUPT_CONTROL) & vmcb::V_IRQ, 0);
     space.memory.write(vcpu.offset(layout::CONTROL + vmcb::EXIT_CODE), vmcb::exit::VINTR);
-    assert_eq!(space.vm_exit(vcpu).map(|e| e.reason), Some(Exit::InterruptWindow));
+    let entry = super::vcpu::VmEntry { vcpu, flush: false, buffer: PhysAddr(0), registers: vcpu, vmx: false };
+    assert_eq!(space.vm_exit(&entry).map(|e| e.reason), Some(Exit::InterruptWindow));
     assert_eq!(read(&mut space, Field::InterruptWindow as u64), 0);
 }
 
@@ -371,8 +372,13 @@ fn an_exit_reply_carries_the_reason_and_the_registers() {
         .expect("ok");
     let exit = NeutralExit { reason: Exit::MsrRead, qualification: 0x277, qualification2: 0, length: 2 };
     let buffer = space.ipc_buffer(tcb).expect("buffer").0;
-    let entry =
-        super::vcpu::VmEntry { vcpu, flush: false, buffer, registers: vcpu.offset(layout::REGISTERS) };
+    let entry = super::vcpu::VmEntry {
+        vcpu,
+        flush: false,
+        buffer,
+        registers: vcpu.offset(layout::REGISTERS),
+        vmx: false,
+    };
     space.vm_reply(tcb, &entry, exit);
     let context = space.context(tcb);
     assert_eq!(context.rsi >> 12, 0, "success label");
