@@ -98,7 +98,8 @@ pub struct VirtConfig {
     /// tagged with the guest ASID), or 0. A plain word, which the entry
     /// path compares in one instruction.
     pub last_run: PhysAddr,
-    /// SVM: where VMSAVE keeps the host's state during a run (4 KiB).
+    /// SVM: where VMSAVE keeps the host's state during a run (4 KiB; this
+    /// CPU's, like `last_run`: both become per-CPU with SMP).
     pub host_state: PhysAddr,
     /// VMX: the controls every VMCS starts with.
     pub vmx: super::vmx::VmxConfig,
