@@ -491,7 +491,7 @@ const SYSTEM_LINES: [&str; 15] = [
 /// What the VM image must log: each check of each test guest, through
 /// its tenant's VMM's UART with the tenant's and the guest's names, then
 /// how each guest ended, and that both tenants finished.
-const VM_LINES: [&str; 40] = [
+const VM_LINES: [&str; 42] = [
     "[alpha] [guest-basic] ok multiboot",
     "[alpha] [guest-basic] ok multiboot-module",
     "[alpha] [guest-basic] ok long-mode",
@@ -501,6 +501,8 @@ const VM_LINES: [&str; 40] = [
     "[alpha] [guest-basic] ok string-io",
     "[alpha] [guest-basic] ok msr",
     "[alpha] [guest-basic] ok msr-unknown-gp",
+    "[alpha] [guest-basic] ok msr-invalid-gp",
+    "[alpha] [guest-basic] ok hypercall-ud",
     "[alpha] [guest-basic] ok exceptions-in-guest",
     "[alpha] [guest-basic] ok mmio",
     "[alpha] [guest-basic] ok injected-interrupt",

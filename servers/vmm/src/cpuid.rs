@@ -16,7 +16,11 @@
 //!   vol. 1 §13.2). AVX-512, AMX, MPX, PKU and the XSAVE variants of leaf
 //!   0Dh sub-leaf 1 (XSAVEOPT, XSAVEC, XSAVES), whose state is not
 //!   switched, are hidden;
-//! - leaf 1 reports APIC ID 0 and one logical processor;
+//! - leaf 1 reports APIC ID 0 and one logical processor, leaf 4 one core
+//!   and one logical processor per cache, and leaves 5 (MONITOR), 6
+//!   (thermal and power) and 0Bh (x2APIC topology) are empty, so no host
+//!   topology shows through;
+//! - 5-level paging (LA57) is hidden: the VMM walks 4-level tables;
 //! - the highest basic and extended leaves are capped at the ones handled
 //!   here, and leaves past them return zeros (AMD APM vol. 3, CPUID; Intel
 //!   SDM vol. 2A, CPUID, which for Intel returns the highest basic leaf's
@@ -97,7 +101,8 @@ pub fn model(leaf: u32, subleaf: u32, xsave: XsaveState, host: impl Fn(u32, u32)
             let b = b & !(avx2 | 1 << 14 | 1 << 16 | 1 << 17 | 1 << 21 | 0x7 << 26 | 1 << 30 | 1 << 31);
             // VAES and VPCLMULQDQ (ECX 9, 10) are VEX-encoded: AVX state.
             let vex = if avx { 0 } else { 1 << 9 | 1 << 10 };
-            let c = c & !(vex | 1 << 1 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 11 | 1 << 12 | 1 << 14);
+            // LA57 (ECX 16): this VMM walks 4-level page tables only.
+            let c = c & !(vex | 1 << 1 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 11 | 1 << 12 | 1 << 14 | 1 << 16);
             let d = d & !(1 << 2 | 1 << 3 | 1 << 8 | 1 << 22 | 1 << 23 | 1 << 24 | 1 << 25);
             [0, b, c, d]
         }
@@ -114,6 +119,16 @@ pub fn model(leaf: u32, subleaf: u32, xsave: XsaveState, host: impl Fn(u32, u32)
                 _ => [0; 4],
             }
         }
+        // Caches as the host has them, shared by one logical processor in
+        // a package of one core (EAX 25:14 and 31:26 hold counts minus 1).
+        4 => {
+            let [a, b, c, d] = host(4, subleaf);
+            [a & 0x3fff, b, c, d]
+        }
+        // MONITOR/MWAIT (hidden), thermal and power management, and the
+        // extended topology (x2APIC IDs, hidden with x2APIC): none, so
+        // that no host topology or power feature shows through.
+        5 | 6 | 0xb => [0; 4],
         // Architectural performance monitoring: none.
         0xa => [0; 4],
         2..=MAX_BASIC => host(leaf, subleaf),
@@ -147,6 +162,8 @@ mod tests {
         match leaf {
             0xd if subleaf == 2 => [256, 576, 0, 0],
             7 => [1, u32::MAX, u32::MAX, u32::MAX],
+            // An L1 data cache shared by two threads of an 8-core package.
+            4 => [0x1c00_4121, 0x01c0_003f, 0x3f, 0],
             0 => [0x16, 0x6874_7541, 0x444d_4163, 0x6974_6e65],
             1 => [0x000a_0f10, 0x0f08_0800, 0xffff_ffff, 0xffff_ffff],
             0x8000_0000 => [0x8000_0021, 0, 0, 0],
@@ -206,6 +223,11 @@ mod tests {
         assert_eq!(model(7, 0, host)[1] & (1 << 14 | 1 << 16), 0, "no MPX or AVX-512");
         assert_eq!(model(7, 0, host)[2] & (1 << 3), 0, "no PKU");
         assert_eq!(model(7, 1, host), [0; 4], "sub-leaf 0 only");
+        assert_eq!(model(7, 0, host)[2] & (1 << 16), 0, "no LA57");
+        for leaf in [5, 6, 0xb] {
+            assert_eq!(model(leaf, 0, host), [0; 4], "leaf {leaf:#x} is empty");
+        }
+        assert_eq!(model(4, 0, host)[0] >> 14, 0, "one core, one logical processor per cache");
         let [max, b, c, d] = model(0x4000_0000, 0, host);
         assert_eq!(max, 0x4000_0001);
         let mut signature = [0u8; 12];
@@ -221,6 +243,6 @@ mod tests {
         assert_eq!(model(0x8000_0000, 0, host)[0], MAX_EXTENDED);
         assert_eq!(model(MAX_BASIC + 1, 0, host), [0; 4]);
         assert_eq!(model(0x8000_0009, 0, host), [0; 4]);
-        assert_eq!(model(4, 1, host), [4; 4]);
+        assert_eq!(model(2, 0, host), [2; 4], "passed through below the cap");
     }
 }

@@ -40,8 +40,24 @@ const TEST_INVERTED: u64 = 0x10;
 const DOORBELL: u16 = 0x510;
 /// Longest one-shot PIT wait, in milliseconds (the counter is 16 bits).
 const PIT_SHOT_MS: u64 = 50;
+/// Shortest host one-shot, in PIT clocks (about 0.5 ms): a guest that
+/// programs its PIT to count 1 gets its edges merged (`Pit::take_edges`)
+/// instead of an interrupt storm on the host.
+const PIT_SHOT_MIN: u64 = pit::HZ / 2000;
+/// Most items one exit of a REP INS or OUTS moves. The rest is done by
+/// the same instruction again (RIP stays), as the CPU does when a string
+/// instruction is interrupted: RCX, RSI or RDI say where it stopped.
+const STRING_IO_CHUNK: u64 = 4096;
 /// CR4.OSXSAVE (bit 18): XSAVE, XSETBV and AVX are enabled.
 const CR4_OSXSAVE: u64 = 1 << 18;
+/// CR0.PG.
+const CR0_PG: u64 = 1 << 31;
+/// The EFER bits this CPU model has: SCE, LME, LMA (read-only) and NXE.
+/// SVME is hidden with SVM, and AMD's LMSLE, FFXSR and TCE are not offered.
+const EFER_SCE: u64 = 1;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
 /// Exception type for a pending event (the `Field::PendingEvent` layout).
 const EVENT_EXCEPTION: u64 = 3 << 8;
 /// Valid bit of a pending event.
@@ -459,8 +475,9 @@ impl Machine {
                 self.advance(exit.length);
             }
             Exit::Io => {
-                self.port_io(exit)?;
-                self.advance(exit.length);
+                if self.port_io(exit)? {
+                    self.advance(exit.length);
+                }
             }
             Exit::MsrRead => {
                 let value =
@@ -523,6 +540,9 @@ impl Machine {
                     .write(&[(Field::Interruptibility as u64, 0)])
                     .map_err(|e| failed("ending the interrupt shadow", e))?;
             }
+            // No hypercall interface, and no nested virtualization (CPUID
+            // hides VMX and SVM): on such a CPU these instructions are #UD.
+            Exit::Hypercall | Exit::NestedVirtualization => self.inject_exception(6, None)?,
             Exit::Shutdown => return Err(format!("shut down (triple fault) at {rip:#x}")),
             Exit::InvalidGuestState => {
                 return Err(format!(
@@ -584,7 +604,8 @@ impl Machine {
         let (Some(clock), false) = (self.host_timer, self.armed) else { return Ok(()) };
         let now = self.now();
         if let Some(deadline) = self.pit.deadline(now) {
-            clock.arm(deadline - now).map_err(|e| failed("arming the host timer", e))?;
+            let clocks = deadline.saturating_sub(now).max(PIT_SHOT_MIN);
+            clock.arm(clocks).map_err(|e| failed("arming the host timer", e))?;
             self.armed = true;
         }
         Ok(())
@@ -668,11 +689,38 @@ impl Machine {
     }
 
     fn write_msr(&self, msr: u32, value: u64) -> bool {
+        // WRMSR #GPs on a PAT entry of an undefined memory type (2, 3, 8
+        // and up; Intel SDM vol. 3A §13.12.2, AMD APM vol. 2 §7.8.1), which
+        // the hardware would otherwise refuse at the next entry.
+        if msr == 0x277 && value.to_le_bytes().iter().any(|&entry| !matches!(entry, 0 | 1 | 4 | 5 | 6 | 7)) {
+            return false;
+        }
+        if msr == 0xc000_0080 {
+            return self.write_efer(value);
+        }
         match msr_field(msr) {
             Some(f) => self.vcpu.write(&[(f, value)]).is_ok(),
             // The APIC base may be rewritten to what it is.
             None => msr == 0x1b && value == 0xfee0_0900,
         }
+    }
+
+    /// WRMSR to EFER as the CPU takes it (Intel SDM vol. 3A §2.2.1 and
+    /// §10.8.5, AMD APM vol. 2 §3.1.7): #GP (`false`) for a bit the model
+    /// does not have, or for LME changed while paging is on; LMA, which
+    /// the CPU sets itself, keeps its value.
+    fn write_efer(&self, value: u64) -> bool {
+        let (Ok(old), Ok(cr0)) = (self.vcpu.read(Field::Efer as u64), self.vcpu.read(Field::Cr0 as u64))
+        else {
+            return false;
+        };
+        if value & !(EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE) != 0
+            || (cr0 & CR0_PG != 0 && (value ^ old) & EFER_LME != 0)
+        {
+            return false;
+        }
+        let value = value & !EFER_LMA | old & EFER_LMA;
+        self.vcpu.write(&[(Field::Efer as u64, value)]).is_ok()
     }
 
     fn paging(&self) -> Result<Paging, String> {
@@ -685,7 +733,9 @@ impl Machine {
         })
     }
 
-    fn port_io(&mut self, exit: VmExit) -> Result<(), String> {
+    /// Emulates an I/O instruction; `Ok(false)` when a REP string
+    /// instruction has items left for the next exit (see `STRING_IO_CHUNK`).
+    fn port_io(&mut self, exit: VmExit) -> Result<bool, String> {
         let port = io::port(exit.qualification);
         let size = io::size(exit.qualification);
         let input = exit.qualification & io::IN != 0;
@@ -700,7 +750,7 @@ impl Machine {
                 let value = self.register(Field::Rax) & mask;
                 self.port_out(port, size, value)?;
             }
-            return Ok(());
+            return Ok(true);
         }
         // INS and OUTS: RDI or RSI, stepping by the size (backwards with DF), RCX times with REP.
         let address_mask = match exit.qualification2 {
@@ -710,6 +760,11 @@ impl Machine {
         };
         let rep = exit.qualification & io::REP != 0;
         let count = if rep { self.register(Field::Rcx) & address_mask } else { 1 };
+        let done = count.min(STRING_IO_CHUNK);
+        // RSI, RDI and RCX change in their address-size part; a 32-bit
+        // part written in 64-bit mode clears the upper half, as every
+        // 32-bit register write does (Intel SDM vol. 1 §3.4.1.1).
+        let kept = if exit.qualification2 == 2 { !address_mask } else { 0 };
         let step = if self.register(Field::Rflags) & (1 << 10) != 0 {
             (size as u64).wrapping_neg()
         } else {
@@ -718,7 +773,7 @@ impl Machine {
         let paging = self.paging()?;
         let index = if input { Field::Rdi } else { Field::Rsi };
         let mut address = self.register(index);
-        for _ in 0..count {
+        for _ in 0..done {
             let linear = address & address_mask;
             let mut memory = GuestMemory::new(self.guest.ram());
             let mut bytes = [0u8; 4];
@@ -734,14 +789,14 @@ impl Machine {
                 word[..bytes.len()].copy_from_slice(bytes);
                 self.port_out(port, size, u64::from_le_bytes(word))?;
             }
-            address = (address & !address_mask) | (address.wrapping_add(step) & address_mask);
+            address = (address & kept) | (address.wrapping_add(step) & address_mask);
         }
         self.set_register(index, address);
         if rep {
             let rcx = self.register(Field::Rcx);
-            self.set_register(Field::Rcx, rcx & !address_mask);
+            self.set_register(Field::Rcx, (rcx & kept) | (count - done));
         }
-        Ok(())
+        Ok(done == count)
     }
 
     /// A read from an I/O port: the UART, or an empty ISA bus (all ones).
@@ -807,7 +862,9 @@ impl Machine {
         // Fetch what can be fetched: the instruction may end before a page that is not mapped.
         let mut fetched = 0;
         while fetched < bytes.len()
-            && memory.read_linear(paging, rip + fetched as u64, &mut bytes[fetched..fetched + 1]).is_ok()
+            && memory
+                .read_linear(paging, rip.wrapping_add(fetched as u64), &mut bytes[fetched..fetched + 1])
+                .is_ok()
         {
             fetched += 1;
         }

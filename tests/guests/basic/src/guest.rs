@@ -416,10 +416,27 @@ extern "C" fn guest_main() -> ! {
         asm!("rep insb", in("dx") COM1 + 7, inout("rdi") rdi, inout("rcx") count, options(nostack));
     }
     let buffer = core::hint::black_box(buffer);
+    // More items than the VMM moves in one exit (4,096): the instruction
+    // goes on over several exits, as an interrupted REP does, and ends
+    // with RCX 0 and RSI past the last byte. The bytes are this image's.
+    let long = 10_000u64;
+    let (mut long_rsi, mut long_rcx) = (0x10_0000u64, long);
+    // SAFETY: reads 10,000 bytes of the loaded image at 1 MiB, which is RAM.
+    unsafe {
+        asm!("rep outsb", in("dx") 0x80u16, inout("rsi") long_rsi, inout("rcx") long_rcx, options(nostack, readonly));
+    }
     checks.check(
         "string-io",
-        outs_ok && count == 0 && rdi == start + 8 && buffer == [0x5a; 8],
-        format_args!("outs RCX {rcx} RSI {rsi:#x}; ins RCX {count} bytes {buffer:x?}"),
+        outs_ok
+            && count == 0
+            && rdi == start + 8
+            && buffer == [0x5a; 8]
+            && long_rcx == 0
+            && long_rsi == 0x10_0000 + long,
+        format_args!(
+            "outs RCX {rcx} RSI {rsi:#x}; ins RCX {count} bytes {buffer:x?}; \
+             10,000 outs RCX {long_rcx} RSI {long_rsi:#x}"
+        ),
     );
 
     let pat = read_msr(0x277);
@@ -437,6 +454,31 @@ extern "C" fn guest_main() -> ! {
         "msr-unknown-gp",
         count == 1 && vector == 13 && error == 0,
         format_args!("{count} exceptions, last vector {vector} error {error}"),
+    );
+
+    // WRMSR #GPs on a PAT entry of an undefined memory type (2) and on an
+    // EFER bit the CPU model lacks (SVME, 12: SVM is hidden).
+    let (pat_count, pat_vector, _) =
+        expect_exception!("mov ecx, 0x277", "mov eax, 2", "xor edx, edx", "wrmsr",);
+    let (efer_count, efer_vector, _) =
+        expect_exception!("mov ecx, 0xc0000080", "rdmsr", "bts eax, 12", "wrmsr",);
+    checks.check(
+        "msr-invalid-gp",
+        (pat_count, pat_vector, efer_count, efer_vector) == (1, 13, 1, 13) && read_msr(0x277) == pat,
+        format_args!(
+            "PAT: {pat_count} exceptions, vector {pat_vector}; EFER: {efer_count}, vector {efer_vector}"
+        ),
+    );
+
+    // No hypercalls and no nested virtualization: VMCALL and VMMCALL are
+    // #UD on both vendors (one exits to the VMM, which injects it; the
+    // other is #UD in the hardware itself).
+    let (vmcall, vmcall_vector, _) = expect_exception!("vmcall",);
+    let (vmmcall, vmmcall_vector, _) = expect_exception!("vmmcall",);
+    checks.check(
+        "hypercall-ud",
+        (vmcall, vmcall_vector, vmmcall, vmmcall_vector) == (1, 6, 1, 6),
+        format_args!("VMCALL {vmcall}/{vmcall_vector}, VMMCALL {vmmcall}/{vmmcall_vector}"),
     );
 
     let (ud, ud_vector, _) = expect_exception!("ud2",);
