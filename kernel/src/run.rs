@@ -46,6 +46,11 @@ static FPU_RESTORES: AtomicU64 = AtomicU64::new(0);
 /// thread's FPU state and restored another's, which the debug call adds
 /// to the counts above (one locked add here instead of three).
 static FASTPATH_CALLS: AtomicU64 = AtomicU64::new(0);
+/// `VmEnter`s the SVM fastpath (`arch::x86_64::svm`) completed since boot:
+/// each saved one user FPU state and restored it, which the debug call
+/// adds to the counts above.
+#[unsafe(no_mangle)]
+pub static VM_FAST_CALLS: AtomicU64 = AtomicU64::new(0);
 /// Device interrupt lines that fired while the kernel held the runtime
 /// (a guest's run was just interrupted), one bit per line: they are
 /// signalled, and their vectors acknowledged, by the VM exit path.
@@ -265,11 +270,23 @@ impl Runtime {
     /// again when it next runs. Returns `None` when the caller goes on (its
     /// reply is in place and nothing that could outrank it happened), else
     /// whether the time slice ended.
-    fn vm_enter(&mut self, tcb: PhysAddr, mut flags: u64) -> Option<bool> {
+    fn vm_enter(&mut self, tcb: PhysAddr, flags: u64) -> Option<bool> {
+        self.vm_run(tcb, flags, None)
+    }
+
+    /// `VmEnter`'s loop; `ran`: the guest has run already, entered by the
+    /// fastpath as `ran` says, and its exit is to be taken.
+    fn vm_run(&mut self, tcb: PhysAddr, mut flags: u64, mut ran: Option<crate::object::vcpu::VmEntry>) -> Option<bool> {
         use crate::object::vcpu::{VmEnterRefusal, layout};
         // Whether a host interrupt came: it may have woken someone.
         let mut interrupted = false;
         loop {
+            if let Some(entry) = ran.take() {
+                match self.after_run(tcb, &entry, &mut interrupted) {
+                    Some(outcome) => return outcome,
+                    None => continue,
+                }
+            }
             let previous = self.space.virt.last_run;
             let entry = match self.space.vm_prepare(tcb, flags) {
                 Ok(entry) => entry,
@@ -334,28 +351,57 @@ impl Runtime {
                     )
                 };
             }
-            if let Some(exit) = self.space.vm_exit(&entry) {
-                self.space.vm_reply(tcb, &entry, exit);
-                return if interrupted { Some(false) } else { None };
-            }
-            // A host interrupt: take it, then go on unless it preempts.
-            interrupted = true;
-            crate::arch::x86_64::cpu::take_pending_interrupts();
-            let tick = DEFERRED_TICK.swap(false, Ordering::Relaxed);
-            let mut lines = DEFERRED_LINES.swap(0, Ordering::Relaxed);
-            while lines != 0 {
-                self.space.irq_fired(lines.trailing_zeros() as u8);
-                crate::arch::x86_64::idt::end_of_interrupt();
-                lines &= lines - 1;
-            }
-            if tick || self.space.choose_thread() != Some(tcb) {
-                let mut context = self.space.context(tcb);
-                context.rip = context.rip.wrapping_sub(crate::syscall::SYSCALL_LENGTH);
-                context.rdx &= !strata_abi::vcpu::enter::LOAD_REGISTERS;
-                self.space.set_context(tcb, &context);
-                return Some(tick);
+            if let Some(outcome) = self.after_run(tcb, &entry, &mut interrupted) {
+                return outcome;
             }
         }
+    }
+
+    /// After the guest of `entry` ran: the exit replied (`Some(None)`: the
+    /// caller goes on, and the fastpath is open for its next `VmEnter`),
+    /// or a host interrupt taken (`None`: enter again; `Some(Some(tick))`:
+    /// the caller gives way, to enter again when it next runs).
+    fn after_run(
+        &mut self,
+        tcb: PhysAddr,
+        entry: &crate::object::vcpu::VmEntry,
+        interrupted: &mut bool,
+    ) -> Option<Option<bool>> {
+        if let Some(exit) = self.space.vm_exit(entry) {
+            self.space.vm_reply(tcb, entry, exit);
+            if *interrupted {
+                return Some(Some(false));
+            }
+            if !entry.vmx {
+                let layout = crate::object::vcpu::REGISTER_BLOCK_OFFSET;
+                crate::arch::x86_64::user::open_vm_fast(
+                    entry.vcpu.get(),
+                    self.direct_map.to_virtual(entry.vcpu).get(),
+                    self.direct_map.to_virtual(entry.buffer.offset(layout)).get(),
+                    self.space.virt.host_state.get(),
+                    self.space.virt.xcr0,
+                );
+            }
+            return Some(None);
+        }
+        // A host interrupt: take it, then go on unless it preempts.
+        *interrupted = true;
+        crate::arch::x86_64::cpu::take_pending_interrupts();
+        let tick = DEFERRED_TICK.swap(false, Ordering::Relaxed);
+        let mut lines = DEFERRED_LINES.swap(0, Ordering::Relaxed);
+        while lines != 0 {
+            self.space.irq_fired(lines.trailing_zeros() as u8);
+            crate::arch::x86_64::idt::end_of_interrupt();
+            lines &= lines - 1;
+        }
+        if tick || self.space.choose_thread() != Some(tcb) {
+            let mut context = self.space.context(tcb);
+            context.rip = context.rip.wrapping_sub(crate::syscall::SYSCALL_LENGTH);
+            context.rdx &= !strata_abi::vcpu::enter::LOAD_REGISTERS;
+            self.space.set_context(tcb, &context);
+            return Some(Some(tick));
+        }
+        None
     }
 
     /// Runs `vcpu`'s guest on VMX until its next VM exit: host state and
@@ -454,6 +500,41 @@ extern "C" fn ipc_fastpath(context: *const UserContext) -> *const UserContext {
     runtime.saved_context(next)
 }
 
+/// Entered from the SVM `VmEnter` fastpath after an exit it does not
+/// reply to itself: the general path takes the exit (and any host
+/// interrupt that caused it) as if it had entered the guest, and returns
+/// the context to run.
+#[unsafe(no_mangle)]
+extern "C" fn vm_fast_exit() -> *const UserContext {
+    let mut guard = RUNTIME.lock();
+    let Some(runtime) = guard.as_mut() else {
+        fail(format_args!("VmEnter before the runtime started"));
+    };
+    let Some(tcb) = runtime.current else {
+        fail(format_args!("VmEnter with no current thread"));
+    };
+    let outcome = match runtime.space.vm_fast_entry(tcb) {
+        Some(entry) => runtime.vm_run(tcb, 0, Some(entry)),
+        None => {
+            let mut context = runtime.space.context(tcb);
+            crate::syscall::reply_error(&mut context, strata_abi::error::InvocationError::IllegalOperation);
+            runtime.space.set_context(tcb, &context);
+            Some(false)
+        }
+    };
+    let next = match outcome {
+        // The VMM goes on at once with its exit: nothing to choose.
+        None => runtime.saved_context(tcb),
+        Some(rotate) => {
+            let next = runtime.schedule(rotate);
+            runtime.leave();
+            next
+        }
+    };
+    count_crossing(next);
+    next
+}
+
 /// Entered from `syscall_entry` with the calling thread's registers saved
 /// in its TCB (`context` points at them); returns the context to run.
 #[unsafe(no_mangle)]
@@ -497,8 +578,9 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
             let mut reply = runtime.space.context(tcb);
             reply.rdx = CR3_WRITES.load(Ordering::Relaxed);
             let fastpath = FASTPATH_CALLS.load(Ordering::Relaxed);
-            reply.r8 = FPU_SAVES.load(Ordering::Relaxed) + fastpath;
-            reply.r9 = FPU_RESTORES.load(Ordering::Relaxed) + fastpath;
+            let vm_fast = VM_FAST_CALLS.load(Ordering::Relaxed);
+            reply.r8 = FPU_SAVES.load(Ordering::Relaxed) + fastpath + vm_fast;
+            reply.r9 = FPU_RESTORES.load(Ordering::Relaxed) + fastpath + vm_fast;
             reply.r10 = fastpath;
             runtime.space.set_context(tcb, &reply);
             false

@@ -24,7 +24,7 @@ use super::{Capability, ObjectSpace, PhysicalMemory, Slot, tcb};
 use crate::addr::PhysAddr;
 
 /// Where the register block is in the IPC buffer: after everything a message uses.
-const REGISTER_BLOCK_OFFSET: u64 = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, vcpu) as u64;
+pub(crate) const REGISTER_BLOCK_OFFSET: u64 = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, vcpu) as u64;
 
 /// Offsets within a VCPU.
 pub mod layout {
@@ -461,7 +461,7 @@ pub const FORCED_EXCEPTIONS: u64 = 1 << 1 | 1 << 17;
 /// EFER bits a guest may have: SCE, LME, LMA, NXE, LMSLE, FFXSR, TCE.
 const EFER_ALLOWED: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11 | 1 << 13 | 1 << 14 | 1 << 15;
 /// RFLAGS bits that exist (CF..ID); bit 1 is always set.
-const RFLAGS_DEFINED: u64 = 0x003f_7fd5;
+pub(crate) const RFLAGS_DEFINED: u64 = 0x003f_7fd5;
 
 /// Whether `field` names guest state: the fields up to
 /// `InterruptWindow`, and the segment parts that exist (descriptor tables
@@ -972,6 +972,17 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::ASID_TLB, 1 | tlb);
         }
         Ok(VmEntry { vcpu, flush, buffer, registers, vmx })
+    }
+
+    /// The entry the `VmEnter` fastpath made for `tcb` (SVM, from the
+    /// register block), rebuilt for the general path to take its exit;
+    /// `None` if the thread no longer has a VCPU and an IPC buffer, which
+    /// the fastpath's precondition rules out.
+    pub fn vm_fast_entry(&self, tcb: PhysAddr) -> Option<VmEntry> {
+        let vcpu = self.bound_vcpu(tcb)?;
+        let (buffer, _) = self.ipc_buffer(tcb)?;
+        let registers = buffer.offset(REGISTER_BLOCK_OFFSET);
+        Some(VmEntry { vcpu, flush: false, buffer, registers, vmx: false })
     }
 
     /// After the guest of `entry` stopped: the exit in neutral terms, or

@@ -29,6 +29,66 @@ pub struct HostAreas {
 /// The boot CPU's areas (SMP will make this per CPU).
 pub static AREAS: Once<HostAreas> = Once::new();
 
+/// The guest round trip shared by [`run`] and the `VmEnter` fastpath
+/// (Intel syntax): from RDI the VMCB, RSI where the general registers
+/// come from, RDX the guest's FPU image, RCX the host's VMSAVE area, R8
+/// the state page and R9 the host's XCR0, which it pushes (48 bytes the
+/// caller pops), to the return from #VMEXIT with GIF set again and
+/// interrupts off. Every general register but RSP is changed.
+#[cfg(strata_baremetal)]
+macro_rules! guest_round_trip {
+    () => {
+        concat!(
+            "push r9\n",  // [rsp + 40]: the host's XCR0
+            "push r8\n",  // [rsp + 32]: the state page
+            "push rsi\n", // [rsp + 24]: where the registers come from
+            "push rdi\n", // [rsp + 16]: the VMCB
+            "push rcx\n", // [rsp + 8]: the host's VMSAVE area
+            "push rdx\n", // [rsp]: the guest's FPU image
+            "clgi\n",
+            "sti\n",
+            "mov eax, -1\n", // every component XCR0 enables (EDX: XCR0 has no high bits)
+            "xrstor64 [rdx]\n",
+            load_guest_xcr0!("r8", "r9"), "\n",
+            "mov rax, [rsp + 8]\n",
+            "vmsave rax\n",
+            "mov rax, rdi\n",
+            "vmload rax\n",
+            "mov rcx, [rsi + 8]\n",
+            "mov rdx, [rsi + 16]\n",
+            "mov rbx, [rsi + 24]\n",
+            "mov rbp, [rsi + 40]\n",
+            "mov rdi, [rsi + 56]\n",
+            "mov r8, [rsi + 64]\n",
+            "mov r9, [rsi + 72]\n",
+            "mov r10, [rsi + 80]\n",
+            "mov r11, [rsi + 88]\n",
+            "mov r12, [rsi + 96]\n",
+            "mov r13, [rsi + 104]\n",
+            "mov r14, [rsi + 112]\n",
+            "mov r15, [rsi + 120]\n",
+            "mov rsi, [rsi + 48]\n",
+            "vmrun rax\n",
+            // #VMEXIT: RAX (the VMCB) and RSP are the host's again.
+            "vmsave rax\n",
+            "mov rax, [rsp + 32]\n",
+            store_guest_registers!(), "\n",
+            "mov rax, [rsp + 8]\n",
+            "vmload rax\n",
+            "cli\n",
+            restore_host_xcr0!("[rsp + 32]", "[rsp + 40]"), "\n",
+            "mov rcx, [rsp]\n",
+            "mov eax, -1\n",
+            "xsave64 [rcx]\n",
+            // The kernel's own FPU use starts from the reset state.
+            "fninit\n",
+            "mov dword ptr [rsp], 0x1f80\n",
+            "ldmxcsr [rsp]\n",
+            "stgi\n",
+        )
+    };
+}
+
 /// Runs a guest until its next #VMEXIT.
 ///
 /// `vmcb` is the VMCB's physical address; `state` the VCPU's state page
@@ -63,52 +123,7 @@ pub unsafe extern "sysv64" fn run(
 ) {
     core::arch::naked_asm!(
         push_callee_saved!(),
-        "push r9",  // [rsp + 40]: the host's XCR0
-        "push r8",  // [rsp + 32]: the state page
-        "push rsi", // [rsp + 24]: where the registers come from
-        "push rdi", // [rsp + 16]: the VMCB
-        "push rcx", // [rsp + 8]: the host's VMSAVE area
-        "push rdx", // [rsp]: the guest's FPU image
-        "clgi",
-        "sti",
-        "mov eax, -1", // every component XCR0 enables (EDX: XCR0 has no high bits)
-        "xrstor64 [rdx]",
-        load_guest_xcr0!("r8", "r9"),
-        "mov rax, [rsp + 8]",
-        "vmsave rax",
-        "mov rax, rdi",
-        "vmload rax",
-        "mov rcx, [rsi + 8]",
-        "mov rdx, [rsi + 16]",
-        "mov rbx, [rsi + 24]",
-        "mov rbp, [rsi + 40]",
-        "mov rdi, [rsi + 56]",
-        "mov r8, [rsi + 64]",
-        "mov r9, [rsi + 72]",
-        "mov r10, [rsi + 80]",
-        "mov r11, [rsi + 88]",
-        "mov r12, [rsi + 96]",
-        "mov r13, [rsi + 104]",
-        "mov r14, [rsi + 112]",
-        "mov r15, [rsi + 120]",
-        "mov rsi, [rsi + 48]",
-        "vmrun rax",
-        // #VMEXIT: RAX (the VMCB) and RSP are the host's again.
-        "vmsave rax",
-        "mov rax, [rsp + 32]",
-        store_guest_registers!(),
-        "mov rax, [rsp + 8]",
-        "vmload rax",
-        "cli",
-        restore_host_xcr0!("[rsp + 32]", "[rsp + 40]"),
-        "mov rcx, [rsp]",
-        "mov eax, -1",
-        "xsave64 [rcx]",
-        // The kernel's own FPU use starts from the reset state.
-        "fninit",
-        "mov dword ptr [rsp], 0x1f80",
-        "ldmxcsr [rsp]",
-        "stgi",
+        guest_round_trip!(),
         "add rsp, 48",
         pop_callee_saved_and_return!(),
         xcr0 = const crate::object::vcpu::layout::XCR0 - crate::object::vcpu::layout::REGISTERS,
@@ -121,3 +136,152 @@ pub unsafe extern "sysv64" fn run(
 /// None needed: it does nothing.
 #[cfg(not(strata_baremetal))]
 pub unsafe extern "sysv64" fn run(_: u64, _: *const u64, _: *mut u8, _: u64, _: *mut u64, _: u64) {}
+
+/// The reply's message info word: label 0, four words.
+pub const EXIT_REPLY_INFO: u64 = 4;
+
+// The `VmEnter` fastpath (SVM): `syscall_entry` comes here for a `VmEnter`
+// with `LOAD_REGISTERS` while `user::PerCpu::vm_again` says that no other
+// kernel entry came since this thread's last `VmEnter` returned to it with
+// an exit. Nothing that entry's preparation checked (the VCPU bound to the
+// thread, its GuestSpace, the IPC buffer, the TLB and debug-register
+// bookkeeping, pending signals) can have changed without a kernel entry, so
+// the guest runs again from the register block at once: RIP (checked
+// canonical), RSP, RFLAGS and RAX into the VMCB, the round trip, and for a
+// CPUID exit the reply written here. Any other exit goes to `vm_fast_exit`,
+// a declined call to the general path; both count as kernel entries.
+#[cfg(strata_baremetal)]
+core::arch::global_asm!(
+    ".section .text.vm_fast, \"ax\"",
+    ".global vm_fast",
+    "vm_fast:",
+    // RSP: the caller's saved context, whole; its FPU state is saved.
+    "mov rdi, rsp",
+    "mov rsp, gs:[0]",
+    "cmp qword ptr [rdi + {ctx_rdx}], {load}",
+    "jne 9f",
+    "mov r8, gs:[{vcpu_va}]",
+    "mov rsi, gs:[{block}]",
+    "mov rax, [rsi + 128]", // RIP: canonical?
+    "mov rcx, rax",
+    "sar rcx, 47",
+    "inc rcx",
+    "cmp rcx, 1",
+    "ja 9f",
+    "mov [r8 + {vmcb_rip}], rax",
+    "mov rax, [rsi + 136]",
+    "and rax, {rflags_defined}",
+    "or rax, 2",
+    "mov [r8 + {vmcb_rflags}], rax",
+    "mov rax, [rsi + 32]",
+    "mov [r8 + {vmcb_rsp}], rax",
+    "mov rax, [rsi]",
+    "mov [r8 + {vmcb_rax}], rax",
+    // The guest's ASID, with no flush (an earlier entry may have asked for one).
+    "mov qword ptr [r8 + {asid_tlb}], 1",
+    "mov rdi, gs:[{vcpu}]",
+    "lea rdx, [r8 + {fpu}]",
+    "mov rcx, gs:[{host_state}]",
+    "lea r8, [r8 + {registers}]",
+    "mov r9, gs:[{host_xcr0}]",
+    guest_round_trip!(),
+    "add rsp, 48",
+    "mov r8, gs:[{vcpu_va}]",
+    // An event whose delivery the exit interrupted is delivered again
+    // on the next VMRUN (APM vol. 2 §15.7.2).
+    "mov rax, [r8 + {exit_int_info}]",
+    "bt eax, 31",
+    "jnc 1f",
+    "mov [r8 + {event_injection}], rax",
+    "1:",
+    "cmp qword ptr [r8 + {exit_code}], {cpuid}",
+    "jne 8f",
+    // CPUID: its length from the next RIP where the CPU saved one, else 2
+    // (as `vcpu::classify_svm`).
+    "mov rcx, [r8 + {next_rip}]",
+    "sub rcx, [r8 + {vmcb_rip}]",
+    "lea rdx, [rcx - 1]",
+    "mov eax, 2",
+    "cmp rdx, 14",
+    "cmova rcx, rax",
+    // The reply, as `ObjectSpace::vm_reply`: the general registers, RAX,
+    // RSP, RIP and RFLAGS into the block, the exit into the message registers.
+    "mov rsi, gs:[{block}]",
+    "movups xmm0, [r8 + {registers}]",
+    "movups xmm1, [r8 + {registers} + 16]",
+    "movups xmm2, [r8 + {registers} + 32]",
+    "movups xmm3, [r8 + {registers} + 48]",
+    "movups xmm4, [r8 + {registers} + 64]",
+    "movups xmm5, [r8 + {registers} + 80]",
+    "movups xmm6, [r8 + {registers} + 96]",
+    "movups xmm7, [r8 + {registers} + 112]",
+    "movups [rsi], xmm0",
+    "movups [rsi + 16], xmm1",
+    "movups [rsi + 32], xmm2",
+    "movups [rsi + 48], xmm3",
+    "movups [rsi + 64], xmm4",
+    "movups [rsi + 80], xmm5",
+    "movups [rsi + 96], xmm6",
+    "movups [rsi + 112], xmm7",
+    "mov rax, [r8 + {vmcb_rax}]",
+    "mov [rsi], rax",
+    "mov rax, [r8 + {vmcb_rsp}]",
+    "mov [rsi + 32], rax",
+    "mov rax, [r8 + {vmcb_rip}]",
+    "mov [rsi + 128], rax",
+    "mov rax, [r8 + {vmcb_rflags}]",
+    "mov [rsi + 136], rax",
+    "mov rax, gs:[24]",
+    "sub rax, {context_size}",
+    "mov qword ptr [rax + {ctx_rsi}], {info}",
+    "mov qword ptr [rax + {ctx_rdx}], {exit_cpuid}",
+    "mov qword ptr [rax + {ctx_r8}], 0",
+    "mov qword ptr [rax + {ctx_r9}], 0",
+    "mov [rax + {ctx_r10}], rcx",
+    ".if {selftest}",
+    "lock inc qword ptr [rip + {calls}]",
+    ".endif",
+    "jmp syscall_fast_return",
+    // Any other exit: the general path takes it from here.
+    "8:",
+    "inc qword ptr gs:[{entries}]",
+    "call vm_fast_exit",
+    "mov rsp, rax",
+    "jmp return_to_context",
+    // Not this way: the general path, with the context as saved.
+    "9:",
+    "inc qword ptr gs:[{entries}]",
+    "mov rsp, rdi",
+    "jmp syscall_saved",
+    load = const strata_abi::vcpu::enter::LOAD_REGISTERS,
+    entries = const core::mem::offset_of!(super::user::PerCpu, entries),
+    vcpu = const core::mem::offset_of!(super::user::PerCpu, vm_vcpu),
+    vcpu_va = const core::mem::offset_of!(super::user::PerCpu, vm_vcpu_va),
+    block = const core::mem::offset_of!(super::user::PerCpu, vm_block),
+    host_state = const core::mem::offset_of!(super::user::PerCpu, vm_host_state),
+    host_xcr0 = const core::mem::offset_of!(super::user::PerCpu, vm_host_xcr0),
+    ctx_rsi = const core::mem::offset_of!(crate::object::tcb::UserContext, rsi),
+    ctx_rdx = const core::mem::offset_of!(crate::object::tcb::UserContext, rdx),
+    ctx_r8 = const core::mem::offset_of!(crate::object::tcb::UserContext, r8),
+    ctx_r9 = const core::mem::offset_of!(crate::object::tcb::UserContext, r9),
+    ctx_r10 = const core::mem::offset_of!(crate::object::tcb::UserContext, r10),
+    context_size = const core::mem::size_of::<crate::object::tcb::UserContext>(),
+    vmcb_rip = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::RIP,
+    vmcb_rsp = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::RSP,
+    vmcb_rflags = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::RFLAGS,
+    vmcb_rax = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::RAX,
+    asid_tlb = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::ASID_TLB,
+    exit_code = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::EXIT_CODE,
+    exit_int_info = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::EXIT_INTERRUPT_INFO,
+    event_injection = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::EVENT_INJECTION,
+    next_rip = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::NEXT_RIP,
+    cpuid = const crate::object::vcpu::vmcb::exit::CPUID,
+    rflags_defined = const crate::object::vcpu::RFLAGS_DEFINED,
+    registers = const crate::object::vcpu::layout::REGISTERS,
+    fpu = const crate::object::vcpu::layout::FPU,
+    xcr0 = const crate::object::vcpu::layout::XCR0 - crate::object::vcpu::layout::REGISTERS,
+    info = const EXIT_REPLY_INFO,
+    exit_cpuid = const strata_abi::vcpu::Exit::Cpuid as u64,
+    selftest = const cfg!(feature = "selftest") as u8,
+    calls = sym crate::run::VM_FAST_CALLS,
+);

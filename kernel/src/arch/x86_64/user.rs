@@ -47,6 +47,28 @@ pub struct PerCpu {
     /// the highest runnable priority: a `Yield` then returns at once from
     /// the entry stub. Rewritten on every return to user mode.
     pub yield_alone: u64,
+    /// Kernel entries from user mode on this CPU, but for `Yield`s the
+    /// stub answers and `VmEnter`s the fastpath completes (neither changes
+    /// anything else): every other system call, interrupt and exception in
+    /// user mode bumps it in its stub. Kernel-mode interrupts need not:
+    /// they come inside a counted entry, or in the idle loop, which a
+    /// counted entry switched to.
+    pub entries: u64,
+    /// `entries` when the current thread's last `VmEnter` returned to it
+    /// with an exit, on SVM: while the two are equal, nothing has entered
+    /// the kernel since, and its next `VmEnter` with `LOAD_REGISTERS` takes
+    /// the fastpath (`svm.rs`) with the words below. `u64::MAX`: never.
+    pub vm_again: u64,
+    /// That VCPU's physical address (its VMCB's).
+    pub vm_vcpu: u64,
+    /// The same through the direct map.
+    pub vm_vcpu_va: u64,
+    /// The thread's register block (`IpcBuffer::vcpu`), through the direct map.
+    pub vm_block: u64,
+    /// The host's VMSAVE area (physical).
+    pub vm_host_state: u64,
+    /// The host's XCR0.
+    pub vm_host_xcr0: u64,
 }
 
 const STACK_SIZE: usize = 64 * 1024;
@@ -97,11 +119,10 @@ syscall_entry:
     jnc 1f
     xorl %ecx, %ecx
 1:
-    cmpq ${yield_number}, %rax  /* Yield with nothing else to run? */
-    jne 2f
-    cmpq $0, %gs:32
-    jne yield_alone
+    cmpq ${yield_number}, %rax  /* Yield (8), VmEnter (9) or a debug call? */
+    jae 4f
 2:
+    incq %gs:{entries}
     movq %rsp, %gs:8
     movq %gs:24, %rsp           /* the end of the current thread's context */
     "#,
@@ -111,12 +132,16 @@ syscall_entry:
     movq %gs:16, %rcx
     movl $-1, %eax              /* every component XCR0 enables */
     xsave64 (%rcx)
+    .global syscall_saved
+syscall_saved:
     movq %rsp, %rdi             /* the saved context */
     movq %gs:0, %rsp            /* (FMASK cleared DF: no `cld`) */
     call ipc_fastpath           /* Call or ReplyRecv in the common case? */
     testq %rax, %rax
     jz 3f
-    /* Done: RAX is the context of another user thread, now current. */
+    /* Done: RAX is the context of a user thread, now current. */
+    .global syscall_fast_return
+syscall_fast_return:
     movq %rax, %rsp
     movq %gs:16, %rcx
     movl $-1, %eax
@@ -141,6 +166,32 @@ return_to_context:
     r#"
     iretq
 
+4:
+    jne 5f
+    /* A Yield with nothing else to run: see yield_alone below. */
+    cmpq $0, %gs:32
+    jne yield_alone
+    jmp 2b
+5:
+    /* A VmEnter the fastpath may take (svm.rs): nothing has entered the
+       kernel since this thread's last VmEnter returned to it. */
+    cmpq ${vm_enter_number}, %rax
+    jne 2b
+    movq %gs:{entries}, %rax    /* (RAX is known: put back below) */
+    cmpq %rax, %gs:{vm_again}
+    movl ${vm_enter_number}, %eax
+    jne 2b
+    movq %rsp, %gs:8
+    movq %gs:24, %rsp
+    "#,
+    push_syscall_frame!(),
+    push_general_registers!(),
+    r#"
+    movq %gs:16, %rcx
+    movl $-1, %eax
+    xsave64 (%rcx)
+    jmp vm_fast
+
     /* A Yield that would choose the same thread again: straight back, with
        every register as it came (RCX and R11 are the syscall's). */
 yield_alone:
@@ -159,6 +210,9 @@ idle_loop:
     jmp idle_loop
 "#,
     yield_number = const strata_abi::syscall::Syscall::Yield as u64,
+    vm_enter_number = const strata_abi::syscall::Syscall::VmEnter as u64,
+    entries = const core::mem::offset_of!(PerCpu, entries),
+    vm_again = const core::mem::offset_of!(PerCpu, vm_again),
     context_size = const core::mem::size_of::<UserContext>(),
     options(att_syntax)
 );
@@ -188,6 +242,7 @@ pub unsafe fn init() {
         let block = &mut *per_cpu();
         block.kernel_stack_top = stack_top;
         block.fpu_area = BOOT_CPU.idle_fpu.get() as u64;
+        block.vm_again = u64::MAX;
         *BOOT_CPU.idle_context.get() = UserContext {
             rip: idle_loop as *const () as u64,
             cs: u64::from(KERNEL_CODE.bits()),
@@ -228,6 +283,21 @@ pub fn switch_thread(context: *mut UserContext, fpu_area: u64) {
 pub fn set_yield_alone(alone: bool) {
     // SAFETY: interrupts are off in the kernel; nothing else writes the block now.
     unsafe { (*per_cpu()).yield_alone = u64::from(alone) };
+}
+
+/// Opens the `VmEnter` fastpath for the thread about to return to user
+/// mode from `VmEnter` with an exit (SVM): its VCPU (`vcpu`, physical;
+/// `vcpu_va`, through the direct map), its register block (`block`,
+/// through the direct map), the host's VMSAVE area and XCR0. It stays
+/// open until the next counted kernel entry ([`PerCpu::entries`]).
+pub fn open_vm_fast(vcpu: u64, vcpu_va: u64, block: u64, host_state: u64, host_xcr0: u64) {
+    // SAFETY: interrupts are off in the kernel; nothing else writes the block now.
+    unsafe {
+        let cpu = &mut *per_cpu();
+        (cpu.vm_vcpu, cpu.vm_vcpu_va, cpu.vm_block) = (vcpu, vcpu_va, block);
+        (cpu.vm_host_state, cpu.vm_host_xcr0) = (host_state, host_xcr0);
+        cpu.vm_again = cpu.entries;
+    }
 }
 
 /// The context that runs when no thread can: the idle loop, in kernel
