@@ -361,6 +361,7 @@ impl Runtime {
     /// caller goes on, and the fastpath is open for its next `VmEnter`),
     /// or a host interrupt taken (`None`: enter again; `Some(Some(tick))`:
     /// the caller gives way, to enter again when it next runs).
+    #[inline(always)]
     fn after_run(
         &mut self,
         tcb: PhysAddr,
@@ -373,6 +374,7 @@ impl Runtime {
                 return Some(Some(false));
             }
             if !entry.vmx {
+                self.space.vm_fast_ready(entry);
                 let layout = crate::object::vcpu::REGISTER_BLOCK_OFFSET;
                 crate::arch::x86_64::user::open_vm_fast(
                     entry.vcpu.get(),

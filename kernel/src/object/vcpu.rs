@@ -974,6 +974,13 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         Ok(VmEntry { vcpu, flush, buffer, registers, vmx })
     }
 
+    /// Before the `VmEnter` fastpath is opened for `entry`'s VCPU (SVM):
+    /// its VMCB asks for no TLB flush, which the entry just made may have
+    /// asked for; the fastpath's entries need none.
+    pub fn vm_fast_ready(&mut self, entry: &VmEntry) {
+        self.set_vcpu_word(entry.vcpu, layout::CONTROL + vmcb::ASID_TLB, 1);
+    }
+
     /// The entry the `VmEnter` fastpath made for `tcb` (SVM, from the
     /// register block), rebuilt for the general path to take its exit;
     /// `None` if the thread no longer has a VCPU and an IPC buffer, which

@@ -57,7 +57,7 @@ interrupt_common:
     movq %gs:16, %rcx
     movl $-1, %eax
     xsave64 (%rcx)
-    incq %gs:{entries}          /* user::PerCpu::entries */
+    movq $0, %gs:{vm_open}      /* user::PerCpu::vm_open */
 1:
     /* The CPU aligned RSP to 16 before pushing its 5-word frame; with the
        error code, vector and 15 registers the stack is aligned again. */
@@ -72,7 +72,7 @@ interrupt_common:
     addq $16, %rsp
     iretq
 "#,
-    entries = const core::mem::offset_of!(super::user::PerCpu, entries),
+    vm_open = const core::mem::offset_of!(super::user::PerCpu, vm_open),
     options(att_syntax)
 );
 

@@ -34,10 +34,13 @@ pub static AREAS: Once<HostAreas> = Once::new();
 /// come from, RDX the guest's FPU image, RCX the host's VMSAVE area, R8
 /// the state page and R9 the host's XCR0, which it pushes (48 bytes the
 /// caller pops), to the return from #VMEXIT with GIF set again and
-/// interrupts off. Every general register but RSP is changed.
+/// interrupts off; `$after_exit` runs right after the guest's general
+/// registers are stored, with them still in place (RAX excepted). Every
+/// general register but RSP is changed, and the x87
+/// and SSE state is the guest's until `kernel_fpu_state!`.
 #[cfg(strata_baremetal)]
 macro_rules! guest_round_trip {
-    () => {
+    ($($after_exit:expr),*) => {
         concat!(
             "push r9\n",  // [rsp + 40]: the host's XCR0
             "push r8\n",  // [rsp + 32]: the state page
@@ -73,19 +76,25 @@ macro_rules! guest_round_trip {
             "vmsave rax\n",
             "mov rax, [rsp + 32]\n",
             store_guest_registers!(), "\n",
+            $($after_exit, "\n",)*
             "mov rax, [rsp + 8]\n",
             "vmload rax\n",
             "cli\n",
             restore_host_xcr0!("[rsp + 32]", "[rsp + 40]"), "\n",
+            // EAX is the host's XCR0 now: every component it enables.
             "mov rcx, [rsp]\n",
-            "mov eax, -1\n",
             "xsave64 [rcx]\n",
-            // The kernel's own FPU use starts from the reset state.
-            "fninit\n",
-            "mov dword ptr [rsp], 0x1f80\n",
-            "ldmxcsr [rsp]\n",
             "stgi\n",
         )
+    };
+}
+
+/// After the guest's FPU state is saved: the kernel's own FPU use starts
+/// from the reset state (Intel syntax; the word at RSP is scratch).
+#[cfg(strata_baremetal)]
+macro_rules! kernel_fpu_state {
+    () => {
+        "fninit\n mov dword ptr [rsp], 0x1f80\n ldmxcsr [rsp]"
     };
 }
 
@@ -124,6 +133,7 @@ pub unsafe extern "sysv64" fn run(
     core::arch::naked_asm!(
         push_callee_saved!(),
         guest_round_trip!(),
+        kernel_fpu_state!(),
         "add rsp, 48",
         pop_callee_saved_and_return!(),
         xcr0 = const crate::object::vcpu::layout::XCR0 - crate::object::vcpu::layout::REGISTERS,
@@ -156,10 +166,7 @@ core::arch::global_asm!(
     ".global vm_fast",
     "vm_fast:",
     // RSP: the caller's saved context, whole; its FPU state is saved.
-    "mov rdi, rsp",
     "mov rsp, gs:[0]",
-    "cmp qword ptr [rdi + {ctx_rdx}], {load}",
-    "jne 9f",
     "mov r8, gs:[{vcpu_va}]",
     "mov rsi, gs:[{block}]",
     "mov rax, [rsi + 128]", // RIP: canonical?
@@ -177,23 +184,19 @@ core::arch::global_asm!(
     "mov [r8 + {vmcb_rsp}], rax",
     "mov rax, [rsi]",
     "mov [r8 + {vmcb_rax}], rax",
-    // The guest's ASID, with no flush (an earlier entry may have asked for one).
-    "mov qword ptr [r8 + {asid_tlb}], 1",
     "mov rdi, gs:[{vcpu}]",
     "lea rdx, [r8 + {fpu}]",
     "mov rcx, gs:[{host_state}]",
     "lea r8, [r8 + {registers}]",
     "mov r9, gs:[{host_xcr0}]",
-    guest_round_trip!(),
+    // The guest's general registers go into the register block too: the
+    // reply then needs no copy of them.
+    guest_round_trip!("mov rax, [rsp + 24]", store_guest_registers!()),
     "add rsp, 48",
     "mov r8, gs:[{vcpu_va}]",
-    // An event whose delivery the exit interrupted is delivered again
-    // on the next VMRUN (APM vol. 2 §15.7.2).
-    "mov rax, [r8 + {exit_int_info}]",
-    "bt eax, 31",
-    "jnc 1f",
-    "mov [r8 + {event_injection}], rax",
-    "1:",
+    // A CPUID intercept never interrupts an event's delivery, so there is
+    // no EXITINTINFO to deliver again (`ObjectSpace::vm_exit` looks for
+    // the other exits).
     "cmp qword ptr [r8 + {exit_code}], {cpuid}",
     "jne 8f",
     // CPUID: its length from the next RIP where the CPU saved one, else 2
@@ -204,25 +207,10 @@ core::arch::global_asm!(
     "mov eax, 2",
     "cmp rdx, 14",
     "cmova rcx, rax",
-    // The reply, as `ObjectSpace::vm_reply`: the general registers, RAX,
-    // RSP, RIP and RFLAGS into the block, the exit into the message registers.
+    // The reply, as `ObjectSpace::vm_reply`: RAX, RSP, RIP and RFLAGS
+    // into the block (which has the other registers already), the exit
+    // into the message registers.
     "mov rsi, gs:[{block}]",
-    "movups xmm0, [r8 + {registers}]",
-    "movups xmm1, [r8 + {registers} + 16]",
-    "movups xmm2, [r8 + {registers} + 32]",
-    "movups xmm3, [r8 + {registers} + 48]",
-    "movups xmm4, [r8 + {registers} + 64]",
-    "movups xmm5, [r8 + {registers} + 80]",
-    "movups xmm6, [r8 + {registers} + 96]",
-    "movups xmm7, [r8 + {registers} + 112]",
-    "movups [rsi], xmm0",
-    "movups [rsi + 16], xmm1",
-    "movups [rsi + 32], xmm2",
-    "movups [rsi + 48], xmm3",
-    "movups [rsi + 64], xmm4",
-    "movups [rsi + 80], xmm5",
-    "movups [rsi + 96], xmm6",
-    "movups [rsi + 112], xmm7",
     "mov rax, [r8 + {vmcb_rax}]",
     "mov [rsi], rax",
     "mov rax, [r8 + {vmcb_rsp}]",
@@ -244,17 +232,18 @@ core::arch::global_asm!(
     "jmp syscall_fast_return",
     // Any other exit: the general path takes it from here.
     "8:",
-    "inc qword ptr gs:[{entries}]",
+    kernel_fpu_state!(),
+    "mov qword ptr gs:[{vm_open}], 0",
     "call vm_fast_exit",
     "mov rsp, rax",
     "jmp return_to_context",
     // Not this way: the general path, with the context as saved.
     "9:",
-    "inc qword ptr gs:[{entries}]",
-    "mov rsp, rdi",
+    "mov qword ptr gs:[{vm_open}], 0",
+    "mov rsp, gs:[24]",
+    "sub rsp, {context_size}",
     "jmp syscall_saved",
-    load = const strata_abi::vcpu::enter::LOAD_REGISTERS,
-    entries = const core::mem::offset_of!(super::user::PerCpu, entries),
+    vm_open = const core::mem::offset_of!(super::user::PerCpu, vm_open),
     vcpu = const core::mem::offset_of!(super::user::PerCpu, vm_vcpu),
     vcpu_va = const core::mem::offset_of!(super::user::PerCpu, vm_vcpu_va),
     block = const core::mem::offset_of!(super::user::PerCpu, vm_block),
@@ -270,10 +259,7 @@ core::arch::global_asm!(
     vmcb_rsp = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::RSP,
     vmcb_rflags = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::RFLAGS,
     vmcb_rax = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::RAX,
-    asid_tlb = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::ASID_TLB,
     exit_code = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::EXIT_CODE,
-    exit_int_info = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::EXIT_INTERRUPT_INFO,
-    event_injection = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::EVENT_INJECTION,
     next_rip = const crate::object::vcpu::layout::CONTROL + crate::object::vcpu::vmcb::NEXT_RIP,
     cpuid = const crate::object::vcpu::vmcb::exit::CPUID,
     rflags_defined = const crate::object::vcpu::RFLAGS_DEFINED,

@@ -47,18 +47,17 @@ pub struct PerCpu {
     /// the highest runnable priority: a `Yield` then returns at once from
     /// the entry stub. Rewritten on every return to user mode.
     pub yield_alone: u64,
-    /// Kernel entries from user mode on this CPU, but for `Yield`s the
-    /// stub answers and `VmEnter`s the fastpath completes (neither changes
-    /// anything else): every other system call, interrupt and exception in
-    /// user mode bumps it in its stub. Kernel-mode interrupts need not:
-    /// they come inside a counted entry, or in the idle loop, which a
-    /// counted entry switched to.
-    pub entries: u64,
-    /// `entries` when the current thread's last `VmEnter` returned to it
-    /// with an exit, on SVM: while the two are equal, nothing has entered
-    /// the kernel since, and its next `VmEnter` with `LOAD_REGISTERS` takes
-    /// the fastpath (`svm.rs`) with the words below. `u64::MAX`: never.
-    pub vm_again: u64,
+    /// Non-zero from when the current thread's `VmEnter` returns to it
+    /// with an exit (on SVM) until the next kernel entry from user mode
+    /// other than a `Yield` the stub answers or a `VmEnter` the fastpath
+    /// completes (neither changes anything else): every other system call,
+    /// interrupt and exception in user mode clears it in its stub.
+    /// Kernel-mode interrupts need not: they come inside such an entry, or
+    /// in the idle loop, which such an entry switched to. While it is set,
+    /// nothing has changed since that `VmEnter`, and the thread's next one
+    /// with `LOAD_REGISTERS` takes the fastpath (`svm.rs`) with the words
+    /// below.
+    pub vm_open: u64,
     /// That VCPU's physical address (its VMCB's).
     pub vm_vcpu: u64,
     /// The same through the direct map.
@@ -122,7 +121,7 @@ syscall_entry:
     cmpq ${yield_number}, %rax  /* Yield (8), VmEnter (9) or a debug call? */
     jae 4f
 2:
-    incq %gs:{entries}
+    movq $0, %gs:{vm_open}
     movq %rsp, %gs:8
     movq %gs:24, %rsp           /* the end of the current thread's context */
     "#,
@@ -177,9 +176,9 @@ return_to_context:
        kernel since this thread's last VmEnter returned to it. */
     cmpq ${vm_enter_number}, %rax
     jne 2b
-    movq %gs:{entries}, %rax    /* (RAX is known: put back below) */
-    cmpq %rax, %gs:{vm_again}
-    movl ${vm_enter_number}, %eax
+    cmpq $0, %gs:{vm_open}
+    je 2b
+    cmpq ${load_registers}, %rdx /* the flags: exactly LOAD_REGISTERS */
     jne 2b
     movq %rsp, %gs:8
     movq %gs:24, %rsp
@@ -211,8 +210,8 @@ idle_loop:
 "#,
     yield_number = const strata_abi::syscall::Syscall::Yield as u64,
     vm_enter_number = const strata_abi::syscall::Syscall::VmEnter as u64,
-    entries = const core::mem::offset_of!(PerCpu, entries),
-    vm_again = const core::mem::offset_of!(PerCpu, vm_again),
+    vm_open = const core::mem::offset_of!(PerCpu, vm_open),
+    load_registers = const strata_abi::vcpu::enter::LOAD_REGISTERS,
     context_size = const core::mem::size_of::<UserContext>(),
     options(att_syntax)
 );
@@ -242,7 +241,6 @@ pub unsafe fn init() {
         let block = &mut *per_cpu();
         block.kernel_stack_top = stack_top;
         block.fpu_area = BOOT_CPU.idle_fpu.get() as u64;
-        block.vm_again = u64::MAX;
         *BOOT_CPU.idle_context.get() = UserContext {
             rip: idle_loop as *const () as u64,
             cs: u64::from(KERNEL_CODE.bits()),
@@ -289,14 +287,15 @@ pub fn set_yield_alone(alone: bool) {
 /// mode from `VmEnter` with an exit (SVM): its VCPU (`vcpu`, physical;
 /// `vcpu_va`, through the direct map), its register block (`block`,
 /// through the direct map), the host's VMSAVE area and XCR0. It stays
-/// open until the next counted kernel entry ([`PerCpu::entries`]).
+/// open until the next kernel entry that could change anything
+/// ([`PerCpu::vm_open`]).
 pub fn open_vm_fast(vcpu: u64, vcpu_va: u64, block: u64, host_state: u64, host_xcr0: u64) {
     // SAFETY: interrupts are off in the kernel; nothing else writes the block now.
     unsafe {
         let cpu = &mut *per_cpu();
         (cpu.vm_vcpu, cpu.vm_vcpu_va, cpu.vm_block) = (vcpu, vcpu_va, block);
         (cpu.vm_host_state, cpu.vm_host_xcr0) = (host_state, host_xcr0);
-        cpu.vm_again = cpu.entries;
+        cpu.vm_open = 1;
     }
 }
 
