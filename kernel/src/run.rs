@@ -271,22 +271,15 @@ impl Runtime {
     /// reply is in place and nothing that could outrank it happened), else
     /// whether the time slice ended.
     fn vm_enter(&mut self, tcb: PhysAddr, flags: u64) -> Option<bool> {
-        self.vm_run(tcb, flags, None)
+        self.vm_loop(tcb, flags, false)
     }
 
-    /// `VmEnter`'s loop; `ran`: the guest has run already, entered by the
-    /// fastpath as `ran` says, and its exit is to be taken.
-    fn vm_run(&mut self, tcb: PhysAddr, mut flags: u64, mut ran: Option<crate::object::vcpu::VmEntry>) -> Option<bool> {
+    /// `VmEnter`'s loop; `interrupted`: a host interrupt came already
+    /// during this `VmEnter` (it may have woken someone).
+    #[inline(always)]
+    fn vm_loop(&mut self, tcb: PhysAddr, mut flags: u64, mut interrupted: bool) -> Option<bool> {
         use crate::object::vcpu::{VmEnterRefusal, layout};
-        // Whether a host interrupt came: it may have woken someone.
-        let mut interrupted = false;
         loop {
-            if let Some(entry) = ran.take() {
-                match self.after_run(tcb, &entry, &mut interrupted) {
-                    Some(outcome) => return outcome,
-                    None => continue,
-                }
-            }
             let previous = self.space.virt.last_run;
             let entry = match self.space.vm_prepare(tcb, flags) {
                 Ok(entry) => entry,
@@ -410,6 +403,7 @@ impl Runtime {
     /// CR3 into the VMCS, the guest's system-call MSRs in, EPT
     /// translations flushed if asked. `Err` with the exit to report if
     /// the entry failed.
+    #[inline(always)]
     fn run_vmx(
         &mut self,
         vcpu: PhysAddr,
@@ -516,7 +510,14 @@ extern "C" fn vm_fast_exit() -> *const UserContext {
         fail(format_args!("VmEnter with no current thread"));
     };
     let outcome = match runtime.space.vm_fast_entry(tcb) {
-        Some(entry) => runtime.vm_run(tcb, 0, Some(entry)),
+        Some(entry) => {
+            let mut interrupted = false;
+            match runtime.after_run(tcb, &entry, &mut interrupted) {
+                Some(outcome) => outcome,
+                // The registers are in the VCPU now: enter without loading them.
+                None => runtime.vm_loop(tcb, 0, interrupted),
+            }
+        }
         None => {
             let mut context = runtime.space.context(tcb);
             crate::syscall::reply_error(&mut context, strata_abi::error::InvocationError::IllegalOperation);

@@ -24,7 +24,8 @@ use super::{Capability, ObjectSpace, PhysicalMemory, Slot, tcb};
 use crate::addr::PhysAddr;
 
 /// Where the register block is in the IPC buffer: after everything a message uses.
-pub(crate) const REGISTER_BLOCK_OFFSET: u64 = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, vcpu) as u64;
+pub(crate) const REGISTER_BLOCK_OFFSET: u64 =
+    core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, vcpu) as u64;
 
 /// Offsets within a VCPU.
 pub mod layout {
@@ -368,6 +369,7 @@ const fn has_error_code(vector: u64) -> bool {
 /// Classifies an SVM exit (APM vol. 2 §15.7–15.12, appendix C). Lengths
 /// come from the next RIP when the CPU saved one, else from the fixed
 /// encodings of the instructions concerned; the VMM decodes the rest.
+#[inline(always)]
 pub fn classify_svm(raw: RawExit) -> Option<NeutralExit> {
     use vmcb::exit;
     let exit = |reason, qualification, qualification2, length| {
@@ -911,6 +913,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// register block from the IPC buffer if asked (`flags`), and decides
     /// whether the guest TLB must be flushed. Returns what the entry and the
     /// reply need, or the error or exit to reply with instead.
+    #[inline(always)]
     pub fn vm_prepare(&mut self, tcb: PhysAddr, flags: u64) -> Result<VmEntry, VmEnterRefusal> {
         let vcpu = self.bound_vcpu(tcb).ok_or(VmEnterRefusal::Error(InvocationError::IllegalOperation))?;
         let (buffer, _) =
@@ -994,6 +997,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
 
     /// After the guest of `entry` stopped: the exit in neutral terms, or
     /// `None` if it was a host interrupt for the kernel.
+    #[inline(always)]
     pub fn vm_exit(&mut self, entry: &VmEntry) -> Option<NeutralExit> {
         let vcpu = entry.vcpu;
         let mut exit = if entry.vmx { self.vmx_exit(vcpu)? } else { self.svm_exit(vcpu)? };

@@ -282,6 +282,7 @@ pub struct VmxExit {
 
 /// Classifies a VMX exit (SDM vol. 3C §28.2, appendix C); `None` for the
 /// host's interrupts and NMIs.
+#[inline(always)]
 pub fn classify_vmx(raw: VmxExit) -> Option<NeutralExit> {
     let exit = |reason, qualification, qualification2, length| {
         Some(NeutralExit { reason, qualification, qualification2, length })
@@ -568,6 +569,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     }
 
     /// The exit that just happened (VMX); `None` for a host interrupt.
+    #[inline(always)]
     pub(super) fn vmx_exit(&mut self, vcpu: PhysAddr) -> Option<NeutralExit> {
         use vmcs::*;
         let get = |this: &Self, field| this.vmcs_get(vcpu, field);

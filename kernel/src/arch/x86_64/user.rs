@@ -139,9 +139,10 @@ syscall_saved:
     testq %rax, %rax
     jz 3f
     /* Done: RAX is the context of a user thread, now current. */
-    .global syscall_fast_return
-syscall_fast_return:
     movq %rax, %rsp
+    /* RSP: the context to return to, a user thread's. */
+    .global syscall_return
+syscall_return:
     movq %gs:16, %rcx
     movl $-1, %eax
     xrstor64 (%rcx)
