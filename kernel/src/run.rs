@@ -20,6 +20,7 @@ use crate::arch::x86_64::{exit, user};
 use crate::boot::{FRAMES, Kernel};
 use crate::object::memory::DirectMapMemory;
 use crate::object::tcb::{UserContext, layout};
+use crate::object::vcpu::VmEntry;
 use crate::object::{ObjectSpace, PhysicalMemory};
 use crate::rootserver::Module;
 use crate::syscall::Outcome;
@@ -46,11 +47,6 @@ static FPU_RESTORES: AtomicU64 = AtomicU64::new(0);
 /// thread's FPU state and restored another's, which the debug call adds
 /// to the counts above (one locked add here instead of three).
 static FASTPATH_CALLS: AtomicU64 = AtomicU64::new(0);
-/// `VmEnter`s the SVM fastpath (`arch::x86_64::svm`) completed since boot:
-/// each saved one user FPU state and restored it, which the debug call
-/// adds to the counts above.
-#[unsafe(no_mangle)]
-pub static VM_FAST_CALLS: AtomicU64 = AtomicU64::new(0);
 /// Device interrupt lines that fired while the kernel held the runtime
 /// (a guest's run was just interrupted), one bit per line: they are
 /// signalled, and their vectors acknowledged, by the VM exit path.
@@ -269,13 +265,9 @@ impl Runtime {
     /// another. It then returns to its `syscall` instruction, to enter
     /// again when it next runs. Returns `None` when the caller goes on (its
     /// reply is in place and nothing that could outrank it happened), else
-    /// whether the time slice ended.
-    fn vm_enter(&mut self, tcb: PhysAddr, flags: u64) -> Option<bool> {
-        self.vm_loop(tcb, flags, false)
-    }
-
-    /// `VmEnter`'s loop; `interrupted`: a host interrupt came already
-    /// during this `VmEnter` (it may have woken someone).
+    /// whether the time slice ended. `interrupted`: a host interrupt came
+    /// already during this `VmEnter` (the fastpath's exit), which may have
+    /// woken someone.
     #[inline(always)]
     fn vm_loop(&mut self, tcb: PhysAddr, mut flags: u64, mut interrupted: bool) -> Option<bool> {
         use crate::object::vcpu::{VmEnterRefusal, layout};
@@ -355,12 +347,7 @@ impl Runtime {
     /// or a host interrupt taken (`None`: enter again; `Some(Some(tick))`:
     /// the caller gives way, to enter again when it next runs).
     #[inline(always)]
-    fn after_run(
-        &mut self,
-        tcb: PhysAddr,
-        entry: &crate::object::vcpu::VmEntry,
-        interrupted: &mut bool,
-    ) -> Option<Option<bool>> {
+    fn after_run(&mut self, tcb: PhysAddr, entry: &VmEntry, interrupted: &mut bool) -> Option<Option<bool>> {
         if let Some(exit) = self.space.vm_exit(entry) {
             self.space.vm_reply(tcb, entry, exit);
             if *interrupted {
@@ -368,14 +355,10 @@ impl Runtime {
             }
             if !entry.vmx {
                 self.space.vm_fast_ready(entry);
-                let layout = crate::object::vcpu::REGISTER_BLOCK_OFFSET;
-                crate::arch::x86_64::user::open_vm_fast(
-                    entry.vcpu.get(),
-                    self.direct_map.to_virtual(entry.vcpu).get(),
-                    self.direct_map.to_virtual(entry.buffer.offset(layout)).get(),
-                    self.space.virt.host_state.get(),
-                    self.space.virt.xcr0,
-                );
+                let va = |at: PhysAddr| self.direct_map.to_virtual(at).get();
+                let block = va(entry.buffer.offset(crate::object::vcpu::REGISTER_BLOCK_OFFSET));
+                let virt = &self.space.virt;
+                user::open_vm_fast(entry.vcpu.get(), va(entry.vcpu), block, virt.host_state.get(), virt.xcr0);
             }
             return Some(None);
         }
@@ -397,6 +380,22 @@ impl Runtime {
             return Some(Some(tick));
         }
         None
+    }
+
+    /// Where `VmEnter` leaves to with `outcome` (`vm_loop`'s): the caller
+    /// at once, or whatever the scheduler chooses.
+    fn after_vm_enter(&mut self, tcb: PhysAddr, outcome: Option<bool>) -> *const UserContext {
+        let next = match outcome {
+            // The VMM goes on at once with its exit: nothing to choose.
+            None => self.saved_context(tcb),
+            Some(rotate) => {
+                let next = self.schedule(rotate);
+                self.leave();
+                next
+            }
+        };
+        count_crossing(next);
+        next
     }
 
     /// Runs `vcpu`'s guest on VMX until its next VM exit: host state and
@@ -503,39 +502,29 @@ extern "C" fn ipc_fastpath(context: *const UserContext) -> *const UserContext {
 #[unsafe(no_mangle)]
 extern "C" fn vm_fast_exit() -> *const UserContext {
     let mut guard = RUNTIME.lock();
-    let Some(runtime) = guard.as_mut() else {
-        fail(format_args!("VmEnter before the runtime started"));
+    let (runtime, tcb) = running(&mut guard);
+    // The fastpath was open: nothing changed since a `VmEnter` found both.
+    let Some(entry) = runtime.space.vm_fast_entry(tcb) else {
+        fail(format_args!("the VmEnter fastpath ran for a thread without a VCPU or IPC buffer"));
+    };
+    let mut interrupted = false;
+    let outcome = match runtime.after_run(tcb, &entry, &mut interrupted) {
+        Some(outcome) => outcome,
+        // The registers are in the VCPU now: enter without loading them.
+        None => runtime.vm_loop(tcb, 0, interrupted),
+    };
+    runtime.after_vm_enter(tcb, outcome)
+}
+
+/// The runtime and its current thread, for a system call's handler.
+fn running(runtime: &mut Option<Runtime>) -> (&mut Runtime, PhysAddr) {
+    let Some(runtime) = runtime.as_mut() else {
+        fail(format_args!("system call before the runtime started"));
     };
     let Some(tcb) = runtime.current else {
-        fail(format_args!("VmEnter with no current thread"));
+        fail(format_args!("system call with no current thread"));
     };
-    let outcome = match runtime.space.vm_fast_entry(tcb) {
-        Some(entry) => {
-            let mut interrupted = false;
-            match runtime.after_run(tcb, &entry, &mut interrupted) {
-                Some(outcome) => outcome,
-                // The registers are in the VCPU now: enter without loading them.
-                None => runtime.vm_loop(tcb, 0, interrupted),
-            }
-        }
-        None => {
-            let mut context = runtime.space.context(tcb);
-            crate::syscall::reply_error(&mut context, strata_abi::error::InvocationError::IllegalOperation);
-            runtime.space.set_context(tcb, &context);
-            Some(false)
-        }
-    };
-    let next = match outcome {
-        // The VMM goes on at once with its exit: nothing to choose.
-        None => runtime.saved_context(tcb),
-        Some(rotate) => {
-            let next = runtime.schedule(rotate);
-            runtime.leave();
-            next
-        }
-    };
-    count_crossing(next);
-    next
+    (runtime, tcb)
 }
 
 /// Entered from `syscall_entry` with the calling thread's registers saved
@@ -543,12 +532,7 @@ extern "C" fn vm_fast_exit() -> *const UserContext {
 #[unsafe(no_mangle)]
 extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
     let mut guard = RUNTIME.lock();
-    let Some(runtime) = guard.as_mut() else {
-        fail(format_args!("system call before the runtime started"));
-    };
-    let Some(tcb) = runtime.current else {
-        fail(format_args!("system call with no current thread"));
-    };
+    let (runtime, tcb) = running(&mut guard);
     // SAFETY: `context` is the current thread's saved context in its TCB.
     let number = unsafe { (&raw const (*context).rax).read() };
     // Yield needs nothing decoded: straight to the scheduler. (A yield that
@@ -581,22 +565,19 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
             let mut reply = runtime.space.context(tcb);
             reply.rdx = CR3_WRITES.load(Ordering::Relaxed);
             let fastpath = FASTPATH_CALLS.load(Ordering::Relaxed);
-            let vm_fast = VM_FAST_CALLS.load(Ordering::Relaxed);
+            // Each `VmEnter` the fastpath completed saved and restored one.
+            // SAFETY: only the fastpath writes the count, with interrupts off.
+            let vm_fast = unsafe { (*user::per_cpu()).vm_fast_calls };
             reply.r8 = FPU_SAVES.load(Ordering::Relaxed) + fastpath + vm_fast;
             reply.r9 = FPU_RESTORES.load(Ordering::Relaxed) + fastpath + vm_fast;
             reply.r10 = fastpath;
             runtime.space.set_context(tcb, &reply);
             false
         }
-        Outcome::VmEnter(flags) => match runtime.vm_enter(tcb, flags) {
-            // The VMM goes on at once with its exit: nothing to choose.
-            None => {
-                let context = runtime.saved_context(tcb);
-                count_crossing(context);
-                return context;
-            }
-            Some(rotate) => rotate,
-        },
+        Outcome::VmEnter(flags) => {
+            let outcome = runtime.vm_loop(tcb, flags, false);
+            return runtime.after_vm_enter(tcb, outcome);
+        }
         Outcome::Shutdown(_) | Outcome::Counters | Outcome::Fault => {
             let saved = runtime.space.context(tcb);
             runtime.fault(tcb, format_args!("unknown system call {} at {:#x}", saved.rax, saved.rip));

@@ -37,7 +37,7 @@ pub static AREAS: Once<HostAreas> = Once::new();
 /// interrupts off; `$after_exit` runs right after the guest's general
 /// registers are stored, with them still in place (RAX excepted). Every
 /// general register but RSP is changed, and the x87
-/// and SSE state is the guest's until `kernel_fpu_state!`.
+/// and SSE state is the guest's until the caller resets it.
 #[cfg(strata_baremetal)]
 macro_rules! guest_round_trip {
     ($($after_exit:expr),*) => {
@@ -89,15 +89,6 @@ macro_rules! guest_round_trip {
     };
 }
 
-/// After the guest's FPU state is saved: the kernel's own FPU use starts
-/// from the reset state (Intel syntax; the word at RSP is scratch).
-#[cfg(strata_baremetal)]
-macro_rules! kernel_fpu_state {
-    () => {
-        "fninit\n mov dword ptr [rsp], 0x1f80\n ldmxcsr [rsp]"
-    };
-}
-
 /// Runs a guest until its next #VMEXIT.
 ///
 /// `vmcb` is the VMCB's physical address; `state` the VCPU's state page
@@ -133,7 +124,8 @@ pub unsafe extern "sysv64" fn run(
     core::arch::naked_asm!(
         push_callee_saved!(),
         guest_round_trip!(),
-        kernel_fpu_state!(),
+        // The kernel's own FPU use starts from the reset state.
+        "fninit\n mov dword ptr [rsp], 0x1f80\n ldmxcsr [rsp]",
         "add rsp, 48",
         pop_callee_saved_and_return!(),
         xcr0 = const crate::object::vcpu::layout::XCR0 - crate::object::vcpu::layout::REGISTERS,
@@ -226,14 +218,14 @@ core::arch::global_asm!(
     "mov qword ptr [rax + {ctx_r8} - {context_size}], 0",
     "mov qword ptr [rax + {ctx_r9} - {context_size}], 0",
     "mov [rax + {ctx_r10} - {context_size}], rcx",
-    ".if {selftest}",
-    "lock inc qword ptr [rip + {calls}]",
-    ".endif",
+    "inc qword ptr gs:[{calls}]",
     "lea rsp, [rax - {context_size}]",
     "jmp syscall_return",
     // Any other exit: the general path takes it from here.
     "8:",
-    kernel_fpu_state!(),
+    "sub rsp, 16", // a scratch word, RSP kept 16-byte aligned for the call
+    // The kernel's own FPU use starts from the reset state, as after `run`.
+    "fninit\n mov dword ptr [rsp], 0x1f80\n ldmxcsr [rsp]",
     "mov qword ptr gs:[{vm_open}], 0",
     "call vm_fast_exit",
     "mov rsp, rax",
@@ -269,6 +261,5 @@ core::arch::global_asm!(
     xcr0 = const crate::object::vcpu::layout::XCR0 - crate::object::vcpu::layout::REGISTERS,
     info = const EXIT_REPLY_INFO,
     exit_cpuid = const strata_abi::vcpu::Exit::Cpuid as u64,
-    selftest = const cfg!(feature = "selftest") as u8,
-    calls = sym crate::run::VM_FAST_CALLS,
+    calls = const core::mem::offset_of!(super::user::PerCpu, vm_fast_calls),
 );

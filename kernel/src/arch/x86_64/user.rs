@@ -68,6 +68,8 @@ pub struct PerCpu {
     pub vm_host_state: u64,
     /// The host's XCR0.
     pub vm_host_xcr0: u64,
+    /// `VmEnter`s the fastpath completed on this CPU since boot.
+    pub vm_fast_calls: u64,
 }
 
 const STACK_SIZE: usize = 64 * 1024;
@@ -223,7 +225,8 @@ unsafe extern "C" {
     fn idle_loop();
 }
 
-fn per_cpu() -> *mut PerCpu {
+/// This CPU's block: written only with interrupts off, in the kernel.
+pub fn per_cpu() -> *mut PerCpu {
     BOOT_CPU.per_cpu.get()
 }
 
