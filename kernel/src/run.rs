@@ -350,6 +350,12 @@ impl Runtime {
     fn after_run(&mut self, tcb: PhysAddr, entry: &VmEntry, interrupted: &mut bool) -> Option<Option<bool>> {
         if let Some(exit) = self.space.vm_exit(entry) {
             self.space.vm_reply(tcb, entry, exit);
+            if exit.reason == strata_abi::vcpu::Exit::InvalidGuestState {
+                // A VMRUN refused may not have made the flush it was asked
+                // for: the next entry flushes (and takes the general path).
+                self.space.virt.last_run = PhysAddr(0);
+                return Some(if *interrupted { Some(false) } else { None });
+            }
             if *interrupted {
                 return Some(Some(false));
             }
@@ -358,7 +364,8 @@ impl Runtime {
                 let va = |at: PhysAddr| self.direct_map.to_virtual(at).get();
                 let block = va(entry.buffer.offset(crate::object::vcpu::REGISTER_BLOCK_OFFSET));
                 let virt = &self.space.virt;
-                user::open_vm_fast(entry.vcpu.get(), va(entry.vcpu), block, virt.host_state.get(), virt.xcr0);
+                let vmcb = entry.vcpu.offset(crate::object::vcpu::layout::CONTROL);
+                user::open_vm_fast(vmcb.get(), va(entry.vcpu), block, virt.host_state.get(), virt.xcr0);
             }
             return Some(None);
         }
@@ -518,12 +525,8 @@ extern "C" fn vm_fast_exit() -> *const UserContext {
 
 /// The runtime and its current thread, for a system call's handler.
 fn running(runtime: &mut Option<Runtime>) -> (&mut Runtime, PhysAddr) {
-    let Some(runtime) = runtime.as_mut() else {
-        fail(format_args!("system call before the runtime started"));
-    };
-    let Some(tcb) = runtime.current else {
-        fail(format_args!("system call with no current thread"));
-    };
+    let runtime = runtime.as_mut().unwrap_or_else(|| fail(format_args!("system call with no runtime")));
+    let tcb = runtime.current.unwrap_or_else(|| fail(format_args!("system call with no thread")));
     (runtime, tcb)
 }
 

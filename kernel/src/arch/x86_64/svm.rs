@@ -38,7 +38,6 @@ pub static AREAS: Once<HostAreas> = Once::new();
 /// registers are stored, with them still in place (RAX excepted). Every
 /// general register but RSP is changed, and the x87
 /// and SSE state is the guest's until the caller resets it.
-#[cfg(strata_baremetal)]
 macro_rules! guest_round_trip {
     ($($after_exit:expr),*) => {
         concat!(
@@ -152,7 +151,8 @@ pub const EXIT_REPLY_INFO: u64 = 4;
 // canonical), RSP, RFLAGS and RAX into the VMCB, the round trip, and for a
 // CPUID exit the reply written here. Any other exit goes to `vm_fast_exit`,
 // a declined call to the general path; both count as kernel entries.
-#[cfg(strata_baremetal)]
+// Assembled for host builds too: the entry stub (`user.rs`), which they
+// also assemble, jumps to it.
 core::arch::global_asm!(
     ".section .text.vm_fast, \"ax\"",
     ".global vm_fast",
@@ -176,7 +176,7 @@ core::arch::global_asm!(
     "mov [r8 + {vmcb_rsp}], rax",
     "mov rax, [rsi]",
     "mov [r8 + {vmcb_rax}], rax",
-    "mov rdi, gs:[{vcpu}]",
+    "mov rdi, gs:[{vmcb}]",
     "lea rdx, [r8 + {fpu}]",
     "mov rcx, gs:[{host_state}]",
     "lea r8, [r8 + {registers}]",
@@ -237,7 +237,7 @@ core::arch::global_asm!(
     "sub rsp, {context_size}",
     "jmp syscall_saved",
     vm_open = const core::mem::offset_of!(super::user::PerCpu, vm_open),
-    vcpu = const core::mem::offset_of!(super::user::PerCpu, vm_vcpu),
+    vmcb = const core::mem::offset_of!(super::user::PerCpu, vm_vmcb),
     vcpu_va = const core::mem::offset_of!(super::user::PerCpu, vm_vcpu_va),
     block = const core::mem::offset_of!(super::user::PerCpu, vm_block),
     host_state = const core::mem::offset_of!(super::user::PerCpu, vm_host_state),

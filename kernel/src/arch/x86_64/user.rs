@@ -56,11 +56,13 @@ pub struct PerCpu {
     /// in the idle loop, which such an entry switched to. While it is set,
     /// nothing has changed since that `VmEnter`, and the thread's next one
     /// with `LOAD_REGISTERS` takes the fastpath (`svm.rs`) with the words
-    /// below.
+    /// below. (One CPU: with SMP, another CPU could change what the flag
+    /// stands for, and it would need an epoch every such change bumps, or
+    /// clearing on every CPU.)
     pub vm_open: u64,
-    /// That VCPU's physical address (its VMCB's).
-    pub vm_vcpu: u64,
-    /// The same through the direct map.
+    /// That VCPU's VMCB (physical).
+    pub vm_vmcb: u64,
+    /// The VCPU through the direct map.
     pub vm_vcpu_va: u64,
     /// The thread's register block (`IpcBuffer::vcpu`), through the direct map.
     pub vm_block: u64,
@@ -288,16 +290,16 @@ pub fn set_yield_alone(alone: bool) {
 }
 
 /// Opens the `VmEnter` fastpath for the thread about to return to user
-/// mode from `VmEnter` with an exit (SVM): its VCPU (`vcpu`, physical;
-/// `vcpu_va`, through the direct map), its register block (`block`,
+/// mode from `VmEnter` with an exit (SVM): its VCPU's VMCB (`vmcb`,
+/// physical), the VCPU through the direct map (`vcpu_va`), its register block (`block`,
 /// through the direct map), the host's VMSAVE area and XCR0. It stays
 /// open until the next kernel entry that could change anything
 /// ([`PerCpu::vm_open`]).
-pub fn open_vm_fast(vcpu: u64, vcpu_va: u64, block: u64, host_state: u64, host_xcr0: u64) {
+pub fn open_vm_fast(vmcb: u64, vcpu_va: u64, block: u64, host_state: u64, host_xcr0: u64) {
     // SAFETY: interrupts are off in the kernel; nothing else writes the block now.
     unsafe {
         let cpu = &mut *per_cpu();
-        (cpu.vm_vcpu, cpu.vm_vcpu_va, cpu.vm_block) = (vcpu, vcpu_va, block);
+        (cpu.vm_vmcb, cpu.vm_vcpu_va, cpu.vm_block) = (vmcb, vcpu_va, block);
         (cpu.vm_host_state, cpu.vm_host_xcr0) = (host_state, host_xcr0);
         cpu.vm_open = 1;
     }
