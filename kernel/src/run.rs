@@ -573,7 +573,7 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
             let vm_fast = unsafe { (*user::per_cpu()).vm_fast_calls };
             reply.r8 = FPU_SAVES.load(Ordering::Relaxed) + fastpath + vm_fast;
             reply.r9 = FPU_RESTORES.load(Ordering::Relaxed) + fastpath + vm_fast;
-            reply.r10 = fastpath;
+            (reply.r10, reply.r12) = (fastpath, vm_fast);
             runtime.space.set_context(tcb, &reply);
             false
         }

@@ -18,6 +18,48 @@ pub(super) fn run(suite: &mut Suite) {
     suite.case("user.vm_enter_ends_on_signal", vm_enter_ends_on_signal);
     suite.case("user.vm_guest_xcr0", vm_guest_xcr0);
     suite.case("user.vm_pkru_is_the_guests", vm_pkru_is_the_guests);
+    suite.case("user.vm_fastpath_closes", vm_fastpath_closes);
+}
+
+/// Back-to-back `VmEnter`s take the SVM fastpath, and any other system
+/// call closes it: after a second guest is made (its VCPU now bound to
+/// this thread), the next `VmEnter` runs that guest, not the one the
+/// fastpath last ran. On VMX every entry takes the general path, with the
+/// same exits.
+fn vm_fastpath_closes() -> Outcome {
+    // SVM (AMD APM vol. 3, CPUID 8000_0001h ECX bit 2): the fastpath's backend.
+    let svm = core::arch::x86_64::__cpuid(0x8000_0001).ecx & 1 << 2 != 0;
+    // Guest A, at 0x1000: cpuid; hlt. Guest B: out 0x80, al; hlt.
+    let a = real_mode_guest_kept(0x1000, &[0x0f, 0xa2, 0xf4], 0)?;
+    let b = real_mode_guest_kept(0x1000, &[0xe6, 0x80, 0xf4], 0)?;
+    let bind = |guest: &vm::Guest| {
+        guest.vcpu().set_tcb(own::TCB).and_then(|()| guest.vcpu().set_space(guest.space()))
+    };
+    bind(&a).map_err(|e| detail!("bind A: {e}"))?;
+    let mut registers = [0u64; REGISTER_BLOCK_WORDS];
+    registers[Field::Rip as usize] = 0x1000;
+    registers[Field::Rflags as usize] = 2;
+    // The counters are a system call too: read only around the whole run.
+    let before = strata_rt::debug_counters()[4];
+    let (first, _) = enter(&registers)?;
+    let (second, _) = enter(&registers)?;
+    // Two system calls, which must close the fastpath: B's VCPU runs next.
+    bind(&b).map_err(|e| detail!("bind B: {e}"))?;
+    let (third, after) = enter(&registers)?;
+    let fast = strata_rt::debug_counters()[4] - before;
+    if (first.reason, second.reason, third.reason) != (Exit::Cpuid, Exit::Cpuid, Exit::Io)
+        || after[Field::Rip as usize] != 0x1000
+        || fast != u64::from(svm)
+    {
+        return Err(detail!(
+            "exits {:?}, {:?}, {:?} (RIP {:#x}); {fast} fastpath entries (SVM: {svm})",
+            first.reason,
+            second.reason,
+            third.reason,
+            after[Field::Rip as usize],
+        ));
+    }
+    Ok(detail!("CPUID twice (the second on the fastpath: {svm}), then B's OUT on the general path"))
 }
 
 static SIGNAL_TO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -186,6 +228,11 @@ extern "C" fn spinner() -> ! {
 /// A real-mode guest (CS at 0, HLT exiting, CR4 `cr4`) for this thread's
 /// VCPU, on a new VCPU with 2 MiB of RAM, with `code` at `at`.
 fn real_mode_guest(at: usize, code: &[u8], cr4: u64) -> Result<Cap<Vcpu>, Detail> {
+    real_mode_guest_kept(at, code, cr4).map(|guest| guest.vcpu())
+}
+
+/// [`real_mode_guest`], kept whole (its VCPU bound to this thread).
+fn real_mode_guest_kept(at: usize, code: &[u8], cr4: u64) -> Result<vm::Guest, Detail> {
     let mut guest = vm::Guest::new(2 << 20).map_err(|e| detail!("guest: {e}"))?;
     guest.ram()[at..at + code.len()].copy_from_slice(code);
     let cs = |part| segment_field(Segment::Cs, part);
@@ -198,7 +245,7 @@ fn real_mode_guest(at: usize, code: &[u8], cr4: u64) -> Result<Cap<Vcpu>, Detail
             (Field::Intercepts as u64, strata_abi::vcpu::intercept::HLT),
         ])
         .map_err(|e| detail!("state: {e}"))?;
-    Ok(guest.vcpu())
+    Ok(guest)
 }
 
 /// A real-mode guest whose code at `at` counts ECX down from `count` and
