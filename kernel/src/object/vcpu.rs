@@ -1012,6 +1012,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     }
 
     /// The exit that just happened (SVM); `None` for a host interrupt.
+    #[inline(always)]
     fn svm_exit(&mut self, vcpu: PhysAddr) -> Option<NeutralExit> {
         let control = |offset| layout::CONTROL + offset;
         let raw = RawExit {
