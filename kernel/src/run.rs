@@ -144,7 +144,7 @@ pub fn start(kernel: &Kernel) {
         free.iter().map(|r| r.1).sum::<u64>() / 1024
     );
     // SAFETY: interrupts are off and the GDT has the documented layout.
-    unsafe { user::init() };
+    unsafe { user::init(space.virt.host_state.get(), space.virt.xcr0) };
     let mut runtime = Runtime { space, current: None, direct_map: kernel.direct_map };
     let context = runtime.schedule(false);
     runtime.leave();
@@ -350,22 +350,16 @@ impl Runtime {
     fn after_run(&mut self, tcb: PhysAddr, entry: &VmEntry, interrupted: &mut bool) -> Option<Option<bool>> {
         if let Some(exit) = self.space.vm_exit(entry) {
             self.space.vm_reply(tcb, entry, exit);
-            if exit.reason == strata_abi::vcpu::Exit::InvalidGuestState {
-                // A VMRUN refused may not have made the flush it was asked
-                // for: the next entry flushes (and takes the general path).
-                self.space.virt.last_run = PhysAddr(0);
-                return Some(if *interrupted { Some(false) } else { None });
-            }
             if *interrupted {
                 return Some(Some(false));
             }
-            if !entry.vmx {
-                self.space.vm_fast_ready(entry);
+            // The fastpath's precondition: this VCPU ran last, with nothing
+            // pending (a refused entry leaves none as the last to run).
+            if !entry.vmx && self.space.virt.last_run == entry.vcpu {
                 let va = |at: PhysAddr| self.direct_map.to_virtual(at).get();
                 let block = va(entry.buffer.offset(crate::object::vcpu::REGISTER_BLOCK_OFFSET));
-                let virt = &self.space.virt;
                 let vmcb = entry.vcpu.offset(crate::object::vcpu::layout::CONTROL);
-                user::open_vm_fast(vmcb.get(), va(entry.vcpu), block, virt.host_state.get(), virt.xcr0);
+                user::open_vm_fast(vmcb.get(), va(entry.vcpu), block);
             }
             return Some(None);
         }
@@ -389,9 +383,10 @@ impl Runtime {
         None
     }
 
-    /// Where `VmEnter` leaves to with `outcome` (`vm_loop`'s): the caller
-    /// at once, or whatever the scheduler chooses.
-    fn after_vm_enter(&mut self, tcb: PhysAddr, outcome: Option<bool>) -> *const UserContext {
+    /// Where a system call leaves to: the caller at once (`None`: a
+    /// `VmEnter` that goes on with its exit), or whatever the scheduler
+    /// chooses (with the caller rotated to the back if `Some(true)`).
+    fn leave_syscall(&mut self, tcb: PhysAddr, outcome: Option<bool>) -> *const UserContext {
         let next = match outcome {
             // The VMM goes on at once with its exit: nothing to choose.
             None => self.saved_context(tcb),
@@ -520,7 +515,7 @@ extern "C" fn vm_fast_exit() -> *const UserContext {
         // The registers are in the VCPU now: enter without loading them.
         None => runtime.vm_loop(tcb, 0, interrupted),
     };
-    runtime.after_vm_enter(tcb, outcome)
+    runtime.leave_syscall(tcb, outcome)
 }
 
 /// The runtime and its current thread, for a system call's handler.
@@ -579,7 +574,7 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
         }
         Outcome::VmEnter(flags) => {
             let outcome = runtime.vm_loop(tcb, flags, false);
-            return runtime.after_vm_enter(tcb, outcome);
+            return runtime.leave_syscall(tcb, outcome);
         }
         Outcome::Shutdown(_) | Outcome::Counters | Outcome::Fault => {
             let saved = runtime.space.context(tcb);
@@ -587,10 +582,7 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
             true
         }
     };
-    let next = runtime.schedule(rotate);
-    runtime.leave();
-    count_crossing(next);
-    next
+    runtime.leave_syscall(tcb, Some(rotate))
 }
 
 /// An exception in user mode: the current thread's fault.

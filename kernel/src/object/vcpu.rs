@@ -23,6 +23,12 @@ use strata_abi::vcpu::{self, Exit, Field};
 use super::{Capability, ObjectSpace, PhysicalMemory, Slot, tcb};
 use crate::addr::PhysAddr;
 
+/// The guest ASID every VCPU runs with (SVM; flushed on a change of VCPU).
+const GUEST_ASID: u64 = 1;
+/// `VmEnter`'s reply's message info word: label 0, four words (the SVM
+/// fastpath writes it too).
+pub const EXIT_REPLY_INFO: u64 = 4;
+
 /// Where the register block is in the IPC buffer: after everything a message uses.
 pub(crate) const REGISTER_BLOCK_OFFSET: u64 =
     core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, vcpu) as u64;
@@ -972,16 +978,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         if !vmx {
             // TLB_CONTROL 1 flushes every entry (APM vol. 2 §15.16.1).
             let tlb = if flush { 1 << 32 } else { 0 };
-            self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::ASID_TLB, 1 | tlb);
+            self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::ASID_TLB, GUEST_ASID | tlb);
         }
         Ok(VmEntry { vcpu, flush, buffer, registers, vmx })
-    }
-
-    /// Before the `VmEnter` fastpath is opened for `entry`'s VCPU (SVM):
-    /// its VMCB asks for no TLB flush, which the entry just made may have
-    /// asked for; the fastpath's entries need none.
-    pub fn vm_fast_ready(&mut self, entry: &VmEntry) {
-        self.set_vcpu_word(entry.vcpu, layout::CONTROL + vmcb::ASID_TLB, 1);
     }
 
     /// The entry the `VmEnter` fastpath made for `tcb` (SVM, from the
@@ -1006,6 +1005,10 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 exit.qualification = self.vcpu_word(vcpu, layout::REGISTERS + 8) & 0xffff_ffff;
             }
             Exit::InterruptWindow => self.vcpu_write(vcpu, Field::InterruptWindow as u64, 0),
+            // An entry the CPU refused may not have made the flush it was
+            // asked for: no VCPU counts as the last to run, so the next
+            // entry flushes (and the fastpath stays shut).
+            Exit::InvalidGuestState => self.virt.last_run = PhysAddr(0),
             _ => {}
         }
         Some(exit)
@@ -1028,6 +1031,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         if interrupted & (1 << 31) != 0 {
             self.set_vcpu_word(vcpu, control(vmcb::EVENT_INJECTION), interrupted);
         }
+        // The VMRUN made the flush it was asked for: the next entry asks
+        // again only if `vm_prepare` finds it needed (the fastpath never does).
+        self.set_vcpu_word(vcpu, control(vmcb::ASID_TLB), GUEST_ASID);
         classify_svm(raw)
     }
 
@@ -1098,8 +1104,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// Sets `tcb`'s reply registers to `exit`: label 0 and four words.
     pub fn reply_vm_exit(&mut self, tcb: PhysAddr, exit: NeutralExit) {
         use super::tcb::register;
-        let info = strata_abi::message::MessageInfo::new(0, 0, 4).encode().unwrap_or(0);
-        self.set_field(tcb, register::RSI, info);
+        self.set_field(tcb, register::RSI, EXIT_REPLY_INFO);
         let words = [exit.reason as u64, exit.qualification, exit.qualification2, exit.length];
         for (&offset, word) in register::MESSAGE.iter().zip(words) {
             self.set_field(tcb, offset, word);

@@ -382,6 +382,9 @@ fn an_exit_reply_carries_the_reason_and_the_registers() {
     space.vm_reply(tcb, &entry, exit);
     let context = space.context(tcb);
     assert_eq!(context.rsi >> 12, 0, "success label");
+    // The SVM fastpath writes the same info word from the shared constant.
+    let info = strata_abi::message::MessageInfo::new(0, 0, 4).encode().expect("encodable");
+    assert_eq!((context.rsi, super::vcpu::EXIT_REPLY_INFO), (info, info));
     assert_eq!([context.rdx, context.r8, context.r10], [Exit::MsrRead as u64, 0x277, 2]);
     let (buffer, _) = space.ipc_buffer(tcb).expect("buffer");
     let message = core::mem::offset_of!(strata_abi::bootinfo::IpcBuffer, vcpu) as u64;
@@ -443,4 +446,27 @@ fn xcr0_follows_xsetbv_rules() {
         space.virt.xcr0 = 0b011;
         assert_eq!(write(&mut space, 0b111), refused);
     }
+}
+
+/// An exit consumes the TLB flush the entry asked for (the VMCB asks for
+/// none until `vm_prepare` finds one needed), and an entry the CPU refused
+/// leaves no VCPU as the last to run, so that the next entry flushes.
+#[test]
+fn an_exit_clears_the_flush_and_a_refused_entry_forgets_the_last_vcpu() {
+    let (mut space, vcpu, tcb) = machine(Backend::Svm);
+    vcpu_call(&mut space, Label::VcpuSetTcb, &[], &[40]).expect("bind");
+    vcpu_call(&mut space, Label::VcpuSetSpace, &[], &[SPACE]).expect("space");
+    let entry = space.vm_prepare(tcb, 0).expect("prepared");
+    assert!(entry.flush, "a VCPU's first entry flushes");
+    let tlb = layout::CONTROL + vmcb::ASID_TLB;
+    assert_eq!(space.memory.read(vcpu.offset(tlb)), 1 | 1 << 32);
+    space.memory.write(vcpu.offset(layout::CONTROL + vmcb::EXIT_CODE), vmcb::exit::CPUID);
+    assert_eq!(space.vm_exit(&entry).map(|e| e.reason), Some(Exit::Cpuid));
+    assert_eq!(space.memory.read(vcpu.offset(tlb)), 1, "the flush was consumed");
+    assert_eq!(space.virt.last_run, vcpu);
+    assert!(!space.vm_prepare(tcb, 0).expect("again").flush, "nothing changed");
+    space.memory.write(vcpu.offset(layout::CONTROL + vmcb::EXIT_CODE), vmcb::exit::INVALID);
+    assert_eq!(space.vm_exit(&entry).map(|e| e.reason), Some(Exit::InvalidGuestState));
+    assert_eq!(space.virt.last_run, PhysAddr(0));
+    assert!(space.vm_prepare(tcb, 0).expect("after the refusal").flush);
 }

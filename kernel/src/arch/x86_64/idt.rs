@@ -54,9 +54,9 @@ interrupt_common:
     testb $3, 144(%rsp)
     jz 1f
     swapgs
-    movq %gs:16, %rcx
-    movl $-1, %eax
-    xsave64 (%rcx)
+    "#,
+    save_user_fpu!(),
+    r#"
     movq $0, %gs:{vm_open}      /* user::PerCpu::vm_open */
 1:
     /* The CPU aligned RSP to 16 before pushing its 5-word frame; with the

@@ -21,16 +21,41 @@ macro_rules! push_syscall_frame {
     };
 }
 
+/// AT&T assembly that saves the user FPU state (every component XCR0
+/// enables) into the current thread's XSAVE area, at `%gs:16`.
+macro_rules! save_user_fpu {
+    () => {
+        "movq %gs:16, %rcx\n movl $-1, %eax\n xsave64 (%rcx)\n"
+    };
+}
+
+/// The inverse of `save_user_fpu!`, for the return paths.
+macro_rules! restore_user_fpu {
+    () => {
+        "movq %gs:16, %rcx\n movl $-1, %eax\n xrstor64 (%rcx)\n"
+    };
+}
+
+/// AT&T assembly for a `syscall` entry that goes on into the kernel: the
+/// user RSP kept at `%gs:8`, the registers pushed into the current
+/// thread's context (which ends at `%gs:24`) and its FPU state saved.
+macro_rules! save_syscall_context {
+    () => {
+        concat!(
+            "movq %rsp, %gs:8\n movq %gs:24, %rsp\n",
+            push_syscall_frame!(),
+            push_general_registers!(),
+            save_user_fpu!()
+        )
+    };
+}
+
 /// AT&T assembly for a return path: if the frame at `$cs` (an offset from
 /// RSP of the saved CS) returns to user mode, restores the user FPU state
 /// (from the area at `%gs:16`) and the user GS.
 macro_rules! restore_user_state {
     ($cs:literal) => {
-        concat!(
-            "testb $3, ",
-            $cs,
-            "(%rsp)\n jz 9f\n movq %gs:16, %rcx\n movl $-1, %eax\n xrstor64 (%rcx)\n swapgs\n9:\n"
-        )
+        concat!("testb $3, ", $cs, "(%rsp)\n jz 9f\n", restore_user_fpu!(), "swapgs\n9:\n")
     };
 }
 

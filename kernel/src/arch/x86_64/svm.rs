@@ -138,11 +138,8 @@ pub unsafe extern "sysv64" fn run(
 #[cfg(not(strata_baremetal))]
 pub unsafe extern "sysv64" fn run(_: u64, _: *const u64, _: *mut u8, _: u64, _: *mut u64, _: u64) {}
 
-/// The reply's message info word: label 0, four words.
-pub const EXIT_REPLY_INFO: u64 = 4;
-
 // The `VmEnter` fastpath (SVM): `syscall_entry` comes here for a `VmEnter`
-// with `LOAD_REGISTERS` while `user::PerCpu::vm_again` says that no other
+// with `LOAD_REGISTERS` while `user::PerCpu::vm_open` says that no other
 // kernel entry came since this thread's last `VmEnter` returned to it with
 // an exit. Nothing that entry's preparation checked (the VCPU bound to the
 // thread, its GuestSpace, the IPC buffer, the TLB and debug-register
@@ -150,7 +147,7 @@ pub const EXIT_REPLY_INFO: u64 = 4;
 // the guest runs again from the register block at once: RIP (checked
 // canonical), RSP, RFLAGS and RAX into the VMCB, the round trip, and for a
 // CPUID exit the reply written here. Any other exit goes to `vm_fast_exit`,
-// a declined call to the general path; both count as kernel entries.
+// a declined call to the general path; both close the fastpath.
 // Assembled for host builds too: the entry stub (`user.rs`), which they
 // also assemble, jumps to it.
 core::arch::global_asm!(
@@ -259,7 +256,7 @@ core::arch::global_asm!(
     registers = const crate::object::vcpu::layout::REGISTERS,
     fpu = const crate::object::vcpu::layout::FPU,
     xcr0 = const crate::object::vcpu::layout::XCR0 - crate::object::vcpu::layout::REGISTERS,
-    info = const EXIT_REPLY_INFO,
+    info = const crate::object::vcpu::EXIT_REPLY_INFO,
     exit_cpuid = const strata_abi::vcpu::Exit::Cpuid as u64,
     calls = const core::mem::offset_of!(super::user::PerCpu, vm_fast_calls),
 );

@@ -66,9 +66,9 @@ pub struct PerCpu {
     pub vm_vcpu_va: u64,
     /// The thread's register block (`IpcBuffer::vcpu`), through the direct map.
     pub vm_block: u64,
-    /// The host's VMSAVE area (physical).
+    /// The host's VMSAVE area (physical; this CPU's, set at `init`).
     pub vm_host_state: u64,
-    /// The host's XCR0.
+    /// The host's XCR0 (set at `init`).
     pub vm_host_xcr0: u64,
     /// `VmEnter`s the fastpath completed on this CPU since boot.
     pub vm_fast_calls: u64,
@@ -126,15 +126,9 @@ syscall_entry:
     jae 4f
 2:
     movq $0, %gs:{vm_open}
-    movq %rsp, %gs:8
-    movq %gs:24, %rsp           /* the end of the current thread's context */
     "#,
-    push_syscall_frame!(),
-    push_general_registers!(),
+    save_syscall_context!(),
     r#"
-    movq %gs:16, %rcx
-    movl $-1, %eax              /* every component XCR0 enables */
-    xsave64 (%rcx)
     .global syscall_saved
 syscall_saved:
     movq %rsp, %rdi             /* the saved context */
@@ -147,9 +141,9 @@ syscall_saved:
     /* RSP: the context to return to, a user thread's. */
     .global syscall_return
 syscall_return:
-    movq %gs:16, %rcx
-    movl $-1, %eax
-    xrstor64 (%rcx)
+    "#,
+    restore_user_fpu!(),
+    r#"
     swapgs
     "#,
     pop_general_registers!(),
@@ -185,15 +179,9 @@ return_to_context:
     je 2b
     cmpq ${load_registers}, %rdx /* the flags: exactly LOAD_REGISTERS */
     jne 2b
-    movq %rsp, %gs:8
-    movq %gs:24, %rsp
     "#,
-    push_syscall_frame!(),
-    push_general_registers!(),
+    save_syscall_context!(),
     r#"
-    movq %gs:16, %rcx
-    movl $-1, %eax
-    xsave64 (%rcx)
     jmp vm_fast
 
     /* A Yield that would choose the same thread again: straight back, with
@@ -232,12 +220,13 @@ pub fn per_cpu() -> *mut PerCpu {
     BOOT_CPU.per_cpu.get()
 }
 
-/// Sets up `syscall` and GS for this CPU.
+/// Sets up `syscall` and GS for this CPU, and the host's VMSAVE area
+/// (`host_state`, physical; 0 without SVM) and XCR0 for the `VmEnter` fastpath.
 ///
 /// # Safety
 /// Interrupts are off, the GDT has the layout `gdt` documents (SYSRET's
 /// selector arithmetic depends on it), and this runs once per CPU.
-pub unsafe fn init() {
+pub unsafe fn init(host_state: u64, host_xcr0: u64) {
     use x86::msr::{
         IA32_EFER, IA32_FMASK, IA32_GS_BASE, IA32_KERNEL_GSBASE, IA32_LSTAR, IA32_STAR, rdmsr, wrmsr,
     };
@@ -247,6 +236,7 @@ pub unsafe fn init() {
         let block = &mut *per_cpu();
         block.kernel_stack_top = stack_top;
         block.fpu_area = BOOT_CPU.idle_fpu.get() as u64;
+        (block.vm_host_state, block.vm_host_xcr0) = (host_state, host_xcr0);
         *BOOT_CPU.idle_context.get() = UserContext {
             rip: idle_loop as *const () as u64,
             cs: u64::from(KERNEL_CODE.bits()),
@@ -291,17 +281,14 @@ pub fn set_yield_alone(alone: bool) {
 
 /// Opens the `VmEnter` fastpath for the thread about to return to user
 /// mode from `VmEnter` with an exit (SVM): its VCPU's VMCB (`vmcb`,
-/// physical), the VCPU through the direct map (`vcpu_va`), its register block (`block`,
-/// through the direct map), the host's VMSAVE area and XCR0. It stays
-/// open until the next kernel entry that could change anything
-/// ([`PerCpu::vm_open`]).
-pub fn open_vm_fast(vmcb: u64, vcpu_va: u64, block: u64, host_state: u64, host_xcr0: u64) {
+/// physical), the VCPU through the direct map (`vcpu_va`) and its register
+/// block (`block`, through the direct map). It stays open until the next
+/// kernel entry that could change anything ([`PerCpu::vm_open`]).
+pub fn open_vm_fast(vmcb: u64, vcpu_va: u64, block: u64) {
     // SAFETY: interrupts are off in the kernel; nothing else writes the block now.
     unsafe {
         let cpu = &mut *per_cpu();
-        (cpu.vm_vmcb, cpu.vm_vcpu_va, cpu.vm_block) = (vmcb, vcpu_va, block);
-        (cpu.vm_host_state, cpu.vm_host_xcr0) = (host_state, host_xcr0);
-        cpu.vm_open = 1;
+        (cpu.vm_vmcb, cpu.vm_vcpu_va, cpu.vm_block, cpu.vm_open) = (vmcb, vcpu_va, block, 1);
     }
 }
 
