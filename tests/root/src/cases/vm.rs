@@ -64,8 +64,18 @@ fn vm_fastpath_closes() -> Outcome {
 
 static SIGNAL_TO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-/// Signals `SIGNAL_TO` once, then waits for good on a notification nobody signals.
+/// Where the signalled guest counts its loops (in this task's mapping of its RAM).
+static PROGRESS_AT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Once the guest has made progress, signals `SIGNAL_TO` once, then waits
+/// for good on a notification nobody signals.
 extern "C" fn signaller() -> ! {
+    let progress = PROGRESS_AT.load(Ordering::SeqCst) as *const u32;
+    // SAFETY: a word of the guest's RAM, mapped in this address space for
+    // as long as the case runs; the guest writes it, so it is read volatile.
+    while unsafe { progress.read_volatile() } == 0 {
+        strata_rt::yield_now();
+    }
     signal(SIGNAL_TO.load(Ordering::SeqCst));
     let idle = strata_rt::root::retype(ObjectType::Notification, 0).unwrap_or(0);
     loop {
@@ -78,8 +88,10 @@ extern "C" fn signaller() -> ! {
 /// already pending, and while a guest that never exits runs, when another
 /// thread signals it. The guest's state survives either way.
 fn vm_enter_ends_on_signal() -> Outcome {
-    // Counts down from 7fffffffh at 0x3000; its HLT is at 0x300a.
-    counting_guest(0x3000, 0x7fff_ffff)?;
+    // At 0x3000: 1: inc dword [0x3100]; jmp 1b; its HLT is at 0x300a.
+    let code = [0x66, 0xff, 0x06, 0x00, 0x31, 0xeb, 0xf9, 0x90, 0x90, 0x90, 0xf4];
+    let mut guest = real_mode_guest_kept(0x3000, &code, 0)?;
+    PROGRESS_AT.store(guest.ram()[0x3100..].as_ptr() as u64, Ordering::SeqCst);
     let notification = make(ObjectType::Notification, 0)?;
     check("bind", call(slot::TCB, Label::TcbBindNotification, &[], &[notification]))?;
     let outcome = signalled_entries(notification);
@@ -106,7 +118,9 @@ fn signalled_entries(notification: CPtr) -> Outcome {
         ));
     }
     // While the guest spins: a thread at the same priority gets its turn
-    // at a host tick, signals, and the VMM's `VmEnter` ends.
+    // at host ticks and, once the guest has counted, signals, and the VMM's
+    // `VmEnter` ends. (It waits for the count: a tick can also come before
+    // the guest's first instruction.)
     SIGNAL_TO.store(badged(notification, 0x20)?, Ordering::SeqCst);
     let worker = spawn_in(signaller, slot::VSPACE, 0)?;
     let mut after = after;
@@ -116,7 +130,7 @@ fn signalled_entries(notification: CPtr) -> Outcome {
     if (exit.reason, exit.qualification) != (Exit::Notification, 0x20) {
         return Err(detail!("while the guest ran: {exit:?}"));
     }
-    if !(0x3006..0x300a).contains(&after[Field::Rip as usize]) {
+    if !(0x3000..0x3007).contains(&after[Field::Rip as usize]) {
         return Err(detail!("the spinning guest stopped at {:#x}", after[Field::Rip as usize]));
     }
     // The word was taken: the next entry runs the guest, now to its HLT.
