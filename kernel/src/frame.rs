@@ -90,9 +90,7 @@ impl FrameAllocator {
         let size = frames.checked_mul(FRAME_SIZE).ok_or(FrameError::BadRequest)?;
         for index in (0..self.free.len()).rev() {
             let range = self.free[index];
-            let Some(start) = range.end.checked_sub(size).map(|top| top / align * align) else {
-                continue;
-            };
+            let Some(start) = range.end.checked_sub(size).map(|top| top / align * align) else { continue };
             if start < range.start {
                 continue;
             }

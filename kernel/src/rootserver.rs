@@ -15,14 +15,12 @@
 //! The boot-info page, mapped read-only at [`BOOT_INFO_ADDRESS`] (its
 //! address is in RDI at entry), lists them.
 
-use strata_abi::bootinfo::{
-    self, BootInfo, ModuleDescriptor, ROOT_CNODE_RADIX, SlotRange, UntypedDescriptor, slot,
-};
+use strata_abi::bootinfo::{self, BootInfo, ROOT_CNODE_RADIX, SlotRange, UntypedDescriptor, slot};
 use strata_abi::elf::{self, ElfError};
 use strata_abi::error::InvocationError;
 use strata_abi::invocation::Label;
 use strata_abi::object::{ObjectType, Rights, USER_TOP};
-use zerocopy::IntoBytes;
+use zerocopy::{FromZeros, IntoBytes};
 
 use crate::addr::PhysAddr;
 use crate::object::tcb::UserContext;
@@ -156,14 +154,9 @@ pub fn create<M: PhysicalMemory>(
     builder.retype_at(ObjectType::Tcb, 0, slot::TCB)?;
     // The ASID pool: a 4 KiB Untyped turned into a pool.
     let pool_memory = builder.retype(ObjectType::Untyped, 12)?;
-    let pool = builder.space.decode_vspace(
-        at(slot::ASID_CONTROL),
-        Label::AsidControlMakePool,
-        &[slot::ASID_POOL, 64],
-        &[pool_memory, at(slot::CNODE)],
-    )?;
-    builder.space.perform_vspace(pool);
-    builder.invoke(slot::ASID_POOL, Label::AsidPoolAssign, &[], &[slot::VSPACE])?;
+    let extra = [pool_memory, at(slot::CNODE)];
+    builder.invoke(at(slot::ASID_CONTROL), Label::AsidControlMakePool, &[slot::ASID_POOL, 64], &extra)?;
+    builder.invoke(at(slot::ASID_POOL), Label::AsidPoolAssign, &[], &[at(slot::VSPACE)])?;
 
     // Paging structures first, so that the image frames' slots are
     // consecutive, in address order; then the frames, stack, IPC buffer
@@ -175,7 +168,7 @@ pub fn create<M: PhysicalMemory>(
     let rw = (Rights::READ | Rights::WRITE).bits();
     for page in (plan.virtual_base..plan.virtual_end).step_by(4096) {
         let frame = builder.retype(ObjectType::Frame4K, 0)?;
-        builder.write_frame(frame, &plan.page_bytes(image, page));
+        builder.write_frame(frame, &plan.page_bytes(image, page))?;
         let (rights, attributes) = plan.page_permissions(page);
         builder.map_frame(frame, page, rights.bits(), attributes.bits())?;
     }
@@ -212,21 +205,14 @@ pub fn create<M: PhysicalMemory>(
     let mut info = BootInfo {
         magic: bootinfo::MAGIC,
         version: bootinfo::VERSION,
-        first_free_slot: 0,
         ipc_buffer_address: IPC_BUFFER_ADDRESS,
         image_frames,
-        untyped_slots: SlotRange::default(),
-        untyped_count: 0,
-        reserved: [0; 5],
-        untypeds: [UntypedDescriptor::default(); bootinfo::MAX_UNTYPEDS],
-        module_count: 0,
         cnode_radix: u64::from(ROOT_CNODE_RADIX),
-        modules: [ModuleDescriptor::default(); bootinfo::MAX_MODULES],
+        ..BootInfo::new_zeroed()
     };
     let first_untyped = builder.next_slot;
-    let scratch_slot = at(scratch);
-    let boot_untyped = builder.space.cap(scratch_slot);
-    builder.space.move_cap(scratch_slot, at(builder.next_slot), boot_untyped);
+    let boot_untyped = builder.space.cap(at(scratch));
+    builder.space.move_cap(at(scratch), at(builder.next_slot), boot_untyped);
     builder.record(&mut info, boot_untyped);
     for (start, length) in free {
         for (block, size_bits) in blocks(start, length) {
@@ -250,13 +236,11 @@ pub fn create<M: PhysicalMemory>(
             builder.ensure_tables(address + offset as u64)?;
         }
         let first = builder.next_slot;
-        for offset in (0..module.bytes.len()).step_by(4096) {
-            let mut page = [0u8; 4096];
-            let chunk = &module.bytes[offset..module.bytes.len().min(offset + 4096)];
-            page[..chunk.len()].copy_from_slice(chunk);
+        // Each frame is zero past the end of the module.
+        for (n, page) in module.bytes.chunks(4096).enumerate() {
             let frame = builder.retype(ObjectType::Frame4K, 0)?;
-            builder.write_frame(frame, &page);
-            builder.map_frame(frame, address + offset as u64, Rights::READ.bits(), 0)?;
+            builder.write_frame(frame, page)?;
+            builder.map_frame(frame, address + 4096 * n as u64, Rights::READ.bits(), 0)?;
             if builder.next_slot >= scratch {
                 return Err(RootTaskError::TooLarge);
             }
@@ -269,18 +253,10 @@ pub fn create<M: PhysicalMemory>(
         info.module_count += 1;
     }
     info.first_free_slot = builder.next_slot;
-    let Capability::Frame { object: info_frame, .. } = builder.space.cap(at(slot::BOOT_INFO)) else {
-        return Err(RootTaskError::Build(InvocationError::IllegalOperation));
-    };
-    for (i, chunk) in info.as_bytes().chunks(8).enumerate() {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        builder.space.memory.write(info_frame.offset(8 * i as u64), u64::from_le_bytes(word));
-    }
-    let untypeds = info.untyped_count;
+    builder.write_frame(at(slot::BOOT_INFO), info.as_bytes())?;
     let resume = builder.space.decode_tcb(builder.space.cap(at(slot::TCB)), Label::TcbResume, &[], &[])?;
     builder.space.perform_tcb(resume);
-    Ok(RootTask { tcb, entry: plan.entry, untypeds })
+    Ok(RootTask { tcb, entry: plan.entry, untypeds: info.untyped_count })
 }
 
 /// Splits `[start, start + length)` into naturally aligned power-of-two
@@ -328,15 +304,15 @@ impl<M: PhysicalMemory> Builder<'_, M> {
         Ok(slot)
     }
 
+    /// Decodes and performs an address-space invocation on `target`.
     fn invoke(
         &mut self,
-        target: u64,
+        target: Slot,
         label: Label,
         words: &[u64],
-        extra: &[u64],
+        extra: &[Slot],
     ) -> Result<(), InvocationError> {
-        let extra: heapless::Vec<Slot, 3> = extra.iter().map(|&n| self.at(n)).collect();
-        let invocation = self.space.decode_vspace(self.at(target), label, words, &extra)?;
+        let invocation = self.space.decode_vspace(target, label, words, extra)?;
         self.space.perform_vspace(invocation);
         Ok(())
     }
@@ -353,8 +329,7 @@ impl<M: PhysicalMemory> Builder<'_, M> {
                 continue;
             }
             let table = self.retype(kind, 0)?;
-            let invocation = self.space.decode_vspace(table, Label::PageTableMap, &[address], &[vspace])?;
-            self.space.perform_vspace(invocation);
+            self.invoke(table, Label::PageTableMap, &[address], &[vspace])?;
             self.tables.push(region).map_err(|_| InvocationError::NotEnoughMemory { available: 0 })?;
         }
         Ok(())
@@ -372,21 +347,20 @@ impl<M: PhysicalMemory> Builder<'_, M> {
             return Err(InvocationError::InvalidArgument { index: 0 });
         }
         self.ensure_tables(address)?;
-        let vspace = self.at(slot::VSPACE);
-        let invocation =
-            self.space.decode_vspace(frame, Label::FrameMap, &[address, rights, attributes], &[vspace])?;
-        self.space.perform_vspace(invocation);
-        Ok(())
+        self.invoke(frame, Label::FrameMap, &[address, rights, attributes], &[self.at(slot::VSPACE)])
     }
 
-    /// Writes `bytes` into `frame`.
-    fn write_frame(&mut self, frame: Slot, bytes: &[u8; 4096]) {
-        let Capability::Frame { object, .. } = self.space.cap(frame) else { return };
-        for (i, chunk) in bytes.chunks_exact(8).enumerate() {
+    /// Writes `bytes` (at most 4 KiB) into `frame`, the last word padded with zeros.
+    fn write_frame(&mut self, frame: Slot, bytes: &[u8]) -> Result<(), InvocationError> {
+        let Capability::Frame { object, .. } = self.space.cap(frame) else {
+            return Err(InvocationError::IllegalOperation);
+        };
+        for (i, chunk) in bytes.chunks(8).enumerate() {
             let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
+            word[..chunk.len()].copy_from_slice(chunk);
             self.space.memory.write(object.offset(8 * i as u64), u64::from_le_bytes(word));
         }
+        Ok(())
     }
 
     fn record(&mut self, info: &mut BootInfo, cap: Capability) {

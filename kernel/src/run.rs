@@ -47,6 +47,9 @@ static FPU_RESTORES: AtomicU64 = AtomicU64::new(0);
 /// thread's FPU state and restored another's, which the debug call adds
 /// to the counts above (one locked add here instead of three).
 static FASTPATH_CALLS: AtomicU64 = AtomicU64::new(0);
+/// Guest TLB flushes `VmEnter` asked for since boot (test images only).
+#[cfg(feature = "selftest")]
+static GUEST_FLUSHES: AtomicU64 = AtomicU64::new(0);
 /// Device interrupt lines that fired while the kernel held the runtime
 /// (a guest's run was just interrupted), one bit per line: they are
 /// signalled, and their vectors acknowledged, by the VM exit path.
@@ -157,7 +160,8 @@ pub fn start(kernel: &Kernel) {
 /// What the object layer needs to know about virtualization.
 fn virt_config(slice_tsc: u64) -> crate::object::vcpu::VirtConfig {
     use crate::arch::x86_64::{svm, virt};
-    use crate::object::vcpu::{Backend, VirtConfig};
+    use crate::object::vcpu::{Backend, TAG_SLOTS, VirtConfig};
+    use crate::object::vmx::control::VPID;
     let mut config = VirtConfig::none();
     // SAFETY: reading XCR0 has no side effects (`enable_fpu` set CR4.OSXSAVE).
     config.xcr0 = unsafe { x86::controlregs::xcr0() }.bits();
@@ -168,6 +172,7 @@ fn virt_config(slice_tsc: u64) -> crate::object::vcpu::VirtConfig {
                 config.io_permissions = PhysAddr(areas.io_permissions);
                 config.msr_permissions = PhysAddr(areas.msr_permissions);
                 config.host_state = PhysAddr(areas.host_state);
+                config.tags = u64::from(svm.asids.saturating_sub(1)).clamp(1, TAG_SLOTS as u64 - 1);
             }
         }
         Some((virt::Backend::Vmx(_), Ok(()))) => {
@@ -176,6 +181,7 @@ fn virt_config(slice_tsc: u64) -> crate::object::vcpu::VirtConfig {
             match crate::object::vmx::VmxConfig::from_capabilities(read, slice_tsc) {
                 Ok(vmx) => {
                     config.backend = Backend::Vmx;
+                    config.tags = if vmx.secondary & VPID != 0 { TAG_SLOTS as u64 - 1 } else { 1 };
                     config.vmx = vmx;
                 }
                 Err(why) => log::warn!("VMX: VCPUs unavailable: {why}"),
@@ -293,6 +299,8 @@ impl Runtime {
             // After this run the registers are in the VCPU: a re-entry must
             // not reload them.
             flags = 0;
+            #[cfg(feature = "selftest")]
+            GUEST_FLUSHES.fetch_add(u64::from(entry.flush), Ordering::Relaxed);
             if previous != entry.vcpu {
                 let debug =
                     |vcpu: PhysAddr| self.direct_map.to_virtual(vcpu.offset(layout::DEBUG)).as_mut_ptr();
@@ -569,6 +577,10 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
             reply.r8 = FPU_SAVES.load(Ordering::Relaxed) + fastpath + vm_fast;
             reply.r9 = FPU_RESTORES.load(Ordering::Relaxed) + fastpath + vm_fast;
             (reply.r10, reply.r12) = (fastpath, vm_fast);
+            #[cfg(feature = "selftest")]
+            {
+                reply.r13 = GUEST_FLUSHES.load(Ordering::Relaxed);
+            }
             runtime.space.set_context(tcb, &reply);
             false
         }

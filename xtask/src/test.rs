@@ -55,7 +55,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 71] = [
+const BOOT_CASES: [&str; 75] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -127,6 +127,10 @@ const BOOT_CASES: [&str; 71] = [
     "user.vm_exit_restores_gdt",
     "user.vm_host_interrupts",
     "user.vm_enter_ends_on_signal",
+    "user.vm_guest_xcr0",
+    "user.vm_pkru_is_the_guests",
+    "user.vm_fastpath_closes",
+    "user.vm_tags_keep_translations",
     "user.syscall_fuzz",
 ];
 

@@ -130,15 +130,16 @@ impl FrameSize {
     }
 }
 
-/// Which paging structure below the PML4 a table is.
+/// Which paging structure below the PML4 a table is. The discriminant is
+/// the capability's level field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableLevel {
     /// Page table: maps 4 KiB frames; installed in a page directory.
-    PageTable,
+    PageTable = 0,
     /// Page directory: holds page tables or 2 MiB frames; installed in a PDPT.
-    PageDirectory,
+    PageDirectory = 1,
     /// Page-directory-pointer table: holds page directories; installed in the PML4.
-    Pdpt,
+    Pdpt = 2,
 }
 
 impl TableLevel {
@@ -151,21 +152,9 @@ impl TableLevel {
         }
     }
 
-    const fn encode(self) -> u64 {
-        match self {
-            Self::PageTable => 0,
-            Self::PageDirectory => 1,
-            Self::Pdpt => 2,
-        }
-    }
-
-    const fn decode(value: u64) -> Option<Self> {
-        match value {
-            0 => Some(Self::PageTable),
-            1 => Some(Self::PageDirectory),
-            2 => Some(Self::Pdpt),
-            _ => None,
-        }
+    /// The level whose discriminant is `value`.
+    fn decode(value: u64) -> Option<Self> {
+        [Self::PageTable, Self::PageDirectory, Self::Pdpt].get(value as usize).copied()
     }
 }
 
@@ -447,7 +436,7 @@ impl Capability {
                 check(address_ok(object, 12) && mapping.is_none_or(|m| mapping_ok(m, level.coverage())))?;
                 [
                     TAG.put(tag::PAGE_TABLE)
-                        | TABLE_LEVEL.put(level.encode())
+                        | TABLE_LEVEL.put(level as u64)
                         | TABLE_MAPPED.put(u64::from(mapping.is_some()))
                         | TABLE_ASID.put(mapping.map_or(0, |m| u64::from(m.asid)))
                         | TABLE_OBJECT.put(object.get() >> 12),

@@ -54,9 +54,7 @@ fn depth(word: u64) -> Result<u8, InvocationError> {
 
 /// A CNode guard in the `data` word: guard size in bits 0-5, guard in 6-63.
 fn cnode_with_guard(cap: Capability, data: u64) -> Result<Capability, InvocationError> {
-    let Capability::CNode { object, radix, .. } = cap else {
-        return Err(InvocationError::IllegalOperation);
-    };
+    let Capability::CNode { object, radix, .. } = cap else { return Err(InvocationError::IllegalOperation) };
     let guard_size = (data & 0x3f) as u8;
     let guard = data >> 6;
     let fits =

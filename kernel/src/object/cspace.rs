@@ -29,9 +29,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// Resolves the low `depth` bits of `address`, most significant first,
     /// starting at the CNode capability `root`.
     pub fn resolve(&self, root: Capability, address: u64, depth: u8) -> Result<Resolved, LookupFailure> {
-        let Capability::CNode { .. } = root else {
-            return Err(LookupFailure::InvalidRoot);
-        };
+        let Capability::CNode { .. } = root else { return Err(LookupFailure::InvalidRoot) };
         let mut node = root;
         let mut bits_left = u32::from(depth.min(64));
         loop {

@@ -34,13 +34,9 @@ pub struct Budget(pub u32);
 impl Budget {
     /// Uses one unit; `false` once none is left.
     pub fn spend(&mut self) -> bool {
-        match self.0.checked_sub(1) {
-            Some(rest) => {
-                self.0 = rest;
-                true
-            }
-            None => false,
-        }
+        let Some(rest) = self.0.checked_sub(1) else { return false };
+        self.0 = rest;
+        true
     }
 }
 
@@ -74,11 +70,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         loop {
             match self.delete_step(slot) {
                 Step::Finished => return Progress::Done,
-                Step::Continue => {
-                    if !budget.spend() {
-                        return Progress::Preempted;
-                    }
-                }
+                Step::Continue if !budget.spend() => return Progress::Preempted,
+                Step::Continue => {}
             }
         }
     }
@@ -92,9 +85,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// by deleting that slot or revoking an Untyped above it, as in seL4.
     pub fn revoke(&mut self, slot: Slot, budget: &mut Budget) -> Progress {
         while self.has_children(slot) {
-            let Some(child) = self.mdb(slot).next else {
-                break;
-            };
+            let Some(child) = self.mdb(slot).next else { break };
             if self.delete(child, budget) == Progress::Preempted || !budget.spend() {
                 return Progress::Preempted;
             }
@@ -106,18 +97,23 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         match self.cap(slot) {
             Capability::Null => Step::Finished,
             Capability::Zombie { .. } => self.zombie_step(slot),
-            cap @ (Capability::CNode { .. } | Capability::Tcb { .. }) if self.is_final(slot) => {
-                let zombie = self.zombie_for(&cap);
-                self.set_cap(slot, zombie);
-                Step::Continue
-            }
-            cap => {
-                let last = self.is_final(slot);
-                self.finalise(&cap, last);
-                self.remove(slot);
-                Step::Finished
-            }
+            cap => self.delete_or_zombify(slot, cap),
         }
+    }
+
+    /// Deletes `cap`, the capability in `slot` (`Finished`: the slot is
+    /// empty); or, if it is the last capability to a CNode or TCB, turns it
+    /// into a zombie whose slots later steps empty (`Continue`).
+    fn delete_or_zombify(&mut self, slot: Slot, cap: Capability) -> Step {
+        let last = self.is_final(slot);
+        if last && matches!(cap, Capability::CNode { .. } | Capability::Tcb { .. }) {
+            let zombie = self.zombie_for(&cap);
+            self.set_cap(slot, zombie);
+            return Step::Continue;
+        }
+        self.finalise(&cap, last);
+        self.remove(slot);
+        Step::Finished
     }
 
     /// Releases what a deleted capability holds: a mapping, an ASID, a
@@ -180,30 +176,20 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     return Step::Continue;
                 }
                 Capability::Zombie { .. } => {
-                    if path.contains(&target) || target == top {
-                        // A cycle of zombies: swapping makes each of the two
-                        // live in the CNode it destroys.
-                        self.swap(current, target);
-                        return Step::Continue;
-                    }
-                    if path.push(current).is_err() {
-                        // Too deep to track: work here instead, which still
-                        // progresses (see the module documentation).
+                    // A cycle of zombies: swapping makes each of the two live
+                    // in the CNode it destroys. A chain too deep to track:
+                    // work here instead, which still progresses (see the
+                    // module documentation).
+                    if path.contains(&target) || target == top || path.push(current).is_err() {
                         self.swap(current, target);
                         return Step::Continue;
                     }
                     current = target;
                 }
-                cap @ (Capability::CNode { .. } | Capability::Tcb { .. }) if self.is_final(target) => {
-                    let zombie = self.zombie_for(&cap);
-                    self.set_cap(target, zombie);
-                    return Step::Continue;
-                }
                 cap => {
-                    let last = self.is_final(target);
-                    self.finalise(&cap, last);
-                    self.remove(target);
-                    shrink(self);
+                    if let Step::Finished = self.delete_or_zombify(target, cap) {
+                        shrink(self);
+                    }
                     return Step::Continue;
                 }
             }

@@ -189,6 +189,15 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.memory.write(slot.word(3), prev);
     }
 
+    /// Changes the derivation-tree node of `slot` with `change`, if there is a slot.
+    fn update_mdb(&mut self, slot: Option<Slot>, change: impl FnOnce(&mut MdbNode)) {
+        if let Some(slot) = slot {
+            let mut node = self.mdb(slot);
+            change(&mut node);
+            self.set_mdb(slot, node);
+        }
+    }
+
     /// Puts a capability created at boot into an empty slot, with no parent.
     pub fn insert_root(&mut self, slot: Slot, cap: Capability) {
         debug_assert!(self.cap(slot).is_null());
@@ -309,17 +318,11 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     }
 
     fn link_after(&mut self, parent: Slot, slot: Slot, cap: Capability, revocable: bool) {
-        let mut parent_node = self.mdb(parent);
-        let next = parent_node.next;
+        let next = self.mdb(parent).next;
         self.set_cap(slot, cap);
         self.set_mdb(slot, MdbNode { prev: Some(parent), next, revocable, first_badged: revocable });
-        parent_node.next = Some(slot);
-        self.set_mdb(parent, parent_node);
-        if let Some(next) = next {
-            let mut next_node = self.mdb(next);
-            next_node.prev = Some(slot);
-            self.set_mdb(next, next_node);
-        }
+        self.update_mdb(Some(parent), |node| node.next = Some(slot));
+        self.update_mdb(next, |node| node.prev = Some(slot));
     }
 
     /// Moves the capability in `from` to the empty slot `to`, replacing it
@@ -331,16 +334,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.set_mdb(to, node);
         self.set_cap(from, Capability::Null);
         self.set_mdb(from, MdbNode::default());
-        if let Some(prev) = node.prev {
-            let mut prev_node = self.mdb(prev);
-            prev_node.next = Some(to);
-            self.set_mdb(prev, prev_node);
-        }
-        if let Some(next) = node.next {
-            let mut next_node = self.mdb(next);
-            next_node.prev = Some(to);
-            self.set_mdb(next, next_node);
-        }
+        self.update_mdb(node.prev, |prev| prev.next = Some(to));
+        self.update_mdb(node.next, |next| next.prev = Some(to));
     }
 
     /// Exchanges the contents (capability and tree position) of two
@@ -364,37 +359,24 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.set_cap(b, cap_a);
         self.set_mdb(a, new_a);
         self.set_mdb(b, new_b);
+        let outside = |s: &Slot| *s != a && *s != b;
         for (slot, node) in [(a, new_a), (b, new_b)] {
-            if let Some(prev) = node.prev.filter(|&p| p != a && p != b) {
-                let mut n = self.mdb(prev);
-                n.next = Some(slot);
-                self.set_mdb(prev, n);
-            }
-            if let Some(next) = node.next.filter(|&n| n != a && n != b) {
-                let mut n = self.mdb(next);
-                n.prev = Some(slot);
-                self.set_mdb(next, n);
-            }
+            self.update_mdb(node.prev.filter(outside), |prev| prev.next = Some(slot));
+            self.update_mdb(node.next.filter(outside), |next| next.prev = Some(slot));
         }
     }
 
     /// Takes `slot` out of the tree and empties it.
     pub fn remove(&mut self, slot: Slot) {
         let node = self.mdb(slot);
-        if let Some(prev) = node.prev {
-            let mut prev_node = self.mdb(prev);
-            prev_node.next = node.next;
-            self.set_mdb(prev, prev_node);
-        }
-        if let Some(next) = node.next {
-            let mut next_node = self.mdb(next);
-            next_node.prev = node.prev;
+        self.update_mdb(node.prev, |prev| prev.next = node.next);
+        self.update_mdb(node.next, |next| {
+            next.prev = node.prev;
             // If the first capability of a badge goes, the next one (its
             // copy, if any) becomes the first: otherwise it would turn into
             // a child of an earlier, unrelated capability with that badge.
-            next_node.first_badged |= node.first_badged;
-            self.set_mdb(next, next_node);
-        }
+            next.first_badged |= node.first_badged;
+        });
         self.set_cap(slot, Capability::Null);
         self.set_mdb(slot, MdbNode::default());
     }

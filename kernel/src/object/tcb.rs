@@ -37,6 +37,7 @@
 
 use strata_abi::error::InvocationError;
 use strata_abi::invocation::Label;
+use zerocopy::{FromBytes, IntoBytes};
 
 use super::{Capability, ObjectSpace, PhysicalMemory, Slot};
 use crate::addr::PhysAddr;
@@ -115,7 +116,7 @@ pub const SPACE_SLOT: u64 = 3;
 /// User registers, in the order the kernel-entry stubs save them: the
 /// general registers, then an IRET frame (rip, cs, rflags, rsp, ss), so that
 /// returning to user mode is popping the registers and `iretq`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes)]
 #[repr(C)]
 #[allow(missing_docs)] // Register names.
 pub struct UserContext {
@@ -213,29 +214,9 @@ impl UserContext {
         self
     }
 
+    /// The registers as words, in field order.
     pub(crate) fn words(&self) -> [u64; CONTEXT_WORDS] {
-        [
-            self.rax,
-            self.rbx,
-            self.rcx,
-            self.rdx,
-            self.rsi,
-            self.rdi,
-            self.rbp,
-            self.r8,
-            self.r9,
-            self.r10,
-            self.r11,
-            self.r12,
-            self.r13,
-            self.r14,
-            self.r15,
-            self.rip,
-            self.cs,
-            self.rflags,
-            self.rsp,
-            self.ss,
-        ]
+        zerocopy::transmute!(*self)
     }
 
     /// The registers `TcbReadRegisters` gives, in the order
@@ -261,29 +242,9 @@ impl UserContext {
         Self::from_words(all)
     }
 
-    pub(crate) fn from_words(w: [u64; CONTEXT_WORDS]) -> Self {
-        Self {
-            rax: w[0],
-            rbx: w[1],
-            rcx: w[2],
-            rdx: w[3],
-            rsi: w[4],
-            rdi: w[5],
-            rbp: w[6],
-            r8: w[7],
-            r9: w[8],
-            r10: w[9],
-            r11: w[10],
-            r12: w[11],
-            r13: w[12],
-            r14: w[13],
-            r15: w[14],
-            rip: w[15],
-            cs: w[16],
-            rflags: w[17],
-            rsp: w[18],
-            ss: w[19],
-        }
+    /// A context from its words, in field order.
+    pub(crate) fn from_words(words: [u64; CONTEXT_WORDS]) -> Self {
+        zerocopy::transmute!(words)
     }
 }
 

@@ -10,7 +10,7 @@
 //! Smaller Untypeds retyped from a larger one are the way to share out memory.
 
 use strata_abi::error::InvocationError;
-use strata_abi::object::{ObjectType, SizeOutOfRange};
+use strata_abi::object::{ObjectType, Rights, SizeOutOfRange};
 
 use super::cap::{FrameSize, TableLevel};
 use super::{Capability, ObjectSpace, PhysicalMemory, Slot};
@@ -133,26 +133,19 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     device,
                 },
                 ObjectType::Tcb => Capability::Tcb { object },
-                ObjectType::Endpoint => {
-                    Capability::Endpoint { object, badge: 0, rights: strata_abi::object::Rights::all() }
-                }
+                ObjectType::Endpoint => Capability::Endpoint { object, badge: 0, rights: Rights::all() },
                 ObjectType::Notification => {
-                    Capability::Notification { object, badge: 0, rights: strata_abi::object::Rights::all() }
+                    Capability::Notification { object, badge: 0, rights: Rights::all() }
                 }
                 ObjectType::CNode => {
                     Capability::CNode { object, radix: retype.user_size as u8, guard_size: 0, guard: 0 }
                 }
-                ObjectType::Frame4K | ObjectType::Frame2M => Capability::Frame {
-                    object,
-                    size: if retype.object_type == ObjectType::Frame2M {
-                        FrameSize::Large
-                    } else {
-                        FrameSize::Small
-                    },
-                    rights: strata_abi::object::Rights::READ | strata_abi::object::Rights::WRITE,
-                    device,
-                    mapping: None,
-                },
+                ObjectType::Frame4K | ObjectType::Frame2M => {
+                    let large = retype.object_type == ObjectType::Frame2M;
+                    let size = if large { FrameSize::Large } else { FrameSize::Small };
+                    let rights = Rights::READ | Rights::WRITE;
+                    Capability::Frame { object, size, rights, device, mapping: None }
+                }
                 ObjectType::PageTable => {
                     Capability::PageTable { object, level: TableLevel::PageTable, mapping: None }
                 }

@@ -23,8 +23,8 @@ use strata_abi::vcpu::{self, Exit, Field};
 use super::{Capability, ObjectSpace, PhysicalMemory, Slot, tcb};
 use crate::addr::PhysAddr;
 
-/// The guest ASID every VCPU runs with (SVM; flushed on a change of VCPU).
-const GUEST_ASID: u64 = 1;
+/// Entries in [`VirtConfig::tag_owner`]: VCPUs are tagged 1 to 63 at most.
+pub const TAG_SLOTS: usize = 64;
 /// `VmEnter`'s reply's message info word: label 0, four words (the SVM
 /// fastpath writes it too).
 pub const EXIT_REPLY_INFO: u64 = 4;
@@ -46,8 +46,6 @@ pub mod layout {
     pub const SPACE: u64 = 0x1088;
     /// That GuestSpace's ASID.
     pub const SPACE_ASID: u64 = 0x1090;
-    /// The guest-mapping generation the VCPU last ran with.
-    pub const GENERATION: u64 = 0x1098;
     /// The optional intercepts (`vcpu::intercept`) in force.
     pub const INTERCEPTS: u64 = 0x10a0;
     /// [`FLAG_LAUNCHED`], [`FLAG_HOST_STATE`], [`FLAG_WINDOW`].
@@ -66,6 +64,9 @@ pub mod layout {
     /// loads it around the guest's run when it differs from the host's (the
     /// guest's FPU state is saved under the host's, every component).
     pub const XCR0: u64 = 0x1110;
+    /// The hardware tag of the guest's cached translations: its ASID on
+    /// SVM, its VPID on VMX (1 to [`VirtConfig::tags`](super::VirtConfig)).
+    pub const TAG: u64 = 0x1118;
     /// VMX: VMLAUNCH succeeded; VMRESUME from now on.
     pub const FLAG_LAUNCHED: u64 = 1 << 0;
     /// VMX: the VMCS has this CPU's host state.
@@ -96,17 +97,25 @@ pub struct VirtConfig {
     pub io_permissions: PhysAddr,
     /// SVM: the MSR permission map (8 KiB, all ones: every MSR exits).
     pub msr_permissions: PhysAddr,
-    /// Bumped whenever a guest mapping is removed or changed: a VCPU that
-    /// last ran with an older value has its guest TLB entries flushed.
-    pub generation: u64,
     /// The host's XCR0: the state components a guest may enable.
     pub xcr0: u64,
-    /// The VCPU that last ran on this CPU (its TLB entries are the ones
-    /// tagged with the guest ASID), or 0. A plain word, which the entry
-    /// path compares in one instruction.
+    /// The VCPU that last ran on this CPU (the debug registers hold its
+    /// values), or 0. A plain word, which the entry path compares in one
+    /// instruction.
     pub last_run: PhysAddr,
+    /// How many hardware tags (SVM ASIDs, VMX VPIDs) VCPUs take in turn,
+    /// 1 to 63: the CPU's ASIDs less ASID 0 (the host's); 63 with VPIDs;
+    /// 1 on VMX without them, where every entry and exit flushes anyway
+    /// (SDM vol. 3C §29.4.3.3).
+    pub tags: u64,
+    /// VCPUs made so far: the next one is tagged `1 + tags_given % tags`.
+    pub tags_given: u64,
+    /// Per tag, the VCPU whose guest the translations cached under it on
+    /// this CPU belong to, or 0: none, or to be flushed (a refused entry;
+    /// a guest mapping removed or changed clears them all).
+    pub tag_owner: [PhysAddr; TAG_SLOTS],
     /// SVM: where VMSAVE keeps the host's state during a run (4 KiB; this
-    /// CPU's, like `last_run`: both become per-CPU with SMP).
+    /// CPU's, like `last_run` and `tag_owner`: they become per-CPU with SMP).
     pub host_state: PhysAddr,
     /// VMX: the controls every VMCS starts with.
     pub vmx: super::vmx::VmxConfig,
@@ -119,9 +128,11 @@ impl VirtConfig {
             backend: Backend::None,
             io_permissions: PhysAddr(0),
             msr_permissions: PhysAddr(0),
-            generation: 0,
             xcr0: 0b111,
             last_run: PhysAddr(0),
+            tags: 1,
+            tags_given: 0,
+            tag_owner: [PhysAddr(0); TAG_SLOTS],
             host_state: PhysAddr(0),
             vmx: super::vmx::VmxConfig {
                 revision: 0,
@@ -730,14 +741,17 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     pub(super) fn init_vcpu(&mut self, vcpu: PhysAddr) {
         use vmcb::*;
         let control = |offset| layout::CONTROL + offset;
+        // VCPUs take the tags in turn. Two may share one; `vm_prepare`
+        // flushes it when its translations are another VCPU's.
+        let tag = 1 + self.virt.tags_given % self.virt.tags;
+        self.virt.tags_given += 1;
+        self.set_vcpu_word(vcpu, layout::TAG, tag);
         if self.virt.backend == Backend::Vmx {
-            self.vmx_init(vcpu);
+            self.vmx_init(vcpu, tag);
         } else {
             self.set_vcpu_word(vcpu, control(IOPM_BASE), self.virt.io_permissions.get());
             self.set_vcpu_word(vcpu, control(MSRPM_BASE), self.virt.msr_permissions.get());
-            // Every VCPU uses guest ASID 1; VmEnter flushes it when another VCPU
-            // or another generation of mappings ran last.
-            self.set_vcpu_word(vcpu, control(ASID_TLB), 1);
+            self.set_vcpu_word(vcpu, control(ASID_TLB), tag);
             self.set_vcpu_word(vcpu, control(INTERRUPT_CONTROL), V_INTR_MASKING);
             self.set_vcpu_word(vcpu, control(NESTED_CONTROL), 1);
             // The clean bits stay 0 (the memory is zeroed): every VMRUN
@@ -968,17 +982,18 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::NESTED_CR3, root.get());
             }
         }
-        // The guest's cached translations may be of another VCPU, another
-        // space, or mappings since removed.
-        let flush = changed
-            || self.virt.last_run != vcpu
-            || self.vcpu_word(vcpu, layout::GENERATION) != self.virt.generation;
+        // The translations cached under the VCPU's tag may be of another
+        // VCPU sharing it, of another space, or of mappings since removed.
+        // (A new VCPU's space word is 0: its first entry flushes.)
+        let tag = self.vcpu_word(vcpu, layout::TAG);
+        let owner = &mut self.virt.tag_owner[tag as usize % TAG_SLOTS];
+        let flush = changed || *owner != vcpu;
+        *owner = vcpu;
         self.virt.last_run = vcpu;
-        self.set_vcpu_word(vcpu, layout::GENERATION, self.virt.generation);
         if !vmx {
-            // TLB_CONTROL 1 flushes every entry (APM vol. 2 §15.16.1).
+            // TLB_CONTROL 1 flushes every ASID's entries (APM vol. 2 §15.16.1).
             let tlb = if flush { 1 << 32 } else { 0 };
-            self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::ASID_TLB, GUEST_ASID | tlb);
+            self.set_vcpu_word(vcpu, layout::CONTROL + vmcb::ASID_TLB, tag | tlb);
         }
         Ok(VmEntry { vcpu, flush, buffer, registers, vmx })
     }
@@ -1006,9 +1021,13 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             }
             Exit::InterruptWindow => self.vcpu_write(vcpu, Field::InterruptWindow as u64, 0),
             // An entry the CPU refused may not have made the flush it was
-            // asked for: no VCPU counts as the last to run, so the next
-            // entry flushes (and the fastpath stays shut).
-            Exit::InvalidGuestState => self.virt.last_run = PhysAddr(0),
+            // asked for: the tag has no owner, so the next entry flushes,
+            // and no VCPU counts as the last to run (the fastpath stays shut).
+            Exit::InvalidGuestState => {
+                let tag = self.vcpu_word(vcpu, layout::TAG) as usize;
+                self.virt.tag_owner[tag % TAG_SLOTS] = PhysAddr(0);
+                self.virt.last_run = PhysAddr(0);
+            }
             _ => {}
         }
         Some(exit)
@@ -1033,7 +1052,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         }
         // The VMRUN made the flush it was asked for: the next entry asks
         // again only if `vm_prepare` finds it needed (the fastpath never does).
-        self.set_vcpu_word(vcpu, control(vmcb::ASID_TLB), GUEST_ASID);
+        self.set_vcpu_word(vcpu, control(vmcb::ASID_TLB), self.vcpu_word(vcpu, layout::TAG));
         classify_svm(raw)
     }
 

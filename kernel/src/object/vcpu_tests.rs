@@ -248,11 +248,11 @@ fn guest_ram_maps_as_nested_paging_or_ept_entries_from_one_description() {
         let frame = space.cap(slot(RAM)).region().expect("frame").0.get();
         assert_eq!(entry, frame | expected, "{backend:?}");
         assert_eq!(space.memory.read(root) & 0xfff, 0x7, "intermediate entries allow everything");
-        // Unmapping bumps the generation, which makes the next entry flush.
-        let generation = space.virt.generation;
+        // Unmapping leaves no tag with an owner, so that every next entry flushes.
+        space.virt.tag_owner[1] = PhysAddr(0x1000);
         invoke(&mut space, RAM, Label::FrameUnmap, &[], &[]).expect("unmap");
         assert_eq!(space.memory.read(PhysAddr(pt)), 0);
-        assert!(space.virt.generation > generation);
+        assert_eq!(space.virt.tag_owner[1], PhysAddr(0), "{backend:?}");
         check_invariants(&space);
     }
     // A thread's address space still refuses writable and executable.
@@ -323,7 +323,7 @@ fn vm_enter_needs_a_vcpu_a_buffer_and_a_live_guestspace() {
     };
     space.bind_notification(tcb, notification);
     space.signal(notification, 0x24);
-    space.virt.generation += 1;
+    space.virt.tag_owner = [PhysAddr(0); super::vcpu::TAG_SLOTS];
     let signalled = space.vm_prepare(tcb, 0);
     assert!(
         matches!(signalled, Err(VmEnterRefusal::Signal(entry, exit))
@@ -469,4 +469,61 @@ fn an_exit_clears_the_flush_and_a_refused_entry_forgets_the_last_vcpu() {
     assert_eq!(space.vm_exit(&entry).map(|e| e.reason), Some(Exit::InvalidGuestState));
     assert_eq!(space.virt.last_run, PhysAddr(0));
     assert!(space.vm_prepare(tcb, 0).expect("after the refusal").flush);
+}
+
+/// VCPUs take the hardware tags (SVM ASIDs, VMX VPIDs) in turn. Entries
+/// that alternate between VCPUs with tags of their own keep their guests'
+/// translations; a tag that changes hands is flushed.
+#[test]
+fn vcpus_take_tags_in_turn_and_a_tag_that_changes_hands_is_flushed() {
+    let (mut space, tcbs) = world(2);
+    space.virt.backend = Backend::Svm;
+    space.virt.tags = 2;
+    retype(&mut space, ObjectType::Vcpu, 0, 58, 3);
+    retype(&mut space, ObjectType::GuestSpace, 0, SPACE, 1);
+    invoke(&mut space, POOL, Label::AsidPoolAssign, &[], &[SPACE]).expect("assign");
+    let vcpu = |space: &ObjectSpace<Arena>, n| match space.cap(slot(n)) {
+        Capability::Vcpu { object } => object,
+        _ => panic!("a VCPU"),
+    };
+    let (a, b, c) = (vcpu(&space, 58), vcpu(&space, 59), vcpu(&space, 60));
+    let tags = [a, b, c].map(|v| space.memory.read(v.offset(layout::TAG)));
+    assert_eq!(tags, [1, 2, 1], "two tags, taken in turn");
+    let asid = |space: &ObjectSpace<Arena>, v: PhysAddr| {
+        space.memory.read(v.offset(layout::CONTROL + vmcb::ASID_TLB)) & 0xffff_ffff
+    };
+    assert_eq!((asid(&space, a), asid(&space, b)), (1, 2), "the tag is the VMCB's ASID");
+    let bind = |space: &mut ObjectSpace<Arena>, n: u64, thread: u64| {
+        for (label, extra) in [(Label::VcpuSetTcb, 40 + thread), (Label::VcpuSetSpace, SPACE)] {
+            let invocation = space.decode_vcpu(space.cap(slot(n)), label, &[], &[slot(extra)]).expect("bind");
+            space.perform_vcpu(invocation);
+        }
+    };
+    bind(&mut space, 58, 0);
+    bind(&mut space, 59, 1);
+    let flush = |space: &mut ObjectSpace<Arena>, thread: usize| {
+        let entry = space.vm_prepare(tcbs[thread], 0).expect("prepared");
+        space.memory.write(entry.vcpu.offset(layout::CONTROL + vmcb::EXIT_CODE), vmcb::exit::CPUID);
+        space.vm_exit(&entry);
+        (entry.vcpu, entry.flush)
+    };
+    assert_eq!([flush(&mut space, 0), flush(&mut space, 1)], [(a, true), (b, true)], "first entries");
+    assert_eq!([flush(&mut space, 0), flush(&mut space, 1)], [(a, false), (b, false)], "own tags kept");
+    // C shares A's tag: each flushes when it takes the tag from the other.
+    bind(&mut space, 60, 0);
+    assert_eq!([flush(&mut space, 0), flush(&mut space, 1)], [(c, true), (b, false)]);
+    bind(&mut space, 58, 0);
+    assert_eq!(flush(&mut space, 0), (a, true), "C ran under tag 1 since");
+    assert_eq!(flush(&mut space, 0), (a, false));
+    // A removed guest mapping flushes every VCPU once.
+    space.virt.tag_owner = [PhysAddr(0); super::vcpu::TAG_SLOTS];
+    assert_eq!([flush(&mut space, 0), flush(&mut space, 1)], [(a, true), (b, true)]);
+    // VMX with VPIDs: the tag is the VMCS's VPID.
+    let (mut space, vcpu, _) = machine(Backend::Vmx);
+    assert_eq!(space.memory.vmcs_read(vcpu.offset(layout::CONTROL), vmcs::VPID), 0, "VPIDs off");
+    space.virt.vmx.secondary |= super::vmx::control::VPID;
+    space.virt.tags = 63;
+    retype(&mut space, ObjectType::Vcpu, 0, 59, 1);
+    let Capability::Vcpu { object } = space.cap(slot(59)) else { panic!("a VCPU") };
+    assert_eq!(space.memory.vmcs_read(object.offset(layout::CONTROL), vmcs::VPID), 2, "the second VCPU");
 }

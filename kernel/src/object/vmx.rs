@@ -20,6 +20,8 @@ pub mod vmcs {
     pub const GUEST_ES_ACCESS: u32 = 0x4814;
     /// Guest ES base; as above, then GDTR and IDTR bases.
     pub const GUEST_ES_BASE: u32 = 0x6806;
+    /// Virtual-processor identifier (SDM vol. 3C §25.6.12).
+    pub const VPID: u32 = 0x0000;
     /// Guest interruptibility state.
     pub const GUEST_INTERRUPTIBILITY: u32 = 0x4824;
     /// Guest activity state.
@@ -145,6 +147,8 @@ pub mod control {
     pub const SECONDARY: u32 = 1 << 31;
     /// Secondary: enable EPT.
     pub const EPT: u32 = 1 << 1;
+    /// Secondary: enable VPID.
+    pub const VPID: u32 = 1 << 5;
     /// Secondary: enable RDTSCP.
     pub const RDTSCP: u32 = 1 << 3;
     /// Secondary: unrestricted guest.
@@ -233,7 +237,7 @@ impl VmxConfig {
             return Err("VMX has no secondary controls");
         }
         let secondary_caps = read_msr(0x48b);
-        let optional = (RDTSCP | INVPCID) & (secondary_caps >> 32) as u32;
+        let optional = (VPID | RDTSCP | INVPCID) & (secondary_caps >> 32) as u32;
         let secondary = adjust(EPT | UNRESTRICTED_GUEST | optional, secondary_caps)
             .map_err(|_| "VMX lacks EPT or unrestricted guest")?;
         let exit = adjust(SAVE_DEBUG | HOST_64 | EXIT_PAT_EFER, msr(0x483, 0x48f))
@@ -544,9 +548,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.vmcs_set(vcpu, vmcs::CR4_MASK, cr4_mask);
     }
 
-    /// Prepares a new VCPU's VMCS: revision, clear launch state, controls
-    /// and no link pointer. The guest state is set by the caller.
-    pub(super) fn vmx_init(&mut self, vcpu: PhysAddr) {
+    /// Prepares a new VCPU's VMCS: revision, clear launch state, controls,
+    /// its VPID `tag` and no link pointer. The guest state is set by the caller.
+    pub(super) fn vmx_init(&mut self, vcpu: PhysAddr, tag: u64) {
         let config = self.virt.vmx;
         self.memory.vmcs_init(Self::vmcs(vcpu), config.revision);
         self.vmcs_set(vcpu, vmcs::LINK_POINTER, u64::MAX);
@@ -556,6 +560,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             self.vmcs_set(vcpu, vmcs::PREEMPTION_TIMER, u64::from(config.preemption_timer));
         }
         self.vmcs_set(vcpu, vmcs::SECONDARY_CONTROLS, u64::from(config.secondary));
+        if config.secondary & control::VPID != 0 {
+            self.vmcs_set(vcpu, vmcs::VPID, tag);
+        }
         self.vmcs_set(vcpu, vmcs::EXIT_CONTROLS, u64::from(config.exit));
         self.vmcs_set(vcpu, vmcs::ENTRY_CONTROLS, u64::from(config.entry));
         self.vmcs_set(vcpu, vmcs::EXCEPTION_BITMAP, super::vcpu::FORCED_EXCEPTIONS);

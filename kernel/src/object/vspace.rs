@@ -24,8 +24,9 @@
 //! format (P, R/W, U/S: AMD APM vol. 2 §15.25.5) and the EPT format (R, W,
 //! X: Intel SDM vol. 3C §29.3.2). Only frame entries differ, and
 //! [`frame_entry`] makes them from one description. Removing a guest
-//! mapping bumps a generation number; a VCPU entering with an older one
-//! has its guest TLB entries flushed.
+//! mapping leaves no VCPU the owner of its hardware tag's cached
+//! translations (`VirtConfig::tag_owner`), so every VCPU's next entry
+//! flushes them.
 
 use strata_abi::error::{InvocationError, LookupFailure};
 use strata_abi::invocation::Label;
@@ -130,6 +131,20 @@ fn index_at(level: Level, address: u64) -> u64 {
     level.index_of(address) as u64
 }
 
+/// The paging level whose entries map a frame of `size`.
+fn frame_level(size: FrameSize) -> Level {
+    if size == FrameSize::Large { Level::Pd } else { Level::Pt }
+}
+
+/// The paging level whose entries install a table of `level`.
+fn parent_level(level: TableLevel) -> Level {
+    match level {
+        TableLevel::Pdpt => Level::Pml4,
+        TableLevel::PageDirectory => Level::Pdpt,
+        TableLevel::PageTable => Level::Pd,
+    }
+}
+
 /// Address bits below `level`'s entries (for lookup-failure reports).
 fn bits_below(level: Level) -> u8 {
     (12 + 9 * level as u32) as u8
@@ -158,7 +173,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// (`u64::MAX`: all of them).
     fn flush_space(&mut self, asid: u16, address: u64) {
         match self.address_space_root(asid) {
-            Some((_, true)) => self.virt.generation += 1,
+            Some((_, true)) => self.virt.tag_owner = [PhysAddr(0); super::vcpu::TAG_SLOTS],
             _ => self.memory.flush_translation(asid, address),
         }
     }
@@ -187,17 +202,12 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// The live address space `vspace` names (a PML4 or a GuestSpace),
     /// with its ASID and whether it is a GuestSpace.
     fn address_space(&self, vspace: Option<Capability>) -> Result<(PhysAddr, u16, bool), InvocationError> {
+        let guest = matches!(vspace, Some(Capability::GuestSpace { .. }));
         match vspace {
-            Some(Capability::Pml4 { object, asid: Some(asid) })
-                if self.address_space_root(asid) == Some((object, false)) =>
-            {
-                Ok((object, asid, false))
-            }
-            Some(Capability::GuestSpace { object, asid: Some(asid) })
-                if self.address_space_root(asid) == Some((object, true)) =>
-            {
-                Ok((object, asid, true))
-            }
+            Some(
+                Capability::Pml4 { object, asid: Some(asid) }
+                | Capability::GuestSpace { object, asid: Some(asid) },
+            ) if self.address_space_root(asid) == Some((object, guest)) => Ok((object, asid, guest)),
             _ => Err(InvocationError::InvalidCapability { index: 1 }),
         }
     }
@@ -227,29 +237,17 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                     return Err(InvocationError::InvalidArgument { index: 0 });
                 }
                 let address = address & !(level.coverage() - 1);
-                let parent = match level {
-                    TableLevel::Pdpt => Level::Pml4,
-                    TableLevel::PageDirectory => Level::Pdpt,
-                    TableLevel::PageTable => Level::Pd,
-                };
                 let at = self
-                    .walk(pml4, address, parent)
+                    .walk(pml4, address, parent_level(level))
                     .map_err(|failure| InvocationError::FailedLookup { source: false, failure })?;
                 if PageTableEntry::from_raw(self.memory.read(at)).is_present() {
                     return Err(InvocationError::DeleteFirst);
                 }
                 // Intermediate entries allow everything; leaves restrict.
-                let entry = PageTableEntry::new(
-                    object.get(),
-                    PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER,
-                );
-                let mapping = Some(Mapping { asid, address });
-                Ok(VSpaceInvocation::Map {
-                    slot,
-                    cap: Capability::PageTable { object, level, mapping },
-                    at,
-                    entry,
-                })
+                let flags = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER;
+                let entry = PageTableEntry::new(object.get(), flags);
+                let cap = Capability::PageTable { object, level, mapping: Some(Mapping { asid, address }) };
+                Ok(VSpaceInvocation::Map { slot, cap, at, entry })
             }
             (Capability::PageTable { mapping, .. }, Label::PageTableUnmap) => {
                 // The mapping is shared by all copies: only the last may undo it.
@@ -289,9 +287,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                         return Err(InvocationError::InvalidArgument { index: 0 });
                     }
                 }
-                let leaf = if size == FrameSize::Large { Level::Pd } else { Level::Pt };
                 let at = self
-                    .walk(pml4, address, leaf)
+                    .walk(pml4, address, frame_level(size))
                     .map_err(|failure| InvocationError::FailedLookup { source: false, failure })?;
                 let current = PageTableEntry::from_raw(self.memory.read(at));
                 if current.is_present() && (mapping.is_none() || current.address() != object.get()) {
@@ -300,13 +297,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
                 let large = size == FrameSize::Large;
                 let ept = guest && self.virt.backend == super::vcpu::Backend::Vmx;
                 let entry = frame_entry(object, granted, attributes, large, ept);
-                let cap = Capability::Frame {
-                    object,
-                    size,
-                    rights,
-                    device,
-                    mapping: Some(Mapping { asid, address }),
-                };
+                let mapped = Some(Mapping { asid, address });
+                let cap = Capability::Frame { object, size, rights, device, mapping: mapped };
                 Ok(VSpaceInvocation::Map { slot, cap, at, entry })
             }
             (Capability::Frame { .. }, Label::FrameUnmap) => Ok(VSpaceInvocation::Unmap { slot }),
@@ -415,18 +407,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// Removes the mapping `cap` records, if it is still in place.
     fn unmap(&mut self, cap: &Capability) {
         let (object, mapping, level) = match *cap {
-            Capability::Frame { object, size, mapping: Some(m), .. } => {
-                (object, m, if size == FrameSize::Large { Level::Pd } else { Level::Pt })
-            }
-            Capability::PageTable { object, level, mapping: Some(m) } => (
-                object,
-                m,
-                match level {
-                    TableLevel::Pdpt => Level::Pml4,
-                    TableLevel::PageDirectory => Level::Pdpt,
-                    TableLevel::PageTable => Level::Pd,
-                },
-            ),
+            Capability::Frame { object, size, mapping: Some(m), .. } => (object, m, frame_level(size)),
+            Capability::PageTable { object, level, mapping: Some(m) } => (object, m, parent_level(level)),
             _ => return,
         };
         let Some(pml4) = self.pml4_of(mapping.asid) else { return };

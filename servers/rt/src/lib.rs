@@ -173,11 +173,12 @@ pub fn poll(cap: CPtr) -> u64 {
 }
 
 /// Test builds: the kernel's event counters since boot: CR3 writes, FPU
-/// saves, FPU restores, system calls the IPC fastpath completed, and
-/// `VmEnter`s the SVM fastpath completed.
-pub fn debug_counters() -> [u64; 5] {
+/// saves, FPU restores, system calls the IPC fastpath completed,
+/// `VmEnter`s the SVM fastpath completed, and guest TLB flushes `VmEnter`
+/// asked for.
+pub fn debug_counters() -> [u64; 6] {
     let (_, words) = sys::syscall(Syscall::DebugCounters, 0, 0, [0; 8]);
-    [words[0], words[1], words[2], words[3], words[4]]
+    [words[0], words[1], words[2], words[3], words[4], words[5]]
 }
 
 /// Gives the rest of this time slice to other threads of the same priority.

@@ -261,30 +261,19 @@ fn fatal_exception(frame: &InterruptFrame) -> ! {
     }
     // SAFETY: reading control registers has no side effects.
     let (cr2, cr3) = unsafe { (x86::controlregs::cr2() as u64, x86::controlregs::cr3()) };
-    let f = frame.context();
-    let _ = writeln!(
+    let [rip, cs, rflags, rsp, ss] = frame.iret;
+    let _ = write!(
         out,
-        "\n  RIP={:#018x} CS={:#06x} RFLAGS={:#010x} RSP={:#018x} SS={:#06x}\n  CR2={cr2:#018x} CR3={cr3:#018x}\n  RAX={:#018x} RBX={:#018x} RCX={:#018x} RDX={:#018x}\n  RSI={:#018x} RDI={:#018x} RBP={:#018x} R8 ={:#018x}\n  R9 ={:#018x} R10={:#018x} R11={:#018x} R12={:#018x}\n  R13={:#018x} R14={:#018x} R15={:#018x}",
-        f.rip,
-        f.cs,
-        f.rflags,
-        f.rsp,
-        f.ss,
-        f.rax,
-        f.rbx,
-        f.rcx,
-        f.rdx,
-        f.rsi,
-        f.rdi,
-        f.rbp,
-        f.r8,
-        f.r9,
-        f.r10,
-        f.r11,
-        f.r12,
-        f.r13,
-        f.r14,
-        f.r15,
+        "\n  RIP={rip:#018x} CS={cs:#06x} RFLAGS={rflags:#010x} RSP={rsp:#018x} SS={ss:#06x}\n  CR2={cr2:#018x} CR3={cr3:#018x}"
     );
+    // The general registers, four to a line.
+    const NAMES: [&str; GENERAL_REGISTERS] = [
+        "RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "R8 ", "R9 ", "R10", "R11", "R12", "R13", "R14",
+        "R15",
+    ];
+    for (i, (name, value)) in NAMES.iter().zip(frame.general).enumerate() {
+        let _ = write!(out, "{}{name}={value:#018x}", if i % 4 == 0 { "\n  " } else { " " });
+    }
+    let _ = writeln!(out);
     exit::exit(ExitCode::KernelFailure)
 }

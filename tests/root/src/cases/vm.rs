@@ -19,6 +19,38 @@ pub(super) fn run(suite: &mut Suite) {
     suite.case("user.vm_guest_xcr0", vm_guest_xcr0);
     suite.case("user.vm_pkru_is_the_guests", vm_pkru_is_the_guests);
     suite.case("user.vm_fastpath_closes", vm_fastpath_closes);
+    suite.case("user.vm_tags_keep_translations", vm_tags_keep_translations);
+}
+
+/// Two guests with the same guest-physical layout (different RAM) taking
+/// turns on one thread: each runs its own code every time, and only the
+/// first entry of each flushes guest translations, since each VCPU has a
+/// hardware tag of its own (an SVM ASID, a VMX VPID).
+fn vm_tags_keep_translations() -> Outcome {
+    // Guest A, at 0x1000: cpuid; hlt. Guest B: out 0x80, al; hlt.
+    let a = real_mode_guest_kept(0x1000, &[0x0f, 0xa2, 0xf4], 0)?;
+    let b = real_mode_guest_kept(0x1000, &[0xe6, 0x80, 0xf4], 0)?;
+    let bind = |guest: &vm::Guest| {
+        guest.vcpu().set_tcb(own::TCB).and_then(|()| guest.vcpu().set_space(guest.space()))
+    };
+    let mut registers = [0u64; REGISTER_BLOCK_WORDS];
+    registers[Field::Rip as usize] = 0x1000;
+    registers[Field::Rflags as usize] = 2;
+    let before = strata_rt::debug_counters()[5];
+    for round in 0..3 {
+        for (guest, name, expected) in [(&a, "A", Exit::Cpuid), (&b, "B", Exit::Io)] {
+            bind(guest).map_err(|e| detail!("bind {name}: {e}"))?;
+            let (exit, _) = enter(&registers)?;
+            if exit.reason != expected {
+                return Err(detail!("round {round}: guest {name} exited with {:?}", exit.reason));
+            }
+        }
+    }
+    let flushes = strata_rt::debug_counters()[5] - before;
+    if flushes != 2 {
+        return Err(detail!("{flushes} guest TLB flushes for six entries of two VCPUs (want 2)"));
+    }
+    Ok(detail!("six entries alternating between two guests, two flushes"))
 }
 
 /// Back-to-back `VmEnter`s take the SVM fastpath, and any other system
