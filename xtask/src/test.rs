@@ -495,7 +495,7 @@ const SYSTEM_LINES: [&str; 15] = [
 /// What the VM image must log: each check of each test guest, through
 /// its tenant's VMM's UART with the tenant's and the guest's names, then
 /// how each guest ended, and that both tenants finished.
-const VM_LINES: [&str; 42] = [
+const VM_LINES: [&str; 45] = [
     "[alpha] [guest-basic] ok multiboot",
     "[alpha] [guest-basic] ok multiboot-module",
     "[alpha] [guest-basic] ok long-mode",
@@ -524,6 +524,9 @@ const VM_LINES: [&str; 42] = [
     "[alpha] vmm: guest-junk: not started: no multiboot header (magic 0x1badb002) in the first 8 KiB",
     "[beta] [guest-bootsector] ok real-mode",
     "[beta] [guest-bootsector] ok cpuid-in-real-mode",
+    "[beta] [guest-bootsector] ok rep-outs-from-ds",
+    "[beta] [guest-bootsector] ok rep-outs-es-override",
+    "[beta] [guest-bootsector] ok rep-ins-to-es",
     "[beta] [guest-bootsector] ok protected-mode",
     "[beta] vmm: guest-bootsector: exited with status 0x0 through isa-debug-exit",
     "[beta] [guest-elf64] ok paging-on",

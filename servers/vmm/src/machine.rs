@@ -752,8 +752,15 @@ impl Machine {
             }
             return Ok(true);
         }
-        // INS and OUTS: RDI or RSI, stepping by the size (backwards with DF), RCX times with REP.
-        let address_mask = match exit.qualification2 {
+        // INS and OUTS: ES:RDI or a segment and RSI, stepping by the size
+        // (backwards with DF), RCX times with REP. The segment (an OUTS may
+        // name one) and the address size come from the instruction.
+        let paging = self.paging()?;
+        let (bytes, fetched, bitness) = self.fetch_instruction(paging)?;
+        let operand = mmio::string_operand(&bytes[..fetched], bitness)
+            .map_err(|e| format!("string I/O at {:#x}: {e}", self.register(Field::Rip)))?;
+        let (base, wrap) = self.segment_base(operand.segment, bitness)?;
+        let address_mask = match operand.address_size {
             2 => 0xffff,
             4 => 0xffff_ffff,
             _ => u64::MAX,
@@ -764,17 +771,16 @@ impl Machine {
         // RSI, RDI and RCX change in their address-size part; a 32-bit
         // part written in 64-bit mode clears the upper half, as every
         // 32-bit register write does (Intel SDM vol. 1 §3.4.1.1).
-        let kept = if exit.qualification2 == 2 { !address_mask } else { 0 };
+        let kept = if operand.address_size == 2 { !address_mask } else { 0 };
         let step = if self.register(Field::Rflags) & (1 << 10) != 0 {
             (size as u64).wrapping_neg()
         } else {
             size as u64
         };
-        let paging = self.paging()?;
         let index = if input { Field::Rdi } else { Field::Rsi };
         let mut address = self.register(index);
         for _ in 0..done {
-            let linear = address & address_mask;
+            let linear = base.wrapping_add(address & address_mask) & wrap;
             let mut memory = GuestMemory::new(self.guest.ram());
             let mut bytes = [0u8; 4];
             let bytes = &mut bytes[..usize::from(size)];
@@ -837,6 +843,53 @@ impl Machine {
         Ok(())
     }
 
+    /// The bytes at the guest's CS:RIP, as many of the 15 an instruction
+    /// may have as can be read (it may end before a page that is not
+    /// mapped), and the code size in bits (16, 32 or 64).
+    fn fetch_instruction(&mut self, paging: Paging) -> Result<([u8; 15], usize, u32), String> {
+        let cs = |part| self.vcpu.read(segment_field(Segment::Cs, part)).map_err(|e| failed("reading CS", e));
+        let attributes = cs(SegmentPart::Attributes)?;
+        let bitness = if paging.efer & (1 << 10) != 0 && attributes & (1 << 13) != 0 {
+            64
+        } else if attributes & (1 << 14) != 0 {
+            32
+        } else {
+            16
+        };
+        let (base, wrap) = self.segment_base(Segment::Cs, bitness)?;
+        let rip = self.register(Field::Rip);
+        let mut bytes = [0u8; 15];
+        let mut memory = GuestMemory::new(self.guest.ram());
+        let mut fetched = 0;
+        while fetched < bytes.len()
+            && memory
+                .read_linear(
+                    paging,
+                    base.wrapping_add(rip + fetched as u64) & wrap,
+                    &mut bytes[fetched..=fetched],
+                )
+                .is_ok()
+        {
+            fetched += 1;
+        }
+        Ok((bytes, fetched, bitness))
+    }
+
+    /// The base `segment` adds to an offset for code of `bitness` bits,
+    /// and the mask of linear addresses: in 64-bit mode only FS and GS
+    /// have a base, and addresses do not wrap at 4 GiB (Intel SDM vol. 3A
+    /// §3.4.4; AMD APM vol. 2 §4.12.2).
+    fn segment_base(&self, segment: Segment, bitness: u32) -> Result<(u64, u64), String> {
+        if bitness == 64 && !matches!(segment, Segment::Fs | Segment::Gs) {
+            return Ok((0, u64::MAX));
+        }
+        let base = self
+            .vcpu
+            .read(segment_field(segment, SegmentPart::Base))
+            .map_err(|e| failed("reading a segment base", e))?;
+        Ok((base, if bitness == 64 { u64::MAX } else { 0xffff_ffff }))
+    }
+
     /// A nested page fault: the test device, emulated instruction by
     /// instruction; anything else ends the guest.
     fn device_memory(&mut self, exit: VmExit) -> Result<(), String> {
@@ -846,28 +899,7 @@ impl Machine {
             return Err(format!("accessed guest-physical {address:#x}, which is not mapped, at {rip:#x}"));
         }
         let paging = self.paging()?;
-        let cs = self
-            .vcpu
-            .read(segment_field(Segment::Cs, SegmentPart::Attributes))
-            .map_err(|e| failed("reading CS", e))?;
-        let bitness = if paging.efer & (1 << 10) != 0 && cs & (1 << 13) != 0 {
-            64
-        } else if cs & (1 << 14) != 0 {
-            32
-        } else {
-            16
-        };
-        let mut bytes = [0u8; 15];
-        let mut memory = GuestMemory::new(self.guest.ram());
-        // Fetch what can be fetched: the instruction may end before a page that is not mapped.
-        let mut fetched = 0;
-        while fetched < bytes.len()
-            && memory
-                .read_linear(paging, rip.wrapping_add(fetched as u64), &mut bytes[fetched..fetched + 1])
-                .is_ok()
-        {
-            fetched += 1;
-        }
+        let (bytes, fetched, bitness) = self.fetch_instruction(paging)?;
         let decoded = mmio::decode(&bytes[..fetched], bitness).map_err(|e| format!("at {rip:#x}: {e}"))?;
         let register = address - TEST_DEVICE;
         let mask = if decoded.size >= 8 { u64::MAX } else { (1u64 << (8 * decoded.size)) - 1 };

@@ -1,9 +1,12 @@
 //! The instruction behind a nested page fault on device memory, decoded
 //! with iced-x86: which register receives a read, or what value a write
 //! stores, and how long the instruction is (the hardware does not always
-//! say: QEMU's SVM has no next-RIP save).
+//! say: QEMU's SVM has no next-RIP save). Also the memory operand of a
+//! string I/O instruction (INS, OUTS): its segment, which the exit does
+//! not give, and its address size.
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use strata_abi::vcpu::Segment;
 
 /// A general register operand: its encoding number and how it is accessed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +125,52 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<Decoded, MmioError> {
     Ok(Decoded { access, size, length: instruction.len() as u64 })
 }
 
+/// The memory operand of INS or OUTS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StringOperand {
+    /// Its segment: ES for INS (no override applies, Intel SDM vol. 2B
+    /// INS); DS or the override prefix's for OUTS.
+    pub segment: Segment,
+    /// The address size, in bytes (2, 4 or 8): which part of RSI or RDI
+    /// (and of RCX, with REP) the instruction uses.
+    pub address_size: u8,
+}
+
+/// Decodes the string I/O instruction in `bytes` (fetched at the guest's
+/// RIP) for a CPU in `bitness`-bit mode. The exit's own address size is
+/// not used: under QEMU 7.2's SVM a real-mode `rep outsb` exits with a 64-bit one.
+pub fn string_operand(bytes: &[u8], bitness: u32) -> Result<StringOperand, MmioError> {
+    let mut decoder = Decoder::new(bitness, bytes, DecoderOptions::NONE);
+    let instruction: Instruction = decoder.decode();
+    if instruction.is_invalid() {
+        return Err(MmioError::Invalid);
+    }
+    use Mnemonic::*;
+    if !matches!(instruction.mnemonic(), Insb | Insw | Insd | Outsb | Outsw | Outsd) {
+        return Err(MmioError::Unsupported(instruction.mnemonic()));
+    }
+    // INS writes ES:(E/R)DI; OUTS reads its segment, DS unless overridden, at (E/R)SI.
+    let (memory, input) = match instruction.op0_kind() {
+        OpKind::Register => (instruction.op1_kind(), false),
+        destination => (destination, true),
+    };
+    let segment = match instruction.memory_segment() {
+        _ if input => Segment::Es,
+        Register::ES => Segment::Es,
+        Register::CS => Segment::Cs,
+        Register::SS => Segment::Ss,
+        Register::FS => Segment::Fs,
+        Register::GS => Segment::Gs,
+        _ => Segment::Ds,
+    };
+    let address_size = match memory {
+        OpKind::MemorySegSI | OpKind::MemoryESDI => 2,
+        OpKind::MemorySegESI | OpKind::MemoryESEDI => 4,
+        _ => 8,
+    };
+    Ok(StringOperand { segment, address_size })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +198,25 @@ mod tests {
         // 32-bit mode: mov [ebx], ax
         let narrow = decode(&[0x66, 0x89, 0x03], 32).expect("decodes");
         assert_eq!(narrow.size, 2);
+    }
+
+    #[test]
+    fn string_io_operands_take_their_segment_and_address_size_from_the_instruction() {
+        let operand = |bytes: &[u8], bitness| string_operand(bytes, bitness).expect("string I/O");
+        let (es, ds) = (Segment::Es, Segment::Ds);
+        // rep outsb in real mode: DS:SI.
+        assert_eq!(operand(&[0xf3, 0x6e], 16), StringOperand { segment: ds, address_size: 2 });
+        // es rep outsb: the override applies to OUTS...
+        assert_eq!(operand(&[0x26, 0xf3, 0x6e], 16).segment, es);
+        // ...but not to INS, always ES:DI (here cs rep insb).
+        assert_eq!(operand(&[0x2e, 0xf3, 0x6c], 16), StringOperand { segment: es, address_size: 2 });
+        // An address-size prefix: ESI in real mode, SI in 32-bit mode.
+        assert_eq!(operand(&[0x67, 0x6e], 16).address_size, 4);
+        assert_eq!(operand(&[0x67, 0x6f], 32).address_size, 2);
+        // 64-bit mode: RSI, and a GS override (outsd).
+        assert_eq!(operand(&[0x65, 0x6f], 64), StringOperand { segment: Segment::Gs, address_size: 8 });
+        assert_eq!(string_operand(&[0xe6, 0x80], 16), Err(MmioError::Unsupported(Mnemonic::Out)));
+        assert_eq!(string_operand(&[0x0f, 0xff], 64), Err(MmioError::Invalid));
     }
 
     #[test]
