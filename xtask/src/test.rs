@@ -495,7 +495,7 @@ const SYSTEM_LINES: [&str; 15] = [
 /// What the VM image must log: each check of each test guest, through
 /// its tenant's VMM's UART with the tenant's and the guest's names, then
 /// how each guest ended, and that both tenants finished.
-const VM_LINES: [&str; 45] = [
+const VM_LINES: [&str; 46] = [
     "[alpha] [guest-basic] ok multiboot",
     "[alpha] [guest-basic] ok multiboot-module",
     "[alpha] [guest-basic] ok long-mode",
@@ -519,6 +519,7 @@ const VM_LINES: [&str; 45] = [
     "[alpha] [guest-basic] ok xsetbv",
     "[alpha] [guest-basic] ok xcr0-and-xsave-size",
     "[alpha] [guest-basic] ok avx-across-exits",
+    "[alpha] [guest-basic] ok xsave-variants",
     "[alpha] [guest-basic] ok debug-registers-across-exits",
     "[alpha] vmm: guest-basic: exited with status 0x0 through isa-debug-exit",
     "[alpha] vmm: guest-junk: not started: no multiboot header (magic 0x1badb002) in the first 8 KiB",

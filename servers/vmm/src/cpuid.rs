@@ -13,9 +13,10 @@
 //!   enabled (strata switches guest FPU state with XSAVE under the guest's
 //!   own XCR0), and with them AVX, AVX2, FMA and F16C. OSXSAVE mirrors the
 //!   guest's CR4.OSXSAVE, and leaf 0Dh's sizes follow its XCR0 (Intel SDM
-//!   vol. 1 §13.2). AVX-512, AMX, MPX, PKU and the XSAVE variants of leaf
-//!   0Dh sub-leaf 1 (XSAVEOPT, XSAVEC, XSAVES), whose state is not
-//!   switched, are hidden;
+//!   vol. 1 §13.2). Of leaf 0Dh sub-leaf 1, XSAVEOPT, XSAVEC and XGETBV
+//!   with ECX = 1 are offered where the host has them (they run in the
+//!   guest on its own XCR0 and need nothing switched); XSAVES is hidden,
+//!   since IA32_XSS is not emulated. AVX-512, AMX, MPX and PKU are hidden;
 //! - leaf 1 reports APIC ID 0 and one logical processor, leaf 4 one core
 //!   and one logical processor per cache, and leaves 5 (MONITOR), 6
 //!   (thermal and power) and 0Bh (x2APIC topology) are empty, so no host
@@ -28,6 +29,10 @@
 
 /// EAX, EBX, ECX, EDX.
 pub type Registers = [u32; 4];
+
+/// Leaf 0Dh sub-leaf 1 EAX bits offered: XSAVEOPT (0), XSAVEC (1) and
+/// XGETBV with ECX = 1 (2); not XSAVES (3).
+const XSAVE_VARIANTS: u32 = 0b0111;
 
 /// Highest basic leaf offered.
 pub const MAX_BASIC: u32 = 0xd;
@@ -109,12 +114,15 @@ pub fn model(leaf: u32, subleaf: u32, xsave: XsaveState, host: impl Fn(u32, u32)
         7 => [0; 4],
         // XSAVE state: the components offered, and image sizes for the
         // guest's XCR0 (EBX) and for all of them (ECX); AVX's size and
-        // offset as the host has them. No sub-leaf 1 features.
+        // offset as the host has them. Sub-leaf 1: XSAVEOPT, XSAVEC and
+        // XGETBV 1 as the host has them, and the compacted size for XCR0
+        // (the same as the standard one for x87, SSE and AVX).
         0xd => {
             let [avx_size, avx_offset, _, _] = host(0xd, 2);
             let size = |xcr0: u64| if xcr0 & 0b100 != 0 { avx_offset + avx_size } else { XSAVE_LEGACY_BYTES };
             match subleaf {
                 0 => [xsave.supported() as u32, size(xsave.xcr0), size(xsave.supported()), 0],
+                1 => [host(0xd, 1)[0] & XSAVE_VARIANTS, size(xsave.xcr0), 0, 0],
                 2 if avx => [avx_size, avx_offset, 0, 0],
                 _ => [0; 4],
             }
@@ -161,6 +169,7 @@ mod tests {
     fn host(leaf: u32, subleaf: u32) -> Registers {
         match leaf {
             0xd if subleaf == 2 => [256, 576, 0, 0],
+            0xd if subleaf == 1 => [0b1111, 1088, 0x100, 0],
             7 => [1, u32::MAX, u32::MAX, u32::MAX],
             // An L1 data cache shared by two threads of an 8-core package.
             4 => [0x1c00_4121, 0x01c0_003f, 0x3f, 0],
@@ -189,7 +198,11 @@ mod tests {
         // Sizes: legacy area and header for x87 (and SSE), plus AVX when on.
         assert_eq!(model(0xd, 0, host), [0b111, 576, 832, 0]);
         assert_eq!(super::model(0xd, 0, on, host), [0b111, 832, 832, 0]);
-        assert_eq!(model(0xd, 1, host), [0; 4], "no XSAVEOPT, XSAVEC or XSAVES");
+        assert_eq!(model(0xd, 1, host), [0b0111, 576, 0, 0], "XSAVEOPT, XSAVEC, XGETBV 1; not XSAVES");
+        assert_eq!(super::model(0xd, 1, on, host)[1], 832, "the compacted size follows XCR0");
+        let without_xsavec =
+            |leaf, subleaf| if (leaf, subleaf) == (0xd, 1) { [0b1101, 0, 0, 0] } else { host(leaf, subleaf) };
+        assert_eq!(model(0xd, 1, without_xsavec)[0], 0b0101, "only what the host has");
         assert_eq!(model(0xd, 2, host), [256, 576, 0, 0]);
         // A host without AVX state offers none.
         let sse_only = XsaveState { host_xcr0: 0b011, ..FRESH };

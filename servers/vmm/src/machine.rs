@@ -524,6 +524,12 @@ impl Machine {
                     if self.pending_interrupt.is_some() || self.pic.pending().is_some() {
                         break;
                     }
+                    // The PIT's IRQ 0 is the only source that can wake it.
+                    if !self.pic.would_deliver(0) {
+                        return Err(format!(
+                            "halted at {rip:#x} with IRQ 0, its only wake-up, masked or in service at the 8259A"
+                        ));
+                    }
                     let (Some(clock), Some(deadline)) = (self.host_timer, self.pit.deadline(self.now()))
                     else {
                         return Err(format!("halted at {rip:#x} with nothing to wake it"));

@@ -117,6 +117,14 @@ impl Chip {
         (line < in_service).then_some(line)
     }
 
+    /// Whether a new request on `line` would be presented: the chip is
+    /// initialised, the line unmasked, nothing of equal or higher priority
+    /// in service.
+    fn would_present(&self, line: u8) -> bool {
+        let bit = 1u8 << line;
+        self.expect == 0 && self.imr & bit == 0 && self.isr & (bit | (bit - 1)) == 0
+    }
+
     /// INTA: `line` goes from requested to in service (unless AEOI).
     fn acknowledge(&mut self, line: u8) {
         self.irr &= !(1 << line);
@@ -191,6 +199,12 @@ impl Pic {
     fn update_cascade(&mut self) {
         let high = self.slave.pending().is_some();
         self.master.set_line(CASCADE, high);
+    }
+
+    /// Whether a new request on master line `irq` (0–7) would reach the
+    /// CPU without the guest first unmasking or ending an interrupt.
+    pub fn would_deliver(&self, irq: u8) -> bool {
+        irq < 8 && self.master.would_present(irq)
     }
 
     /// The vector the controllers present to the CPU, if any.
@@ -304,6 +318,25 @@ mod tests {
         pic.write(0xa0, 0x20);
         pic.write(0x20, 0x20);
         assert_eq!((pic.read(0x20), pic.read(0xa0)), (0, 0));
+    }
+
+    #[test]
+    fn a_request_is_deliverable_only_unmasked_and_above_what_is_in_service() {
+        assert!(!Pic::new().would_deliver(0), "after reset every line is masked");
+        let mut pic = initialised(0x20, 0x28);
+        assert!(pic.would_deliver(0), "ICW1 clears the mask");
+        pic.write(0x21, 0xff);
+        assert!(!pic.would_deliver(0), "masked by OCW1");
+        pic.write(0x21, 0xfe);
+        assert!(pic.would_deliver(0) && !pic.would_deliver(1), "IRQ 0 unmasked alone");
+        pic.pulse(0);
+        assert_eq!(pic.acknowledge(), Some(0x20));
+        assert!(!pic.would_deliver(0), "IRQ 0 in service, no EOI yet");
+        pic.write(0x21, 0xfc);
+        assert!(!pic.would_deliver(1), "a lower priority than the one in service");
+        pic.write(0x20, 0x20);
+        assert!(pic.would_deliver(0) && pic.would_deliver(1), "after the EOI");
+        assert!(!pic.would_deliver(8), "a slave line");
     }
 
     #[test]

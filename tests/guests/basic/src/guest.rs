@@ -678,6 +678,50 @@ fn xsave_and_avx(checks: &mut Checks) {
     );
     let ymm = avx_survives_exits();
     checks.check("avx-across-exits", ymm == 0, format_args!("mask of changed YMM registers {ymm:#x}"));
+    xsave_variants(checks);
+}
+
+/// A 64-byte aligned XSAVE area (x87, SSE and AVX fit in 832 bytes).
+#[repr(C, align(64))]
+struct XsaveArea([u8; 1024]);
+
+/// Where XSAVEOPT and XSAVEC store (named in their assembly).
+#[unsafe(no_mangle)]
+static mut XSAVE_AREA: XsaveArea = XsaveArea([0; 1024]);
+
+/// The XSAVE variants leaf 0Dh sub-leaf 1 offers (XCR0 = x87, SSE, AVX):
+/// never XSAVES, whose IA32_XSS the VMM does not emulate; XSAVEOPT at
+/// least (both test hosts have it); and each one offered works: XSAVEOPT
+/// and XSAVEC store without a fault, XSAVEC in the compacted format
+/// (XCOMP_BV = bit 63 and the components saved), XGETBV 1 reports only
+/// components XCR0 enables.
+fn xsave_variants(checks: &mut Checks) {
+    const XSAVEOPT: u32 = 1 << 0;
+    const XSAVEC: u32 = 1 << 1;
+    const XGETBV1: u32 = 1 << 2;
+    let offered = core::arch::x86_64::__cpuid_count(0xd, 1).eax & 0xf;
+    let optimised = if offered & XSAVEOPT != 0 {
+        expect_exception!("mov eax, 7", "xor edx, edx", "xsaveopt [rip + XSAVE_AREA]",).0
+    } else {
+        0
+    };
+    let compacted = if offered & XSAVEC != 0 {
+        let faults = expect_exception!("mov eax, 7", "xor edx, edx", "xsavec [rip + XSAVE_AREA]",).0;
+        // SAFETY: the area is only written by the instructions above.
+        let header = unsafe { (&raw const XSAVE_AREA.0[520]).cast::<u64>().read_volatile() };
+        (faults, header)
+    } else {
+        (0, 1 << 63 | 0b111)
+    };
+    // SAFETY: CR4.OSXSAVE is set; XGETBV 1 exists when offered.
+    let in_use = if offered & XGETBV1 != 0 { unsafe { core::arch::x86_64::_xgetbv(1) } } else { 0 };
+    checks.check(
+        "xsave-variants",
+        offered & 0b1001 == XSAVEOPT && optimised == 0 && compacted == (0, 1 << 63 | 0b111) && in_use & !0b111 == 0,
+        format_args!(
+            "sub-leaf 1 EAX {offered:#06b}; XSAVEOPT faults {optimised}; XSAVEC (faults, XCOMP_BV) {compacted:x?}; XINUSE {in_use:#x}"
+        ),
+    );
 }
 
 /// 64 exits, 32 times CPUID and OUT to an unused port, counting in `{n}`
