@@ -361,9 +361,10 @@ impl Runtime {
             if *interrupted {
                 return Some(Some(false));
             }
-            // The fastpath's precondition: this VCPU ran last, with nothing
-            // pending (a refused entry leaves none as the last to run).
-            if !entry.vmx && self.space.virt.last_run == entry.vcpu {
+            // The fastpath's precondition: this VCPU ran last and owns its
+            // tag (no flush is owed: a refused entry or an INVLPG exit
+            // leaves it without).
+            if !entry.vmx && self.space.owns_tag(entry.vcpu) {
                 let va = |at: PhysAddr| self.direct_map.to_virtual(at).get();
                 let block = va(entry.buffer.offset(crate::object::vcpu::REGISTER_BLOCK_OFFSET));
                 let vmcb = entry.vcpu.offset(crate::object::vcpu::layout::CONTROL);

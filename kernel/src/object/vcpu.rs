@@ -923,6 +923,14 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             VcpuInvocation::Write { vcpu, pairs, count } => {
                 for &(field, value) in &pairs[..count] {
                     self.vcpu_write(vcpu, field, value);
+                    // Written as the guest's MOV to CR0, CR3 or CR4 or its
+                    // WRMSR to EFER would be, which drops the translations
+                    // it cached (SDM vol. 3A §4.10.4.1): they are kept under
+                    // the VCPU's tag across entries, so the next entry
+                    // flushes them.
+                    if [Field::Cr0, Field::Cr3, Field::Cr4, Field::Efer].iter().any(|&f| f as u64 == field) {
+                        self.disown_tag(vcpu);
+                    }
                 }
                 ([0; 4], 0)
             }
@@ -1021,16 +1029,27 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             }
             Exit::InterruptWindow => self.vcpu_write(vcpu, Field::InterruptWindow as u64, 0),
             // An entry the CPU refused may not have made the flush it was
-            // asked for: the tag has no owner, so the next entry flushes,
-            // and no VCPU counts as the last to run (the fastpath stays shut).
-            Exit::InvalidGuestState => {
-                let tag = self.vcpu_word(vcpu, layout::TAG) as usize;
-                self.virt.tag_owner[tag % TAG_SLOTS] = PhysAddr(0);
-                self.virt.last_run = PhysAddr(0);
-            }
+            // asked for; an intercepted INVLPG did not run, and the VMM
+            // cannot name one translation to the kernel. Either way the
+            // next entry flushes (and the fastpath stays shut).
+            Exit::InvalidGuestState | Exit::Invlpg => self.disown_tag(vcpu),
             _ => {}
         }
         Some(exit)
+    }
+
+    /// The translations cached under `vcpu`'s tag are flushed before its
+    /// next entry: it no longer owns the tag.
+    fn disown_tag(&mut self, vcpu: PhysAddr) {
+        let owner = &mut self.virt.tag_owner[self.vcpu_word(vcpu, layout::TAG) as usize % TAG_SLOTS];
+        if *owner == vcpu {
+            *owner = PhysAddr(0);
+        }
+    }
+
+    /// Whether `vcpu` owns its tag, so that entering it needs no flush.
+    pub fn owns_tag(&self, vcpu: PhysAddr) -> bool {
+        self.virt.tag_owner[self.vcpu_word(vcpu, layout::TAG) as usize % TAG_SLOTS] == vcpu
     }
 
     /// The exit that just happened (SVM); `None` for a host interrupt.

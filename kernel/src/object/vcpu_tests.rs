@@ -467,7 +467,7 @@ fn an_exit_clears_the_flush_and_a_refused_entry_forgets_the_last_vcpu() {
     assert!(!space.vm_prepare(tcb, 0).expect("again").flush, "nothing changed");
     space.memory.write(vcpu.offset(layout::CONTROL + vmcb::EXIT_CODE), vmcb::exit::INVALID);
     assert_eq!(space.vm_exit(&entry).map(|e| e.reason), Some(Exit::InvalidGuestState));
-    assert_eq!(space.virt.last_run, PhysAddr(0));
+    assert!(!space.owns_tag(vcpu), "the fastpath stays shut");
     assert!(space.vm_prepare(tcb, 0).expect("after the refusal").flush);
 }
 
@@ -518,6 +518,23 @@ fn vcpus_take_tags_in_turn_and_a_tag_that_changes_hands_is_flushed() {
     // A removed guest mapping flushes every VCPU once.
     space.virt.tag_owner = [PhysAddr(0); super::vcpu::TAG_SLOTS];
     assert_eq!([flush(&mut space, 0), flush(&mut space, 1)], [(a, true), (b, true)]);
+    // So do the VMM's writes of paging state, as the guest's MOV to CR3
+    // would (not other fields), and an intercepted INVLPG, which did not run.
+    let write = |space: &mut ObjectSpace<Arena>, field: Field, value| {
+        let invocation = space
+            .decode_vcpu(space.cap(slot(58)), Label::VcpuWriteState, &[field as u64, value], &[])
+            .expect("a write");
+        space.perform_vcpu(invocation);
+    };
+    write(&mut space, Field::Rax, 1);
+    assert_eq!(flush(&mut space, 0), (a, false), "RAX is not paging state");
+    write(&mut space, Field::Cr3, 0x5000);
+    assert_eq!([flush(&mut space, 0), flush(&mut space, 0)], [(a, true), (a, false)]);
+    let entry = space.vm_prepare(tcbs[0], 0).expect("prepared");
+    space.memory.write(a.offset(layout::CONTROL + vmcb::EXIT_CODE), vmcb::exit::INVLPG);
+    assert_eq!(space.vm_exit(&entry).map(|e| e.reason), Some(Exit::Invlpg));
+    assert!(!space.owns_tag(a), "the fastpath stays shut");
+    assert_eq!(flush(&mut space, 0), (a, true));
     // VMX with VPIDs: the tag is the VMCS's VPID.
     let (mut space, vcpu, _) = machine(Backend::Vmx);
     assert_eq!(space.memory.vmcs_read(vcpu.offset(layout::CONTROL), vmcs::VPID), 0, "VPIDs off");

@@ -442,10 +442,24 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
             Capability::AsidPool { object, first_asid } if last => {
                 let index = usize::from(first_asid) / ASID_POOL_SIZE as usize;
                 if self.asid_table[index] == Some(object) {
+                    self.empty_pool_spaces(first_asid);
                     self.asid_table[index] = None;
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Before the pool from `first_asid` goes: once their ASIDs name
+    /// nothing, no mapping in its spaces could be removed, and a frame
+    /// could be freed while still mapped. Their user halves go now, so
+    /// that they map nothing (seL4 stops using such a space instead).
+    #[cold]
+    fn empty_pool_spaces(&mut self, first_asid: u16) {
+        for asid in first_asid..first_asid + ASID_POOL_SIZE as u16 {
+            let Some((root, guest)) = self.address_space_root(asid) else { continue };
+            self.memory.zero(root, if guest { 4096 } else { 2048 });
+            self.flush_space(asid, u64::MAX);
         }
     }
 

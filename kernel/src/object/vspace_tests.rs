@@ -487,3 +487,26 @@ proptest! {
         prop_assert!(live.is_empty(), "ASIDs still bound after revoke: {:?}", live);
     }
 }
+
+/// Deleting an ASID pool leaves its address spaces mapping nothing in
+/// their user halves: with their ASIDs naming nothing, a mapping in them
+/// could no longer be removed, and a frame deleted afterwards would stay
+/// mapped (and, reused as a kernel object, writable from user space).
+#[test]
+fn deleting_an_asid_pool_empties_its_spaces() {
+    let mut space = mapped_space();
+    let rw = (Rights::READ | Rights::WRITE).bits();
+    invoke(&mut space, FRAME, Label::FrameMap, &[ADDRESS, rw, 0], &[PML4]).expect("map");
+    let pml4 = object(&space, PML4);
+    let kernel_entry = pml4.offset(8 * 300);
+    space.memory.write(kernel_entry, 0x5000 | 3);
+    assert!(translate(&space, pml4, ADDRESS).is_some());
+    finish(&mut space, 1, |s, b| s.delete(slot(POOL), b));
+    assert_eq!(space.pml4_of(1), None, "the pool's ASIDs name nothing");
+    assert_eq!(translate(&space, pml4, ADDRESS), None, "the user half is empty");
+    assert_eq!(space.memory.read(kernel_entry), 0x5000 | 3, "the kernel half stays");
+    assert!(space.memory.flushes.contains(&(1, u64::MAX)), "and its translations are flushed");
+    // The frame can go: nothing maps it any more.
+    finish(&mut space, 1, |s, b| s.delete(slot(FRAME), b));
+    check_invariants(&space);
+}

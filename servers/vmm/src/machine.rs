@@ -863,19 +863,18 @@ impl Machine {
             16
         };
         let (base, wrap) = self.segment_base(Segment::Cs, bitness)?;
+        // IP wraps at 64 KiB in 16-bit code, EIP at 4 GiB in 32-bit code.
+        let offset_mask = if bitness == 64 { u64::MAX } else { (1u64 << bitness) - 1 };
         let rip = self.register(Field::Rip);
         let mut bytes = [0u8; 15];
         let mut memory = GuestMemory::new(self.guest.ram());
         let mut fetched = 0;
-        while fetched < bytes.len()
-            && memory
-                .read_linear(
-                    paging,
-                    base.wrapping_add(rip + fetched as u64) & wrap,
-                    &mut bytes[fetched..=fetched],
-                )
-                .is_ok()
-        {
+        while fetched < bytes.len() {
+            let offset = rip.wrapping_add(fetched as u64) & offset_mask;
+            let linear = base.wrapping_add(offset) & wrap;
+            if memory.read_linear(paging, linear, &mut bytes[fetched..=fetched]).is_err() {
+                break;
+            }
             fetched += 1;
         }
         Ok((bytes, fetched, bitness))

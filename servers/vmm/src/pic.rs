@@ -10,7 +10,8 @@
 //! VMM asks [`Pic::pending`] whether an interrupt should be presented to
 //! the CPU, and calls [`Pic::acknowledge`] when it injects one, as the
 //! CPU's INTA cycles would. Not modelled: level-triggered mode (ICW1.LTIM),
-//! priority rotation, special mask mode, polling, and buffered mode.
+//! priority rotation (the rotating EOI commands do their EOI only),
+//! special mask mode, polling, and buffered mode.
 
 /// One 8259A.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,11 +60,12 @@ impl Chip {
         } else {
             // OCW2: bits 7:5 are R, SL, EOI.
             match value >> 5 {
-                // Non-specific EOI: the highest-priority in-service line.
-                0b001 => self.isr &= self.isr.wrapping_sub(1),
-                // Specific EOI for line L (bits 2:0).
-                0b011 => self.isr &= !(1 << (value & 7)),
-                // Rotations and set-priority: not modelled (fixed priority).
+                // Non-specific EOI, plain or rotating: the highest-priority
+                // in-service line.
+                0b001 | 0b101 => self.isr &= self.isr.wrapping_sub(1),
+                // Specific EOI for line L (bits 2:0), plain or rotating.
+                0b011 | 0b111 => self.isr &= !(1 << (value & 7)),
+                // Rotation itself and set-priority: not modelled (fixed priority).
                 _ => {}
             }
         }
@@ -334,8 +336,12 @@ mod tests {
         assert!(!pic.would_deliver(0), "IRQ 0 in service, no EOI yet");
         pic.write(0x21, 0xfc);
         assert!(!pic.would_deliver(1), "a lower priority than the one in service");
-        pic.write(0x20, 0x20);
-        assert!(pic.would_deliver(0) && pic.would_deliver(1), "after the EOI");
+        pic.write(0x20, 0xa0);
+        assert!(pic.would_deliver(0) && pic.would_deliver(1), "after a rotating non-specific EOI");
+        pic.pulse(0);
+        assert_eq!(pic.acknowledge(), Some(0x20));
+        pic.write(0x20, 0xe0);
+        assert!(pic.would_deliver(0), "after a rotating specific EOI for line 0");
         assert!(!pic.would_deliver(8), "a slave line");
     }
 
