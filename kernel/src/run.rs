@@ -146,7 +146,9 @@ pub fn start(kernel: &Kernel) {
         task.untypeds,
         free.iter().map(|r| r.1).sum::<u64>() / 1024
     );
-    // SAFETY: interrupts are off and the GDT has the documented layout.
+    // SAFETY: interrupts are off, the GDT has the documented layout, and
+    // this runs once, on the boot CPU; the VMSAVE area and XCR0 are the
+    // ones `virt_config` found for this CPU.
     unsafe { user::init(space.virt.host_state.get(), space.virt.xcr0) };
     let mut runtime = Runtime { space, current: None, direct_map: kernel.direct_map };
     let context = runtime.schedule(false);

@@ -111,8 +111,8 @@ pub struct VirtConfig {
     /// VCPUs made so far: the next one is tagged `1 + tags_given % tags`.
     pub tags_given: u64,
     /// Per tag, the VCPU whose guest the translations cached under it on
-    /// this CPU belong to, or 0: none, or to be flushed (a refused entry;
-    /// a guest mapping removed or changed clears them all).
+    /// this CPU belong to, or 0: none, or to be flushed (`disown_tag`; a
+    /// guest mapping removed or changed clears them all).
     pub tag_owner: [PhysAddr; TAG_SLOTS],
     /// SVM: where VMSAVE keeps the host's state during a run (4 KiB; this
     /// CPU's, like `last_run` and `tag_owner`: they become per-CPU with SMP).
@@ -1022,7 +1022,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     #[inline(always)]
     pub fn vm_exit(&mut self, entry: &VmEntry) -> Option<NeutralExit> {
         let vcpu = entry.vcpu;
-        let mut exit = if entry.vmx { self.vmx_exit(vcpu)? } else { self.svm_exit(vcpu)? };
+        let mut exit = if entry.vmx { self.vmx_exit(vcpu)? } else { self.svm_exit(vcpu, entry.flush)? };
         match exit.reason {
             Exit::MsrRead | Exit::MsrWrite => {
                 exit.qualification = self.vcpu_word(vcpu, layout::REGISTERS + 8) & 0xffff_ffff;
@@ -1041,9 +1041,8 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// The translations cached under `vcpu`'s tag are flushed before its
     /// next entry: it no longer owns the tag.
     fn disown_tag(&mut self, vcpu: PhysAddr) {
-        let owner = &mut self.virt.tag_owner[self.vcpu_word(vcpu, layout::TAG) as usize % TAG_SLOTS];
-        if *owner == vcpu {
-            *owner = PhysAddr(0);
+        if self.owns_tag(vcpu) {
+            self.virt.tag_owner[self.vcpu_word(vcpu, layout::TAG) as usize % TAG_SLOTS] = PhysAddr(0);
         }
     }
 
@@ -1052,9 +1051,10 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.virt.tag_owner[self.vcpu_word(vcpu, layout::TAG) as usize % TAG_SLOTS] == vcpu
     }
 
-    /// The exit that just happened (SVM); `None` for a host interrupt.
+    /// The exit that just happened (SVM) after an entry that asked for a
+    /// `flush`; `None` for a host interrupt.
     #[inline(always)]
-    fn svm_exit(&mut self, vcpu: PhysAddr) -> Option<NeutralExit> {
+    fn svm_exit(&mut self, vcpu: PhysAddr, flush: bool) -> Option<NeutralExit> {
         let control = |offset| layout::CONTROL + offset;
         let raw = RawExit {
             code: self.vcpu_word(vcpu, control(vmcb::EXIT_CODE)),
@@ -1071,7 +1071,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         }
         // The VMRUN made the flush it was asked for: the next entry asks
         // again only if `vm_prepare` finds it needed (the fastpath never does).
-        self.set_vcpu_word(vcpu, control(vmcb::ASID_TLB), self.vcpu_word(vcpu, layout::TAG));
+        if flush {
+            self.set_vcpu_word(vcpu, control(vmcb::ASID_TLB), self.vcpu_word(vcpu, layout::TAG));
+        }
         classify_svm(raw)
     }
 

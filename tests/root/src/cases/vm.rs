@@ -27,19 +27,11 @@ pub(super) fn run(suite: &mut Suite) {
 /// first entry of each flushes guest translations, since each VCPU has a
 /// hardware tag of its own (an SVM ASID, a VMX VPID).
 fn vm_tags_keep_translations() -> Outcome {
-    // Guest A, at 0x1000: cpuid; hlt. Guest B: out 0x80, al; hlt.
-    let a = real_mode_guest_kept(0x1000, &[0x0f, 0xa2, 0xf4], 0)?;
-    let b = real_mode_guest_kept(0x1000, &[0xe6, 0x80, 0xf4], 0)?;
-    let bind = |guest: &vm::Guest| {
-        guest.vcpu().set_tcb(own::TCB).and_then(|()| guest.vcpu().set_space(guest.space()))
-    };
-    let mut registers = [0u64; REGISTER_BLOCK_WORDS];
-    registers[Field::Rip as usize] = 0x1000;
-    registers[Field::Rflags as usize] = 2;
+    let (a, b, registers) = two_guests()?;
     let before = strata_rt::debug_counters()[5];
     for round in 0..3 {
         for (guest, name, expected) in [(&a, "A", Exit::Cpuid), (&b, "B", Exit::Io)] {
-            bind(guest).map_err(|e| detail!("bind {name}: {e}"))?;
+            bind_to_this_thread(guest).map_err(|e| detail!("bind {name}: {e}"))?;
             let (exit, _) = enter(&registers)?;
             if exit.reason != expected {
                 return Err(detail!("round {round}: guest {name} exited with {:?}", exit.reason));
@@ -53,6 +45,23 @@ fn vm_tags_keep_translations() -> Outcome {
     Ok(detail!("six entries alternating between two guests, two flushes"))
 }
 
+/// Two real-mode guests with the same layout and different code at 1000h,
+/// A `cpuid; hlt` and B `out 0x80, al; hlt`, and the registers to enter
+/// either at its first instruction.
+fn two_guests() -> Result<(vm::Guest, vm::Guest, [u64; REGISTER_BLOCK_WORDS]), Detail> {
+    let a = real_mode_guest_kept(0x1000, &[0x0f, 0xa2, 0xf4], 0)?;
+    let b = real_mode_guest_kept(0x1000, &[0xe6, 0x80, 0xf4], 0)?;
+    let mut registers = [0u64; REGISTER_BLOCK_WORDS];
+    registers[Field::Rip as usize] = 0x1000;
+    registers[Field::Rflags as usize] = 2;
+    Ok((a, b, registers))
+}
+
+/// Binds `guest`'s VCPU to this thread, to run in its GuestSpace.
+fn bind_to_this_thread(guest: &vm::Guest) -> Result<(), InvocationError> {
+    guest.vcpu().set_tcb(own::TCB).and_then(|()| guest.vcpu().set_space(guest.space()))
+}
+
 /// Back-to-back `VmEnter`s take the SVM fastpath, and any other system
 /// call closes it: after a second guest is made (its VCPU now bound to
 /// this thread), the next `VmEnter` runs that guest, not the one the
@@ -61,22 +70,14 @@ fn vm_tags_keep_translations() -> Outcome {
 fn vm_fastpath_closes() -> Outcome {
     // SVM (AMD APM vol. 3, CPUID 8000_0001h ECX bit 2): the fastpath's backend.
     let svm = core::arch::x86_64::__cpuid(0x8000_0001).ecx & 1 << 2 != 0;
-    // Guest A, at 0x1000: cpuid; hlt. Guest B: out 0x80, al; hlt.
-    let a = real_mode_guest_kept(0x1000, &[0x0f, 0xa2, 0xf4], 0)?;
-    let b = real_mode_guest_kept(0x1000, &[0xe6, 0x80, 0xf4], 0)?;
-    let bind = |guest: &vm::Guest| {
-        guest.vcpu().set_tcb(own::TCB).and_then(|()| guest.vcpu().set_space(guest.space()))
-    };
-    bind(&a).map_err(|e| detail!("bind A: {e}"))?;
-    let mut registers = [0u64; REGISTER_BLOCK_WORDS];
-    registers[Field::Rip as usize] = 0x1000;
-    registers[Field::Rflags as usize] = 2;
+    let (a, b, registers) = two_guests()?;
+    bind_to_this_thread(&a).map_err(|e| detail!("bind A: {e}"))?;
     // The counters are a system call too: read only around the whole run.
     let before = strata_rt::debug_counters()[4];
     let (first, _) = enter(&registers)?;
     let (second, _) = enter(&registers)?;
     // Two system calls, which must close the fastpath: B's VCPU runs next.
-    bind(&b).map_err(|e| detail!("bind B: {e}"))?;
+    bind_to_this_thread(&b).map_err(|e| detail!("bind B: {e}"))?;
     let (third, after) = enter(&registers)?;
     let fast = strata_rt::debug_counters()[4] - before;
     if (first.reason, second.reason, third.reason) != (Exit::Cpuid, Exit::Cpuid, Exit::Io)
