@@ -29,14 +29,13 @@ use strata_abi::syscall::Syscall;
 /// Kernel state after boot.
 pub struct Runtime {
     space: ObjectSpace<DirectMapMemory>,
-    current: Option<PhysAddr>,
     direct_map: DirectMap,
 }
 
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 
 /// Address-space switches (CR3 writes) since boot.
-static CR3_WRITES: AtomicU64 = AtomicU64::new(0);
+pub(crate) static CR3_WRITES: AtomicU64 = AtomicU64::new(0);
 /// User FPU-state saves (XSAVE on entry from user mode) since boot, but
 /// for those of system calls the IPC fastpath completed.
 static FPU_SAVES: AtomicU64 = AtomicU64::new(0);
@@ -46,7 +45,7 @@ static FPU_RESTORES: AtomicU64 = AtomicU64::new(0);
 /// System calls the IPC fastpath completed since boot: each saved one
 /// thread's FPU state and restored another's, which the debug call adds
 /// to the counts above (one locked add here instead of three).
-static FASTPATH_CALLS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static FASTPATH_CALLS: AtomicU64 = AtomicU64::new(0);
 /// Guest TLB flushes `VmEnter` asked for since boot (test images only).
 #[cfg(feature = "selftest")]
 static GUEST_FLUSHES: AtomicU64 = AtomicU64::new(0);
@@ -150,10 +149,14 @@ pub fn start(kernel: &Kernel) {
     // this runs once, on the boot CPU; the VMSAVE area and XCR0 are the
     // ones `virt_config` found for this CPU.
     unsafe { user::init(space.virt.host_state.get(), space.virt.xcr0) };
-    let mut runtime = Runtime { space, current: None, direct_map: kernel.direct_map };
+    let mut runtime = Runtime { space, direct_map: kernel.direct_map };
     let context = runtime.schedule(false);
     runtime.leave();
-    *RUNTIME.lock() = Some(runtime);
+    let mut guard = RUNTIME.lock();
+    let space = &mut guard.insert(runtime).space;
+    // The runtime stays in place from now on.
+    user::publish(space.memory.window(), space.scheduler.queue_heads(), space.memory.stale_asids());
+    drop(guard);
     // SAFETY: `schedule` set up the FPU area, context area and address
     // space of the context it chose.
     unsafe { user::enter(context) }
@@ -205,8 +208,9 @@ impl Runtime {
     /// if it can go on and `rotate` is false, else the next runnable
     /// thread, else the idle loop.
     fn schedule(&mut self, rotate: bool) -> *const UserContext {
-        let next = self.space.next_thread(self.current, rotate);
-        let previous = core::mem::replace(&mut self.current, next);
+        let previous = user::current();
+        let next = self.space.next_thread(previous, rotate);
+        user::set_current(next);
         let Some(tcb) = next else {
             // A test image that idles with no interrupt bound to a
             // notification has deadlocked: nothing can ever wake it.
@@ -226,7 +230,7 @@ impl Runtime {
     /// Before any return to user mode: records for the entry stub whether
     /// a `Yield` by the thread about to run would be a no-op.
     fn leave(&self) {
-        user::set_yield_alone(self.current.is_some_and(|t| self.space.runs_alone(t)));
+        user::set_yield_alone(user::current().is_some_and(|t| self.space.runs_alone(t)));
     }
 
     /// Schedules, and makes the interrupt `frame` return to what runs next.
@@ -480,34 +484,6 @@ impl Runtime {
     }
 }
 
-/// Entered from `syscall_entry` first, with the calling thread's registers
-/// saved in its TCB: completes a `Call` or `ReplyRecv` in its common case
-/// (`ObjectSpace::fastpath`) and returns the context to run, or returns
-/// null for `syscall_handler` to take the call. A function of its own, so
-/// that the common case pays for nothing the general path needs.
-#[unsafe(no_mangle)]
-extern "C" fn ipc_fastpath(context: *const UserContext) -> *const UserContext {
-    // SAFETY: `context` is the current thread's saved context in its TCB.
-    let number = unsafe { (&raw const (*context).rax).read() };
-    if number != Syscall::Call as u64 && number != Syscall::ReplyRecv as u64 {
-        return core::ptr::null();
-    }
-    let Some(mut guard) = RUNTIME.try_lock() else { return core::ptr::null() };
-    let Some(runtime) = guard.as_mut() else { return core::ptr::null() };
-    let Some(tcb) = runtime.current else { return core::ptr::null() };
-    let Some(next) = runtime.space.fastpath(tcb) else { return core::ptr::null() };
-    // Done: the other thread runs next (a different one, in user mode, so
-    // the crossing saves one FPU state and restores another).
-    if cfg!(feature = "selftest") {
-        FASTPATH_CALLS.fetch_add(1, Ordering::Relaxed);
-    }
-    runtime.current = Some(next);
-    runtime.switch_to(next);
-    // It outranks every other runnable thread: it is alone at the top.
-    user::set_yield_alone(true);
-    runtime.saved_context(next)
-}
-
 /// Entered from the SVM `VmEnter` fastpath after an exit it does not
 /// reply to itself: the general path takes the exit (and any host
 /// interrupt that caused it) as if it had entered the guest, and returns
@@ -532,7 +508,7 @@ extern "C" fn vm_fast_exit() -> *const UserContext {
 /// The runtime and its current thread, for a system call's handler.
 fn running(runtime: &mut Option<Runtime>) -> (&mut Runtime, PhysAddr) {
     let runtime = runtime.as_mut().unwrap_or_else(|| fail(format_args!("system call with no runtime")));
-    let tcb = runtime.current.unwrap_or_else(|| fail(format_args!("system call with no thread")));
+    let tcb = user::current().unwrap_or_else(|| fail(format_args!("system call with no thread")));
     (runtime, tcb)
 }
 
@@ -604,7 +580,7 @@ extern "C" fn syscall_handler(context: *mut UserContext) -> *const UserContext {
 pub fn user_exception(frame: &mut InterruptFrame) {
     let mut guard = RUNTIME.lock();
     let Some(runtime) = guard.as_mut() else { return };
-    let Some(tcb) = runtime.current else { return };
+    let Some(tcb) = user::current() else { return };
     runtime.space.set_context(tcb, &frame.context());
     let (mnemonic, description) = crate::arch::x86_64::idt::exception_name(frame.vector);
     // SAFETY: reading CR2 has no side effects.
@@ -638,7 +614,7 @@ pub fn device_interrupt(frame: &mut InterruptFrame, line: u8) -> bool {
     };
     let Some(runtime) = guard.as_mut() else { return true };
     runtime.space.irq_fired(line);
-    match runtime.current {
+    match user::current() {
         // The thread it woke outranks the interrupted one: it runs now.
         Some(tcb) if frame.from_user() && runtime.space.choose_thread() != Some(tcb) => {
             runtime.space.set_context(tcb, &frame.context());
@@ -664,11 +640,11 @@ pub fn preempt(frame: &mut InterruptFrame) {
     };
     let Some(runtime) = guard.as_mut() else { return };
     if frame.from_user() {
-        let Some(tcb) = runtime.current else { return };
+        let Some(tcb) = user::current() else { return };
         runtime.space.set_context(tcb, &frame.context());
         let next = runtime.resume_into(frame, true);
         count_crossing(next);
-    } else if runtime.current.is_none() {
+    } else if user::current().is_none() {
         // Interrupted the idle loop.
         runtime.resume_into(frame, false);
     }

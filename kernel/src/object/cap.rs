@@ -34,14 +34,27 @@ use crate::addr::PhysAddr;
 
 /// A bit field of a capability word.
 #[derive(Clone, Copy)]
-struct Field {
-    shift: u32,
+pub struct Field {
+    /// The lowest bit.
+    pub shift: u32,
     width: u32,
 }
 
 impl Field {
-    const fn mask(self) -> u64 {
+    /// The field's value bits, unshifted.
+    pub const fn mask(self) -> u64 {
         if self.width == 64 { u64::MAX } else { (1 << self.width) - 1 }
+    }
+
+    /// Shifting a word left by `up` and then right by `down` leaves the
+    /// field alone, at bit 0.
+    pub const fn up(self) -> u32 {
+        64 - self.shift - self.width
+    }
+
+    /// See [`Self::up`].
+    pub const fn down(self) -> u32 {
+        64 - self.width
     }
 
     const fn get(self, word: u64) -> u64 {
@@ -63,10 +76,10 @@ const UNTYPED_SIZE: Field = Field { shift: 5, width: 6 };
 const UNTYPED_DEVICE: Field = Field { shift: 11, width: 1 };
 const UNTYPED_FREE: Field = Field { shift: 12, width: 52 };
 const RIGHTS: Field = Field { shift: 5, width: 4 };
-const SMALL_OBJECT: Field = Field { shift: 16, width: 44 };
-const CNODE_RADIX: Field = Field { shift: 5, width: 6 };
-const CNODE_GUARD_SIZE: Field = Field { shift: 11, width: 7 };
-const CNODE_OBJECT: Field = Field { shift: 18, width: 43 };
+pub(crate) const SMALL_OBJECT: Field = Field { shift: 16, width: 44 };
+pub(crate) const CNODE_RADIX: Field = Field { shift: 5, width: 6 };
+pub(crate) const CNODE_GUARD_SIZE: Field = Field { shift: 11, width: 7 };
+pub(crate) const CNODE_OBJECT: Field = Field { shift: 18, width: 43 };
 const ZOMBIE_RADIX: Field = Field { shift: 5, width: 6 };
 const ZOMBIE_REMAINING: Field = Field { shift: 11, width: 26 };
 const FRAME_LARGE: Field = Field { shift: 5, width: 1 };
@@ -74,14 +87,14 @@ const FRAME_RIGHTS: Field = Field { shift: 6, width: 2 };
 const FRAME_DEVICE: Field = Field { shift: 8, width: 1 };
 const FRAME_MAPPED: Field = Field { shift: 9, width: 1 };
 const FRAME_ASID: Field = Field { shift: 10, width: 12 };
-const FRAME_OBJECT: Field = Field { shift: 22, width: 36 };
+pub(crate) const FRAME_OBJECT: Field = Field { shift: 22, width: 36 };
 const TABLE_LEVEL: Field = Field { shift: 5, width: 2 };
 const TABLE_MAPPED: Field = Field { shift: 7, width: 1 };
 const TABLE_ASID: Field = Field { shift: 8, width: 12 };
 const TABLE_OBJECT: Field = Field { shift: 20, width: 36 };
 const PML4_ASSIGNED: Field = Field { shift: 5, width: 1 };
-const PML4_ASID: Field = Field { shift: 6, width: 12 };
-const PML4_OBJECT: Field = Field { shift: 18, width: 36 };
+pub(crate) const PML4_ASID: Field = Field { shift: 6, width: 12 };
+pub(crate) const PML4_OBJECT: Field = Field { shift: 18, width: 36 };
 const POOL_FIRST_ASID: Field = Field { shift: 5, width: 12 };
 const PORT_FIRST: Field = Field { shift: 5, width: 16 };
 const PORT_LAST: Field = Field { shift: 21, width: 16 };
@@ -304,35 +317,30 @@ fn mapping_ok(mapping: Mapping, align: u64) -> bool {
         && mapping.address.is_multiple_of(align)
 }
 
-/// Direct reads of the few fields the IPC fastpath needs from slot
-/// words, instead of a whole decode. Each agrees with
+/// Direct reads of the few fields the kernel's hot paths need from slot
+/// words, instead of a whole decode, and the encoding the IPC fastpath
+/// (`arch::x86_64::fastpath`) decodes itself. Each agrees with
 /// [`Capability::decode_fields`] (tested below).
 pub mod raw {
-    use super::{
-        CNODE_GUARD_SIZE, CNODE_OBJECT, CNODE_RADIX, FRAME_OBJECT, PML4_ASID, PML4_ASSIGNED, PML4_OBJECT,
+    pub(crate) use super::{
+        CNODE_GUARD_SIZE, CNODE_OBJECT, CNODE_RADIX, FRAME_OBJECT, PML4_ASID, PML4_OBJECT, SMALL_OBJECT,
     };
-    use super::{RIGHTS, SMALL_OBJECT, TAG, tag};
+    use super::{PML4_ASSIGNED, RIGHTS, TAG, tag};
     use crate::addr::PhysAddr;
     use strata_abi::object::Rights;
 
-    /// A CNode's object, radix, guard size and guard.
-    #[inline]
-    pub fn cnode([w0, w1]: [u64; 2]) -> Option<(PhysAddr, u32, u32, u64)> {
-        (TAG.get(w0) == tag::CNODE).then(|| {
-            (
-                PhysAddr(CNODE_OBJECT.get(w0) << 5),
-                CNODE_RADIX.get(w0) as u32,
-                CNODE_GUARD_SIZE.get(w0) as u32,
-                w1,
-            )
-        })
-    }
+    /// Tags (bits 0-4).
+    pub const TAG_CNODE: u64 = tag::CNODE;
+    /// See [`TAG_CNODE`].
+    pub const TAG_ENDPOINT: u64 = tag::ENDPOINT;
+    /// See [`TAG_CNODE`].
+    pub const TAG_FRAME: u64 = tag::FRAME;
+    /// A PML4 with an ASID: its tag and `PML4_ASSIGNED` (bits 0-5).
+    pub const TAG_PML4_ASSIGNED: u64 = tag::PML4 | 1 << PML4_ASSIGNED.shift;
 
-    /// An endpoint's object, badge and rights.
-    #[inline]
-    pub fn endpoint([w0, w1]: [u64; 2]) -> Option<(PhysAddr, u64, Rights)> {
-        (TAG.get(w0) == tag::ENDPOINT)
-            .then(|| (PhysAddr(SMALL_OBJECT.get(w0) << 4), w1, Rights::from_bits_retain(RIGHTS.get(w0))))
+    /// `rights` in an endpoint's word 0.
+    pub const fn right(rights: Rights) -> u64 {
+        rights.bits() << RIGHTS.shift
     }
 
     /// A frame's object.
@@ -663,22 +671,33 @@ pub(crate) mod tests {
         #[test]
         fn raw_field_reads_agree_with_decoding(cap in any_capability()) {
             let words = cap.encode().expect("generated capabilities are encodable");
-            let cnode = match cap {
+            // The IPC fastpath's shifts take out the same fields.
+            let field = |f: Field| words[0] << f.up() >> f.down();
+            match cap {
                 Capability::CNode { object, radix, guard_size, guard } => {
-                    Some((object, u32::from(radix), u32::from(guard_size), guard))
+                    prop_assert_eq!(words[0] & 0x1f, raw::TAG_CNODE);
+                    prop_assert_eq!(field(raw::CNODE_OBJECT) << 5, object.get());
+                    prop_assert_eq!((field(CNODE_RADIX), field(CNODE_GUARD_SIZE), words[1]), (u64::from(radix), u64::from(guard_size), guard));
                 }
-                _ => None,
-            };
-            let endpoint = match cap {
-                Capability::Endpoint { object, badge, rights } => Some((object, badge, rights)),
-                _ => None,
-            };
+                Capability::Endpoint { object, badge, rights } => {
+                    prop_assert_eq!(words[0] & 0x1f, raw::TAG_ENDPOINT);
+                    prop_assert_eq!((field(SMALL_OBJECT) << 4, words[1]), (object.get(), badge));
+                    prop_assert_eq!(words[0] & raw::right(Rights::all()), raw::right(rights));
+                }
+                Capability::Frame { object, .. } => {
+                    prop_assert_eq!((words[0] & 0x1f, field(FRAME_OBJECT) << 12), (raw::TAG_FRAME, object.get()));
+                }
+                Capability::Pml4 { object, asid } => {
+                    prop_assert_eq!(words[0] & 0x3f == raw::TAG_PML4_ASSIGNED, asid.is_some());
+                    prop_assert_eq!(field(PML4_OBJECT) << 12, object.get());
+                    prop_assert_eq!(field(PML4_ASID), u64::from(asid.unwrap_or(0)));
+                }
+                _ => {}
+            }
             let pml4 = match cap {
                 Capability::Pml4 { object, asid: Some(asid) } => Some((object, asid)),
                 _ => None,
             };
-            prop_assert_eq!(raw::cnode(words), cnode);
-            prop_assert_eq!(raw::endpoint(words), endpoint);
             prop_assert_eq!(raw::pml4(words), pml4);
             let frame = match cap {
                 Capability::Frame { object, .. } => Some(object),

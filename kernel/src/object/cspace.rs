@@ -69,45 +69,6 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         }
     }
 
-    /// The words of the slot `address` names from the CNode whose slot
-    /// words are `root`, as [`Self::lookup_cap`] walks, for the IPC
-    /// fastpath: field reads instead of decoding, and `None` for anything
-    /// the general lookup would report as an error (and for a CNode that
-    /// consumes no bits). Agrees with `lookup_cap` wherever that succeeds
-    /// (tested).
-    #[inline(always)]
-    pub fn lookup_words(&self, root: [u64; 2], address: u64) -> Option<(Slot, [u64; 2])> {
-        let (mut object, mut radix, mut guard_size, mut guard) = super::cap::raw::cnode(root)?;
-        if radix + guard_size == 64 && radix != 0 {
-            // One level takes the whole address (the layout the kernel gives
-            // the root task and the SDK its children): the guard is the
-            // address's top bits, the index the rest.
-            if address >> radix != guard {
-                return None;
-            }
-            let slot = Slot::in_cnode(object, address & ((1 << radix) - 1));
-            return Some((slot, self.slot_words(slot)));
-        }
-        let mut bits_left = 64u32;
-        loop {
-            let level_bits = radix + guard_size;
-            if level_bits == 0 || level_bits > bits_left {
-                return None;
-            }
-            if low_bits(shift_right(address, bits_left - guard_size), guard_size) != guard {
-                return None;
-            }
-            let index = low_bits(shift_right(address, bits_left - level_bits), radix);
-            let slot = Slot::in_cnode(object, index);
-            let words = self.slot_words(slot);
-            bits_left -= level_bits;
-            match super::cap::raw::cnode(words) {
-                Some(next) if bits_left != 0 => (object, radix, guard_size, guard) = next,
-                _ => return Some((slot, words)),
-            }
-        }
-    }
-
     /// The slot an invocation names for its result: `index` at `depth`
     /// (a message word, so checked to be 1–64) in `root`. Errors are the
     /// invocation's: `RangeError` for the depth, `FailedLookup` (of the
@@ -152,7 +113,6 @@ mod tests {
     use crate::addr::PhysAddr;
     use crate::object::memory::Arena;
     use proptest::prelude::*;
-    use strata_abi::object::Rights;
 
     /// The same walk, written as plainly as possible over a bit string.
     fn naive(
@@ -225,26 +185,6 @@ mod tests {
         (space, caps)
     }
 
-    /// The fastpath's lookup finds what `lookup_cap` finds, or declines
-    /// (reading an empty slot at most) where it fails.
-    fn lookups_agree(
-        space: &ObjectSpace<Arena>,
-        root: Capability,
-        address: u64,
-    ) -> Result<(), TestCaseError> {
-        let words = root.encode().expect("encodable");
-        match (space.lookup_cap(root, address), space.lookup_words(words, address)) {
-            (Ok((slot, cap)), Some((fast_slot, found))) => {
-                prop_assert_eq!(slot, fast_slot);
-                prop_assert_eq!(Capability::decode(found), Ok(cap));
-            }
-            (Ok(found), None) => prop_assert!(false, "the fastpath lookup missed {:?}", found),
-            (Err(_), Some((_, found))) => prop_assert_eq!(found, [0, 0]),
-            (Err(_), None) => {}
-        }
-        Ok(())
-    }
-
     proptest! {
         #[test]
         fn resolve_matches_a_naive_bit_walk(
@@ -257,45 +197,6 @@ mod tests {
             prop_assert_eq!(space.resolve(caps[0], address, depth), naive(&space, caps[0], address, depth));
         }
 
-        #[test]
-        fn the_one_level_fastpath_lookup_agrees_with_the_general_one(
-            radix in 1u8..13,
-            guard in 0u64..4,
-            slot_index in 0u64..4096,
-            noise in any::<u64>(),
-            exact in any::<bool>(),
-        ) {
-            let mut space = ObjectSpace::new(Arena::new(0, 1 << 20));
-            let object = PhysAddr(0x1_0000);
-            let guard_size = 64 - radix;
-            let root = Capability::CNode { object, radix, guard_size, guard };
-            let index = slot_index % (1 << radix);
-            space.insert_root(Slot::in_cnode(object, index), Capability::Endpoint { object: PhysAddr(0x8_0000), badge: 7, rights: Rights::all() });
-            let address = if exact { guard << radix | index } else { noise };
-            lookups_agree(&space, root, address)?;
-        }
-
-        #[test]
-        fn the_fastpath_lookup_agrees_with_the_general_one(
-            shapes in prop::collection::vec((1u8..6, 0u8..5, any::<u64>()), 3),
-            links in prop::collection::vec((0usize..3, any::<u64>(), 0usize..3), 0..12),
-            endpoints in prop::collection::vec((0usize..3, any::<u64>()), 0..8),
-            tail in any::<u64>(),
-        ) {
-            let (mut space, caps) = space_with(&shapes, &links);
-            for (n, &(cnode, index)) in endpoints.iter().enumerate() {
-                let Capability::CNode { object, radix, .. } = caps[cnode] else { unreachable!() };
-                let slot = Slot::in_cnode(object, index % (1 << radix));
-                if space.cap(slot).is_null() {
-                    let endpoint = PhysAddr(0x80_0000 + 0x10 * n as u64);
-                    space.insert_root(slot, Capability::Endpoint { object: endpoint, badge: 0, rights: Rights::all() });
-                }
-            }
-            // Addresses that pass the first guard, so that walks get somewhere.
-            let Capability::CNode { guard_size, guard, .. } = caps[0] else { unreachable!() };
-            let address = if guard_size == 0 { tail } else { guard << (64 - guard_size) | tail >> guard_size };
-            lookups_agree(&space, caps[0], address)?;
-        }
     }
 
     #[test]

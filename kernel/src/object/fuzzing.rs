@@ -4,7 +4,8 @@
 //!
 //! - [`syscalls`]: bytes become a sequence of system calls by three threads
 //!   of the reference world ([`super::model::world`]), through the kernel's
-//!   real entry points (the fastpath, then `handle_syscall`), with every
+//!   real entry point (`handle_syscall`; the kernel's IPC fastpath is
+//!   assembly, checked by boot cases), with every
 //!   invocation, IPC and capability transfer reachable. After every step the
 //!   invariants hold; a revoke removed exactly the descendants.
 //! - [`decoders`]: bytes become invocations (capability, label, words,
@@ -226,43 +227,41 @@ pub fn syscalls(data: &[u8]) -> Stats {
                 !matches!(cap, Capability::Endpoint { .. } | Capability::Notification { .. })
             });
         stats.invocations += u32::from(invocation);
-        if space.fastpath(tcb).is_none() {
-            // A preempted delete or revoke is restarted until it is done,
-            // as the kernel does after taking its interrupts.
-            for _ in 0..100_000 {
-                match space.handle_syscall(tcb) {
-                    Outcome::Fault => space.suspend(tcb),
-                    // The host cannot run a guest: check the entry, then
-                    // report whatever exit the control block holds.
-                    Outcome::VmEnter(flags) => match space.vm_prepare(tcb, flags) {
-                        Ok(entry) => {
-                            if let Some(exit) = space.vm_exit(&entry) {
-                                space.vm_reply(tcb, &entry, exit);
-                            }
+        // A preempted delete or revoke is restarted until it is done,
+        // as the kernel does after taking its interrupts.
+        for _ in 0..100_000 {
+            match space.handle_syscall(tcb) {
+                Outcome::Fault => space.suspend(tcb),
+                // The host cannot run a guest: check the entry, then
+                // report whatever exit the control block holds.
+                Outcome::VmEnter(flags) => match space.vm_prepare(tcb, flags) {
+                    Ok(entry) => {
+                        if let Some(exit) = space.vm_exit(&entry) {
+                            space.vm_reply(tcb, &entry, exit);
                         }
-                        Err(super::vcpu::VmEnterRefusal::Exit(exit)) => space.reply_vm_exit(tcb, exit),
-                        Err(super::vcpu::VmEnterRefusal::Signal(entry, exit)) => {
-                            space.vm_reply(tcb, &entry, exit)
-                        }
-                        Err(super::vcpu::VmEnterRefusal::Error(_)) => {}
-                    },
-                    _ if space.context(tcb).rip == 0x40_1000 => {
-                        let mut again = space.context(tcb);
-                        again.rip = 0x40_1002;
-                        space.set_context(tcb, &again);
-                        continue;
                     }
-                    Outcome::Continue
-                        if invocation
-                            && space.thread_state(tcb) == ThreadState::Runnable
-                            && MessageInfo::decode(space.context(tcb).rsi).label == 0 =>
-                    {
-                        stats.succeeded += 1;
+                    Err(super::vcpu::VmEnterRefusal::Exit(exit)) => space.reply_vm_exit(tcb, exit),
+                    Err(super::vcpu::VmEnterRefusal::Signal(entry, exit)) => {
+                        space.vm_reply(tcb, &entry, exit)
                     }
-                    _ => {}
+                    Err(super::vcpu::VmEnterRefusal::Error(_)) => {}
+                },
+                _ if space.context(tcb).rip == 0x40_1000 => {
+                    let mut again = space.context(tcb);
+                    again.rip = 0x40_1002;
+                    space.set_context(tcb, &again);
+                    continue;
                 }
-                break;
+                Outcome::Continue
+                    if invocation
+                        && space.thread_state(tcb) == ThreadState::Runnable
+                        && MessageInfo::decode(space.context(tcb).rsi).label == 0 =>
+                {
+                    stats.succeeded += 1;
+                }
+                _ => {}
             }
+            break;
         }
         check_invariants(&space);
         if let Some(check) = revoke {

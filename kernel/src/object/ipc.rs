@@ -54,7 +54,7 @@ pub const FAULT_WORDS: usize = strata_abi::fault::WORDS;
 const FAULT_AT: u64 = layout::FAULT_WORDS;
 
 pub(super) const NOTIFICATION_BOUND: u64 = 0;
-pub(super) const NOTIFICATION_WORD: u64 = 8;
+pub(crate) const NOTIFICATION_WORD: u64 = 8;
 pub(super) const NOTIFICATION_QUEUE: u64 = 16;
 
 fn ipc_offset(field: usize) -> u64 {

@@ -118,6 +118,11 @@ impl DirectMapMemory {
         self.pcid = true;
     }
 
+    /// The stale-PCID bitmap (one bit per ASID), or null without PCIDs.
+    pub fn stale_asids(&mut self) -> *mut u64 {
+        if self.pcid { self.stale.0.as_mut_ptr() } else { core::ptr::null_mut() }
+    }
+
     /// The CR3 value that switches to the address space `pml4` with `asid`:
     /// with PCIDs, the ASID is the PCID, and the TLB entries of that PCID
     /// are kept unless they may be stale.

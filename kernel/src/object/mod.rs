@@ -19,7 +19,6 @@ pub mod cap;
 pub mod cnode;
 pub mod cspace;
 pub mod delete;
-pub mod fastpath;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod ioport;
@@ -34,8 +33,6 @@ pub mod vcpu;
 pub mod vmx;
 pub mod vspace;
 
-#[cfg(test)]
-mod fastpath_tests;
 #[cfg(test)]
 mod ipc_tests;
 #[cfg(test)]

@@ -279,13 +279,18 @@ impl ThreadState {
     }
 }
 
+/// Priorities: 0 to 255.
+pub const PRIORITIES: usize = 256;
+
 /// The run queues.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[repr(C)]
 pub struct Scheduler {
     /// The first and last TCB of each queue, 0 for none (no TCB lies at
     /// physical address 0; the TCBs' own queue links use 0 the same way).
-    heads: [u64; 256],
-    tails: [u64; 256],
+    /// The IPC fastpath finds `tails` and `nonempty` after `heads`.
+    heads: [u64; PRIORITIES],
+    tails: [u64; PRIORITIES],
     /// Bit p set: queue p is not empty.
     nonempty: [u64; 4],
 }
@@ -299,7 +304,12 @@ impl Default for Scheduler {
 impl Scheduler {
     /// Empty queues.
     pub const fn new() -> Self {
-        Self { heads: [0; 256], tails: [0; 256], nonempty: [0; 4] }
+        Self { heads: [0; PRIORITIES], tails: [0; PRIORITIES], nonempty: [0; 4] }
+    }
+
+    /// Where the queue heads lie, for the IPC fastpath.
+    pub fn queue_heads(&mut self) -> *mut u64 {
+        self.heads.as_mut_ptr()
     }
 
     /// The heads of the non-empty run queues (tests and fuzzing).
@@ -313,26 +323,8 @@ impl Scheduler {
         Self::highest_in(&self.nonempty)
     }
 
-    /// Whether a thread made runnable at `next` would be chosen once
-    /// `current` (runnable at `priority`, so in that queue) stops being
-    /// runnable: whether `next` is above every other runnable thread.
-    pub fn would_choose(&self, next: u8, current: PhysAddr, priority: u8) -> bool {
-        let Some(highest) = self.highest() else { return true };
-        if next > highest {
-            return true;
-        }
-        let p = usize::from(priority);
-        if priority != highest || self.heads[p] != current.get() || self.tails[p] != current.get() {
-            // Another thread is runnable at `highest`, which `next` does not exceed.
-            return false;
-        }
-        // `current` is alone at the top: the others are below it.
-        next == highest || self.highest_below(highest).is_none_or(|other| next > other)
-    }
-
     /// Whether `tcb` is the only thread queued at `priority` and no thread
     /// is runnable above it.
-    #[inline(always)]
     pub fn alone_at_top(&self, tcb: PhysAddr, priority: u8) -> bool {
         let p = usize::from(priority);
         let word = p / 64;
@@ -340,30 +332,6 @@ impl Scheduler {
             && self.tails[p] == tcb.get()
             && self.nonempty[word] >> (p % 64) == 1
             && self.nonempty[word + 1..].iter().all(|&bits| bits == 0)
-    }
-
-    /// Puts `into` in place of the only thread queued at `priority` (the
-    /// queue links of both must be clear): what dequeuing that thread and
-    /// enqueuing `into` at `priority` would do, with the bitmap untouched.
-    #[inline(always)]
-    pub fn replace_alone(&mut self, priority: u8, into: PhysAddr) {
-        let p = usize::from(priority);
-        self.heads[p] = into.get();
-        self.tails[p] = into.get();
-    }
-
-    /// The highest priority below `priority` with a runnable thread.
-    fn highest_below(&self, priority: u8) -> Option<u8> {
-        let p = usize::from(priority);
-        let mut word = p / 64;
-        let mut bits = self.nonempty[word] & ((1 << (p % 64)) - 1);
-        loop {
-            if bits != 0 {
-                return Some((word * 64 + 63 - bits.leading_zeros() as usize) as u8);
-            }
-            word = word.checked_sub(1)?;
-            bits = self.nonempty[word];
-        }
     }
 
     fn highest_in(nonempty: &[u64; 4]) -> Option<u8> {

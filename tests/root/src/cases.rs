@@ -10,7 +10,9 @@ use strata_abi::bootinfo::{self, slot};
 use strata_abi::error::{InvocationError, LookupFailure};
 use strata_abi::exit::ExitCode;
 use strata_abi::invocation::Label;
+use strata_abi::message::MessageInfo;
 use strata_abi::object::{ObjectType, Rights};
+use strata_abi::syscall::Syscall;
 use strata_rt::root::ThreadSpec;
 use strata_rt::{CPtr, call, debug, ipc_call, poll, println, recv, reply, reply_recv, signal, yield_now};
 
@@ -102,6 +104,8 @@ fn main() -> ! {
     suite.case("user.ipc_same_space", ipc_same_space);
     suite.case("user.ipc_cross_space", ipc_cross_space);
     suite.case("user.ipc_fastpath", ipc_fastpath);
+    suite.case("user.ipc_fastpath_lengths", ipc_fastpath_lengths);
+    suite.case("user.ipc_fastpath_priorities", ipc_fastpath_priorities);
     suite.case("user.notification", notification);
     suite.case("user.fault_handler", fault_handler);
     suite.case("user.io_ports", io_ports);
@@ -525,6 +529,114 @@ fn ipc_fastpath() -> Outcome {
     }
     check("suspend server", call(server, Label::TcbSuspend, &[], &[]))?;
     Ok(detail!("fastpath_calls={fast} general_path_call_with_cap=1"))
+}
+
+/// Answers every call with the sum and number of the words it brought
+/// (those past the eighth from its IPC buffer, if it has one), and the
+/// badge (label + 1).
+extern "C" fn sum_server() -> ! {
+    let endpoint = SERVER_ENDPOINT.load(Ordering::SeqCst);
+    let mut message = recv(endpoint);
+    loop {
+        let length = usize::from(message.length);
+        let mut words = [0u64; 12];
+        words[..8].copy_from_slice(&message.words);
+        if length > 8 {
+            strata_rt::sys::message_words(8, &mut words[8..length.min(12)]);
+        }
+        let sum = words[..length.min(12)].iter().sum();
+        message = reply_recv(endpoint, message.label + 1, &[sum, length as u64, message.badge]);
+    }
+}
+
+/// A `Call` of `length` words (`sent`, those past the eighth through the
+/// IPC buffer) to a `sum_server`: checks the reply (the server saw
+/// `seen` words) and that the message registers past its three words are
+/// the caller's own (copying more would hand it the server's).
+fn sum_call(client: CPtr, sent: &[u64; 12], length: usize, seen: usize) -> Result<(), Detail> {
+    strata_rt::sys::set_message_words(8, &sent[8..]);
+    let info =
+        MessageInfo::new(10 + length as u64, 0, length as u8).encode().map_err(|e| detail!("{e:?}"))?;
+    let registers = core::array::from_fn(|i| sent[i]);
+    let (badge, info, words) = strata_rt::sys::syscall_with_badge(Syscall::Call, client, info, registers);
+    let reply = MessageInfo::decode(info);
+    let expected = [sent[..seen].iter().sum(), seen as u64, 0x77];
+    if badge != 0 || reply.label != 11 + length as u64 || reply.length != 3 || words[..3] != expected {
+        return Err(detail!("{length} words: badge {badge}, reply {reply:?}, words {words:x?}"));
+    }
+    if words[3..] != sent[3..8] {
+        return Err(detail!(
+            "{length} words: registers past the reply {:x?}, were {:x?}",
+            &words[3..],
+            &sent[3..8]
+        ));
+    }
+    Ok(())
+}
+
+/// Calls across address spaces with 0 to 12 words, to a server with an
+/// IPC buffer and to one without (which gets the first eight): each call
+/// and reply takes the fastpath and carries exactly its words.
+fn ipc_fastpath_lengths() -> Outcome {
+    let pml4 = second_space()?;
+    let fastpath = || strata_rt::debug_counters()[3];
+    let own_buffer = strata_rt::sys::ipc_buffer_address();
+    strata_rt::root::tables_for(pml4, own_buffer).map_err(|e| detail!("buffer tables: {e}"))?;
+    for buffer in [own_buffer, 0] {
+        let endpoint = make(ObjectType::Endpoint, 0)?;
+        SERVER_ENDPOINT.store(endpoint, Ordering::SeqCst);
+        let stack_page = next_stack_page();
+        let spec = ThreadSpec {
+            entry: sum_server,
+            vspace: pml4,
+            stack_page,
+            ipc_buffer: buffer,
+            fault_endpoint: 0,
+            priority: 255,
+        };
+        let server = spawn_thread(spec)?;
+        let client = badged(endpoint, 0x77)?;
+        let _ = ipc_call(client, 1, &[1]);
+        let before = fastpath();
+        for length in 0..=12 {
+            let sent = core::array::from_fn(|i| 0xc0de_0000 + 0x100 * length as u64 + i as u64);
+            let seen = if buffer == 0 { length.min(8) } else { length };
+            sum_call(client, &sent, length, seen)?;
+        }
+        let fast = fastpath() - before;
+        check("suspend server", call(server, Label::TcbSuspend, &[], &[]))?;
+        if fast != 26 {
+            return Err(detail!("IPC buffer {buffer:#x}: {fast} of 26 calls and replies took the fastpath"));
+        }
+    }
+    Ok(detail!("fastpath_calls=2x26 lengths=0..=12"))
+}
+
+/// The fastpath switches to a thread at a higher priority than the caller
+/// (the `Call` to a server above the client), and leaves a switch to a
+/// lower one (the reply) to the general path; both give the same results.
+fn ipc_fastpath_priorities() -> Outcome {
+    let pml4 = second_space()?;
+    let endpoint = make(ObjectType::Endpoint, 0)?;
+    SERVER_ENDPOINT.store(endpoint, Ordering::SeqCst);
+    let server = spawn_in(sum_server, pml4, 0)?;
+    let client = badged(endpoint, 0x77)?;
+    let _ = ipc_call(client, 1, &[1]);
+    let fastpath = || strata_rt::debug_counters()[3];
+    let mut counts = [0; 2];
+    for (round, priority) in [254u64, 255].into_iter().enumerate() {
+        check("own priority", call(slot::TCB, Label::TcbSetPriority, &[priority, 255], &[slot::TCB]))?;
+        let before = fastpath();
+        for length in 1..=3 {
+            sum_call(client, &core::array::from_fn(|i| 7 * i as u64 + priority), length, length)?;
+        }
+        counts[round] = fastpath() - before;
+    }
+    check("suspend server", call(server, Label::TcbSuspend, &[], &[]))?;
+    if counts != [3, 6] {
+        return Err(detail!("fastpath calls {counts:?} below and at the server's priority, expected [3, 6]"));
+    }
+    Ok(detail!("fastpath_calls_below={} at={}", counts[0], counts[1]))
 }
 
 /// A second address space with this program's image mapped as here (text

@@ -145,6 +145,7 @@ macro_rules! store_guest_registers {
 
 pub mod cpu;
 pub mod exit;
+pub mod fastpath;
 pub mod gdt;
 pub mod idt;
 pub mod ioapic;

@@ -9,7 +9,8 @@
 //! stub pushes the user registers straight into the current thread's TCB
 //! as a [`UserContext`] (whose tail is an IRET frame), saves the user FPU
 //! state (x87, SSE and AVX) into the thread's XSAVE area, switches to the kernel stack and
-//! calls `ipc_fastpath` with the context. When that completes the call it
+//! calls `ipc_fast_call` or `ipc_fast_reply_recv` with the context for
+//! those two system calls. When that completes the call it
 //! returns another user thread's context, which the stub restores at once;
 //! otherwise `syscall_handler` takes the call and returns the context to
 //! run next (a TCB's, or the idle loop's), and `return_to_context`
@@ -29,6 +30,7 @@
 use core::cell::UnsafeCell;
 
 use super::gdt::{KERNEL_CODE, KERNEL_DATA};
+use crate::addr::PhysAddr;
 use crate::object::tcb::UserContext;
 
 /// This CPU's kernel-mode data, at GS:0.
@@ -72,6 +74,15 @@ pub struct PerCpu {
     pub vm_host_xcr0: u64,
     /// `VmEnter`s the fastpath completed on this CPU since boot.
     pub vm_fast_calls: u64,
+    /// The thread running on this CPU: its TCB (physical), 0 for none.
+    pub current: u64,
+    /// For the assembly IPC fastpath (`fastpath.rs`), set by [`publish`]:
+    /// the object window (physical address 0 through the direct map)...
+    pub window: u64,
+    /// ...the run queues' heads (`Scheduler`, whose tails follow)...
+    pub run_queues: u64,
+    /// ...and the stale-PCID bitmap (`StaleAsids`), 0 without PCIDs.
+    pub stale_asids: u64,
 }
 
 const STACK_SIZE: usize = 64 * 1024;
@@ -133,25 +144,12 @@ syscall_entry:
 syscall_saved:
     movq %rsp, %rdi             /* the saved context */
     movq %gs:0, %rsp            /* (FMASK cleared DF: no `cld`) */
-    call ipc_fastpath           /* Call or ReplyRecv in the common case? */
-    testq %rax, %rax
-    jz 3f
-    /* Done: RAX is the context of a user thread, now current. */
-    movq %rax, %rsp
-    /* RSP: the context to return to, a user thread's. */
-    .global syscall_return
-syscall_return:
-    "#,
-    restore_user_fpu!(),
-    r#"
-    swapgs
-    "#,
-    pop_general_registers!(),
-    r#"
-    iretq
-3:
-    movq %gs:24, %rdi           /* the saved context again (the fastpath */
-    subq ${context_size}, %rdi  /* declined, so the thread is the same) */
+    cmpq ${call}, (%rdi)        /* Call or ReplyRecv in the common case? */
+    je ipc_fast_call            /* (the fastpath, fastpath.rs, returns to */
+    cmpq ${reply_recv}, (%rdi)  /* user mode below or goes on to */
+    je ipc_fast_reply_recv      /* syscall_general) */
+    .global syscall_general
+syscall_general:                /* RDI: the saved context; RSP: the stack top */
     call syscall_handler
     movq %rax, %rsp             /* the context to run */
 
@@ -160,6 +158,18 @@ syscall_return:
 return_to_context:
     "#,
     restore_user_state!("128"),
+    pop_general_registers!(),
+    r#"
+    iretq
+
+    /* The fastpath's return: RSP is the context of a user thread, now current. */
+    .global syscall_return
+syscall_return:
+    "#,
+    restore_user_fpu!(),
+    r#"
+    swapgs
+    "#,
     pop_general_registers!(),
     r#"
     iretq
@@ -202,10 +212,11 @@ idle_loop:
     jmp idle_loop
 "#,
     yield_number = const strata_abi::syscall::Syscall::Yield as u64,
+    call = const strata_abi::syscall::Syscall::Call as u64,
+    reply_recv = const strata_abi::syscall::Syscall::ReplyRecv as u64,
     vm_enter_number = const strata_abi::syscall::Syscall::VmEnter as u64,
     vm_open = const core::mem::offset_of!(PerCpu, vm_open),
     load_registers = const strata_abi::vcpu::enter::LOAD_REGISTERS,
-    context_size = const core::mem::size_of::<UserContext>(),
     options(att_syntax)
 );
 
@@ -270,6 +281,26 @@ pub fn switch_thread(context: *mut UserContext, fpu_area: u64) {
         (*per_cpu()).fpu_area = fpu_area;
         (*per_cpu()).context_end = context.wrapping_add(1) as u64;
     }
+}
+
+/// The thread running on this CPU, if any.
+pub fn current() -> Option<PhysAddr> {
+    // SAFETY: interrupts are off in the kernel; nothing else writes the block now.
+    Some(PhysAddr(unsafe { (*per_cpu()).current })).filter(|tcb| tcb.get() != 0)
+}
+
+/// Records the thread that runs on this CPU next.
+pub fn set_current(tcb: Option<PhysAddr>) {
+    // SAFETY: as for `current`.
+    unsafe { (*per_cpu()).current = tcb.map_or(0, PhysAddr::get) };
+}
+
+/// Gives the IPC fastpath the object window, the run queues and the
+/// stale-PCID bitmap (see [`PerCpu::window`]).
+pub fn publish(window: *mut u8, run_queues: *mut u64, stale_asids: *mut u64) {
+    // SAFETY: as for `current`.
+    let cpu = unsafe { &mut *per_cpu() };
+    (cpu.window, cpu.run_queues, cpu.stale_asids) = (window as u64, run_queues as u64, stale_asids as u64);
 }
 
 /// Records whether the thread about to run in user mode is alone at the
