@@ -76,6 +76,10 @@ pub mod layout {
     pub const FAULT_LABEL: u64 = 0x130;
     /// The bound VCPU, or 0.
     pub const VCPU: u64 = 0x138;
+    /// The IPC fastpath's last lookup (`arch::x86_64::fastpath`): the
+    /// CSpace root's two words and the CPtr it resolved, then the slot
+    /// (physical). Zero (no CNode) until the first.
+    pub const LOOKUP_CACHE: u64 = 0x140;
     /// The capability slots: CSpace root, VSpace root, IPC buffer frame, GuestSpace.
     pub const SLOTS: u64 = 0x180;
     /// The XSAVE area (64-byte aligned, to the end of the TCB).

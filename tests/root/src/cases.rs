@@ -582,6 +582,9 @@ fn ipc_fastpath_lengths() -> Outcome {
     let fastpath = || strata_rt::debug_counters()[3];
     let own_buffer = strata_rt::sys::ipc_buffer_address();
     strata_rt::root::tables_for(pml4, own_buffer).map_err(|e| detail!("buffer tables: {e}"))?;
+    // One CPtr names each server's endpoint in turn: the fastpath's cached
+    // lookup (the slot) must find the capability now in it.
+    let client = strata_rt::root::fresh_slot();
     for buffer in [own_buffer, 0] {
         let endpoint = make(ObjectType::Endpoint, 0)?;
         SERVER_ENDPOINT.store(endpoint, Ordering::SeqCst);
@@ -595,7 +598,11 @@ fn ipc_fastpath_lengths() -> Outcome {
             priority: 255,
         };
         let server = spawn_thread(spec)?;
-        let client = badged(endpoint, 0x77)?;
+        let _ = cnode_op(Label::CNodeDelete, &[client, DEPTH]);
+        check(
+            "mint",
+            cnode_op(Label::CNodeMint, &[client, DEPTH, endpoint, DEPTH, Rights::all().bits(), 0x77]),
+        )?;
         let _ = ipc_call(client, 1, &[1]);
         let before = fastpath();
         for length in 0..=12 {

@@ -45,9 +45,23 @@ core::arch::global_asm!(
     .section .text.user_entry, "ax"
 
     /* RCX: word 0 of the endpoint capability the CPtr in the context at
-       RDI names, if the CSpace is one CNode of 64 bits; RDX: its badge. */
+       RDI names, if the CSpace is one CNode of 64 bits; RDX: its badge.
+       The slot is a function of the root's words and the CPtr: the TCB
+       keeps the last one found, and a lookup of the same CPtr in the
+       same root takes it from there. */
     .macro lookup_endpoint fail
     movq {slots}(%rdi), %rax
+    movq {rdi}(%rdi), %rdx
+    cmpq {cache}(%rdi), %rax
+    jne 1f
+    cmpq {cache}+16(%rdi), %rdx
+    jne 1f
+    movq {slots}+8(%rdi), %rsi
+    cmpq {cache}+8(%rdi), %rsi
+    jne 1f
+    movq {cache}+24(%rdi), %rdx
+    .pushsection .text.ipc_fast_lookup, "ax"
+1:
     movl %eax, %ecx
     andl $0x1f, %ecx
     cmpl ${tag_cnode}, %ecx
@@ -55,28 +69,35 @@ core::arch::global_asm!(
     movl %eax, %ecx
     shrl ${radix_shift}, %ecx
     andl ${radix_mask}, %ecx
-    movl %eax, %edx
-    shrl ${guard_shift}, %edx
-    andl ${guard_mask}, %edx
-    addl %ecx, %edx
-    cmpl $64, %edx
+    movl %eax, %esi
+    shrl ${guard_shift}, %esi
+    andl ${guard_mask}, %esi
+    addl %ecx, %esi
+    cmpl $64, %esi
     jne \fail
-    movq {rdi}(%rdi), %rdx
     movq %rdx, %rsi
     shrq %cl, %rsi
     cmpq {slots}+8(%rdi), %rsi
     jne \fail
-    movq $-1, %rsi
     shlq %cl, %rsi
-    notq %rsi
-    andq %rsi, %rdx
+    subq %rsi, %rdx                     /* the index */
     shlq $5, %rdx
     shlq ${cnode_up}, %rax
     shrq ${cnode_down}, %rax
     shlq $5, %rax
-    addq %rbp, %rdx
-    movq (%rax,%rdx), %rcx
-    movq 8(%rax,%rdx), %rdx
+    addq %rax, %rdx
+    movq {slots}(%rdi), %rax
+    movq %rax, {cache}(%rdi)
+    movq {slots}+8(%rdi), %rax
+    movq %rax, {cache}+8(%rdi)
+    movq {rdi}(%rdi), %rax
+    movq %rax, {cache}+16(%rdi)
+    movq %rdx, {cache}+24(%rdi)
+    jmp 2f
+    .popsection
+2:
+    movq (%rbp,%rdx), %rcx
+    movq 8(%rbp,%rdx), %rdx
     movl %ecx, %eax
     andl $0x1f, %eax
     cmpl ${tag_endpoint}, %eax
@@ -136,11 +157,11 @@ core::arch::global_asm!(
 2:
     movl %r14d, %r13d
     andl $0x7f, %r13d
+    cmpl ${register_words}, %r13d
+    jbe 3f
     movl ${max_length}, %eax
     cmpl %eax, %r13d
     cmoval %eax, %r13d
-    cmpl ${register_words}, %r13d
-    jbe 3f
     buffer (%rdi), %r9, \fail
     buffer (%r12), %r10, 8f
     jmp 3f
@@ -221,7 +242,7 @@ ipc_fast_call:
     common_checks 9f
     /* Committed. The receiver leaves the queue; the caller waits for
        the reply. */
-    movq {queue_next}(%r12), %rax
+    movq {queue_next}(%r12), %rax       /* (its previous link is 0) */
     movq %rax, (%rbp,%rcx)
     testq %rax, %rax
     jnz 0f
@@ -229,9 +250,8 @@ ipc_fast_call:
     jmp 1f
 0:
     movq $0, {queue_prev}(%rbp,%rax)
-1:
     movq $0, {queue_next}(%r12)
-    movq $0, {queue_prev}(%r12)
+1:
     movq ${blocked_on_reply}, {state}(%rdi)
     movq %rbx, {replier}(%rdi)
     movq %r15, {reply_to}(%r12)
@@ -283,9 +303,8 @@ ipc_fast_reply_recv:
     movq $0, {send_flags}(%r12)
     movq ${blocked_on_receive}, {state}(%rdi)
     movq %rcx, {blocked_on}(%rdi)
-    movq 8(%rbp,%rcx), %rax
-    movq $0, {queue_next}(%rdi)
-    movq %rax, {queue_prev}(%rdi)
+    movq 8(%rbp,%rcx), %rax             /* (its next link is 0: it was */
+    movq %rax, {queue_prev}(%rdi)       /* alone in its run queue) */
     testq %rax, %rax
     jnz 0f
     movq %r15, (%rbp,%rcx)
@@ -321,6 +340,7 @@ ipc_fast_switch:
     jmp syscall_return
 "#,
     slots = const layout::SLOTS,
+    cache = const layout::LOOKUP_CACHE,
     rdi = const register::RDI,
     rsi = const register::RSI,
     state = const layout::STATE,
