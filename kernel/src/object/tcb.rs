@@ -80,6 +80,8 @@ pub mod layout {
     /// CSpace root's two words and the CPtr it resolved, then the slot
     /// (physical). Zero (no CNode) until the first.
     pub const LOOKUP_CACHE: u64 = 0x140;
+    /// Its CR3 value for this thread's VSpace, after the VSpace's word 0.
+    pub const CR3_CACHE: u64 = 0x160;
     /// The capability slots: CSpace root, VSpace root, IPC buffer frame, GuestSpace.
     pub const SLOTS: u64 = 0x180;
     /// The XSAVE area (64-byte aligned, to the end of the TCB).

@@ -44,12 +44,13 @@ core::arch::global_asm!(
     r#"
     .section .text.user_entry, "ax"
 
-    /* RCX: word 0 of the endpoint capability the CPtr in the context at
-       RDI names, if the CSpace is one CNode of 64 bits; RDX: its badge.
+    /* RCX: word 0 of the endpoint capability with the rights \need that
+       the CPtr in the context at RDI names, if the CSpace is one CNode of
+       64 bits; RDX: its badge.
        The slot is a function of the root's words and the CPtr: the TCB
        keeps the last one found, and a lookup of the same CPtr in the
        same root takes it from there. */
-    .macro lookup_endpoint fail
+    .macro lookup_endpoint fail, need
     movq {slots}(%rdi), %rax
     movq {rdi}(%rdi), %rdx
     cmpq {cache}(%rdi), %rax
@@ -99,8 +100,8 @@ core::arch::global_asm!(
     movq (%rbp,%rdx), %rcx
     movq 8(%rbp,%rdx), %rdx
     movl %ecx, %eax
-    andl $0x1f, %eax
-    cmpl ${tag_endpoint}, %eax
+    andl $(0x1f | \need), %eax
+    cmpl $({tag_endpoint} | \need), %eax
     jne \fail
     .endm
 
@@ -129,7 +130,18 @@ core::arch::global_asm!(
     movzbl {priority}(%rdi), %eax
     cmpb %al, {priority}(%r12)
     jb \fail
-    movq {slots}+32(%r12), %rax
+    movq {slots}+32(%r12), %rax         /* its VSpace's word 0: the CR3 */
+    cmpq {cr3_cache}(%r12), %rax        /* value is a function of it, */
+    jne 1f                              /* which the TCB keeps */
+2:
+    movq {cr3_cache}+8(%r12), %rsi
+    movq %cr3, %r8
+    cmpq %rsi, %r8
+    jne 4f
+    xorl %esi, %esi
+    jmp 5f
+    .pushsection .text.ipc_fast_cr3, "ax"
+1:
     movl %eax, %esi
     andl $0x3f, %esi
     cmpl ${tag_pml4_assigned}, %esi
@@ -137,24 +149,27 @@ core::arch::global_asm!(
     movq %rax, %rsi
     shlq ${pml4_up}, %rsi
     shrq ${pml4_down}, %rsi
-    shlq $12, %rsi
-    movq %cr3, %r8
-    andq $-4096, %r8
-    cmpq %rsi, %r8
-    jne 1f
-    xorl %esi, %esi
-    jmp 2f
-1:
+    shlq $12, %rsi                      /* the PML4 */
+    movq %rax, {cr3_cache}(%r12)
+    cmpq $0, %gs:{stale}
+    je 3f
+    shrq ${asid_shift}, %rax
+    andl $0xfff, %eax
+    orq %rax, %rsi                      /* with PCIDs, the ASID */
+3:
+    movq %rsi, {cr3_cache}+8(%r12)
+    jmp 2b
+    .popsection
+4:
     movq %gs:{stale}, %r11
     testq %r11, %r11
-    jz 2f
-    shrq ${asid_shift}, %rax
+    jz 5f
+    movl %esi, %eax
     andl $0xfff, %eax
     btq %rax, (%r11)
     jc \fail
-    orq %rax, %rsi
     btsq $63, %rsi
-2:
+5:
     movl %r14d, %r13d
     andl $0x7f, %r13d
     cmpl ${register_words}, %r13d
@@ -223,12 +238,9 @@ ipc_fast_call:
     testl ${extra_caps}, %r14d
     jnz 9f
     movq %gs:{window}, %rbp
-    movq %rdi, %r15
-    subq %rbp, %r15                     /* R15: the caller (physical) */
-    lookup_endpoint 9f
+    movq %gs:{current}, %r15            /* R15: the caller (physical) */
+    lookup_endpoint 9f, {write_right}
     testl ${grant_rights}, %ecx
-    jz 9f
-    testl ${write_right}, %ecx
     jz 9f
     shlq ${small_up}, %rcx
     shrq ${small_down}, %rcx
@@ -264,8 +276,7 @@ ipc_fast_reply_recv:
     cmpq $0, %gs:{yield_alone}
     je 9f
     movq %gs:{window}, %rbp
-    movq %rdi, %r15
-    subq %rbp, %r15                     /* R15: the server (physical) */
+    movq %gs:{current}, %r15            /* R15: the server (physical) */
     movq {reply_to}(%rdi), %rbx         /* RBX: the caller */
     testq %rbx, %rbx
     jz 9f
@@ -277,9 +288,7 @@ ipc_fast_reply_recv:
     testq ${fault}, {send_flags}(%r12)
     jnz 9f
     movq {rsi}(%rdi), %r14              /* (extra capabilities are ignored) */
-    lookup_endpoint 9f
-    testl ${read_right}, %ecx
-    jz 9f
+    lookup_endpoint 9f, {read_right}
     shlq ${small_up}, %rcx
     shrq ${small_down}, %rcx
     shlq $4, %rcx                       /* RCX: the endpoint */
@@ -336,11 +345,18 @@ ipc_fast_switch:
     .if {counting}
     lock incq {fastpath_calls}(%rip)
     .endif
+    movl $-1, %eax                      /* (as `syscall_return`) */
+    xrstor64 {fpu}(%r12)
     movq %r12, %rsp
-    jmp syscall_return
+    swapgs
+    "#,
+    pop_general_registers!(),
+    r#"
+    iretq
 "#,
     slots = const layout::SLOTS,
     cache = const layout::LOOKUP_CACHE,
+    cr3_cache = const layout::CR3_CACHE,
     rdi = const register::RDI,
     rsi = const register::RSI,
     state = const layout::STATE,
