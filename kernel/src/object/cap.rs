@@ -681,7 +681,7 @@ pub(crate) mod tests {
                 }
                 Capability::Endpoint { object, badge, rights } => {
                     prop_assert_eq!(words[0] & 0x1f, raw::TAG_ENDPOINT);
-                    prop_assert_eq!((field(SMALL_OBJECT) << 4, words[1]), (object.get(), badge));
+                    prop_assert_eq!((words[0] >> SMALL_OBJECT.shift << 4, words[1]), (object.get(), badge));
                     prop_assert_eq!(words[0] & raw::right(Rights::all()), raw::right(rights));
                 }
                 Capability::Frame { object, .. } => {

@@ -126,7 +126,7 @@ core::arch::global_asm!(
        physical) and the info word in R14. Out: RSI, the CR3 value that
        switches to its address space (0: it is current); R13, the length
        the receiver gets; R9 and R10, the IPC buffers past eight words. */
-    .macro common_checks fail
+    .macro common_checks fail, info_mask
     movzbl {priority}(%rdi), %eax
     cmpb %al, {priority}(%r12)
     jb \fail
@@ -161,9 +161,9 @@ core::arch::global_asm!(
     jmp 2b
     .popsection
 4:
+    cmpq $0, %gs:{stale}
+    je 5f
     movq %gs:{stale}, %r11
-    testq %r11, %r11
-    jz 5f
     movl %esi, %eax
     andl $0xfff, %eax
     btq %rax, (%r11)
@@ -171,9 +171,11 @@ core::arch::global_asm!(
     btsq $63, %rsi
 5:
     movl %r14d, %r13d
-    andl $0x7f, %r13d
+    andl $\info_mask, %r13d             /* (a call's extra caps count too) */
     cmpl ${register_words}, %r13d
     jbe 3f
+    cmpl $0x7f, %r13d
+    ja \fail
     movl ${max_length}, %eax
     cmpl %eax, %r13d
     cmoval %eax, %r13d
@@ -213,11 +215,11 @@ core::arch::global_asm!(
     movq %r14, {rsi}(%r12)
     /* The caller was alone at its priority, the highest, so the other
        thread (at least as high) is now alone at its own. */
-    movzbl {priority}(%rdi), %eax
     movzbl {priority}(%r12), %r8d
     movq %gs:{run_queues}, %r11
-    cmpl %eax, %r8d
+    cmpb %r8b, {priority}(%rdi)
     je 7f
+    movzbl {priority}(%rdi), %eax
     movq $0, (%r11,%rax,8)
     movq $0, {tails}(%r11,%rax,8)
     btrq %rax, {nonempty}(%r11)
@@ -235,23 +237,20 @@ ipc_fast_call:
     cmpq $0, %gs:{yield_alone}
     je 9f
     movq {rsi}(%rdi), %r14
-    testl ${extra_caps}, %r14d
-    jnz 9f
     movq %gs:{window}, %rbp
     movq %gs:{current}, %r15            /* R15: the caller (physical) */
     lookup_endpoint 9f, {write_right}
     testl ${grant_rights}, %ecx
     jz 9f
-    shlq ${small_up}, %rcx
-    shrq ${small_down}, %rcx
-    shlq $4, %rcx                       /* RCX: the endpoint */
+    shrq ${small_shift}, %rcx           /* RCX: the endpoint (slots hold */
+    shlq $4, %rcx                       /* canonical encodings: no bits above) */
     movq (%rbp,%rcx), %rbx              /* RBX: the receiver, at its head */
     testq %rbx, %rbx
     jz 9f
     leaq (%rbp,%rbx), %r12
     cmpq ${blocked_on_receive}, {state}(%r12)
     jne 9f
-    common_checks 9f
+    common_checks 9f, 0x1ff
     /* Committed. The receiver leaves the queue; the caller waits for
        the reply. */
     movq {queue_next}(%r12), %rax       /* (its previous link is 0) */
@@ -289,8 +288,7 @@ ipc_fast_reply_recv:
     jnz 9f
     movq {rsi}(%rdi), %r14              /* (extra capabilities are ignored) */
     lookup_endpoint 9f, {read_right}
-    shlq ${small_up}, %rcx
-    shrq ${small_down}, %rcx
+    shrq ${small_shift}, %rcx
     shlq $4, %rcx                       /* RCX: the endpoint */
     movq (%rbp,%rcx), %rax
     testq %rax, %rax
@@ -304,7 +302,7 @@ ipc_fast_reply_recv:
     cmpq $0, {notification_word}(%rbp,%rax)
     jne 9f
 0:
-    common_checks 9f
+    common_checks 9f, 0x7f
     /* Committed. The reply link goes; the server waits at the tail of
        the endpoint's queue. */
     movq $0, {reply_to}(%rdi)
@@ -382,7 +380,6 @@ ipc_fast_switch:
     register_words = const strata_abi::message::REGISTER_WORDS,
     max_length = const strata_abi::message::MAX_LENGTH,
     buffer_message = const offset_of!(strata_abi::bootinfo::IpcBuffer, message),
-    extra_caps = const 3 << 7, // `MessageInfo::extra_caps`, bits 7-8
     runnable = const ThreadState::Runnable as u64,
     blocked_on_send = const ThreadState::BlockedOnSend as u64,
     blocked_on_receive = const ThreadState::BlockedOnReceive as u64,
@@ -399,8 +396,7 @@ ipc_fast_switch:
     guard_mask = const field::CNODE_GUARD_SIZE.mask(),
     cnode_up = const field::CNODE_OBJECT.up(),
     cnode_down = const field::CNODE_OBJECT.down(),
-    small_up = const field::SMALL_OBJECT.up(),
-    small_down = const field::SMALL_OBJECT.down(),
+    small_shift = const field::SMALL_OBJECT.shift,
     frame_up = const field::FRAME_OBJECT.up(),
     frame_down = const field::FRAME_OBJECT.down(),
     pml4_up = const field::PML4_OBJECT.up(),

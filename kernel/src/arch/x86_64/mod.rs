@@ -38,14 +38,15 @@ macro_rules! restore_user_fpu {
 
 /// AT&T assembly for a `syscall` entry that goes on into the kernel: the
 /// user RSP kept at `%gs:8`, the registers pushed into the current
-/// thread's context (which ends at `%gs:24`) and its FPU state saved.
+/// thread's context (which ends at `%gs:24`) and its FPU state saved. RSP
+/// is then the context, the TCB's start: its XSAVE area is at `{fpu}`.
 macro_rules! save_syscall_context {
     () => {
         concat!(
             "movq %rsp, %gs:8\n movq %gs:24, %rsp\n",
             push_syscall_frame!(),
             push_general_registers!(),
-            save_user_fpu!()
+            "movl $-1, %eax\n xsave64 {fpu}(%rsp)\n"
         )
     };
 }

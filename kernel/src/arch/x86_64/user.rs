@@ -213,6 +213,7 @@ idle_loop:
 "#,
     yield_number = const strata_abi::syscall::Syscall::Yield as u64,
     call = const strata_abi::syscall::Syscall::Call as u64,
+    fpu = const crate::object::tcb::layout::FPU,
     reply_recv = const strata_abi::syscall::Syscall::ReplyRecv as u64,
     vm_enter_number = const strata_abi::syscall::Syscall::VmEnter as u64,
     vm_open = const core::mem::offset_of!(PerCpu, vm_open),
