@@ -21,6 +21,7 @@ use crate::boot::{FRAMES, Kernel};
 use crate::object::memory::DirectMapMemory;
 use crate::object::tcb::{UserContext, layout};
 use crate::object::vcpu::VmEntry;
+use crate::object::vspace::ASID_EPOCH;
 use crate::object::{ObjectSpace, PhysicalMemory};
 use crate::rootserver::Module;
 use crate::syscall::Outcome;
@@ -258,15 +259,31 @@ impl Runtime {
         // Word 0 holds all `raw::pml4` reads.
         let vspace = ObjectSpace::<DirectMapMemory>::tcb_slot(tcb, 1);
         let word = self.space.memory.read(vspace.0);
-        if let Some((object, asid)) = crate::object::cap::raw::pml4([word, 0]) {
-            // SAFETY: the PML4 is a live address-space object whose upper half
-            // is the kernel's (copied at retype), so the kernel keeps running.
-            unsafe {
-                if x86::controlregs::cr3() & 0x000f_ffff_ffff_f000 != object.get() {
-                    x86::controlregs::cr3_write(self.space.memory.cr3_for(object, asid));
-                    if cfg!(feature = "selftest") {
-                        CR3_WRITES.fetch_add(1, Ordering::Relaxed);
-                    }
+        // A thread without a live address space (none, or one whose ASID
+        // pool was deleted, so that its ASID may be another's) runs in the
+        // kernel's, which has no user mappings: it faults at once, and no
+        // PCID holds entries of a space other than the one its ASID names.
+        let (root, asid) = match crate::object::cap::raw::pml4([word, 0]) {
+            Some((object, asid)) if self.space.pml4_of(asid) == Some(object) => {
+                let cached =
+                    [word, self.space.memory.cr3_base(object, asid), ASID_EPOCH.load(Ordering::Relaxed)];
+                for (offset, word) in (0..).step_by(8).zip(cached) {
+                    self.space.memory.write(tcb.offset(layout::CR3_CACHE + offset), word);
+                }
+                (object, Some(asid))
+            }
+            _ => (self.space.kernel_pml4.unwrap_or(PhysAddr(0)), None),
+        };
+        // SAFETY: the PML4 is a live address-space object whose upper half
+        // is the kernel's (copied at retype), or the kernel's own, so the
+        // kernel keeps running.
+        unsafe {
+            if root.get() != 0 && x86::controlregs::cr3() & 0x000f_ffff_ffff_f000 != root.get() {
+                x86::controlregs::cr3_write(
+                    asid.map_or(root.get(), |asid| self.space.memory.cr3_for(root, asid)),
+                );
+                if cfg!(feature = "selftest") {
+                    CR3_WRITES.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

@@ -335,8 +335,6 @@ pub mod raw {
     pub const TAG_ENDPOINT: u64 = tag::ENDPOINT;
     /// See [`TAG_CNODE`].
     pub const TAG_FRAME: u64 = tag::FRAME;
-    /// A PML4 with an ASID: its tag and `PML4_ASSIGNED` (bits 0-5).
-    pub const TAG_PML4_ASSIGNED: u64 = tag::PML4 | 1 << PML4_ASSIGNED.shift;
 
     /// `rights` in an endpoint's word 0.
     pub const fn right(rights: Rights) -> u64 {
@@ -686,11 +684,6 @@ pub(crate) mod tests {
                 }
                 Capability::Frame { object, .. } => {
                     prop_assert_eq!((words[0] & 0x1f, field(FRAME_OBJECT) << 12), (raw::TAG_FRAME, object.get()));
-                }
-                Capability::Pml4 { object, asid } => {
-                    prop_assert_eq!(words[0] & 0x3f == raw::TAG_PML4_ASSIGNED, asid.is_some());
-                    prop_assert_eq!(field(PML4_OBJECT) << 12, object.get());
-                    prop_assert_eq!(field(PML4_ASID), u64::from(asid.unwrap_or(0)));
                 }
                 _ => {}
             }

@@ -129,6 +129,12 @@ impl DirectMapMemory {
     pub fn cr3_for(&mut self, pml4: PhysAddr, asid: u16) -> u64 {
         if self.pcid { self.stale.cr3_for(pml4, asid) } else { pml4.get() }
     }
+
+    /// What `cr3_for` returns, without the no-flush bit or a stale mark
+    /// cleared (the IPC fastpath adds both).
+    pub fn cr3_base(&self, pml4: PhysAddr, asid: u16) -> u64 {
+        pml4.get() | if self.pcid { u64::from(asid & 0xfff) } else { 0 }
+    }
 }
 
 impl PhysicalMemory for DirectMapMemory {

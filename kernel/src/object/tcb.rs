@@ -78,9 +78,12 @@ pub mod layout {
     pub const VCPU: u64 = 0x138;
     /// The IPC fastpath's last lookup (`arch::x86_64::fastpath`): the
     /// CSpace root's two words and the CPtr it resolved, then the slot
-    /// (physical). Zero (no CNode) until the first.
+    /// (physical). Word 0 starts as no capability's word 0.
     pub const LOOKUP_CACHE: u64 = 0x140;
-    /// Its CR3 value for this thread's VSpace, after the VSpace's word 0.
+    /// For the IPC fastpath, what the last switch to this thread found
+    /// valid (`Runtime::switch_to`): the VSpace's word 0, its CR3 value
+    /// (without the no-flush bit) and `vspace::ASID_EPOCH`. Word 0 starts
+    /// as no capability's word 0.
     pub const CR3_CACHE: u64 = 0x160;
     /// The capability slots: CSpace root, VSpace root, IPC buffer frame, GuestSpace.
     pub const SLOTS: u64 = 0x180;
@@ -543,6 +546,9 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
         self.memory.write(tcb.offset(layout::FPU), 0x037f);
         self.memory.write(tcb.offset(layout::FPU + 24), 0x0000_ffff_0000_1f80);
         self.set_context(tcb, &UserContext::default().sanitised());
+        for cache in [layout::LOOKUP_CACHE, layout::CR3_CACHE] {
+            self.memory.write(tcb.offset(cache), u64::MAX);
+        }
     }
 
     /// Releases a TCB whose last capability is being deleted: it leaves the

@@ -248,6 +248,23 @@ fn a_woken_thread_of_higher_priority_runs_at_once() {
     assert_eq!(space.next_thread(Some(low), true), Some(peer), "a yield lets its equal run");
 }
 
+/// The IPC fastpath's caches in a new TCB are keyed on a word no slot
+/// holds, so its first lookup and first switch cannot hit: a zero key would
+/// match an empty CSpace root (slot 0, physical 0) or VSpace.
+#[test]
+fn a_new_tcbs_fastpath_caches_match_no_capability() {
+    let mut space = boot_with_pool();
+    retype(&mut space, ObjectType::Tcb, 0, 16, 1);
+    let tcb = tcb_object(&space, 16);
+    for cache in [layout::LOOKUP_CACHE, layout::CR3_CACHE] {
+        let key = space.memory.read(tcb.offset(cache));
+        assert!(
+            Capability::decode_fields([key, 0]).is_err() && key != 0,
+            "cache at {cache:#x} starts with key {key:#x}"
+        );
+    }
+}
+
 #[test]
 fn the_tcb_fields_do_not_overlap_and_fit() {
     use super::ipc::FAULT_WORDS;
@@ -269,6 +286,8 @@ fn the_tcb_fields_do_not_overlap_and_fit() {
         ("fault words", layout::FAULT_WORDS, 8 * FAULT_WORDS as u64),
         ("fault label", layout::FAULT_LABEL, 8),
         ("VCPU", layout::VCPU, 8),
+        ("lookup cache", layout::LOOKUP_CACHE, 32),
+        ("CR3 cache", layout::CR3_CACHE, 24),
         ("FPU", layout::FPU, 512),
     ];
     fields.sort_by_key(|f| f.1);

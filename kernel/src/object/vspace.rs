@@ -37,6 +37,11 @@ use super::{Capability, ObjectSpace, PhysicalMemory, Slot};
 use crate::addr::PhysAddr;
 use crate::arch::x86_64::paging::{Level, PageTableEntry, PteFlags};
 
+/// ASID pools deleted since boot. Their PML4s keep their ASIDs in the
+/// capabilities that name them, and the ASIDs may be handed out again: a
+/// value the IPC fastpath cached before a deletion is not used after it.
+pub static ASID_EPOCH: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// Number of ASID pools the ASID table can hold.
 pub const ASID_POOLS: usize = (ASID_COUNT / ASID_POOL_SIZE) as usize;
 
@@ -456,6 +461,7 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// that they map nothing (seL4 stops using such a space instead).
     #[cold]
     fn empty_pool_spaces(&mut self, first_asid: u16) {
+        ASID_EPOCH.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         for asid in first_asid..first_asid + ASID_POOL_SIZE as u16 {
             let Some((root, guest)) = self.address_space_root(asid) else { continue };
             self.memory.zero(root, if guest { 4096 } else { 2048 });

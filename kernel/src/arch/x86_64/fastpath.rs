@@ -21,8 +21,10 @@
 //!   notification;
 //! - words past the eight message registers come from the sender's IPC
 //!   buffer, which must exist (they reach the receiver only if it has one);
-//! - the other thread's VSpace is a PML4 with an ASID whose PCID is not
-//!   marked stale (the general path flushes it).
+//! - the other thread's VSpace is the one whose CR3 value the general
+//!   path's last switch to it found valid and left in its TCB (with PCIDs:
+//!   no ASID pool deleted since, and its PCID not marked stale, which the
+//!   general path flushes).
 //!
 //! Anything else goes on, unchanged, to the general path
 //! (`syscall_general`), which takes the call from the start.
@@ -130,39 +132,21 @@ core::arch::global_asm!(
     movzbl {priority}(%rdi), %eax
     cmpb %al, {priority}(%r12)
     jb \fail
-    movq {slots}+32(%r12), %rax         /* its VSpace's word 0: the CR3 */
-    cmpq {cr3_cache}(%r12), %rax        /* value is a function of it, */
-    jne 1f                              /* which the TCB keeps */
-2:
+    movq {slots}+32(%r12), %rax         /* its VSpace's word 0, and the */
+    cmpq {cr3_cache}(%r12), %rax        /* CR3 value `switch_to` found */
+    jne \fail                           /* for it (run.rs) */
     movq {cr3_cache}+8(%r12), %rsi
     movq %cr3, %r8
     cmpq %rsi, %r8
     jne 4f
     xorl %esi, %esi
     jmp 5f
-    .pushsection .text.ipc_fast_cr3, "ax"
-1:
-    movl %eax, %esi
-    andl $0x3f, %esi
-    cmpl ${tag_pml4_assigned}, %esi
-    jne \fail
-    movq %rax, %rsi
-    shlq ${pml4_up}, %rsi
-    shrq ${pml4_down}, %rsi
-    shlq $12, %rsi                      /* the PML4 */
-    movq %rax, {cr3_cache}(%r12)
-    cmpq $0, %gs:{stale}
-    je 3f
-    shrq ${asid_shift}, %rax
-    andl $0xfff, %eax
-    orq %rax, %rsi                      /* with PCIDs, the ASID */
-3:
-    movq %rsi, {cr3_cache}+8(%r12)
-    jmp 2b
-    .popsection
 4:
     cmpq $0, %gs:{stale}
     je 5f
+    movq {asid_epoch}(%rip), %r8        /* with PCIDs: no ASID pool was */
+    cmpq %r8, {cr3_cache}+16(%r12)      /* deleted since (its ASIDs may */
+    jne \fail                           /* name other spaces now) */
     movq %gs:{stale}, %r11
     movl %esi, %eax
     andl $0xfff, %eax
@@ -181,6 +165,11 @@ core::arch::global_asm!(
     cmoval %eax, %r13d
     buffer (%rdi), %r9, \fail
     buffer (%r12), %r10, 8f
+    movq %r10, %rax                     /* the general path reads the */
+    subq %r9, %rax                      /* whole message first: decline */
+    leaq (,%r13,8), %r8                 /* a receiver's buffer starting */
+    cmpq %r8, %rax                      /* inside the sender's message */
+    jb \fail
     jmp 3f
 8:
     movl ${register_words}, %r13d
@@ -389,7 +378,6 @@ ipc_fast_switch:
     tag_cnode = const field::TAG_CNODE,
     tag_endpoint = const field::TAG_ENDPOINT,
     tag_frame = const field::TAG_FRAME,
-    tag_pml4_assigned = const field::TAG_PML4_ASSIGNED,
     radix_shift = const field::CNODE_RADIX.shift,
     radix_mask = const field::CNODE_RADIX.mask(),
     guard_shift = const field::CNODE_GUARD_SIZE.shift,
@@ -399,9 +387,6 @@ ipc_fast_switch:
     small_shift = const field::SMALL_OBJECT.shift,
     frame_up = const field::FRAME_OBJECT.up(),
     frame_down = const field::FRAME_OBJECT.down(),
-    pml4_up = const field::PML4_OBJECT.up(),
-    pml4_down = const field::PML4_OBJECT.down(),
-    asid_shift = const field::PML4_ASID.shift,
     read_right = const field::right(Rights::READ),
     write_right = const field::right(Rights::WRITE),
     grant_rights = const field::right(Rights::GRANT.union(Rights::GRANT_REPLY)),
@@ -417,5 +402,6 @@ ipc_fast_switch:
     counting = const cfg!(feature = "selftest") as u8,
     cr3_writes = sym crate::run::CR3_WRITES,
     fastpath_calls = sym crate::run::FASTPATH_CALLS,
+    asid_epoch = sym crate::object::vspace::ASID_EPOCH,
     options(att_syntax)
 );
