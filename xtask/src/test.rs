@@ -55,7 +55,7 @@ const BOCHS_MEMORY_MIB: u32 = 128;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(90);
 const BOCHS_TIMEOUT: Duration = Duration::from_secs(240);
 /// The cases every self-test image must report.
-const BOOT_CASES: [&str; 77] = [
+const BOOT_CASES: [&str; 79] = [
     "boot.loader",
     "boot.cmdline",
     "boot.memory_map",
@@ -79,6 +79,8 @@ const BOOT_CASES: [&str; 77] = [
     "user.ipc_fastpath",
     "user.ipc_fastpath_lengths",
     "user.ipc_fastpath_priorities",
+    "user.ipc_overlapping_buffers",
+    "user.thread_without_vspace_faults",
     "user.notification",
     "user.fault_handler",
     "user.io_ports",

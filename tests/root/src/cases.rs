@@ -33,6 +33,8 @@ static SERVER_ENDPOINT: AtomicU64 = AtomicU64::new(0);
 static WAIT_NOTIFICATION: AtomicU64 = AtomicU64::new(0);
 static WOKEN_WITH: AtomicU64 = AtomicU64::new(0);
 static PAGED_VALUE: AtomicU64 = AtomicU64::new(0);
+static SIGNAL_A: AtomicU64 = AtomicU64::new(0);
+static SHARED_PAGE: AtomicU64 = AtomicU64::new(0);
 
 unsafe extern "C" {
     /// Start of the writable part of this program's image (`user.ld`).
@@ -106,6 +108,8 @@ fn main() -> ! {
     suite.case("user.ipc_fastpath", ipc_fastpath);
     suite.case("user.ipc_fastpath_lengths", ipc_fastpath_lengths);
     suite.case("user.ipc_fastpath_priorities", ipc_fastpath_priorities);
+    suite.case("user.ipc_overlapping_buffers", ipc_overlapping_buffers);
+    suite.case("user.thread_without_vspace_faults", thread_without_vspace_faults);
     suite.case("user.notification", notification);
     suite.case("user.fault_handler", fault_handler);
     suite.case("user.io_ports", io_ports);
@@ -644,6 +648,136 @@ fn ipc_fastpath_priorities() -> Outcome {
         return Err(detail!("fastpath calls {counts:?} below and at the server's priority, expected [3, 6]"));
     }
     Ok(detail!("fastpath_calls_below={} at={}", counts[0], counts[1]))
+}
+
+/// A thread in the root's address space whose IPC buffer is at
+/// `buffer` in the frame `frame` (mapped there already), priority 255.
+fn spawn_with_buffer(entry: extern "C" fn() -> !, buffer: u64, frame: CPtr) -> Result<CPtr, Detail> {
+    let stack_page = next_stack_page();
+    let stack = make(ObjectType::Frame4K, 0)?;
+    let rw = (Rights::READ | Rights::WRITE).bits();
+    check("map stack", call(stack, Label::FrameMap, &[stack_page, rw, 0], &[slot::VSPACE]))?;
+    let tcb = make(ObjectType::Tcb, 0)?;
+    check("configure", call(tcb, Label::TcbConfigure, &[buffer, 0], &[slot::CNODE, slot::VSPACE, frame]))?;
+    check("priority", call(tcb, Label::TcbSetPriority, &[255, 255], &[slot::TCB]))?;
+    let mut registers = [0u64; 18];
+    (registers[15], registers[16], registers[17]) = (entry as usize as u64, stack_page + 4096 - 8, 0x202);
+    check("registers", call(tcb, Label::TcbWriteRegisters, &registers, &[]))?;
+    check("resume", call(tcb, Label::TcbResume, &[], &[]))?;
+    Ok(tcb)
+}
+
+/// The message words of the IPC buffer at `buffer`.
+fn buffer_words(buffer: u64) -> *mut u64 {
+    (buffer + core::mem::offset_of!(bootinfo::IpcBuffer, message) as u64) as *mut u64
+}
+
+/// Receives one 12-word message in the IPC buffer 8 bytes into the shared
+/// page, and signals the sum of its words.
+extern "C" fn overlap_server() -> ! {
+    let message = recv(SERVER_ENDPOINT.load(Ordering::SeqCst));
+    let words = buffer_words(SHARED_PAGE.load(Ordering::SeqCst) + 8);
+    // SAFETY: the thread's IPC buffer is mapped read-write there.
+    let rest: u64 = (8..12).map(|i| unsafe { words.add(i).read_volatile() }).sum();
+    FLAG.store(message.words.iter().sum::<u64>() + rest, Ordering::SeqCst);
+    signal(SIGNAL_A.load(Ordering::SeqCst));
+    loop {
+        let _ = recv(SERVER_ENDPOINT.load(Ordering::SeqCst));
+    }
+}
+
+/// Calls with words 1 to 12, from the IPC buffer at the start of the page.
+extern "C" fn overlap_client() -> ! {
+    let words = buffer_words(SHARED_PAGE.load(Ordering::SeqCst));
+    for i in 8..12 {
+        // SAFETY: the thread's IPC buffer is mapped read-write there.
+        unsafe { words.add(i).write_volatile(i as u64 + 1) };
+    }
+    let info = MessageInfo::new(1, 0, 12).encode().unwrap_or(0);
+    let registers = core::array::from_fn(|i| i as u64 + 1);
+    let _ = strata_rt::sys::syscall_with_badge(
+        Syscall::Call,
+        SERVER_ENDPOINT.load(Ordering::SeqCst),
+        info,
+        registers,
+    );
+    loop {
+        yield_now();
+    }
+}
+
+/// Two threads whose IPC buffers share a frame, the receiver's 8 bytes
+/// after the sender's: a 12-word message arrives whole, as the general
+/// path (which reads the message before writing it) delivers it. The
+/// root waits on a notification, so the client is alone at the top and
+/// the fastpath is asked first: it must decline.
+fn ipc_overlapping_buffers() -> Outcome {
+    let page = next_stack_page();
+    SHARED_PAGE.store(page, Ordering::SeqCst);
+    let frame = make(ObjectType::Frame4K, 0)?;
+    let rw = (Rights::READ | Rights::WRITE).bits();
+    check("map shared page", call(frame, Label::FrameMap, &[page, rw, 0], &[slot::VSPACE]))?;
+    SERVER_ENDPOINT.store(make(ObjectType::Endpoint, 0)?, Ordering::SeqCst);
+    let done = make(ObjectType::Notification, 0)?;
+    SIGNAL_A.store(badged(done, 1)?, Ordering::SeqCst);
+    FLAG.store(0, Ordering::SeqCst);
+    let server = spawn_with_buffer(overlap_server, page + 8, frame)?;
+    let client = spawn_with_buffer(overlap_client, page, frame)?;
+    let _ = recv(done);
+    let sum = FLAG.load(Ordering::SeqCst);
+    for thread in [client, server] {
+        check("suspend", call(thread, Label::TcbSuspend, &[], &[]))?;
+    }
+    if sum != (1..=12).sum() {
+        return Err(detail!("the server's 12 words summed to {sum}, expected 78"));
+    }
+    Ok(detail!("sum={sum}"))
+}
+
+/// Receives a call, says so, and replies only when released.
+extern "C" fn held_server() -> ! {
+    loop {
+        let _ = recv(SERVER_ENDPOINT.load(Ordering::SeqCst));
+        signal(SIGNAL_A.load(Ordering::SeqCst));
+        let _ = recv(WAIT_NOTIFICATION.load(Ordering::SeqCst));
+        reply(0, &[1]);
+    }
+}
+
+/// Calls the held server, then marks that it ran on.
+extern "C" fn stranded_client() -> ! {
+    let _ = ipc_call(SERVER_ENDPOINT.load(Ordering::SeqCst), 1, &[1]);
+    COUNTER.store(1, Ordering::SeqCst);
+    loop {
+        yield_now();
+    }
+}
+
+/// A client whose address space is revoked while it waits for a reply
+/// resumes in none: it takes a page fault at its next instruction, and
+/// does not run on in the address space of the thread before it.
+fn thread_without_vspace_faults() -> Outcome {
+    let (server_space, client_space) = (second_space()?, second_space()?);
+    SERVER_ENDPOINT.store(make(ObjectType::Endpoint, 0)?, Ordering::SeqCst);
+    let (called, release) = (make(ObjectType::Notification, 0)?, make(ObjectType::Notification, 0)?);
+    SIGNAL_A.store(badged(called, 1)?, Ordering::SeqCst);
+    WAIT_NOTIFICATION.store(release, Ordering::SeqCst);
+    COUNTER.store(0, Ordering::SeqCst);
+    let faults = make(ObjectType::Endpoint, 0)?;
+    let server = spawn_in(held_server, server_space, 0)?;
+    let client = spawn_in(stranded_client, client_space, faults)?;
+    let _ = recv(called);
+    check("revoke the client's address space", cnode_op(Label::CNodeRevoke, &[client_space, DEPTH]))?;
+    signal(badged(release, 1)?);
+    let fault = recv(faults);
+    for thread in [client, server] {
+        check("suspend", call(thread, Label::TcbSuspend, &[], &[]))?;
+    }
+    let ran_on = COUNTER.load(Ordering::SeqCst);
+    if fault.label != 1 || fault.words[0] != 14 || ran_on != 0 {
+        return Err(detail!("fault label {} vector {}; ran on: {ran_on}", fault.label, fault.words[0]));
+    }
+    Ok(detail!("page_fault_at={:#x}", fault.words[3]))
 }
 
 /// A second address space with this program's image mapped as here (text
