@@ -497,18 +497,26 @@ fn ipc_cross_space() -> Outcome {
     Ok(detail!("server_in_second_address_space=1 badge=0x77"))
 }
 
+/// A server at `entry` in a second address space, waiting on a new
+/// endpoint; returns it, a client capability to the endpoint with `badge`,
+/// and the endpoint. One call has been made: the first finds the server
+/// not yet waiting, and after it, it waits.
+fn waiting_server(entry: extern "C" fn() -> !, badge: u64) -> Result<(CPtr, CPtr, CPtr), Detail> {
+    let pml4 = second_space()?;
+    let endpoint = make(ObjectType::Endpoint, 0)?;
+    SERVER_ENDPOINT.store(endpoint, Ordering::SeqCst);
+    let server = spawn_in(entry, pml4, 0)?;
+    let client = badged(endpoint, badge)?;
+    let _ = ipc_call(client, 1, &[1]);
+    Ok((server, client, endpoint))
+}
+
 /// Calls to a server in another address space that waits in `ReplyRecv`
 /// go through the kernel's fastpath both ways (its counter shows it), with
 /// the same results as the general path: register and IPC-buffer words,
 /// badge and label. A call with an extra capability takes the general path.
 fn ipc_fastpath() -> Outcome {
-    let pml4 = second_space()?;
-    let endpoint = make(ObjectType::Endpoint, 0)?;
-    SERVER_ENDPOINT.store(endpoint, Ordering::SeqCst);
-    let server = spawn_in(echo_server, pml4, 0)?;
-    let client = badged(endpoint, 0x99)?;
-    // The first call finds the server not yet waiting; after it, it waits.
-    let _ = ipc_call(client, 1, &[1]);
+    let (server, client, endpoint) = waiting_server(echo_server, 0x99)?;
     let fastpath = || strata_rt::debug_counters()[3];
     let before = fastpath();
     for round in 1..=5u64 {
@@ -627,12 +635,7 @@ fn ipc_fastpath_lengths() -> Outcome {
 /// (the `Call` to a server above the client), and leaves a switch to a
 /// lower one (the reply) to the general path; both give the same results.
 fn ipc_fastpath_priorities() -> Outcome {
-    let pml4 = second_space()?;
-    let endpoint = make(ObjectType::Endpoint, 0)?;
-    SERVER_ENDPOINT.store(endpoint, Ordering::SeqCst);
-    let server = spawn_in(sum_server, pml4, 0)?;
-    let client = badged(endpoint, 0x77)?;
-    let _ = ipc_call(client, 1, &[1]);
+    let (server, client, _) = waiting_server(sum_server, 0x77)?;
     let fastpath = || strata_rt::debug_counters()[3];
     let mut counts = [0; 2];
     for (round, priority) in [254u64, 255].into_iter().enumerate() {
