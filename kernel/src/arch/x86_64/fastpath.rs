@@ -31,9 +31,11 @@
 //!
 //! There is no lock: like the `VmEnter` fastpath, this runs on one CPU
 //! with interrupts off, entered from user mode, so no kernel code holds
-//! the runtime. (With SMP it would take the kernel lock.) The boot case
-//! `user.ipc_fastpath` checks what it leaves behind against what the
-//! general path does with the same calls; the benchmark measures it.
+//! the runtime. (With SMP it would take the kernel lock.) It cannot run on
+//! the host: the boot cases `user.ipc_fastpath`, `user.ipc_fastpath_lengths`,
+//! `user.ipc_fastpath_priorities` and `user.ipc_overlapping_buffers` check
+//! what it leaves behind against what the general path gives for the same
+//! calls, and count the calls it took; the benchmark measures it.
 
 use super::user::PerCpu;
 use crate::object::cap::raw as field;

@@ -8,14 +8,13 @@
 //! arrives with interrupts off (FMASK clears IF) on the user stack. The
 //! stub pushes the user registers straight into the current thread's TCB
 //! as a [`UserContext`] (whose tail is an IRET frame), saves the user FPU
-//! state (x87, SSE and AVX) into the thread's XSAVE area, switches to the kernel stack and
-//! calls `ipc_fast_call` or `ipc_fast_reply_recv` with the context for
-//! those two system calls. When that completes the call it
-//! returns another user thread's context, which the stub restores at once;
-//! otherwise `syscall_handler` takes the call and returns the context to
-//! run next (a TCB's, or the idle loop's), and `return_to_context`
-//! restores it with `iretq`. No context is copied on
-//! the way in or out. `sysretq` is not used: with a non-canonical RCX it
+//! state (x87, SSE and AVX) into the thread's XSAVE area, and switches to
+//! the kernel stack. A `Call` or `ReplyRecv` then jumps to the IPC
+//! fastpath (`fastpath.rs`), which either completes it and returns to the
+//! other thread itself, or goes on to `syscall_general`. There
+//! `syscall_handler` takes the call and returns the context to run next (a
+//! TCB's, or the idle loop's), and `return_to_context` restores it with
+//! `iretq`. No context is copied on the way in or out. `sysretq` is not used: with a non-canonical RCX it
 //! would fault in ring 0.
 //!
 //! A context in a TCB is always safe to return to: the registers a thread
