@@ -93,8 +93,8 @@ const TABLE_MAPPED: Field = Field { shift: 7, width: 1 };
 const TABLE_ASID: Field = Field { shift: 8, width: 12 };
 const TABLE_OBJECT: Field = Field { shift: 20, width: 36 };
 const PML4_ASSIGNED: Field = Field { shift: 5, width: 1 };
-pub(crate) const PML4_ASID: Field = Field { shift: 6, width: 12 };
-pub(crate) const PML4_OBJECT: Field = Field { shift: 18, width: 36 };
+const PML4_ASID: Field = Field { shift: 6, width: 12 };
+const PML4_OBJECT: Field = Field { shift: 18, width: 36 };
 const POOL_FIRST_ASID: Field = Field { shift: 5, width: 12 };
 const PORT_FIRST: Field = Field { shift: 5, width: 16 };
 const PORT_LAST: Field = Field { shift: 21, width: 16 };
@@ -322,10 +322,8 @@ fn mapping_ok(mapping: Mapping, align: u64) -> bool {
 /// (`arch::x86_64::fastpath`) decodes itself. Each agrees with
 /// [`Capability::decode_fields`] (tested below).
 pub mod raw {
-    pub(crate) use super::{
-        CNODE_GUARD_SIZE, CNODE_OBJECT, CNODE_RADIX, FRAME_OBJECT, PML4_ASID, PML4_OBJECT, SMALL_OBJECT,
-    };
-    use super::{PML4_ASSIGNED, RIGHTS, TAG, tag};
+    pub(crate) use super::{CNODE_GUARD_SIZE, CNODE_OBJECT, CNODE_RADIX, FRAME_OBJECT, SMALL_OBJECT};
+    use super::{PML4_ASID, PML4_ASSIGNED, PML4_OBJECT, RIGHTS, TAG, tag};
     use crate::addr::PhysAddr;
     use strata_abi::object::Rights;
 

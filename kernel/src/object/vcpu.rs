@@ -1041,14 +1041,21 @@ impl<M: PhysicalMemory> ObjectSpace<M> {
     /// The translations cached under `vcpu`'s tag are flushed before its
     /// next entry: it no longer owns the tag.
     fn disown_tag(&mut self, vcpu: PhysAddr) {
-        if self.owns_tag(vcpu) {
-            self.virt.tag_owner[self.vcpu_word(vcpu, layout::TAG) as usize % TAG_SLOTS] = PhysAddr(0);
+        let owner = &mut self.virt.tag_owner[self.tag_slot(vcpu)];
+        if *owner == vcpu {
+            *owner = PhysAddr(0);
         }
     }
 
     /// Whether `vcpu` owns its tag, so that entering it needs no flush.
     pub fn owns_tag(&self, vcpu: PhysAddr) -> bool {
-        self.virt.tag_owner[self.vcpu_word(vcpu, layout::TAG) as usize % TAG_SLOTS] == vcpu
+        self.virt.tag_owner[self.tag_slot(vcpu)] == vcpu
+    }
+
+    /// `vcpu`'s entry in `VirtConfig::tag_owner`.
+    #[inline(always)]
+    fn tag_slot(&self, vcpu: PhysAddr) -> usize {
+        self.vcpu_word(vcpu, layout::TAG) as usize % TAG_SLOTS
     }
 
     /// The exit that just happened (SVM) after an entry that asked for a

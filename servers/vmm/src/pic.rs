@@ -123,8 +123,7 @@ impl Chip {
     /// initialised, the line unmasked, nothing of equal or higher priority
     /// in service.
     fn would_present(&self, line: u8) -> bool {
-        let bit = 1u8 << line;
-        self.expect == 0 && self.imr & bit == 0 && self.isr & (bit | (bit - 1)) == 0
+        Self { irr: 1 << line, ..*self }.pending() == Some(line)
     }
 
     /// INTA: `line` goes from requested to in service (unless AEOI).

@@ -54,7 +54,7 @@ core::arch::global_asm!(
        The slot is a function of the root's words and the CPtr: the TCB
        keeps the last one found, and a lookup of the same CPtr in the
        same root takes it from there. */
-    .macro lookup_endpoint fail, need
+    .macro lookup_endpoint need
     movq {slots}(%rdi), %rax
     movq {rdi}(%rdi), %rdx
     cmpq {cache}(%rdi), %rax
@@ -70,7 +70,7 @@ core::arch::global_asm!(
     movl %eax, %ecx
     andl $0x1f, %ecx
     cmpl ${tag_cnode}, %ecx
-    jne \fail
+    jne syscall_general
     movl %eax, %ecx
     shrl ${radix_shift}, %ecx
     andl ${radix_mask}, %ecx
@@ -79,11 +79,11 @@ core::arch::global_asm!(
     andl ${guard_mask}, %esi
     addl %ecx, %esi
     cmpl $64, %esi
-    jne \fail
+    jne syscall_general
     movq %rdx, %rsi
     shrq %cl, %rsi
     cmpq {slots}+8(%rdi), %rsi
-    jne \fail
+    jne syscall_general
     shlq %cl, %rsi
     subq %rsi, %rdx                     /* the index */
     shlq $5, %rdx
@@ -106,7 +106,7 @@ core::arch::global_asm!(
     movl %ecx, %eax
     andl $(0x1f | \need), %eax
     cmpl $({tag_endpoint} | \need), %eax
-    jne \fail
+    jne syscall_general
     .endm
 
     /* \out: the message words of the IPC buffer of the TCB at \tcb,
@@ -130,13 +130,13 @@ core::arch::global_asm!(
        physical) and the info word in R14. Out: RSI, the CR3 value that
        switches to its address space (0: it is current); R13, the length
        the receiver gets; R9 and R10, the IPC buffers past eight words. */
-    .macro common_checks fail, info_mask
+    .macro common_checks info_mask
     movzbl {priority}(%rdi), %eax
     cmpb %al, {priority}(%r12)
-    jb \fail
+    jb syscall_general
     movq {slots}+32(%r12), %rax         /* its VSpace's word 0, and the */
     cmpq {cr3_cache}(%r12), %rax        /* CR3 value `switch_to` found */
-    jne \fail                           /* for it (run.rs) */
+    jne syscall_general                           /* for it (run.rs) */
     movq {cr3_cache}+8(%r12), %rsi
     movq %cr3, %r8
     cmpq %rsi, %r8
@@ -148,12 +148,12 @@ core::arch::global_asm!(
     je 5f
     movq {asid_epoch}(%rip), %r8        /* with PCIDs: no ASID pool was */
     cmpq %r8, {cr3_cache}+16(%r12)      /* deleted since (its ASIDs may */
-    jne \fail                           /* name other spaces now) */
+    jne syscall_general                           /* name other spaces now) */
     movq %gs:{stale}, %r11
     movl %esi, %eax
     andl $0xfff, %eax
     btq %rax, (%r11)
-    jc \fail
+    jc syscall_general
     btsq $63, %rsi
 5:
     movl %r14d, %r13d
@@ -161,17 +161,17 @@ core::arch::global_asm!(
     cmpl ${register_words}, %r13d
     jbe 3f
     cmpl $0x7f, %r13d
-    ja \fail
+    ja syscall_general
     movl ${max_length}, %eax
     cmpl %eax, %r13d
     cmoval %eax, %r13d
-    buffer (%rdi), %r9, \fail
+    buffer (%rdi), %r9, syscall_general
     buffer (%r12), %r10, 8f
     movq %r10, %rax                     /* the general path reads the */
     subq %r9, %rax                      /* whole message first: decline */
     leaq (,%r13,8), %r8                 /* a receiver's buffer starting */
     cmpq %r8, %rax                      /* inside the sender's message */
-    jb \fail
+    jb syscall_general
     jmp 3f
 8:
     movl ${register_words}, %r13d
@@ -226,22 +226,22 @@ core::arch::global_asm!(
     .global ipc_fast_call
 ipc_fast_call:
     cmpq $0, %gs:{yield_alone}
-    je 9f
+    je syscall_general
     movq {rsi}(%rdi), %r14
     movq %gs:{window}, %rbp
     movq %gs:{current}, %r15            /* R15: the caller (physical) */
-    lookup_endpoint 9f, {write_right}
+    lookup_endpoint {write_right}
     testl ${grant_rights}, %ecx
-    jz 9f
+    jz syscall_general
     shrq ${small_shift}, %rcx           /* RCX: the endpoint (slots hold */
     shlq $4, %rcx                       /* canonical encodings: no bits above) */
     movq (%rbp,%rcx), %rbx              /* RBX: the receiver, at its head */
     testq %rbx, %rbx
-    jz 9f
+    jz syscall_general
     leaq (%rbp,%rbx), %r12
     cmpq ${blocked_on_receive}, {state}(%r12)
-    jne 9f
-    common_checks 9f, 0x1ff
+    jne syscall_general
+    common_checks 0x1ff
     /* Committed. The receiver leaves the queue; the caller waits for
        the reply. */
     movq {queue_next}(%r12), %rax       /* (its previous link is 0) */
@@ -258,42 +258,40 @@ ipc_fast_call:
     movq %rbx, {replier}(%rdi)
     movq %r15, {reply_to}(%r12)
     deliver
-9:
-    jmp syscall_general
 
     .global ipc_fast_reply_recv
 ipc_fast_reply_recv:
     cmpq $0, %gs:{yield_alone}
-    je 9f
+    je syscall_general
     movq %gs:{window}, %rbp
     movq %gs:{current}, %r15            /* R15: the server (physical) */
     movq {reply_to}(%rdi), %rbx         /* RBX: the caller */
     testq %rbx, %rbx
-    jz 9f
+    jz syscall_general
     leaq (%rbp,%rbx), %r12
     cmpq ${blocked_on_reply}, {state}(%r12)
-    jne 9f
+    jne syscall_general
     cmpq %r15, {replier}(%r12)
-    jne 9f
+    jne syscall_general
     testq ${fault}, {send_flags}(%r12)
-    jnz 9f
+    jnz syscall_general
     movq {rsi}(%rdi), %r14              /* (extra capabilities are ignored) */
-    lookup_endpoint 9f, {read_right}
+    lookup_endpoint {read_right}
     shrq ${small_shift}, %rcx
     shlq $4, %rcx                       /* RCX: the endpoint */
     movq (%rbp,%rcx), %rax
     testq %rax, %rax
     jz 0f
     cmpq ${blocked_on_send}, {state}(%rbp,%rax)
-    je 9f
+    je syscall_general
 0:
     movq {bound}(%rdi), %rax
     testq %rax, %rax
     jz 0f
     cmpq $0, {notification_word}(%rbp,%rax)
-    jne 9f
+    jne syscall_general
 0:
-    common_checks 9f, 0x7f
+    common_checks 0x7f
     /* Committed. The reply link goes; the server waits at the tail of
        the endpoint's queue. */
     movq $0, {reply_to}(%rdi)
@@ -313,8 +311,6 @@ ipc_fast_reply_recv:
     movq %r15, 8(%rbp,%rcx)
     xorl %edx, %edx
     deliver
-9:
-    jmp syscall_general
 
     /* The thread at R12 (RBX physical) runs next, in the address space
        whose CR3 is RSI (0: the current one). */
@@ -334,9 +330,14 @@ ipc_fast_switch:
     .if {counting}
     lock incq {fastpath_calls}(%rip)
     .endif
-    movl $-1, %eax                      /* (as `syscall_return`) */
-    xrstor64 {fpu}(%r12)
     movq %r12, %rsp
+
+    /* The return to user mode of the thread whose context is at RSP (its
+       TCB), which is current: here, and from the `VmEnter` fastpath. */
+    .global syscall_return
+syscall_return:
+    movl $-1, %eax
+    xrstor64 {fpu}(%rsp)
     swapgs
     "#,
     pop_general_registers!(),

@@ -29,13 +29,6 @@ macro_rules! save_user_fpu {
     };
 }
 
-/// The inverse of `save_user_fpu!`, for the return paths.
-macro_rules! restore_user_fpu {
-    () => {
-        "movq %gs:16, %rcx\n movl $-1, %eax\n xrstor64 (%rcx)\n"
-    };
-}
-
 /// AT&T assembly for a `syscall` entry that goes on into the kernel: the
 /// user RSP kept at `%gs:8`, the registers pushed into the current
 /// thread's context (which ends at `%gs:24`) and its FPU state saved. RSP
@@ -56,7 +49,11 @@ macro_rules! save_syscall_context {
 /// (from the area at `%gs:16`) and the user GS.
 macro_rules! restore_user_state {
     ($cs:literal) => {
-        concat!("testb $3, ", $cs, "(%rsp)\n jz 9f\n", restore_user_fpu!(), "swapgs\n9:\n")
+        concat!(
+            "testb $3, ",
+            $cs,
+            "(%rsp)\n jz 9f\n movq %gs:16, %rcx\n movl $-1, %eax\n xrstor64 (%rcx)\n swapgs\n9:\n"
+        )
     };
 }
 

@@ -37,7 +37,8 @@ pub static AREAS: Once<HostAreas> = Once::new();
 /// interrupts off; `$after_exit` runs right after the guest's general
 /// registers are stored, with them still in place (RAX excepted). Every
 /// general register but RSP is changed, and the x87
-/// and SSE state is the guest's until the caller resets it.
+/// and SSE state is the guest's until the caller resets it
+/// (`kernel_fpu_state!`).
 macro_rules! guest_round_trip {
     ($($after_exit:expr),*) => {
         concat!(
@@ -88,6 +89,14 @@ macro_rules! guest_round_trip {
     };
 }
 
+/// The x87 and SSE reset state the kernel's own FPU use starts from after
+/// a guest ran (Intel syntax; a scratch word at RSP).
+macro_rules! kernel_fpu_state {
+    () => {
+        "fninit\n mov dword ptr [rsp], 0x1f80\n ldmxcsr [rsp]"
+    };
+}
+
 /// Runs a guest until its next #VMEXIT.
 ///
 /// `vmcb` is the VMCB's physical address; `state` the VCPU's state page
@@ -123,8 +132,7 @@ pub unsafe extern "sysv64" fn run(
     core::arch::naked_asm!(
         push_callee_saved!(),
         guest_round_trip!(),
-        // The kernel's own FPU use starts from the reset state.
-        "fninit\n mov dword ptr [rsp], 0x1f80\n ldmxcsr [rsp]",
+        kernel_fpu_state!(),
         "add rsp, 48",
         pop_callee_saved_and_return!(),
         xcr0 = const crate::object::vcpu::layout::XCR0 - crate::object::vcpu::layout::REGISTERS,
@@ -215,14 +223,15 @@ core::arch::global_asm!(
     "mov qword ptr [rax + {ctx_r8} - {context_size}], 0",
     "mov qword ptr [rax + {ctx_r9} - {context_size}], 0",
     "mov [rax + {ctx_r10} - {context_size}], rcx",
+    ".if {counting}",
     "inc qword ptr gs:[{calls}]",
+    ".endif",
     "lea rsp, [rax - {context_size}]",
     "jmp syscall_return",
     // Any other exit: the general path takes it from here.
     "8:",
     "sub rsp, 16", // a scratch word, RSP kept 16-byte aligned for the call
-    // The kernel's own FPU use starts from the reset state, as after `run`.
-    "fninit\n mov dword ptr [rsp], 0x1f80\n ldmxcsr [rsp]",
+    kernel_fpu_state!(),
     "mov qword ptr gs:[{vm_open}], 0",
     "call vm_fast_exit",
     "mov rsp, rax",
@@ -234,6 +243,7 @@ core::arch::global_asm!(
     "sub rsp, {context_size}",
     "jmp syscall_saved",
     vm_open = const core::mem::offset_of!(super::user::PerCpu, vm_open),
+    counting = const cfg!(feature = "selftest") as u8,
     vmcb = const core::mem::offset_of!(super::user::PerCpu, vm_vmcb),
     vcpu_va = const core::mem::offset_of!(super::user::PerCpu, vm_vcpu_va),
     block = const core::mem::offset_of!(super::user::PerCpu, vm_block),

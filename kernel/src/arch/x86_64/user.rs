@@ -71,7 +71,7 @@ pub struct PerCpu {
     pub vm_host_state: u64,
     /// The host's XCR0 (set at `init`).
     pub vm_host_xcr0: u64,
-    /// `VmEnter`s the fastpath completed on this CPU since boot.
+    /// `VmEnter`s the fastpath completed on this CPU since boot (test builds).
     pub vm_fast_calls: u64,
     /// The thread running on this CPU: its TCB (physical), 0 for none.
     pub current: u64,
@@ -157,18 +157,6 @@ syscall_general:                /* RDI: the saved context; RSP: the stack top */
 return_to_context:
     "#,
     restore_user_state!("128"),
-    pop_general_registers!(),
-    r#"
-    iretq
-
-    /* The fastpath's return: RSP is the context of a user thread, now current. */
-    .global syscall_return
-syscall_return:
-    "#,
-    restore_user_fpu!(),
-    r#"
-    swapgs
-    "#,
     pop_general_registers!(),
     r#"
     iretq
